@@ -1,0 +1,89 @@
+# vhost-pci top-level Makefile (non-recursive; each component adds itself through
+# its module.mk).
+#
+#   make                 build everything into build/
+#   make check           install missing deps, build, run every test (last line:
+#                        "N passed, N failed")
+#   make check SANITIZE=1  the same with ASan + UBSan, into build/san/
+#   make demo            boot the paired VMs and exchange packets
+#   make bench           benchmarks (print figures)
+#   make clean
+
+CC      ?= gcc
+SANITIZE ?=
+V ?=
+
+ifeq ($(SANITIZE),1)
+B       := build/san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+B       := build
+SANFLAGS :=
+endif
+
+PKGS     := glib-2.0 gio-unix-2.0 json-glib-1.0 libprotobuf-c uuid
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-missing-field-initializers
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) -Iprotocol -I$(B)/gen -MMD -MP
+CFLAGS_HOST  = $(BASE_CFLAGS) $(SANFLAGS) $(PKG_CFLAGS)
+LDFLAGS_HOST = $(SANFLAGS)
+# The guest driver: libc only, static (it runs in a tiny initramfs). Sanitized builds
+# link it dynamically (ASan does not support -static).
+CFLAGS_GUEST  = $(BASE_CFLAGS) $(SANFLAGS)
+LDFLAGS_GUEST = $(if $(SANFLAGS),$(SANFLAGS),-static)
+
+Q := $(if $(V),,@)
+
+# Filled by the module.mk files.
+BINS :=
+TESTS :=          # test programs, run by tests/run in this order
+E2E_TESTS :=      # tests that boot real QEMU (run last)
+CLEAN_EXTRA :=
+
+.PHONY: all check demo bench clean deps
+all:
+
+include protocol/module.mk
+-include server/module.mk
+-include client/module.mk
+-include guest-driver/module.mk
+-include tools/module.mk
+-include tests/module.mk
+
+all: $(BINS) $(TESTS)
+
+# Generic compile rules. Objects of guest-driver/ and of the libc-only protocol core
+# used by it are built twice: host flavour (with GLib flags) and guest flavour.
+$(B)/%.o: %.c | deps-quiet
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS_HOST) -c -o $@ $<
+
+$(B)/guest/%.o: %.c | deps-quiet
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  CC(g)   $<")
+	$(Q)$(CC) $(CFLAGS_GUEST) -c -o $@ $<
+
+deps:
+	tools/install-deps
+
+# Install missing packages before the first compile (quiet when all are present).
+.PHONY: deps-quiet
+deps-quiet:
+	@tools/install-deps -q
+
+check: all
+	@tests/run $(TESTS) $(E2E_TESTS)
+
+bench: all
+	@tools/bench $(B)
+
+demo: all
+	@tools/demo $(B)
+
+clean:
+	rm -rf build $(CLEAN_EXTRA)
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

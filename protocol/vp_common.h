@@ -1,0 +1,54 @@
+/*
+ * vp_common.h - small helpers shared by every vhost-pci component.
+ *
+ * libc only: the guest driver links this.
+ */
+#ifndef VP_COMMON_H
+#define VP_COMMON_H
+
+#include <endian.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/** A human-readable error reason, filled by functions that validate peer input.
+ *  Always NUL-terminated; empty when no error was set. */
+typedef struct vp_error {
+    char msg[256];
+} vp_error;
+
+/** Format a reason into @err (may be NULL). Returns @ret so that callers can write
+ *  `return vp_fail(err, -EINVAL, "bad %s", x);`. */
+int vp_fail(vp_error *err, int ret, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/** Close *fdp if it is >= 0 and set it to -1 (one owner per fd; STYLE habit 4). */
+void vp_close_fd(int *fdp);
+
+/** Close every fd in fds[0..n) that is >= 0 and set it to -1. */
+void vp_close_fds(int *fds, unsigned n);
+
+/** Number of open fds of this process (entries of /proc/self/fd, minus the one used
+ *  to read it). Used by tests to prove that no fd leaked. Returns -1 on error. */
+int vp_count_open_fds(void);
+
+/* Typed little-endian accessors for shared memory and wire structs (STYLE habit 9).
+ * Each reads or writes the field exactly once. */
+static inline uint16_t vp_get_le16(const void *p) { uint16_t v; memcpy(&v, p, 2); return le16toh(v); }
+static inline uint32_t vp_get_le32(const void *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
+static inline uint64_t vp_get_le64(const void *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
+static inline void vp_put_le16(void *p, uint16_t v) { v = htole16(v); memcpy(p, &v, 2); }
+static inline void vp_put_le32(void *p, uint32_t v) { v = htole32(v); memcpy(p, &v, 4); }
+static inline void vp_put_le64(void *p, uint64_t v) { v = htole64(v); memcpy(p, &v, 8); }
+
+/** True when [off, off+len) lies inside [0, size), written so it cannot overflow
+ *  (STYLE habit 5). len == 0 is inside when off <= size. */
+static inline int vp_range_ok(uint64_t off, uint64_t len, uint64_t size)
+{
+    return off <= size && len <= size - off;
+}
+
+#define VP_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif
