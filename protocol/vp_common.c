@@ -1,5 +1,7 @@
 /* vp_common.c - helpers shared by every component (libc only). */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "vp_common.h"
 
 #include <dirent.h>
