@@ -143,7 +143,7 @@ static void dispatch(VpClient *c, struct vp_msg *msg)
     if (type != VP_MSG_MEMORY_INFO_ACK && type != VP_MSG_DEVICE_INFO_ACK &&
         type != VP_MSG_FEATURE_BITS_ACK) {
         c->ignored++;
-        g_warning("server sent %s (seq %" G_GUINT64_FORMAT "), not an ACK: ignored",
+        g_message("server sent %s (seq %" G_GUINT64_FORMAT "), not an ACK: ignored",
                   vp_msg_type_name(type), seq);
         return;
     }

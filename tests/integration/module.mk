@@ -1,0 +1,26 @@
+# Integration tests (host-only, real processes): GTest programs, TAP.
+#   test-client-lib      libvhostpci-client against a scripted fake server
+#   test-control-plane   client library + vhost-pci-server (--device-host local) +
+#                        vhost-pci-guestd (--bus local): spec 1.5/1.6 sequences
+#   test-bad-input       malformed and hostile socket input against the same pair
+# Helpers: itest.{c,h} (temp dir, child processes, status JSON, memory, devices).
+# Other owners may add their own tests here through tests/integration/vu*.mk.
+
+ITEST_NAMES  := test-client-lib test-control-plane test-bad-input
+ITEST_NAMES  := $(foreach n,$(ITEST_NAMES),$(if $(wildcard tests/integration/$(n).c),$(n)))
+ITESTS       := $(ITEST_NAMES:%=$(B)/tests/integration/%)
+ITEST_HELPER := $(if $(wildcard tests/integration/itest.c),$(B)/tests/integration/itest.o)
+
+$(ITESTS): $(B)/tests/integration/%: $(B)/tests/integration/%.o $(ITEST_HELPER) \
+           $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+
+$(ITESTS:%=%.o) $(ITEST_HELPER): | $(VP_PB_H)
+$(ITESTS:%=%.o) $(ITEST_HELPER): CFLAGS_HOST += -Iclient -Itests -Itests/integration
+
+# The programs the tests start (built first when their module exists).
+$(filter-out %/test-client-lib,$(ITESTS)): | $(filter %/vhost-pci-server %/vhost-pci-guestd %/vhost-pci-ctl,$(BINS))
+
+TESTS += $(ITESTS)
+
+-include $(wildcard tests/integration/vu*.mk)
