@@ -1,0 +1,216 @@
+/*
+ * vp_validate.c - semantic validation of decoded MEMORY_INFO and DEVICE_INFO
+ * payloads (DESIGN section 4 limits).
+ *
+ * Security model: the structs come from vp_decode_*(), i.e. from a peer that may be
+ * hostile; only their counts are already known to be within the array sizes (and even
+ * that is re-checked here). Every value is checked before anything maps memory or
+ * rings from it:
+ *   - sizes are nonzero and ranges cannot wrap: the end of each range is only ever
+ *     computed after checking `start <= UINT64_MAX - size`;
+ *   - guest-physical ranges do not overlap (n <= 64, so the O(n^2) pair check is fine);
+ *   - each region lies inside its file as fstat() sees it now, and the file cannot
+ *     shrink later (memfd with F_SEAL_SHRINK): a shrink under a live mapping would
+ *     SIGBUS whoever maps it (the device VM's QEMU). Plain files have no seals, so
+ *     they are accepted only with VP_VALIDATE_ALLOW_UNSEALED;
+ *   - fds that are not regular files (sockets, pipes, devices, directories) are
+ *     rejected: mmap of them means something else entirely.
+ * Nothing here takes ownership of an fd or changes the structs.
+ */
+#include "vp_msg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "vp_vring.h"
+
+/* True when [start, start + size) fits below 2^64 (its end is representable). */
+static bool range_fits(uint64_t start, uint64_t size)
+{
+    return start <= UINT64_MAX - size;
+}
+
+/* True when [a, a + asz) and [b, b + bsz) share a byte; never overflows, even for
+ * ranges that would wrap. Empty ranges overlap nothing. */
+static bool ranges_overlap(uint64_t a, uint64_t asz, uint64_t b, uint64_t bsz)
+{
+    if (a <= b)
+        return b - a < asz && bsz > 0;
+    return a - b < bsz && asz > 0;
+}
+
+static const char *fd_kind(mode_t mode)
+{
+    switch (mode & S_IFMT) {
+    case S_IFSOCK: return "a socket";
+    case S_IFIFO: return "a pipe";
+    case S_IFCHR: return "a character device";
+    case S_IFBLK: return "a block device";
+    case S_IFDIR: return "a directory";
+    case S_IFLNK: return "a symlink";
+    default: return "not a regular file";
+    }
+}
+
+/* The region's backing file: regular file or memfd, region inside it, sealed
+ * against shrinking unless allowed. */
+static int check_region_file(const struct vp_region *rg, unsigned i, unsigned flags,
+                             vp_error *err)
+{
+    struct stat st;
+    if (rg->fd < 0)
+        return vp_fail(err, -EINVAL, "region %u: ADD without an fd", i);
+    if (fstat(rg->fd, &st) < 0)
+        return vp_fail(err, -EINVAL, "region %u: fstat of its fd failed: %s", i,
+                       strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return vp_fail(err, -EINVAL, "region %u: fd is %s, not a regular file or memfd",
+                       i, fd_kind(st.st_mode));
+    uint64_t fsize = st.st_size > 0 ? (uint64_t)st.st_size : 0;
+    if (!vp_range_ok(rg->mmap_offset, rg->size, fsize))
+        return vp_fail(err, -EINVAL,
+                       "region %u: mmap_offset 0x%llx + size 0x%llx past the end of "
+                       "its file (0x%llx bytes)", i,
+                       (unsigned long long)rg->mmap_offset, (unsigned long long)rg->size,
+                       (unsigned long long)fsize);
+
+    if (flags & VP_VALIDATE_ALLOW_UNSEALED)
+        return 0;
+    int seals = fcntl(rg->fd, F_GET_SEALS);
+    if (seals < 0) {
+        /* EINVAL: a file system without seals (a plain file): it can be truncated. */
+        return vp_fail(err, -EINVAL,
+                       "region %u: file cannot be sealed against shrinking (%s); "
+                       "use a memfd with F_SEAL_SHRINK", i,
+                       errno == EINVAL ? "not a memfd" : strerror(errno));
+    }
+    if (!(seals & F_SEAL_SHRINK))
+        return vp_fail(err, -EINVAL,
+                       "region %u: file not sealed against shrinking (F_SEAL_SHRINK)", i);
+    return 0;
+}
+
+int vp_validate_memory_info(const struct vp_memory_info *mi, unsigned flags, vp_error *err)
+{
+    if (mi->op != VP_OP_ADD && mi->op != VP_OP_DEL)
+        return vp_fail(err, -EINVAL, "memory info: unknown op %u", mi->op);
+    const char *opn = mi->op == VP_OP_ADD ? "ADD" : "DEL";
+    if (mi->nregions == 0 || mi->nregions > VP_MAX_REGIONS)
+        return vp_fail(err, -EINVAL, "memory info %s: %u regions, need 1..%u", opn,
+                       mi->nregions, VP_MAX_REGIONS);
+
+    for (unsigned i = 0; i < mi->nregions; i++) {
+        const struct vp_region *rg = &mi->regions[i];
+        if (rg->size == 0)
+            return vp_fail(err, -EINVAL, "region %u: zero size", i);
+        if (!range_fits(rg->gpa, rg->size))
+            return vp_fail(err, -EINVAL,
+                           "region %u: guest-physical address 0x%llx + size 0x%llx "
+                           "overflows", i, (unsigned long long)rg->gpa,
+                           (unsigned long long)rg->size);
+        if (!range_fits(rg->mmap_offset, rg->size))
+            return vp_fail(err, -EINVAL,
+                           "region %u: mmap_offset 0x%llx + size 0x%llx overflows", i,
+                           (unsigned long long)rg->mmap_offset,
+                           (unsigned long long)rg->size);
+        if (mi->op == VP_OP_DEL && rg->fd >= 0)
+            return vp_fail(err, -EINVAL, "region %u: DEL carries an fd", i);
+    }
+    if (mi->op == VP_OP_DEL)
+        return 0;
+
+    int ret = vp_validate_no_overlap(NULL, 0, mi->regions, mi->nregions, err);
+    if (ret < 0)
+        return ret;
+    for (unsigned i = 0; i < mi->nregions; i++) {
+        ret = check_region_file(&mi->regions[i], i, flags, err);
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
+static int overlap_fail(vp_error *err, const char *what, unsigned i, const struct vp_region *x,
+                        unsigned j, const struct vp_region *y)
+{
+    return vp_fail(err, -EINVAL,
+                   "region %u [0x%llx, +0x%llx) overlaps %s %u [0x%llx, +0x%llx) in "
+                   "guest-physical space", i, (unsigned long long)x->gpa,
+                   (unsigned long long)x->size, what, j, (unsigned long long)y->gpa,
+                   (unsigned long long)y->size);
+}
+
+int vp_validate_no_overlap(const struct vp_region *a, unsigned na,
+                           const struct vp_region *b, unsigned nb, vp_error *err)
+{
+    for (unsigned i = 0; i < nb; i++) {
+        for (unsigned j = 0; j < i; j++) {
+            if (ranges_overlap(b[i].gpa, b[i].size, b[j].gpa, b[j].size))
+                return overlap_fail(err, "region", i, &b[i], j, &b[j]);
+        }
+        for (unsigned j = 0; j < na; j++) {
+            if (ranges_overlap(b[i].gpa, b[i].size, a[j].gpa, a[j].size))
+                return overlap_fail(err, "existing region", i, &b[i], j, &a[j]);
+        }
+    }
+    return 0;
+}
+
+/* One ring part at @addr of @size bytes aligned to @align. */
+static int check_ring(unsigned i, const char *part, uint64_t addr, uint64_t size,
+                      uint64_t align, vp_error *err)
+{
+    if (addr == 0)
+        return vp_fail(err, -EINVAL, "virtqueue %u: %s address is zero", i, part);
+    if (addr & (align - 1))
+        return vp_fail(err, -EINVAL,
+                       "virtqueue %u: %s address 0x%llx not aligned to %llu bytes", i,
+                       part, (unsigned long long)addr, (unsigned long long)align);
+    if (!range_fits(addr, size))
+        return vp_fail(err, -EINVAL,
+                       "virtqueue %u: %s ring at 0x%llx + 0x%llx bytes overflows", i,
+                       part, (unsigned long long)addr, (unsigned long long)size);
+    return 0;
+}
+
+int vp_validate_device_info(const struct vp_device_info *di, vp_error *err)
+{
+    if (!vp_device_type_valid(di->device_type))
+        return vp_fail(err, -EINVAL, "device info: unknown device type %u",
+                       di->device_type);
+    if (di->op == VP_OP_DEL) {
+        if (di->nvirtqs != 0)
+            return vp_fail(err, -EINVAL, "device info DEL: %u virtqueues, expected none",
+                           di->nvirtqs);
+        return 0;
+    }
+    if (di->op != VP_OP_ADD)
+        return vp_fail(err, -EINVAL, "device info: unknown op %u", di->op);
+    if (di->nvirtqs == 0 || di->nvirtqs > VP_MAX_VIRTQS)
+        return vp_fail(err, -EINVAL, "device info ADD: %u virtqueues, need 1..%u",
+                       di->nvirtqs, VP_MAX_VIRTQS);
+
+    for (unsigned i = 0; i < di->nvirtqs; i++) {
+        const struct vp_virtq *q = &di->virtqs[i];
+        for (unsigned j = 0; j < i; j++) {
+            if (di->virtqs[j].index == q->index)
+                return vp_fail(err, -EINVAL,
+                               "virtqueue %u: index %u already used by virtqueue %u", i,
+                               q->index, j);
+        }
+        if (q->num == 0 || q->num > VP_MAX_VRING_NUM || (q->num & (q->num - 1)))
+            return vp_fail(err, -EINVAL,
+                           "virtqueue %u: num %u is not a power of two in 1..%u", i,
+                           q->num, VP_MAX_VRING_NUM);
+        int ret = check_ring(i, "desc", q->desc, vp_vring_desc_size(q->num), 16, err);
+        if (ret == 0)
+            ret = check_ring(i, "avail", q->avail, vp_vring_avail_size(q->num), 2, err);
+        if (ret == 0)
+            ret = check_ring(i, "used", q->used, vp_vring_used_size(q->num), 4, err);
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
