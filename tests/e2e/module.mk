@@ -1,0 +1,6 @@
+# e2e tests: boot real QEMU (run last by make check). Each helper appends its block.
+
+# ---- h7: QMP client + ivshmem endpoint (server/qmp.c, server/ivshmem_endpoint.c) ----
+# Unit tests of those server objects need them linked in (the generic unit-test rule
+# only links testutil.o and libvhostpci.a).
+$(B)/tests/unit/test-qmp: $(B)/server/qmp.o
