@@ -26,7 +26,7 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-missing-field-initializers
-BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) -Iprotocol -I$(B)/gen -MMD -MP
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) -Iprotocol -Itests -I$(B)/gen -MMD -MP
 CFLAGS_HOST  = $(BASE_CFLAGS) $(SANFLAGS) $(PKG_CFLAGS)
 LDFLAGS_HOST = $(SANFLAGS)
 # The guest driver: libc only, static (it runs in a tiny initramfs). Sanitized builds
