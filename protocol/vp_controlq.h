@@ -10,6 +10,7 @@
  *                          nregion x { le64 region_base_xgpa, le64 size,
  *                                      le64 offset_in_bar_area }         (6 + 24 n)
  *   DEVICE_INFO payload:   le16 ops, le32 nvirtq, le32 device_type, le64 device_id,
+ *                          le32 rsvd (0; ignored on decode),
  *                          nvirtq x { le32 index, le32 num, le16 last_avail_idx,
  *                                     le16 kick_vector, le16 call_vector, le16 rsvd,
  *                                     le64 desc, le64 avail, le64 used } (22 + 40 n)
