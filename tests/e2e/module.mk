@@ -4,3 +4,4 @@
 # Unit tests of those server objects need them linked in (the generic unit-test rule
 # only links testutil.o and libvhostpci.a).
 $(B)/tests/unit/test-qmp: $(B)/server/qmp.o
+$(B)/tests/unit/test-ivshmem-endpoint: $(B)/server/ivshmem_endpoint.o

@@ -1,0 +1,477 @@
+/*
+ * ivshmem_endpoint.c - ivshmem-server endpoint for one ivshmem-doorbell (see
+ * ivshmem_endpoint.h for the protocol).
+ *
+ * Security model: the peer is the device VM's QEMU connecting to a socket in the
+ * server's private directory. The protocol is one-way (server -> QEMU): we never
+ * parse anything QEMU sends; bytes from it are read and discarded (read(2) also drops
+ * any fd it might attach), EOF or an error ends the connection. What we send is
+ * checked before it is accepted from our own caller: shm size a power of two (else
+ * QEMU 7.2 aborts on pci_register_bar), ids and vector counts in range, fds valid.
+ *
+ * Shape: a queue of outgoing (int64, fd) messages flushed with non-blocking sendmsg
+ * (the fd rides on the message's first byte; a partly written message keeps its
+ * offset), plus two GLib sources: the listening socket and the QEMU connection.
+ */
+#include "ivshmem_endpoint.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib-unix.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+typedef struct ep_msg {
+    uint8_t bytes[8];       /* little-endian int64 */
+    int fd;                 /* our duplicate to attach, or -1 */
+} ep_msg;
+
+typedef struct ep_peer {
+    int *fds;               /* owned eventfds, one per vector */
+    unsigned n;
+} ep_peer;
+
+struct ivshmem_endpoint {
+    GMainContext *ctx;
+    char *path;
+    int listen_fd;
+    GSource *listen_src;
+    int conn_fd;
+    GSource *conn_src;
+    GSource *out_src;
+    int shm_fd;
+    unsigned own_id;
+    ep_peer peers[IVSHMEM_EP_MAX_PEERS];
+    GQueue out;             /* ep_msg *, head may be partly written */
+    gsize head_off;         /* bytes of the head message already written */
+    ivshmem_endpoint_state_fn state_fn;
+    void *state_opaque;
+    ivshmem_endpoint_stats st;
+};
+
+/* ---- outgoing queue (no event loop here except the writable watch) ----------- */
+
+static void ep_msg_free(ep_msg *m)
+{
+    vp_close_fd(&m->fd);
+    g_free(m);
+}
+
+/* Queue one message; @fd (borrowed) is duplicated. Returns 0 or -errno. */
+static int ep_push(ivshmem_endpoint *ep, int64_t value, int fd)
+{
+    ep_msg *m = g_new0(ep_msg, 1);
+
+    vp_put_le64(m->bytes, (uint64_t)value);
+    m->fd = -1;
+    if (fd >= 0) {
+        m->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (m->fd < 0) {
+            int e = errno;
+            g_free(m);
+            return -e;
+        }
+    }
+    g_queue_push_tail(&ep->out, m);
+    return 0;
+}
+
+static void ep_disconnect(ivshmem_endpoint *ep, const char *why);
+static gboolean ep_on_writable(gint fd, GIOCondition cond, gpointer data);
+
+static void ep_drop_source(GSource **s)
+{
+    if (*s) {
+        g_source_destroy(*s);
+        g_source_unref(*s);
+        *s = NULL;
+    }
+}
+
+/* Write as much of the queue as the socket takes. Returns 0, or -1 after the
+ * connection was closed on a write error. */
+static int ep_flush(ivshmem_endpoint *ep)
+{
+    ep_msg *m;
+
+    while (ep->conn_fd >= 0 && (m = g_queue_peek_head(&ep->out))) {
+        struct iovec iov = { m->bytes + ep->head_off, sizeof(m->bytes) - ep->head_off };
+        union {
+            char buf[CMSG_SPACE(sizeof(int))];
+            struct cmsghdr align;
+        } u;
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+        ssize_t n;
+
+        if (m->fd >= 0) {
+            struct cmsghdr *cm;
+            memset(&u, 0, sizeof(u));
+            mh.msg_control = u.buf;
+            mh.msg_controllen = sizeof(u.buf);
+            cm = CMSG_FIRSTHDR(&mh);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cm), &m->fd, sizeof(int));
+        }
+        n = sendmsg(ep->conn_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!ep->out_src) {
+                    ep->out_src = g_unix_fd_source_new(ep->conn_fd, G_IO_OUT);
+                    g_source_set_callback(ep->out_src, G_SOURCE_FUNC(ep_on_writable), ep, NULL);
+                    g_source_attach(ep->out_src, ep->ctx);
+                }
+                return 0;
+            }
+            {
+                char why[128];
+                g_snprintf(why, sizeof(why), "write: %s", g_strerror(errno));
+                ep_disconnect(ep, why);
+            }
+            return -1;
+        }
+        if (m->fd >= 0) {
+            /* The fd went with the first byte. */
+            vp_close_fd(&m->fd);
+            ep->st.fds_sent++;
+        }
+        ep->head_off += (gsize)n;
+        if (ep->head_off == sizeof(m->bytes)) {
+            g_queue_pop_head(&ep->out);
+            if ((int64_t)vp_get_le64(m->bytes) == -1)
+                ep->st.shm_sent++;
+            ep_msg_free(m);
+            ep->head_off = 0;
+            ep->st.messages_sent++;
+        }
+    }
+    ep_drop_source(&ep->out_src);
+    return 0;
+}
+
+static gboolean ep_on_writable(gint fd, GIOCondition cond, gpointer data)
+{
+    (void)fd;
+    (void)cond;
+    ep_flush(data);
+    return G_SOURCE_CONTINUE;   /* ep_flush removes the source when done */
+}
+
+/* Queue the vectors of peer @id (one message per vector, in order). */
+static int ep_push_peer(ivshmem_endpoint *ep, unsigned id)
+{
+    unsigned v;
+    int ret;
+
+    for (v = 0; v < ep->peers[id].n; v++) {
+        ret = ep_push(ep, id, ep->peers[id].fds[v]);
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
+/* ---- connection ------------------------------------------------------------- */
+
+static void ep_disconnect(ivshmem_endpoint *ep, const char *why)
+{
+    if (ep->conn_fd < 0)
+        return;
+    g_info("ivshmem endpoint %s: QEMU disconnected (%s)", ep->path, why);
+    ep_drop_source(&ep->conn_src);
+    ep_drop_source(&ep->out_src);
+    vp_close_fd(&ep->conn_fd);
+    g_queue_clear_full(&ep->out, (GDestroyNotify)ep_msg_free);
+    ep->head_off = 0;
+    if (ep->state_fn)
+        ep->state_fn(ep, FALSE, ep->state_opaque);
+}
+
+static gboolean ep_on_conn(gint fd, GIOCondition cond, gpointer data)
+{
+    ivshmem_endpoint *ep = data;
+    char buf[256];
+    ssize_t n;
+
+    (void)cond;
+    /* QEMU never talks on this socket: discard anything, watch for EOF. */
+    n = read(fd, buf, sizeof(buf));
+    if (n > 0) {
+        g_debug("ivshmem endpoint %s: ignored %zd bytes from QEMU", ep->path, n);
+        return G_SOURCE_CONTINUE;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return G_SOURCE_CONTINUE;
+    ep_disconnect(ep, n == 0 ? "EOF" : g_strerror(errno));
+    return G_SOURCE_CONTINUE;   /* ep_disconnect destroyed the source */
+}
+
+/* Queue the whole set-up for a new connection: version, own id, shm, every peer. */
+static int ep_queue_setup(ivshmem_endpoint *ep)
+{
+    unsigned id;
+    int ret;
+
+    if ((ret = ep_push(ep, IVSHMEM_EP_PROTOCOL_VERSION, -1)) < 0 ||
+        (ret = ep_push(ep, ep->own_id, -1)) < 0 ||
+        (ret = ep_push(ep, -1, ep->shm_fd)) < 0)
+        return ret;
+    for (id = 0; id < IVSHMEM_EP_MAX_PEERS; id++)
+        if ((ret = ep_push_peer(ep, id)) < 0)
+            return ret;
+    return 0;
+}
+
+static gboolean ep_on_accept(gint fd, GIOCondition cond, gpointer data)
+{
+    ivshmem_endpoint *ep = data;
+    int cfd;
+    int ret;
+
+    (void)cond;
+    cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (cfd < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            g_warning("ivshmem endpoint %s: accept: %s", ep->path, g_strerror(errno));
+        return G_SOURCE_CONTINUE;
+    }
+    if (ep->conn_fd >= 0) {
+        g_warning("ivshmem endpoint %s: a second connection while QEMU is connected, closed",
+                  ep->path);
+        ep->st.rejected++;
+        vp_close_fd(&cfd);
+        return G_SOURCE_CONTINUE;
+    }
+    ep->conn_fd = cfd;
+    ret = ep_queue_setup(ep);
+    if (ret < 0) {
+        char why[128];
+        g_snprintf(why, sizeof(why), "cannot duplicate fds for the set-up: %s", g_strerror(-ret));
+        g_warning("ivshmem endpoint %s: %s", ep->path, why);
+        ep->st.rejected++;
+        g_queue_clear_full(&ep->out, (GDestroyNotify)ep_msg_free);
+        vp_close_fd(&ep->conn_fd);
+        return G_SOURCE_CONTINUE;
+    }
+    ep->st.connections++;
+    ep->conn_src = g_unix_fd_source_new(cfd, G_IO_IN | G_IO_HUP | G_IO_ERR);
+    g_source_set_callback(ep->conn_src, G_SOURCE_FUNC(ep_on_conn), ep, NULL);
+    g_source_attach(ep->conn_src, ep->ctx);
+    /* At once: QEMU may already be blocked reading the set-up inside device_add. */
+    if (ep_flush(ep) < 0)
+        return G_SOURCE_CONTINUE;
+    g_info("ivshmem endpoint %s: QEMU connected: version, id %u, shm and peers sent (%u still queued)",
+           ep->path, ep->own_id, g_queue_get_length(&ep->out));
+    if (ep->state_fn)
+        ep->state_fn(ep, TRUE, ep->state_opaque);
+    return G_SOURCE_CONTINUE;
+}
+
+/* ---- public ----------------------------------------------------------------- */
+
+static gboolean is_pow2(uint64_t x)
+{
+    return x && !(x & (x - 1));
+}
+
+ivshmem_endpoint *ivshmem_endpoint_new(GMainContext *ctx, const char *path, int shm_fd,
+                                       unsigned own_id, vp_error *err)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    ivshmem_endpoint *ep;
+    struct stat st;
+
+    if (own_id >= IVSHMEM_EP_MAX_PEERS) {
+        vp_fail(err, -EINVAL, "ivshmem own id %u out of range (max %u)", own_id,
+                IVSHMEM_EP_MAX_PEERS - 1);
+        return NULL;
+    }
+    if (!path || strlen(path) >= sizeof(sa.sun_path)) {
+        vp_fail(err, -ENAMETOOLONG, "ivshmem endpoint path empty or too long");
+        return NULL;
+    }
+    if (fstat(shm_fd, &st) < 0) {
+        vp_fail(err, -errno, "ivshmem shm fd: %s", g_strerror(errno));
+        return NULL;
+    }
+    if (st.st_size <= 0 || !is_pow2((uint64_t)st.st_size)) {
+        /* QEMU 7.2 aborts (pci_register_bar: is_power_of_2) on such a BAR. */
+        vp_fail(err, -EINVAL, "ivshmem shm size %lld is not a power of two",
+                (long long)st.st_size);
+        return NULL;
+    }
+    ep = g_new0(ivshmem_endpoint, 1);
+    ep->ctx = ctx ? g_main_context_ref(ctx) : g_main_context_ref_thread_default();
+    ep->path = g_strdup(path);
+    ep->conn_fd = -1;
+    ep->own_id = own_id;
+    g_queue_init(&ep->out);
+    ep->shm_fd = fcntl(shm_fd, F_DUPFD_CLOEXEC, 0);
+    ep->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (ep->shm_fd < 0 || ep->listen_fd < 0) {
+        vp_fail(err, -errno, "ivshmem endpoint: %s", g_strerror(errno));
+        goto fail;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    if (bind(ep->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        vp_fail(err, -errno, "ivshmem endpoint: bind %s: %s", path, g_strerror(errno));
+        goto fail;
+    }
+    if (listen(ep->listen_fd, 4) < 0) {
+        vp_fail(err, -errno, "ivshmem endpoint: listen %s: %s", path, g_strerror(errno));
+        unlink(path);
+        goto fail;
+    }
+    ep->listen_src = g_unix_fd_source_new(ep->listen_fd, G_IO_IN);
+    g_source_set_callback(ep->listen_src, G_SOURCE_FUNC(ep_on_accept), ep, NULL);
+    g_source_attach(ep->listen_src, ep->ctx);
+    return ep;
+
+fail:
+    vp_close_fd(&ep->shm_fd);
+    vp_close_fd(&ep->listen_fd);
+    g_main_context_unref(ep->ctx);
+    g_free(ep->path);
+    g_free(ep);
+    return NULL;
+}
+
+void ivshmem_endpoint_free(ivshmem_endpoint *ep)
+{
+    unsigned id;
+
+    if (!ep)
+        return;
+    ep->state_fn = NULL;
+    ep_disconnect(ep, "endpoint freed");
+    ep_drop_source(&ep->listen_src);
+    if (ep->listen_fd >= 0)
+        unlink(ep->path);
+    vp_close_fd(&ep->listen_fd);
+    vp_close_fd(&ep->shm_fd);
+    for (id = 0; id < IVSHMEM_EP_MAX_PEERS; id++) {
+        vp_close_fds(ep->peers[id].fds, ep->peers[id].n);
+        g_free(ep->peers[id].fds);
+    }
+    g_main_context_unref(ep->ctx);
+    g_free(ep->path);
+    g_free(ep);
+}
+
+void ivshmem_endpoint_set_state_handler(ivshmem_endpoint *ep, ivshmem_endpoint_state_fn fn,
+                                        void *opaque)
+{
+    ep->state_fn = fn;
+    ep->state_opaque = opaque;
+}
+
+int ivshmem_endpoint_set_peer(ivshmem_endpoint *ep, unsigned id, const int *fds, unsigned n,
+                              vp_error *err)
+{
+    int *copy = NULL;
+    unsigned v, had;
+    int ret;
+
+    if (id >= IVSHMEM_EP_MAX_PEERS)
+        return vp_fail(err, -EINVAL, "ivshmem peer id %u out of range (max %u)", id,
+                       IVSHMEM_EP_MAX_PEERS - 1);
+    if (n > IVSHMEM_EP_MAX_VECTORS)
+        return vp_fail(err, -EINVAL, "ivshmem peer %u: %u vectors, at most %u", id, n,
+                       IVSHMEM_EP_MAX_VECTORS);
+    if (id == ep->own_id && ep->conn_fd >= 0)
+        return vp_fail(err, -EBUSY, "ivshmem peer %u is QEMU itself: its vectors cannot "
+                       "change while it is connected", id);
+    if (n) {
+        copy = g_new(int, n);
+        for (v = 0; v < n; v++)
+            copy[v] = -1;
+        for (v = 0; v < n; v++) {
+            copy[v] = fds[v] >= 0 ? fcntl(fds[v], F_DUPFD_CLOEXEC, 0) : -1;
+            if (copy[v] < 0) {
+                ret = fds[v] < 0 || errno == EBADF ? -EINVAL : -errno;
+                vp_close_fds(copy, n);
+                g_free(copy);
+                return vp_fail(err, ret, "ivshmem peer %u vector %u: bad fd %d", id, v, fds[v]);
+            }
+        }
+    }
+    had = ep->peers[id].n;
+    vp_close_fds(ep->peers[id].fds, ep->peers[id].n);
+    g_free(ep->peers[id].fds);
+    ep->peers[id].fds = copy;
+    ep->peers[id].n = n;
+
+    if (ep->conn_fd < 0)
+        return 0;
+    /* Announce to the connected QEMU: gone (if it knew vectors), then the new list. */
+    if ((had && (ret = ep_push(ep, id, -1)) < 0) || (ret = ep_push_peer(ep, id)) < 0) {
+        /* Out of fds: QEMU's view is now unknown; drop it (it sees EOF). */
+        ep_disconnect(ep, "cannot queue a peer update");
+        return vp_fail(err, ret, "ivshmem peer %u update: %s", id, g_strerror(-ret));
+    }
+    if (ep_flush(ep) < 0)
+        return vp_fail(err, -ECONNRESET, "ivshmem peer %u update: QEMU connection lost", id);
+    return 0;
+}
+
+int ivshmem_endpoint_peer_fd(const ivshmem_endpoint *ep, unsigned id, unsigned vector)
+{
+    if (id >= IVSHMEM_EP_MAX_PEERS || vector >= ep->peers[id].n)
+        return -1;
+    return ep->peers[id].fds[vector];
+}
+
+unsigned ivshmem_endpoint_peer_vectors(const ivshmem_endpoint *ep, unsigned id)
+{
+    return id < IVSHMEM_EP_MAX_PEERS ? ep->peers[id].n : 0;
+}
+
+unsigned ivshmem_endpoint_max_vectors(const ivshmem_endpoint *ep)
+{
+    unsigned id, max = 1;
+
+    for (id = 0; id < IVSHMEM_EP_MAX_PEERS; id++)
+        max = MAX(max, ep->peers[id].n);
+    return max;
+}
+
+int ivshmem_endpoint_notify(const ivshmem_endpoint *ep, unsigned id, unsigned vector)
+{
+    uint64_t one = 1;
+    int fd = ivshmem_endpoint_peer_fd(ep, id, vector);
+
+    if (fd < 0)
+        return -EINVAL;
+    for (;;) {
+        ssize_t n = write(fd, &one, sizeof(one));
+        if (n == (ssize_t)sizeof(one))
+            return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        /* EAGAIN: the counter is saturated, the peer has a notification pending. */
+        if (n < 0 && errno == EAGAIN)
+            return 0;
+        return n < 0 ? -errno : -EIO;
+    }
+}
+
+gboolean ivshmem_endpoint_connected(const ivshmem_endpoint *ep)
+{
+    return ep->conn_fd >= 0;
+}
+
+void ivshmem_endpoint_get_stats(const ivshmem_endpoint *ep, ivshmem_endpoint_stats *st)
+{
+    *st = ep->st;
+}
+
+const char *ivshmem_endpoint_path(const ivshmem_endpoint *ep)
+{
+    return ep->path;
+}
