@@ -427,6 +427,9 @@ bool vp_vring_drv_kick_prepare(struct vp_vring_drv *vq)
     return !(flags & VP_VRING_USED_F_NO_NOTIFY);
 }
 
+/* Unlike Linux virtqueue_get_buf(), this does not move used_event: interrupts are
+ * re-armed only by vp_vring_drv_set_notify(true) (the disable_cb / enable_cb pattern:
+ * disable, drain, enable, and drain again when enable returns true). */
 int vp_vring_drv_get_used(struct vp_vring_drv *vq, void **token, uint32_t *len)
 {
     if (vq->broken)
