@@ -613,6 +613,7 @@ static void test_dev_malformed(void)
         { "readable after writable", bad_read_after_write, 16, "readable after writable" },
         { "total over 4 GiB", bad_total_len, 16, "over 4 GiB" },
     };
+    int fds = vp_count_open_fds();
     for (unsigned c = 0; c < VP_ARRAY_SIZE(cases); c++) {
         g_test_message("case: %s", cases[c].name);
         struct ring r;
@@ -649,6 +650,7 @@ static void test_dev_malformed(void)
         g_assert_cmpstr(dev.why, ==, why);
         ring_free(&r);
     }
+    vp_assert_fds(fds);
 }
 
 /* A broken-by-the-caller device queue, and push of an out-of-range head. */
@@ -714,6 +716,7 @@ static void test_drv_malformed(void)
         { "used id twice", used_twice, "is not a head in flight" },
         { "used idx jump", used_idx_jump, "used index moved from 0 to 9 (more than num 8)" },
     };
+    int fds = vp_count_open_fds();
     for (unsigned c = 0; c < VP_ARRAY_SIZE(cases); c++) {
         g_test_message("case: %s", cases[c].name);
         struct ring r;
@@ -747,6 +750,7 @@ static void test_drv_malformed(void)
         vp_vring_drv_destroy(&drv);
         ring_free(&r);
     }
+    vp_assert_fds(fds);
 }
 
 /* The driver never trusts what the device rewrote in desc[]: free-list shadows. */
