@@ -1,0 +1,250 @@
+/*
+ * main.c - vhost-pci-guestd: the vhost-pci guest driver (DESIGN section 6).
+ * Options, wiring of loop + bus + control plane + status socket, clean shutdown.
+ * libc only, statically linked.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "bus.h"
+#include "controlplane.h"
+#include "log.h"
+#include "loop.h"
+#include "status.h"
+
+struct opts {
+    const char *bus;
+    const char *local_bus;
+    const char *status;
+    const char *tap;
+    const char *sysfs;
+    unsigned connect_timeout_ms;
+    unsigned window_wait_ms;
+    unsigned rescan_ms;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: vhost-pci-guestd [OPTIONS]\n"
+            "The vhost-pci guest driver: serves vhost-pci devices (control plane and,\n"
+            "for NET frontends, the vhost-pci-net data path).\n"
+            "\n"
+            "  --bus local|pci         how devices are found (default: pci)\n"
+            "                            pci:   sysfs 1af4:1110 functions (inside the device VM)\n"
+            "                            local: the server's --local-bus socket (host-only)\n"
+            "  --local-bus PATH        the server's local bus socket (implies --bus local)\n"
+            "  --status PATH           serve the status socket (JSON) at PATH\n"
+            "  --tap NAME              TAP interface for vhost-pci-net packets\n"
+            "  --log-level LEVEL       error|warn|info|debug (default: info)\n"
+            "  --sysfs PATH            sysfs root for --bus pci (default: /sys)\n"
+            "  --rescan-ms N           pci bus: rescan sysfs every N ms (default: 1000)\n"
+            "  --connect-timeout-ms N  local bus: keep retrying connect for N ms (default: 5000)\n"
+            "  --window-wait-ms N      how long a message may wait for a window to be\n"
+            "                          plugged before it fails (default: 10000)\n"
+            "  -h, --help              this text\n");
+}
+
+static int parse_uint(const char *s, unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || v > 3600000UL)
+        return -EINVAL;
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+    enum { O_BUS = 256, O_LOCAL_BUS, O_STATUS, O_TAP, O_LOG, O_SYSFS, O_RESCAN, O_CONNECT,
+           O_WAIT };
+    static const struct option longopts[] = {
+        { "bus", required_argument, NULL, O_BUS },
+        { "local-bus", required_argument, NULL, O_LOCAL_BUS },
+        { "status", required_argument, NULL, O_STATUS },
+        { "tap", required_argument, NULL, O_TAP },
+        { "log-level", required_argument, NULL, O_LOG },
+        { "sysfs", required_argument, NULL, O_SYSFS },
+        { "rescan-ms", required_argument, NULL, O_RESCAN },
+        { "connect-timeout-ms", required_argument, NULL, O_CONNECT },
+        { "window-wait-ms", required_argument, NULL, O_WAIT },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    *o = (struct opts){ .sysfs = "/sys", .connect_timeout_ms = 5000,
+                        .window_wait_ms = 10000, .rescan_ms = 1000 };
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        enum gd_log_level lvl;
+        switch (c) {
+        case O_BUS:
+            if (strcmp(optarg, "local") && strcmp(optarg, "pci")) {
+                fprintf(stderr, "vhost-pci-guestd: --bus must be local or pci\n");
+                return -1;
+            }
+            o->bus = optarg;
+            break;
+        case O_LOCAL_BUS: o->local_bus = optarg; break;
+        case O_STATUS: o->status = optarg; break;
+        case O_TAP: o->tap = optarg; break;
+        case O_SYSFS: o->sysfs = optarg; break;
+        case O_LOG:
+            if (gd_log_parse_level(optarg, &lvl) < 0) {
+                fprintf(stderr, "vhost-pci-guestd: bad --log-level %s\n", optarg);
+                return -1;
+            }
+            gd_log_set_level(lvl);
+            break;
+        case O_RESCAN:
+        case O_CONNECT:
+        case O_WAIT: {
+            unsigned v;
+            if (parse_uint(optarg, &v) < 0) {
+                fprintf(stderr, "vhost-pci-guestd: bad number %s\n", optarg);
+                return -1;
+            }
+            if (c == O_RESCAN)
+                o->rescan_ms = v;
+            else if (c == O_CONNECT)
+                o->connect_timeout_ms = v;
+            else
+                o->window_wait_ms = v;
+            break;
+        }
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "vhost-pci-guestd: unexpected argument %s\n", argv[optind]);
+        return -1;
+    }
+    if (!o->bus)
+        o->bus = o->local_bus ? "local" : "pci";
+    if (!strcmp(o->bus, "local") && !o->local_bus) {
+        fprintf(stderr, "vhost-pci-guestd: --bus local needs --local-bus PATH\n");
+        return -1;
+    }
+    if (!strcmp(o->bus, "pci") && o->local_bus) {
+        fprintf(stderr, "vhost-pci-guestd: --local-bus only goes with --bus local\n");
+        return -1;
+    }
+    if (o->window_wait_ms == 0)
+        o->window_wait_ms = 1;
+    return 0;
+}
+
+static void on_signal(void *opaque, int fd, short revents)
+{
+    struct gd_loop *loop = opaque;
+    (void)revents;
+    struct signalfd_siginfo si;
+    if (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+        gd_info("signal %u: shutting down", si.ssi_signo);
+    gd_loop_quit(loop);
+}
+
+static void on_bus_lost(void *opaque, const char *why)
+{
+    gd_info("bus lost (%s): shutting down", why);
+    gd_loop_quit(opaque);
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o;
+    if (parse_args(argc, argv, &o) < 0)
+        return 2;
+
+    int rc = 1;
+    vp_error err = { { 0 } };
+    struct gd_loop *loop = gd_loop_new();
+    struct gd_cp *cp = NULL;
+    struct gd_bus *bus = NULL;
+    struct gd_status *st = NULL;
+    int sfd = -1;
+    if (!loop) {
+        gd_error("out of memory");
+        return 1;
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0 || gd_loop_add_fd(loop, sfd, POLLIN, on_signal, loop) < 0) {
+        gd_error("signalfd: %s", strerror(errno));
+        goto out;
+    }
+
+    struct gd_cp_config cfg = {
+        .tap = o.tap,
+        .window_wait_ns = (uint64_t)o.window_wait_ms * 1000000ULL,
+        .bus_lost = on_bus_lost,
+        .opaque = loop,
+    };
+    cp = gd_cp_new(loop, &cfg);
+    if (!cp) {
+        gd_error("out of memory");
+        goto out;
+    }
+    /* The data path (vhost-pci-net) registers here with gd_cp_set_datapath(). */
+
+    if (o.status) {
+        st = gd_status_new(loop, cp, o.status, &err);
+        if (!st) {
+            gd_error("%s", err.msg);
+            goto out;
+        }
+    }
+    if (!strcmp(o.bus, "local"))
+        bus = gd_bus_local_new(loop, o.local_bus, o.connect_timeout_ms, &gd_cp_bus_events, cp,
+                               &err);
+    else
+        bus = gd_bus_pci_new(loop, o.sysfs, o.rescan_ms, &gd_cp_bus_events, cp, &err);
+    if (!bus) {
+        gd_error("%s", err.msg);
+        goto out;
+    }
+    gd_cp_set_bus(cp, bus);
+    if (gd_bus_start(bus, &err) < 0) {
+        gd_error("%s", err.msg);
+        goto out;
+    }
+    gd_info("running: bus %s%s%s%s%s", o.bus, o.local_bus ? " " : "",
+            o.local_bus ? o.local_bus : "", o.status ? ", status " : "", o.status ? o.status : "");
+
+    int r = gd_loop_run(loop);
+    if (r < 0) {
+        gd_error("event loop: %s", strerror(-r));
+        goto out;
+    }
+    rc = 0;
+out:
+    /* Devices first (frontends stopped, windows unmapped), then the bus that owns
+     * the control areas, then the status socket. */
+    if (cp)
+        gd_cp_shutdown(cp);
+    gd_bus_destroy(bus);
+    gd_status_free(st);
+    gd_cp_free(cp);
+    vp_close_fd(&sfd);
+    gd_loop_free(loop);
+    return rc;
+}

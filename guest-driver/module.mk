@@ -1,0 +1,28 @@
+# vhost-pci-guestd: the guest driver (libc only, static). Its objects are built twice:
+# guest flavour ($(B)/guest/guest-driver/*.o, CFLAGS_GUEST) for the binary, host
+# flavour ($(B)/guest-driver/*.o) for the unit tests, which link GLib.
+
+GUESTD_SRCS := guest-driver/log.c guest-driver/loop.c guest-driver/json.c \
+               guest-driver/ctrlarea.c guest-driver/memtable.c guest-driver/controlq.c \
+               guest-driver/device.c guest-driver/controlplane.c guest-driver/status.c \
+               guest-driver/bus_local.c guest-driver/bus_pci.c
+GUESTD_MAIN  := guest-driver/main.c
+
+GUESTD_GOBJS := $(GUESTD_SRCS:%.c=$(B)/guest/%.o) $(GUESTD_MAIN:%.c=$(B)/guest/%.o)
+GUESTD_HOBJS := $(GUESTD_SRCS:%.c=$(B)/%.o)
+
+$(B)/guest-driver/vhost-pci-guestd: $(GUESTD_GOBJS) $(B)/libvhostpci-core-guest.a
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_GUEST) -o $@ $^
+
+BINS += $(B)/guest-driver/vhost-pci-guestd
+
+# Unit tests of the guest driver (tests/unit/test-guestd-*.c): host-flavour objects
+# + the test + libvhostpci.a. This pattern's stem is shorter than tests/module.mk's,
+# so make prefers it.
+$(B)/tests/unit/test-guestd-%: $(B)/tests/unit/test-guestd-%.o $(B)/tests/testutil.o \
+                               $(GUESTD_HOBJS) $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+
+$(B)/tests/unit/test-guestd-%.o: CFLAGS_HOST += -Iguest-driver
