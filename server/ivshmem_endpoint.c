@@ -19,8 +19,11 @@
 #include <fcntl.h>
 #include <glib-unix.h>
 #include <string.h>
+#include <linux/kcmp.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -30,8 +33,10 @@ typedef struct ep_msg {
 } ep_msg;
 
 typedef struct ep_peer {
-    int *fds;               /* owned eventfds, one per vector */
+    int *fds;               /* owned eventfds, one per vector (-1: hole) */
+    int *given;             /* the caller's fd numbers they were copied from */
     unsigned n;
+    unsigned sent;          /* vectors the connected QEMU holds (0 when none) */
 } ep_peer;
 
 struct ivshmem_endpoint {
@@ -43,6 +48,7 @@ struct ivshmem_endpoint {
     GSource *conn_src;
     GSource *out_src;
     int shm_fd;
+    int sink_fd;            /* filler eventfd for holes, created on first use */
     unsigned own_id;
     ep_peer peers[IVSHMEM_EP_MAX_PEERS];
     GQueue out;             /* ep_msg *, head may be partly written */
@@ -163,17 +169,25 @@ static gboolean ep_on_writable(gint fd, GIOCondition cond, gpointer data)
     return G_SOURCE_CONTINUE;   /* ep_flush removes the source when done */
 }
 
-/* Queue the vectors of peer @id (one message per vector, in order). */
+static int ep_sink(ivshmem_endpoint *ep);
+
+/* Queue the vectors of peer @id (one message per vector, in order; a hole gets the
+ * sink eventfd so that later vectors keep their numbers). */
 static int ep_push_peer(ivshmem_endpoint *ep, unsigned id)
 {
+    ep_peer *pe = &ep->peers[id];
     unsigned v;
     int ret;
 
-    for (v = 0; v < ep->peers[id].n; v++) {
-        ret = ep_push(ep, id, ep->peers[id].fds[v]);
+    for (v = 0; v < pe->n; v++) {
+        int fd = pe->fds[v] >= 0 ? pe->fds[v] : ep_sink(ep);
+        if (fd < 0)
+            return -errno;
+        ret = ep_push(ep, id, fd);
         if (ret < 0)
             return ret;
     }
+    pe->sent = pe->n;
     return 0;
 }
 
@@ -189,6 +203,8 @@ static void ep_disconnect(ivshmem_endpoint *ep, const char *why)
     vp_close_fd(&ep->conn_fd);
     g_queue_clear_full(&ep->out, (GDestroyNotify)ep_msg_free);
     ep->head_off = 0;
+    for (unsigned id = 0; id < IVSHMEM_EP_MAX_PEERS; id++)
+        ep->peers[id].sent = 0;
     if (ep->state_fn)
         ep->state_fn(ep, FALSE, ep->state_opaque);
 }
@@ -257,6 +273,8 @@ static gboolean ep_on_accept(gint fd, GIOCondition cond, gpointer data)
         ep->st.rejected++;
         g_queue_clear_full(&ep->out, (GDestroyNotify)ep_msg_free);
         vp_close_fd(&ep->conn_fd);
+        for (unsigned id = 0; id < IVSHMEM_EP_MAX_PEERS; id++)
+            ep->peers[id].sent = 0;
         return G_SOURCE_CONTINUE;
     }
     ep->st.connections++;
@@ -310,6 +328,7 @@ ivshmem_endpoint *ivshmem_endpoint_new(GMainContext *ctx, const char *path, int 
     ep->ctx = ctx ? g_main_context_ref(ctx) : g_main_context_ref_thread_default();
     ep->path = g_strdup(path);
     ep->conn_fd = -1;
+    ep->sink_fd = -1;
     ep->own_id = own_id;
     g_queue_init(&ep->out);
     ep->shm_fd = fcntl(shm_fd, F_DUPFD_CLOEXEC, 0);
@@ -355,9 +374,11 @@ void ivshmem_endpoint_free(ivshmem_endpoint *ep)
         unlink(ep->path);
     vp_close_fd(&ep->listen_fd);
     vp_close_fd(&ep->shm_fd);
+    vp_close_fd(&ep->sink_fd);
     for (id = 0; id < IVSHMEM_EP_MAX_PEERS; id++) {
         vp_close_fds(ep->peers[id].fds, ep->peers[id].n);
         g_free(ep->peers[id].fds);
+        g_free(ep->peers[id].given);
     }
     g_main_context_unref(ep->ctx);
     g_free(ep->path);
@@ -371,11 +392,33 @@ void ivshmem_endpoint_set_state_handler(ivshmem_endpoint *ep, ivshmem_endpoint_s
     ep->state_opaque = opaque;
 }
 
+/* Whether @a and @b are the same open file (kcmp KCMP_FILE); when kcmp is not
+ * available, whether the caller handed in the same fd number as last time. */
+static gboolean ep_same_file(int ours, int caller_old, int theirs)
+{
+    pid_t me = getpid();
+    long r = syscall(SYS_kcmp, me, me, KCMP_FILE, ours, theirs);
+
+    if (r >= 0)
+        return r == 0;
+    return caller_old == theirs;
+}
+
+/* The filler for a vector with no fd: QEMU counts vectors by message, so a hole must
+ * still be a message with an eventfd. Nobody reads it. */
+static int ep_sink(ivshmem_endpoint *ep)
+{
+    if (ep->sink_fd < 0)
+        ep->sink_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return ep->sink_fd;
+}
+
 int ivshmem_endpoint_set_peer(ivshmem_endpoint *ep, unsigned id, const int *fds, unsigned n,
                               vp_error *err)
 {
-    int *copy = NULL;
-    unsigned v, had;
+    ep_peer *pe;
+    unsigned v, keep, total;
+    int *copy, *given;
     int ret;
 
     if (id >= IVSHMEM_EP_MAX_PEERS)
@@ -384,37 +427,75 @@ int ivshmem_endpoint_set_peer(ivshmem_endpoint *ep, unsigned id, const int *fds,
     if (n > IVSHMEM_EP_MAX_VECTORS)
         return vp_fail(err, -EINVAL, "ivshmem peer %u: %u vectors, at most %u", id, n,
                        IVSHMEM_EP_MAX_VECTORS);
+    pe = &ep->peers[id];
     if (id == ep->own_id && ep->conn_fd >= 0)
         return vp_fail(err, -EBUSY, "ivshmem peer %u is QEMU itself: its vectors cannot "
                        "change while it is connected", id);
-    if (n) {
-        copy = g_new(int, n);
-        for (v = 0; v < n; v++)
-            copy[v] = -1;
-        for (v = 0; v < n; v++) {
-            copy[v] = fds[v] >= 0 ? fcntl(fds[v], F_DUPFD_CLOEXEC, 0) : -1;
-            if (copy[v] < 0) {
-                ret = fds[v] < 0 || errno == EBADF ? -EINVAL : -errno;
-                vp_close_fds(copy, n);
-                g_free(copy);
-                return vp_fail(err, ret, "ivshmem peer %u vector %u: bad fd %d", id, v, fds[v]);
-            }
+    for (v = 0; v < n; v++)
+        if (fds[v] < -1 || (fds[v] >= 0 && fcntl(fds[v], F_GETFD) < 0))
+            return vp_fail(err, -EINVAL, "ivshmem peer %u vector %u: bad fd %d", id, v, fds[v]);
+
+    /* Vectors QEMU already holds stay as they are (QEMU 7.2 cannot replace them:
+     * see the header); only a hole (-1) or the same file is accepted there. */
+    keep = ep->conn_fd >= 0 ? pe->sent : 0;
+    for (v = 0; v < MIN(keep, n); v++) {
+        if (fds[v] >= 0 && !ep_same_file(pe->fds[v], pe->given[v], fds[v]))
+            return vp_fail(err, -ENOTSUP, "ivshmem peer %u vector %u already has an eventfd "
+                           "in QEMU, which cannot replace it (QEMU 7.2 corrupts its heap on "
+                           "a peer disconnect): use a fresh vector number", id, v);
+    }
+
+    total = MAX(keep, n);
+    copy = g_new(int, MAX(total, 1));
+    given = g_new(int, MAX(total, 1));
+    for (v = 0; v < total; v++) {
+        copy[v] = -1;
+        given[v] = v < n ? fds[v] : -1;
+    }
+    for (v = 0; v < total; v++) {
+        if (v < keep) {
+            copy[v] = pe->fds[v];       /* moved below */
+            if (v >= n || fds[v] < 0)
+                given[v] = pe->given[v];
+            continue;
+        }
+        if (fds[v] < 0)
+            continue;
+        copy[v] = fcntl(fds[v], F_DUPFD_CLOEXEC, 0);
+        if (copy[v] < 0) {
+            ret = -errno;
+            for (unsigned k = keep; k < v; k++)
+                vp_close_fd(&copy[k]);
+            g_free(copy);
+            g_free(given);
+            return vp_fail(err, ret, "ivshmem peer %u vector %u: dup: %s", id, v,
+                           g_strerror(-ret));
         }
     }
-    had = ep->peers[id].n;
-    vp_close_fds(ep->peers[id].fds, ep->peers[id].n);
-    g_free(ep->peers[id].fds);
-    ep->peers[id].fds = copy;
-    ep->peers[id].n = n;
+    /* Commit: the kept ones moved into copy, the rest of the old list closed. */
+    for (v = keep; v < pe->n; v++)
+        vp_close_fd(&pe->fds[v]);
+    g_free(pe->fds);
+    g_free(pe->given);
+    pe->fds = copy;
+    pe->given = given;
+    pe->n = total;
 
     if (ep->conn_fd < 0)
         return 0;
-    /* Announce to the connected QEMU: gone (if it knew vectors), then the new list. */
-    if ((had && (ret = ep_push(ep, id, -1)) < 0) || (ret = ep_push_peer(ep, id)) < 0) {
-        /* Out of fds: QEMU's view is now unknown; drop it (it sees EOF). */
-        ep_disconnect(ep, "cannot queue a peer update");
-        return vp_fail(err, ret, "ivshmem peer %u update: %s", id, g_strerror(-ret));
+    if (n < keep)
+        g_debug("ivshmem endpoint %s: peer %u shrinks to %u vectors; QEMU keeps %u (stale)",
+                ep->path, id, n, keep);
+    /* Announce the new vectors to the connected QEMU, in order. */
+    for (v = keep; v < total; v++) {
+        ret = ep_push(ep, id, pe->fds[v] >= 0 ? pe->fds[v] : ep_sink(ep));
+        if (ret < 0) {
+            /* Out of fds: QEMU's view is now unknown; drop it (it sees EOF). */
+            ep_disconnect(ep, "cannot queue a peer update");
+            return vp_fail(err, ret, "ivshmem peer %u update: %s", id, g_strerror(-ret));
+        }
     }
+    pe->sent = total;
     if (ep_flush(ep) < 0)
         return vp_fail(err, -ECONNRESET, "ivshmem peer %u update: QEMU connection lost", id);
     return 0;

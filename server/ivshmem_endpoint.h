@@ -16,8 +16,19 @@
  * QEMU reads 1-3 synchronously while holding its main loop (inside device_add), so
  * they must be ready the moment it connects: the endpoint listens from creation and
  * accepts from its GLib source; 4 is handled asynchronously by QEMU.
- * Later, ivshmem_endpoint_set_peer() for a connected endpoint sends "id, no fd"
- * (QEMU: peer gone, closes its eventfds) and then the new list.
+ * A vector with no fd (a hole, -1) is sent as a "sink" eventfd the endpoint owns, so
+ * that later vectors keep their numbers (QEMU numbers a peer's vectors by counting
+ * its messages).
+ *
+ * Vectors are append-only while QEMU is connected. The ivshmem protocol's "peer gone"
+ * message (id, no fd) is NEVER sent: QEMU 7.2's close_peer_eventfds() frees the peer's
+ * eventfd array without reallocating it, so a later vector for that peer writes into
+ * freed memory (seen here: "malloc_consolidate(): unaligned fastbin chunk detected",
+ * QEMU dead) and unplugging the device frees it twice. So a vector QEMU holds keeps
+ * its eventfd until the device is unplugged; ivshmem_endpoint_set_peer() sends only
+ * the vectors beyond those, and refuses (-ENOTSUP) to change one QEMU holds. The
+ * server therefore never reuses a vector number for a different call fd on a plugged
+ * control function (new fds get fresh numbers; vectors= must leave room for them).
  *
  * QEMU requirements the endpoint enforces: the shm size is a power of two (it becomes
  * BAR2; anything else aborts the device VM's QEMU), at most IVSHMEM_EP_MAX_VECTORS
@@ -68,11 +79,14 @@ void ivshmem_endpoint_set_state_handler(ivshmem_endpoint *ep, ivshmem_endpoint_s
                                         void *opaque);
 
 /**
- * Set the eventfd list of peer @id: @fds[v] is its vector v (duplicated), @n of them
- * (0 = the peer has none / is gone). If QEMU is connected the change is announced at
- * once: a peer that had vectors is first announced gone (id, no fd), then each new
- * vector. Returns 0, or -EINVAL (id or n out of range, a bad fd: nothing changed),
- * -EBUSY (changing the own id's vectors while QEMU is connected), -errno of dup.
+ * Set the eventfd list of peer @id: @fds[v] is its vector v (duplicated; -1 = a hole),
+ * @n of them. Not connected: the list replaces the old one and is sent in full when
+ * QEMU connects. Connected: the vectors QEMU already holds must be unchanged (the same
+ * open file, compared with kcmp(2)) or -1 / beyond @n (then QEMU keeps the old one,
+ * which goes stale); vectors beyond them are sent at once. n == 0 ("peer gone") thus
+ * sends nothing to a connected QEMU. Returns 0, or -EINVAL (id or n out of range, a
+ * bad fd), -ENOTSUP (a vector QEMU holds would change), -EBUSY (the own id's vectors
+ * while QEMU is connected), -errno of dup; nothing changed on error.
  */
 int ivshmem_endpoint_set_peer(ivshmem_endpoint *ep, unsigned id, const int *fds, unsigned n,
                               vp_error *err);

@@ -229,39 +229,83 @@ static void test_peer_update(void)
 {
     int before = vp_count_open_fds();
     rig r;
-    int q, dummy, newcall[2];
+    int q, dummy, newcall[3], list[6];
     int64_t v;
     vp_error err = { { 0 } };
+    ivshmem_endpoint_stats st;
 
     rig_up(&r);
     q = qemu_connect(r.path);
     SPIN_UNTIL(r.ups == 1, WAIT_MS);
     expect_full_setup(&r, q);
-
-    /* New call fds for the driver VM: gone, then the whole new list. */
     newcall[0] = efd();
     newcall[1] = efd();
-    g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, newcall, 2, &err), ==, 0);
-    expect(q, 2, -1);
-    expect(q, 2, newcall[0]);
-    expect(q, 2, newcall[1]);
-    g_assert_cmpuint(ivshmem_endpoint_peer_vectors(r.ep, 2), ==, 2);
+    newcall[2] = efd();
 
-    /* Peer gone. */
-    g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, NULL, 0, &err), ==, 0);
-    expect(q, 2, -1);
-    /* Announced again from nothing: no "gone" first. */
-    g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, newcall, 1, &err), ==, 0);
+    /* New call fds get fresh vector numbers: only they are sent, in order; a hole is
+     * filled with the endpoint's sink eventfd; never a "peer gone" (id, no fd). */
+    list[0] = r.call[0];
+    list[1] = r.call[1];
+    list[2] = r.call[2];
+    list[3] = newcall[0];
+    list[4] = -1;
+    list[5] = newcall[1];
+    g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, list, 6, &err), ==, 0);
     expect(q, 2, newcall[0]);
+    {
+        int64_t val;
+        int got;
+        g_assert_cmpint(qemu_recv(q, &val, &got, WAIT_MS), ==, 1);
+        g_assert_cmpint(val, ==, 2);
+        g_assert_cmpint(got, >=, 0);    /* the sink */
+        vp_close_fd(&got);
+    }
+    expect(q, 2, newcall[1]);
+    g_assert_cmpint(qemu_recv(q, &v, &dummy, 50), ==, 0);
+    g_assert_cmpuint(ivshmem_endpoint_peer_vectors(r.ep, 2), ==, 6);
+
+    /* Replacing a vector QEMU holds is refused, and changes nothing. */
+    list[1] = newcall[2];
+    g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, list, 6, &err), ==, -ENOTSUP);
+    g_assert_nonnull(strstr(err.msg, "peer 2 vector 1 already has an eventfd in QEMU"));
+    g_assert_cmpuint(ivshmem_endpoint_peer_vectors(r.ep, 2), ==, 6);
+    /* Holes and a shorter list are fine (QEMU keeps the old ones); same for "gone". */
+    list[1] = -1;
+    g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, list, 4, &err), ==, 0);
+    g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, NULL, 0, &err), ==, 0);
+    g_assert_cmpint(qemu_recv(q, &v, &dummy, 50), ==, 0);
+    g_assert_cmpuint(ivshmem_endpoint_peer_vectors(r.ep, 2), ==, 6);
+    /* The same file under another fd number is "unchanged". */
+    {
+        int d = dup(r.call[0]);
+        g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, &d, 1, &err), ==, 0);
+        vp_close_fd(&d);
+    }
+    /* Appending after that continues at vector 6. */
+    list[0] = -1;
+    list[1] = -1;
+    list[2] = -1;
+    list[3] = -1;
+    list[4] = -1;
+    list[5] = -1;
+    {
+        int l7[7] = { -1, -1, -1, -1, -1, -1, newcall[2] };
+        g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, l7, 7, &err), ==, 0);
+    }
+    expect(q, 2, newcall[2]);
     g_assert_cmpint(qemu_recv(q, &v, &dummy, 50), ==, 0);
 
     /* QEMU's own vectors are fixed while it is connected. */
     g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 1, newcall, 1, &err), ==, -EBUSY);
     g_assert_nonnull(strstr(err.msg, "cannot change while it is connected"));
 
-    /* A reconnecting QEMU gets everything again, with the current lists. */
+    /* Not connected: the list is replaced as given, and a new QEMU gets all of it. */
     vp_close_fd(&q);
     SPIN_UNTIL(r.downs == 1, WAIT_MS);
+    list[0] = newcall[1];
+    list[1] = -1;
+    list[2] = newcall[0];
+    g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, list, 3, &err), ==, 0);
     q = qemu_connect(r.path);
     SPIN_UNTIL(r.ups == 2, WAIT_MS);
     expect(q, 0, -1);
@@ -270,10 +314,21 @@ static void test_peer_update(void)
     expect(q, 0, r.srv[0]);
     expect(q, 0, r.srv[1]);
     expect(q, 1, r.irq);
+    expect(q, 2, newcall[1]);
+    {
+        int64_t val;
+        int got;
+        g_assert_cmpint(qemu_recv(q, &val, &got, WAIT_MS), ==, 1);
+        g_assert_cmpint(val, ==, 2);
+        g_assert_cmpint(got, >=, 0);
+        vp_close_fd(&got);
+    }
     expect(q, 2, newcall[0]);
     g_assert_cmpint(qemu_recv(q, &v, &dummy, 50), ==, 0);
+    ivshmem_endpoint_get_stats(r.ep, &st);
+    g_assert_cmpuint(st.connections, ==, 2);
     vp_close_fd(&q);
-    vp_close_fds(newcall, 2);
+    vp_close_fds(newcall, 3);
     rig_down(&r);
     vp_assert_fds(before);
 }
@@ -350,6 +405,9 @@ static void test_bad_input(void)
     /* A bad fd changes nothing. */
     g_assert_cmpint(ivshmem_endpoint_set_peer(ep, 2, fds, 2, &err), ==, -EINVAL);
     g_assert_nonnull(strstr(err.msg, "vector 1: bad fd 1000000"));
+    fds[1] = -7;
+    g_assert_cmpint(ivshmem_endpoint_set_peer(ep, 2, fds, 2, &err), ==, -EINVAL);
+    g_assert_nonnull(strstr(err.msg, "vector 1: bad fd -7"));
     g_assert_cmpuint(ivshmem_endpoint_peer_vectors(ep, 2), ==, 1);
     vp_close_fd(&fds[0]);
     ivshmem_endpoint_free(ep);
