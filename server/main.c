@@ -1,0 +1,290 @@
+/*
+ * main.c - vhost-pci-server: options, main loop, signals, shutdown (DESIGN sections
+ * 2, 4, 7). One server per device VM: it listens for vhost-pci clients (--listen),
+ * realises one vhost-pci device per client_uuid through a device host
+ * (--device-host local|qemu) and answers status queries (--mgmt).
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <locale.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <glib-unix.h>
+
+#include "unix_listen.h"
+
+/* Device hosts, by --device-host name. A host whose implementation is not linked
+ * has a NULL ops (vp_devhost_qemu_ops is weak until devhost_qemu.c exists). */
+static const struct {
+    const char *name;
+    const struct vp_devhost_ops *ops;
+} hosts[] = {
+    { "local", &vp_devhost_local_ops },
+    { "qemu", &vp_devhost_qemu_ops },
+};
+
+static GLogLevelFlags log_threshold = G_LOG_LEVEL_INFO;
+
+static GLogWriterOutput log_writer(GLogLevelFlags level, const GLogField *fields, gsize n,
+                                   gpointer data)
+{
+    (void)data;
+    GLogLevelFlags l = level & G_LOG_LEVEL_MASK;
+    /* GLib's levels grow in value as they get less severe. */
+    if (l > log_threshold)
+        return G_LOG_WRITER_HANDLED;
+    return g_log_writer_standard_streams(level, fields, n, data);
+}
+
+static int set_log_level(const char *name)
+{
+    static const struct { const char *name; GLogLevelFlags level; } levels[] = {
+        { "error", G_LOG_LEVEL_CRITICAL }, { "warning", G_LOG_LEVEL_WARNING },
+        { "info", G_LOG_LEVEL_INFO }, { "debug", G_LOG_LEVEL_DEBUG },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(levels); i++) {
+        if (strcmp(name, levels[i].name) == 0) {
+            log_threshold = levels[i].level;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
+{
+    struct vp_server *srv = data;
+    (void)cond;
+    for (;;) {
+        int c = srv_unix_accept(fd);
+        if (c < 0) {
+            if (c != -EAGAIN && c != -EINTR)
+                g_warning("accept: %s", g_strerror(-c));
+            break;
+        }
+        srv_session_new(srv, c);
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+static void shutdown_begin(struct vp_server *srv);
+
+static gboolean on_signal(gpointer data)
+{
+    struct vp_server *srv = data;
+    if (srv->shutting_down) {
+        g_message("second signal: quitting without waiting");
+        g_main_loop_quit(srv->loop);
+        return G_SOURCE_CONTINUE;
+    }
+    shutdown_begin(srv);
+    return G_SOURCE_CONTINUE;
+}
+
+static gboolean shutdown_poll(gpointer data)
+{
+    struct vp_server *srv = data;
+    static gint64 deadline;
+    if (!deadline)
+        deadline = g_get_monotonic_time() + (gint64)srv->timeout_ms * 1000 + 500000;
+    if (srv->unplugs_outstanding == 0 || g_get_monotonic_time() > deadline) {
+        if (srv->unplugs_outstanding)
+            g_warning("shutdown: %u unplug(s) did not complete in time", srv->unplugs_outstanding);
+        g_main_loop_quit(srv->loop);
+        return G_SOURCE_REMOVE;
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+static void shutdown_begin(struct vp_server *srv)
+{
+    g_message("shutting down: unplugging %u device(s)", g_hash_table_size(srv->devices));
+    srv->shutting_down = true;
+    if (srv->listen_src)
+        g_source_remove(srv->listen_src);
+    srv->listen_src = 0;
+    vp_close_fd(&srv->listen_fd);
+    unlink(srv->opt.listen_path);
+    /* Clients first (no implicit DELs while shutting down), then devices. */
+    GList *ss = g_hash_table_get_values(srv->sessions);
+    for (GList *l = ss; l; l = l->next)
+        srv_session_close(l->data, "server shutting down");
+    g_list_free(ss);
+    GList *ds = g_hash_table_get_values(srv->devices);
+    for (GList *l = ds; l; l = l->next)
+        srv_device_ref(l->data);
+    for (GList *l = ds; l; l = l->next) {
+        srv_device_destroy(l->data, "server shutting down");
+        srv_device_unref(l->data);
+    }
+    g_list_free(ds);
+    g_timeout_add(20, shutdown_poll, srv);
+}
+
+int main(int argc, char **argv)
+{
+    setlocale(LC_ALL, "");
+    struct vp_server srv_storage, *srv = &srv_storage;
+    memset(srv, 0, sizeof(*srv));
+    srv->listen_fd = -1;
+    srv->opt.device_host = g_strdup("local");
+    srv->opt.log_level = g_strdup("info");
+    srv->opt.ack_timeout_s = 10.0;
+
+    GOptionEntry entries[] = {
+        { "listen", 'l', 0, G_OPTION_ARG_FILENAME, &srv->opt.listen_path,
+          "UNIX socket where vhost-pci clients connect (required)", "PATH" },
+        { "device-host", 'd', 0, G_OPTION_ARG_STRING, &srv->opt.device_host,
+          "How devices are realised: local (a vhost-pci-guestd on --local-bus) or qemu "
+          "(QMP hot-plug into the device VM via --qmp). Default: local", "local|qemu" },
+        { "local-bus", 0, 0, G_OPTION_ARG_FILENAME, &srv->opt.local_bus,
+          "UNIX socket where the local host's vhost-pci-guestd connects (--device-host local)",
+          "PATH" },
+        { "qmp", 0, 0, G_OPTION_ARG_FILENAME, &srv->opt.qmp,
+          "QMP socket of the device VM's QEMU (--device-host qemu)", "PATH" },
+        { "mgmt", 'm', 0, G_OPTION_ARG_FILENAME, &srv->opt.mgmt_path,
+          "Management socket: write 'status\\n', read one JSON document (vhost-pci-ctl)",
+          "PATH" },
+        { "log-level", 0, 0, G_OPTION_ARG_STRING, &srv->opt.log_level,
+          "Least severe messages to print: error, warning, info (default) or debug", "LEVEL" },
+        { "allow-unsealed", 0, 0, G_OPTION_ARG_NONE, &srv->opt.allow_unsealed,
+          "Accept memfds not sealed against shrinking (e.g. plain-file memory; unsafe: a "
+          "shrink would SIGBUS the device VM)", NULL },
+        { "ack-timeout", 't', 0, G_OPTION_ARG_DOUBLE, &srv->opt.ack_timeout_s,
+          "Seconds to wait for the device VM driver's controlq ACK (and for unplugs) before "
+          "failing a request (default 10)", "SECONDS" },
+        { NULL, 0, 0, 0, NULL, NULL, NULL },
+    };
+    GOptionContext *ctx = g_option_context_new("- vhost-pci server for one device VM");
+    g_option_context_set_summary(ctx,
+        "Accepts vhost-pci clients (one per frontend device of a driver VM), creates one\n"
+        "vhost-pci device per client_uuid in the device VM through the device host, and\n"
+        "relays memory, feature and device information to the guest driver over the\n"
+        "controlq (spec 1.5/1.6, DESIGN.md).");
+    g_option_context_set_description(ctx,
+        "Examples:\n"
+        "  vhost-pci-server --listen /run/vp.sock --device-host local --local-bus /run/vp-bus.sock \\\n"
+        "                   --mgmt /run/vp-mgmt.sock\n"
+        "  vhost-pci-server --listen /run/vp.sock --device-host qemu --qmp /run/devvm-qmp.sock\n"
+        "SIGINT/SIGTERM: unplug every device (bounded by --ack-timeout), remove the sockets, exit.\n");
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    GError *gerr = NULL;
+    if (!g_option_context_parse(ctx, &argc, &argv, &gerr)) {
+        fprintf(stderr, "vhost-pci-server: %s (see --help)\n", gerr->message);
+        return 2;
+    }
+    g_option_context_free(ctx);
+
+    if (set_log_level(srv->opt.log_level) < 0) {
+        fprintf(stderr, "vhost-pci-server: --log-level must be error, warning, info or debug\n");
+        return 2;
+    }
+    g_log_set_writer_func(log_writer, NULL, NULL);
+    if (!srv->opt.listen_path) {
+        fprintf(stderr, "vhost-pci-server: --listen PATH is required (see --help)\n");
+        return 2;
+    }
+    if (!(srv->opt.ack_timeout_s > 0 && srv->opt.ack_timeout_s <= 3600)) {
+        fprintf(stderr, "vhost-pci-server: --ack-timeout must be in (0, 3600] seconds\n");
+        return 2;
+    }
+    srv->timeout_ms = (unsigned)(srv->opt.ack_timeout_s * 1000.0 + 0.5);
+    if (srv->timeout_ms == 0)
+        srv->timeout_ms = 1;
+    srv->validate_flags = srv->opt.allow_unsealed ? VP_VALIDATE_ALLOW_UNSEALED : 0;
+
+    bool known = false;
+    for (size_t i = 0; i < G_N_ELEMENTS(hosts); i++) {
+        if (strcmp(hosts[i].name, srv->opt.device_host) == 0) {
+            known = true;
+            srv->host_ops = hosts[i].ops;
+        }
+    }
+    if (!known) {
+        fprintf(stderr, "vhost-pci-server: unknown --device-host '%s' (local or qemu)\n",
+                srv->opt.device_host);
+        return 2;
+    }
+    if (!srv->host_ops) {
+        fprintf(stderr, "vhost-pci-server: %s device host not built yet\n", srv->opt.device_host);
+        return 2;
+    }
+    if (strcmp(srv->opt.device_host, "qemu") == 0 && !srv->opt.qmp) {
+        fprintf(stderr, "vhost-pci-server: --device-host qemu needs --qmp PATH\n");
+        return 2;
+    }
+    if (strcmp(srv->opt.device_host, "local") == 0 && !srv->opt.local_bus) {
+        fprintf(stderr, "vhost-pci-server: --device-host local needs --local-bus PATH\n");
+        return 2;
+    }
+
+    srv->loop = g_main_loop_new(NULL, FALSE);
+    srv->sessions = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, srv_session_free);
+    srv->devices = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                         (GDestroyNotify)srv_device_unref);
+    int rc = 1;
+    vp_error err = { "" };
+    struct vp_devhost_config hc = { .local_bus = srv->opt.local_bus, .qmp = srv->opt.qmp,
+                                    .timeout_ms = srv->timeout_ms };
+    srv->host = srv->host_ops->create(&hc, &err);
+    if (!srv->host) {
+        fprintf(stderr, "vhost-pci-server: device host %s: %s\n", srv->host_ops->name, err.msg);
+        goto out;
+    }
+    srv->listen_fd = srv_unix_listen(srv->opt.listen_path, &err);
+    if (srv->listen_fd < 0) {
+        fprintf(stderr, "vhost-pci-server: %s\n", err.msg);
+        goto out;
+    }
+    srv->listen_src = g_unix_fd_add(srv->listen_fd, G_IO_IN, on_accept, srv);
+    if (srv->opt.mgmt_path) {
+        srv->mgmt = srv_mgmt_new(srv, srv->opt.mgmt_path, &err);
+        if (!srv->mgmt) {
+            fprintf(stderr, "vhost-pci-server: --mgmt: %s\n", err.msg);
+            goto out;
+        }
+    }
+    g_unix_signal_add(SIGINT, on_signal, srv);
+    g_unix_signal_add(SIGTERM, on_signal, srv);
+    g_message("listening on %s (device host %s, ack timeout %g s%s)", srv->opt.listen_path,
+              srv->host_ops->name, srv->opt.ack_timeout_s,
+              srv->opt.allow_unsealed ? ", unsealed memory allowed" : "");
+
+    g_main_loop_run(srv->loop);
+    rc = 0;
+    g_message("stopped");
+
+out:
+    srv->shutting_down = true;
+    if (srv->listen_src)
+        g_source_remove(srv->listen_src);
+    if (srv->listen_fd >= 0) {
+        vp_close_fd(&srv->listen_fd);
+        unlink(srv->opt.listen_path);
+    }
+    srv_mgmt_free(srv->mgmt);
+    g_hash_table_destroy(srv->sessions);
+    /* Devices left (shutdown not begun, e.g. a second signal) are destroyed now. */
+    GList *ds = g_hash_table_get_values(srv->devices);
+    for (GList *l = ds; l; l = l->next)
+        srv_device_ref(l->data);
+    for (GList *l = ds; l; l = l->next) {
+        srv_device_destroy(l->data, "server exiting");
+        srv_device_unref(l->data);
+    }
+    g_list_free(ds);
+    if (srv->host)
+        srv->host_ops->destroy(srv->host);
+    g_hash_table_destroy(srv->devices);
+    if (srv->loop)
+        g_main_loop_unref(srv->loop);
+    g_free(srv->opt.listen_path);
+    g_free(srv->opt.device_host);
+    g_free(srv->opt.local_bus);
+    g_free(srv->opt.qmp);
+    g_free(srv->opt.mgmt_path);
+    g_free(srv->opt.log_level);
+    return rc;
+}

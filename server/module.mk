@@ -1,0 +1,19 @@
+# vhost-pci-server (h4). Device hosts are listed here; the qemu host (h7) joins by
+# adding its files to SERVER_HOST_SRCS (main.c picks it up through a weak symbol).
+
+SERVER_CORE_SRCS := server/layout.c
+SERVER_HOST_SRCS := server/devhost_local.c
+SERVER_SRCS := $(SERVER_CORE_SRCS) $(SERVER_HOST_SRCS) server/unix_listen.c \
+               server/device.c server/requests.c server/session.c server/mgmt.c \
+               server/main.c
+
+SERVER_OBJS := $(SERVER_SRCS:%.c=$(B)/%.o)
+
+$(B)/server/vhost-pci-server: $(SERVER_OBJS) $(B)/libvhostpci.a
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+
+BINS += $(B)/server/vhost-pci-server
+
+# Unit tests of the server's pure logic link its GLib-free core objects.
+$(B)/tests/unit/test-server-layout: $(SERVER_CORE_SRCS:%.c=$(B)/%.o)

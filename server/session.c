@@ -1,0 +1,274 @@
+/*
+ * session.c - one client connection of vhost-pci-server (DESIGN section 4): reads
+ * framed messages with vp_msg_reader from a non-blocking socket and dispatches them
+ * through one table that says, per message type, in which states it is allowed,
+ * which handler runs and what happens otherwise.
+ *
+ * Security model: the client is another, possibly hostile, process. vp_reader_read()
+ * checks the header (type, version, msg_len <= 64 KiB, fd count) before anything is
+ * allocated; the handlers decode and validate before touching state. Framing errors
+ * (truncated message, over-limit msg_len, fd mismatch, unknown type, undecodable
+ * payload, a message from the server's side of the protocol) disconnect this client
+ * only; validation errors are answered with ADD_FAIL/DEL_FAIL and a reason and keep
+ * the connection. Every received fd is owned by the message until a handler moves it
+ * out, and vp_msg_clear() closes whatever is left on every path. A connection is
+ * bound to the client_uuid of its first message; another uuid later is a framing
+ * error.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <unistd.h>
+#include <glib-unix.h>
+
+/* States a message can be allowed in (computed per message from the device table). */
+enum {
+    ST_NO_DEVICE = 1u << 0,    /* no vhost-pci device for this client_uuid yet */
+    ST_DEVICE = 1u << 1,       /* a device exists */
+    ST_RENEG = 1u << 2,        /* a device waits for the client's FEATURE_BITS_ACK */
+    ST_ANY = ST_NO_DEVICE | ST_DEVICE | ST_RENEG,
+};
+
+/* What to do with a message that is not allowed in the current state. */
+enum reject_rule {
+    REJECT_DISCONNECT,         /* protocol violation: drop the client */
+    REJECT_ACK_FAIL,           /* answer the matching *_ACK with ADD_FAIL/DEL_FAIL */
+    REJECT_IGNORE,             /* count in bad_messages, log, ignore */
+};
+
+struct dispatch {
+    unsigned states;
+    int (*handler)(struct srv_session *, struct vp_msg *, vp_error *);
+    enum reject_rule reject;
+    const char *why;           /* reason used when rejected */
+};
+
+static const struct dispatch dispatch_table[VP_MSG_TYPE_COUNT] = {
+    [VP_MSG_MEMORY_INFO] = { ST_ANY, srv_req_memory_info, REJECT_DISCONNECT, "" },
+    [VP_MSG_MEMORY_INFO_ACK] = { 0, NULL, REJECT_DISCONNECT,
+                                 "MEMORY_INFO_ACK is sent by the server, not a client" },
+    [VP_MSG_DEVICE_INFO] = { ST_DEVICE | ST_RENEG, srv_req_device_info, REJECT_ACK_FAIL,
+                             "no vhost-pci device for this client_uuid: send MEMORY_INFO(ADD) "
+                             "first" },
+    [VP_MSG_DEVICE_INFO_ACK] = { 0, NULL, REJECT_DISCONNECT,
+                                 "DEVICE_INFO_ACK is sent by the server, not a client" },
+    [VP_MSG_FEATURE_BITS] = { ST_ANY, srv_req_feature_bits, REJECT_DISCONNECT, "" },
+    [VP_MSG_FEATURE_BITS_ACK] = { ST_RENEG, srv_req_feature_bits_ack, REJECT_IGNORE,
+                                  "no feature renegotiation is pending" },
+};
+
+static unsigned session_state(struct srv_session *s)
+{
+    struct srv_device *dev = srv_device_lookup(s->srv, s->uuid);
+    if (!dev)
+        return ST_NO_DEVICE;
+    return srv_jobs_waiting_reneg(dev) ? ST_RENEG : ST_DEVICE;
+}
+
+struct srv_session *srv_session_lookup(struct vp_server *srv, uint64_t id)
+{
+    return id ? g_hash_table_lookup(srv->sessions, &id) : NULL;
+}
+
+unsigned srv_sessions_of_uuid(struct vp_server *srv, const uint8_t *uuid)
+{
+    unsigned n = 0;
+    GHashTableIter it;
+    gpointer k, v;
+    g_hash_table_iter_init(&it, srv->sessions);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        struct srv_session *s = v;
+        if (s->bound && memcmp(s->uuid, uuid, VP_UUID_LEN) == 0)
+            n++;
+    }
+    return n;
+}
+
+void srv_session_close(struct srv_session *s, const char *why)
+{
+    struct vp_server *srv = s->srv;
+    uint64_t id = s->id;
+    bool bound = s->bound;
+    uint8_t uuid[VP_UUID_LEN];
+    memcpy(uuid, s->uuid, VP_UUID_LEN);
+    g_info("client %s: connection %" PRIu64 " closed (%s)", bound ? s->uuid_str : "(unbound)",
+           id, why);
+    srv->counters.disconnects++;
+    if (s->src)
+        g_source_remove(s->src);
+    s->src = 0;
+    vp_reader_reset(&s->reader);
+    vp_close_fd(&s->fd);
+    g_hash_table_remove(srv->sessions, &id);  /* frees s */
+    if (bound && !srv->shutting_down)
+        srv_req_session_closed(srv, id, uuid);
+}
+
+struct close_later {
+    struct vp_server *srv;
+    uint64_t id;
+    char why[200];
+};
+
+static gboolean close_later_cb(gpointer data)
+{
+    struct close_later *c = data;
+    struct srv_session *s = srv_session_lookup(c->srv, c->id);
+    if (s)
+        srv_session_close(s, c->why);
+    g_free(c);
+    return G_SOURCE_REMOVE;
+}
+
+void srv_reply(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64_t seq,
+               const struct vp_ack *ack)
+{
+    struct srv_session *s = srv_session_lookup(srv, session_id);
+    if (!s || s->fd < 0)
+        return;
+    struct vp_sock_hdr hdr = { .type = type, .version = VP_MSG_VERSION, .seq = seq };
+    memcpy(hdr.uuid, s->uuid, VP_UUID_LEN);
+    int r = vp_send_ack(s->fd, type, &hdr, ack);
+    if (r < 0) {
+        /* Closed from the loop: the caller may be in the middle of a job. */
+        struct close_later *c = g_new0(struct close_later, 1);
+        c->srv = srv;
+        c->id = session_id;
+        g_snprintf(c->why, sizeof(c->why), "sending %s failed: %s", vp_msg_type_name(type),
+                   g_strerror(-r));
+        g_idle_add(close_later_cb, c);
+    }
+}
+
+/* Answer a rejected DEVICE_INFO: decode just enough to echo op and device. */
+static int reject_with_ack(struct srv_session *s, struct vp_msg *msg, const char *why,
+                           vp_error *err)
+{
+    if (msg->hdr.type != VP_MSG_DEVICE_INFO)
+        return vp_fail(err, -EPROTO, "%s", why);
+    struct vp_device_info *di = g_new0(struct vp_device_info, 1);
+    vp_device_info_init(di);
+    int r = vp_decode_device_info(msg, di, err);
+    if (r < 0) {
+        g_free(di);
+        return r;
+    }
+    vp_device_info_close_fds(di);
+    struct vp_ack a;
+    memset(&a, 0, sizeof(a));
+    a.result = di->op == VP_OP_DEL ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL;
+    a.device_type = di->device_type;
+    a.device_id = di->device_id;
+    g_strlcpy(a.reason, why, sizeof(a.reason));
+    g_message("client %s: DEVICE_INFO seq %" PRIu64 " -> %s: %s", s->uuid_str, msg->hdr.seq,
+              vp_ack_result_name(a.result), why);
+    srv_reply(s->srv, s->id, VP_MSG_DEVICE_INFO_ACK, msg->hdr.seq, &a);
+    g_free(di);
+    return 0;
+}
+
+/* Handle one framed message. Returns 0, or <0 with @err: disconnect. */
+static int handle_message(struct srv_session *s, struct vp_msg *msg, vp_error *err)
+{
+    struct vp_server *srv = s->srv;
+    srv->counters.messages++;
+    if (!s->bound) {
+        memcpy(s->uuid, msg->hdr.uuid, VP_UUID_LEN);
+        srv_uuid_str(s->uuid, s->uuid_str);
+        s->bound = true;
+        g_info("client %s: connection %" PRIu64 " bound", s->uuid_str, s->id);
+    } else if (memcmp(s->uuid, msg->hdr.uuid, VP_UUID_LEN) != 0) {
+        return vp_fail(err, -EPROTO, "client_uuid changed on one connection");
+    }
+    unsigned type = msg->hdr.type;
+    if (type >= VP_MSG_TYPE_COUNT)  /* vp_reader_read already rejects these */
+        return vp_fail(err, -EPROTO, "unknown message type %u", type);
+    const struct dispatch *d = &dispatch_table[type];
+    g_debug("client %s: %s seq %" PRIu64 " (%u bytes, %u fds)", s->uuid_str,
+            vp_msg_type_name(type), msg->hdr.seq, msg->hdr.len, msg->nfds);
+    if (!(d->states & session_state(s))) {
+        switch (d->reject) {
+        case REJECT_DISCONNECT:
+            return vp_fail(err, -EPROTO, "%s", d->why);
+        case REJECT_ACK_FAIL:
+            return reject_with_ack(s, msg, d->why, err);
+        case REJECT_IGNORE:
+            srv->counters.bad_messages++;
+            g_warning("client %s: %s seq %" PRIu64 " ignored: %s", s->uuid_str,
+                      vp_msg_type_name(type), msg->hdr.seq, d->why);
+            return 0;
+        }
+    }
+    return d->handler(s, msg, err);
+}
+
+static gboolean on_readable(gint fd, GIOCondition cond, gpointer data)
+{
+    struct srv_session *s = data;
+    struct vp_server *srv = s->srv;
+    uint64_t id = s->id;
+    (void)fd;
+    (void)cond;
+    /* Bounded per wakeup so one busy client cannot starve the others. */
+    for (int n = 0; n < 64; n++) {
+        struct vp_msg msg;
+        memset(&msg, 0, sizeof(msg));
+        vp_error err = { "" };
+        int r = vp_reader_read(&s->reader, s->fd, &msg, &err);
+        if (r == 0)
+            return G_SOURCE_CONTINUE;
+        if (r < 0) {
+            char why[300];
+            if (r == -ECONNRESET) {
+                g_snprintf(why, sizeof(why), "peer closed");
+            } else {
+                srv->counters.bad_messages++;
+                g_warning("client %s: %s: disconnecting", s->bound ? s->uuid_str : "(unbound)",
+                          err.msg);
+                g_snprintf(why, sizeof(why), "framing error: %s", err.msg);
+            }
+            s->src = 0;
+            srv_session_close(s, why);
+            return G_SOURCE_REMOVE;
+        }
+        r = handle_message(s, &msg, &err);
+        vp_msg_clear(&msg);  /* closes every fd no handler took */
+        if (r < 0) {
+            srv->counters.bad_messages++;
+            g_warning("client %s: %s: disconnecting", s->bound ? s->uuid_str : "(unbound)",
+                      err.msg);
+            char why[300];
+            g_snprintf(why, sizeof(why), "protocol error: %s", err.msg);
+            s->src = 0;
+            srv_session_close(s, why);
+            return G_SOURCE_REMOVE;
+        }
+        if (!srv_session_lookup(srv, id))
+            return G_SOURCE_REMOVE;  /* closed meanwhile (cannot happen: closes are deferred) */
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+void srv_session_free(gpointer p)
+{
+    struct srv_session *s = p;
+    if (s->src)
+        g_source_remove(s->src);
+    vp_reader_reset(&s->reader);
+    vp_close_fd(&s->fd);
+    g_free(s);
+}
+
+void srv_session_new(struct vp_server *srv, int fd)
+{
+    struct srv_session *s = g_new0(struct srv_session, 1);
+    s->srv = srv;
+    s->id = ++srv->next_session_id;
+    s->fd = fd;
+    g_strlcpy(s->uuid_str, "(unbound)", sizeof(s->uuid_str));
+    vp_reader_init(&s->reader);
+    s->src = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_readable, s);
+    g_hash_table_insert(srv->sessions, &s->id, s);
+    g_info("connection %" PRIu64 " accepted", s->id);
+}

@@ -1,0 +1,21 @@
+/*
+ * unix_listen.h - listening UNIX stream sockets for the server's three sockets
+ * (--listen, --local-bus, --mgmt).
+ */
+#ifndef VP_SERVER_UNIX_LISTEN_H
+#define VP_SERVER_UNIX_LISTEN_H
+
+#include "vp_common.h"
+
+/**
+ * Create a non-blocking, close-on-exec UNIX stream socket listening on @path.
+ * A stale socket file (nobody accepts on it) is replaced; a live one or a path that
+ * is not a socket is an error. Returns the fd (caller owns it) or -errno with a
+ * reason in @err.
+ */
+int srv_unix_listen(const char *path, vp_error *err);
+
+/** accept4() a connection as non-blocking + close-on-exec; -errno on error. */
+int srv_unix_accept(int listen_fd);
+
+#endif
