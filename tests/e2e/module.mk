@@ -18,7 +18,9 @@ E2E_TESTS += tests/e2e/test-guest-boot.sh
 .PHONY: guest-image
 guest-image:
 	tools/mkguest --out $(B)/guest --guestd $(B)/guest-driver/vhost-pci-guestd
-# Real QEMU: QMP hot-plug of ivshmem-plain / ivshmem-doorbell through our endpoint.
+
+# ---- h7 (continued): real QEMU, QMP hot-plug of ivshmem-plain / ivshmem-doorbell
+# through our ivshmem endpoint (the guest part uses $(B)/guest when it exists).
 H7_E2E := $(B)/tests/e2e/test-qemu-ivshmem
 $(H7_E2E): $(B)/tests/e2e/test-qemu-ivshmem.o $(B)/server/qmp.o $(B)/server/ivshmem_endpoint.o \
            $(B)/tests/testutil.o $(B)/libvhostpci.a

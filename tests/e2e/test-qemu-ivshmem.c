@@ -15,7 +15,8 @@
  *                          Doorbell writes fire our eventfds, device_del completes with
  *                          DEVICE_DELETED, then object-del / chardev-remove / remove-fd.
  *
- * Environment: VP_GUEST_DIR (default build/guest), VP_GUEST_BOOT_S (default 300),
+ * Environment: VP_GUEST_DIR (default $VP_B/guest, VP_B defaulting to build: the make
+ * build dir, exported by tests/e2e/module.mk), VP_GUEST_BOOT_S (default 300),
  * QEMU (default qemu-system-x86_64). Always TCG (KVM hangs on these machines).
  * A QEMU started here dies with the test (PR_SET_PDEATHSIG).
  *
@@ -85,8 +86,27 @@ static gboolean on_flag(gpointer data)
 
 static const char *guest_dir(void)
 {
+    static char *dir;
     const char *d = g_getenv("VP_GUEST_DIR");
-    return d ? d : "build/guest";
+
+    if (d)
+        return d;
+    if (!dir) {
+        const char *b = g_getenv("VP_B");
+        dir = g_build_filename(b && *b ? b : "build", "guest", NULL);
+    }
+    return dir;
+}
+
+/* The PVH-bootable vmlinux boots faster under TCG; vmlinuz otherwise. */
+static char *guest_kernel(void)
+{
+    char *k = g_build_filename(guest_dir(), "vmlinux", NULL);
+
+    if (g_file_test(k, G_FILE_TEST_EXISTS))
+        return k;
+    g_free(k);
+    return g_build_filename(guest_dir(), "vmlinuz", NULL);
 }
 
 static gboolean have_guest(void)
@@ -121,9 +141,10 @@ static void vm_start(vm *v, gboolean guest)
     ARG("-qmp"); ARG("unix:%s,server=on,wait=off", v->qmp_path);
     ARG("-serial"); ARG("file:%s", v->log_path);
     if (guest) {
-        ARG("-kernel"); ARG("%s/vmlinuz", guest_dir());
+        g_ptr_array_add(argv, g_strdup("-kernel"));
+        g_ptr_array_add(argv, guest_kernel());
         ARG("-initrd"); ARG("%s/initramfs.cpio.gz", guest_dir());
-        ARG("-append"); ARG("console=ttyS0 panic=-1 vp.role=none");
+        ARG("-append"); ARG("console=ttyS0 quiet panic=-1 vp.role=none");
         ARG("-chardev"); ARG("socket,id=agent,path=%s,server=on,wait=off", v->agent_path);
         ARG("-serial"); ARG("chardev:agent");
         ARG("-no-reboot");
@@ -494,7 +515,7 @@ static void test_guest(void)
     char *out = NULL;
     const char *boot_env = g_getenv("VP_GUEST_BOOT_S");
     int boot_s = boot_env ? atoi(boot_env) : 300;
-    int rc;
+    int rc, newcall;
     g_autofree char *rmfd = NULL;
 
     if (!have_guest()) {
@@ -519,16 +540,24 @@ static void test_guest(void)
     g_assert_cmpstr(out, ==, "0x1af4\n0x1110\n0x1af4\n0x1110\n");
     g_free(out);
 
+    /* A new call fd for the driver VM: appended as peer 2 vector 2. */
+    newcall = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    {
+        int list[3] = { p.call[0], p.call[1], newcall };
+        g_assert_cmpint(ivshmem_endpoint_set_peer(p.ep, 2, list, 3, &err), ==, 0);
+    }
+
     /* It reads the window's bytes through BAR2 (first 4 bytes "VPWI"), the control
      * area's through the doorbell's BAR2 ("VHOS"), and rings the Doorbell (BAR0 + 12):
-     * (peer 0 << 16) | vector 1 and (peer 2 << 16) | vector 1. */
+     * (peer 0 << 16) | vector 1, (peer 2 << 16) | vector 1 and the appended
+     * (peer 2 << 16) | vector 2. */
     rc = guest_exec(&v,
         "command -v devmem >/dev/null || { echo no-devmem; exit 3; }; "
         "bar() { sed -n \"$(($2+1))p\" /sys/bus/pci/devices/$1/resource | cut -d' ' -f1; }; "
         "for d in 0000:00:10.0 0000:00:11.0; do echo 1 > /sys/bus/pci/devices/$d/enable; done; "
         "devmem $(bar 0000:00:10.0 2) 32; devmem $(bar 0000:00:11.0 2) 32; "
         "b0=$(bar 0000:00:11.0 0); devmem $((b0 + 12)) 32 0x00000001; "
-        "devmem $((b0 + 12)) 32 0x00020001", &out);
+        "devmem $((b0 + 12)) 32 0x00020001; devmem $((b0 + 12)) 32 0x00020002", &out);
     if (rc == 3) {
         g_test_message("guest has no devmem: BAR contents and doorbell not checked");
     } else {
@@ -537,9 +566,11 @@ static void test_guest(void)
         g_assert_nonnull(strstr(out, "0x534F4856"));    /* "VHOS" */
         g_assert_cmpuint(eventfd_wait(p.kick[1], 5000), ==, 1);  /* transmitq kick */
         g_assert_cmpuint(eventfd_wait(p.call[1], 5000), ==, 1);  /* driver VM call */
+        g_assert_cmpuint(eventfd_wait(newcall, 5000), ==, 1);    /* appended vector */
         g_assert_cmpuint(eventfd_wait(p.kick[0], 0), ==, 0);     /* nothing else */
     }
     g_free(out);
+    vp_close_fd(&newcall);
 
     /* Unplug: device_del + DEVICE_DELETED (the guest ejects), then the back ends. */
     g_assert_cmpint(qmp_client_device_del_sync(v.c, "win0", 30000, &err), ==, 0);
@@ -551,7 +582,16 @@ static void test_guest(void)
     rmfd = g_strdup_printf("{\"fdset-id\": %" G_GINT64_FORMAT ", \"fd\": %" G_GINT64_FORMAT "}",
                            p.win_fdset, p.win_qemu_fd);
     QMP_OK(&v, "remove-fd", rmfd);
-    /* QEMU let go of both memfds. */
+    /* QEMU lets go of both memfds (RAM blocks are reclaimed after an RCU grace
+     * period, so this is a bounded wait). */
+    {
+        gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+        while ((qemu_maps(&v, "vp-e2e-win0") || qemu_maps(&v, "vp-e2e-ctl0")) &&
+               g_get_monotonic_time() < deadline)
+            g_usleep(50 * 1000);
+        g_test_message("memfd mappings gone after unplug: win0 %d ctl0 %d",
+                       qemu_maps(&v, "vp-e2e-win0"), qemu_maps(&v, "vp-e2e-ctl0"));
+    }
     g_assert_cmpint(qemu_maps(&v, "vp-e2e-win0"), ==, 0);
     g_assert_cmpint(qemu_maps(&v, "vp-e2e-ctl0"), ==, 0);
     rc = guest_exec(&v, "ls /sys/bus/pci/devices/ | grep -c -e 00:10.0 -e 00:11.0", &out);
