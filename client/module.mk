@@ -16,3 +16,19 @@ $(B)/libvhostpci-client.a: $(VPCLIENT_OBJS)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
 BINS += $(B)/libvhostpci-client.a
+
+# ---- vhost-user backend core (helper h8): client/vhost_user*.c ----
+# vhost_user.c is picked up by VPCLIENT_SRCS above; the GLib adapter joins the
+# library here. The unit test also links the scripted frontend of tests/integration.
+VU_OBJS := $(B)/client/vhost_user.o $(B)/client/vhost_user_glib.o
+$(B)/libvhostpci-client.a: $(B)/client/vhost_user_glib.o
+$(VU_OBJS): | $(VP_PB_H)
+
+$(B)/tests/unit/test-vhost-user.o $(B)/tests/integration/vu_frontend.o: \
+    CFLAGS_HOST += -Iclient -Itests -Itests/integration
+$(B)/tests/unit/test-vhost-user.o $(B)/tests/integration/vu_frontend.o: | $(VP_PB_H)
+$(B)/tests/unit/test-vhost-user: $(B)/tests/unit/test-vhost-user.o \
+    $(B)/tests/integration/vu_frontend.o $(VU_OBJS) $(B)/tests/testutil.o \
+    $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+# ---- end of h8 block ----

@@ -1,0 +1,887 @@
+/*
+ * test-vhost-user.c - the vhost-user backend core (client/vhost_user.c) through its
+ * GLib adapter, driven by the scripted QEMU 7.2 frontend (tests/integration/
+ * vu_frontend.c) in the same thread: the frontend pumps the default main context
+ * while it waits for replies.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <glib.h>
+
+#include "testutil.h"
+#include "vhost_user.h"
+#include "vhost_user_glib.h"
+#include "vu_frontend.h"
+
+#define MiB (1024ULL * 1024)
+#define PF_DEFAULT ((1ULL << VU_PF_REPLY_ACK) | (1ULL << VU_PF_CONFIGURE_MEM_SLOTS))
+#define F_PROTO (1ULL << VU_F_PROTOCOL_FEATURES)
+
+/* Guest layout, like a pc machine: RAM 0 (4 MiB memfd) is split into low memory at
+ * guest-physical 0 and "above 4G" memory at 0x100000000 (mmap offset 0x80000). */
+#define LOW_SIZE 0x80000ULL
+#define HIGH_GPA 0x100000000ULL
+#define HIGH_OFF LOW_SIZE
+#define HIGH_SIZE (4 * MiB - LOW_SIZE)
+#define RAM0_GPA(off) (HIGH_GPA + (off) - HIGH_OFF) /* for offsets in the high part */
+
+static const struct vu_fe_vring vrings[4] = {
+    {256, 0x200000, 0x201000, 0x202000, 0},
+    {256, 0x210000, 0x211000, 0x212000, 5},
+    {128, 0x220000, 0x221000, 0x222000, 0},
+    {128, 0x230000, 0x231000, 0x232000, 9},
+};
+
+struct t {
+    int fds_before;
+    struct vu_glib *g;
+    struct vu_dev *dev;
+    struct vu_fe *fe;
+    unsigned nqueues;
+    int low, high;                 /* frontend region ids */
+
+    /* what the callbacks saw */
+    int started;
+    struct vu_start_info info;     /* fds dup'ed (owned by the test) */
+    int mem_added, mem_removed, vring_changed;
+    struct vp_region added, removed;
+    ino_t added_ino;
+    int disconnected;
+    char reason[256];
+    bool wants_input_in_cb;
+
+    /* behaviour */
+    bool defer_features;
+    uint64_t features_answer;
+    bool fail_in_started;          /* vu_dev_fail() from inside started() */
+    bool free_in_disconnected;     /* vu_glib_free() from inside disconnected() */
+    bool defer_vring_base;
+    int vring_base_calls;
+    uint32_t vring_base_index;
+    uint16_t vring_base_answer[VU_MAX_QUEUES];
+};
+
+/* ---- main-loop helpers ---- */
+
+static void pump(void *opaque)
+{
+    (void)opaque;
+    while (g_main_context_iteration(NULL, FALSE))
+        ;
+}
+
+static gboolean flag_timeout(gpointer p)
+{
+    *(gboolean *)p = TRUE;
+    return G_SOURCE_REMOVE;
+}
+
+/* Iterate the main context until @cond holds, failing after 5 s. */
+#define WAIT_FOR(cond)                                                         \
+    do {                                                                       \
+        gboolean to_ = FALSE;                                                  \
+        guint id_ = g_timeout_add(5000, flag_timeout, &to_);                   \
+        while (!(cond) && !to_)                                                \
+            g_main_context_iteration(NULL, TRUE);                              \
+        if (!to_)                                                              \
+            g_source_remove(id_);                                              \
+        if (!(cond))                                                           \
+            g_error("timed out waiting for %s", #cond);                        \
+    } while (0)
+
+/* ---- callbacks ---- */
+
+static int cb_get_features(struct vu_dev *dev, uint64_t *features, void *opaque);
+static void cb_started(struct vu_dev *dev, const struct vu_start_info *info, void *opaque);
+static void cb_mem_added(struct vu_dev *dev, const struct vp_region *r, void *opaque);
+static void cb_mem_removed(struct vu_dev *dev, const struct vp_region *r, void *opaque);
+static void cb_vring_changed(struct vu_dev *dev, const struct vp_virtq *vq, bool enabled,
+                             void *opaque);
+static int cb_get_vring_base(struct vu_dev *dev, uint32_t index, uint16_t *v, void *opaque);
+static void cb_disconnected(struct vu_dev *dev, const char *reason, void *opaque);
+
+static const struct vu_dev_ops test_ops = {
+    .get_features = cb_get_features,
+    .started = cb_started,
+    .mem_added = cb_mem_added,
+    .mem_removed = cb_mem_removed,
+    .vring_changed = cb_vring_changed,
+    .get_vring_base = cb_get_vring_base,
+    .disconnected = cb_disconnected,
+};
+
+static gboolean reply_features_later(gpointer p)
+{
+    struct t *t = p;
+    g_assert_cmpint(vu_dev_reply_features(t->dev, t->features_answer), ==, 0);
+    return G_SOURCE_REMOVE;
+}
+
+static int cb_get_features(struct vu_dev *dev, uint64_t *features, void *opaque)
+{
+    struct t *t = opaque;
+    g_assert_true(dev == t->dev);
+    if (t->defer_features) {
+        g_timeout_add(20, reply_features_later, t);
+        return VU_DEFERRED;
+    }
+    *features = t->features_answer;
+    return 0;
+}
+
+static void info_close_fds(struct vu_start_info *info)
+{
+    for (unsigned i = 0; i < info->nregions; i++)
+        vp_close_fd(&info->regions[i].fd);
+    for (unsigned i = 0; i < info->nvirtqs; i++) {
+        vp_close_fd(&info->virtqs[i].kick_fd);
+        vp_close_fd(&info->virtqs[i].call_fd);
+    }
+}
+
+static int dup_fd(int fd)
+{
+    if (fd < 0)
+        return -1;
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    g_assert_cmpint(d, >=, 0);
+    return d;
+}
+
+static void cb_started(struct vu_dev *dev, const struct vu_start_info *info, void *opaque)
+{
+    struct t *t = opaque;
+    g_assert_true(vu_dev_is_started(dev));
+    info_close_fds(&t->info);
+    t->info = *info;
+    for (unsigned i = 0; i < info->nregions; i++)
+        t->info.regions[i].fd = dup_fd(info->regions[i].fd);
+    for (unsigned i = 0; i < info->nvirtqs; i++) {
+        t->info.virtqs[i].kick_fd = dup_fd(info->virtqs[i].kick_fd);
+        t->info.virtqs[i].call_fd = dup_fd(info->virtqs[i].call_fd);
+    }
+    t->started++;
+    if (t->fail_in_started)
+        vu_dev_fail(dev, "server refused: %s", "test");
+}
+
+static ino_t fd_ino(int fd)
+{
+    struct stat st;
+    g_assert_cmpint(fstat(fd, &st), ==, 0);
+    return st.st_ino;
+}
+
+static void cb_mem_added(struct vu_dev *dev, const struct vp_region *r, void *opaque)
+{
+    (void)dev;
+    struct t *t = opaque;
+    t->added = *r;
+    t->added_ino = fd_ino(r->fd);
+    t->mem_added++;
+}
+
+static void cb_mem_removed(struct vu_dev *dev, const struct vp_region *r, void *opaque)
+{
+    (void)dev;
+    struct t *t = opaque;
+    t->removed = *r;
+    t->mem_removed++;
+}
+
+static void cb_vring_changed(struct vu_dev *dev, const struct vp_virtq *vq, bool enabled,
+                             void *opaque)
+{
+    (void)dev, (void)vq, (void)enabled;
+    struct t *t = opaque;
+    t->vring_changed++;
+}
+
+static gboolean reply_vring_base_later(gpointer p)
+{
+    struct t *t = p;
+    /* A reply for another queue is refused while this one is pending. */
+    g_assert_cmpint(vu_dev_reply_vring_base(t->dev, t->vring_base_index + 1, 1), ==, -EINVAL);
+    g_assert_cmpint(vu_dev_reply_vring_base(t->dev, t->vring_base_index,
+                                            t->vring_base_answer[t->vring_base_index]), ==, 0);
+    return G_SOURCE_REMOVE;
+}
+
+static int cb_get_vring_base(struct vu_dev *dev, uint32_t index, uint16_t *v, void *opaque)
+{
+    struct t *t = opaque;
+    t->vring_base_calls++;
+    t->vring_base_index = index;
+    if (t->defer_vring_base) {
+        t->wants_input_in_cb = vu_dev_wants_input(dev);
+        g_timeout_add(20, reply_vring_base_later, t);
+        return VU_DEFERRED;
+    }
+    *v = t->vring_base_answer[index];
+    return 0;
+}
+
+static void cb_disconnected(struct vu_dev *dev, const char *reason, void *opaque)
+{
+    struct t *t = opaque;
+    g_assert_true(vu_dev_is_broken(dev));
+    g_assert_cmpint(vu_dev_fd(dev), ==, -1);
+    g_strlcpy(t->reason, reason, sizeof(t->reason));
+    t->disconnected++;
+    if (t->free_in_disconnected) {
+        vu_glib_free(t->g);
+        t->g = NULL;
+    }
+}
+
+/* ---- fixture ---- */
+
+static void t_setup_cfg(struct t *t, const struct vu_dev_config *cfg, uint64_t accepted_pf)
+{
+    memset(t, 0, sizeof(*t));
+    for (unsigned i = 0; i < VU_MAX_QUEUES; i++) {
+        t->info.regions[i % VP_MAX_REGIONS].fd = -1;
+        t->info.virtqs[i].kick_fd = t->info.virtqs[i].call_fd = -1;
+        t->vring_base_answer[i] = (uint16_t)(100 + i);
+    }
+    t->nqueues = cfg && cfg->nqueues ? cfg->nqueues : 2;
+    t->features_answer = VP_NET_FEATURES;
+    t->fds_before = vp_count_open_fds();
+    int sv[2];
+    vp_test_socketpair(sv);
+    vp_error err = {{0}};
+    t->g = vu_glib_new(sv[0], cfg, &test_ops, t, NULL, &err);
+    g_assert_nonnull(t->g);
+    t->dev = vu_glib_dev(t->g);
+    t->fe = vu_fe_new(sv[1], t->nqueues, pump, NULL);
+    vu_fe_set_accepted_pf(t->fe, accepted_pf);
+    g_assert_cmpint(vu_fe_ram_new(t->fe, 4 * MiB), ==, 0);
+    t->low = vu_fe_region_new(t->fe, 0, 0, 0, LOW_SIZE);
+    t->high = vu_fe_region_new(t->fe, 0, HIGH_OFF, HIGH_GPA, HIGH_SIZE);
+    g_assert_cmpint(t->low, >=, 0);
+    g_assert_cmpint(t->high, >=, 0);
+}
+
+static void t_setup(struct t *t)
+{
+    t_setup_cfg(t, NULL, VU_FE_QEMU72_PF);
+}
+
+static void t_teardown(struct t *t)
+{
+    info_close_fds(&t->info);
+    vu_fe_free(t->fe);
+    pump(NULL);
+    vu_glib_free(t->g);
+    pump(NULL);
+    vp_assert_fds(t->fds_before);
+}
+
+#define FE_OK(call)                                                            \
+    do {                                                                       \
+        int r_ = (call);                                                       \
+        if (r_ != 0)                                                           \
+            g_error("%s: %d: %s (backend: %s)", #call, r_, vu_fe_error(t->fe), \
+                    vu_dev_error(t->dev));                                     \
+    } while (0)
+
+static void assert_reason(const char *have, const char *want)
+{
+    if (!strstr(have, want))
+        g_error("reason \"%s\" does not contain \"%s\"", have, want);
+}
+
+/* Send one request with need_reply and expect a failure ack naming @want; the
+ * connection must live on. */
+static void expect_rejected(struct t *t, uint32_t req, const void *payload, uint32_t size,
+                            const int *fds, unsigned nfds, const char *want)
+{
+    FE_OK(vu_fe_send(t->fe, req, VU_FLAG_NEED_REPLY, payload, size, fds, nfds));
+    g_assert_cmpint(vu_fe_recv_ack(t->fe, req), ==, -EIO);
+    assert_reason(vu_dev_error(t->dev), want);
+    g_assert_false(vu_dev_is_broken(t->dev));
+    g_assert_cmpint(t->disconnected, ==, 0);
+}
+
+/* Send raw bytes and expect the backend to drop the connection with @want. */
+static void expect_disconnect(struct t *t, const char *want)
+{
+    FE_OK(vu_fe_wait_closed(t->fe));
+    WAIT_FOR(t->disconnected == 1);
+    assert_reason(t->reason, want);
+    assert_reason(vu_dev_error(t->dev), want);
+    g_assert_true(vu_dev_is_broken(t->dev));
+}
+
+static void t_init_start(struct t *t)
+{
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    g_assert_cmpint(t->started, ==, 0);
+    FE_OK(vu_fe_qemu72_start(t->fe, VP_NET_FEATURES, vrings));
+    WAIT_FOR(t->started == 1);
+}
+
+static void region_payload(uint8_t p[40], uint64_t gpa, uint64_t size, uint64_t uaddr,
+                           uint64_t off)
+{
+    memset(p, 0, 40);
+    vp_put_le64(p + 8, gpa);
+    vp_put_le64(p + 16, size);
+    vp_put_le64(p + 24, uaddr);
+    vp_put_le64(p + 32, off);
+}
+
+static void u64_payload(uint8_t p[8], uint64_t v)
+{
+    vp_put_le64(p, v);
+}
+
+static void state_payload(uint8_t p[8], uint32_t index, uint32_t num)
+{
+    vp_put_le32(p, index);
+    vp_put_le32(p + 4, num);
+}
+
+/* ---- the QEMU 7.2 sequence ---- */
+
+static void check_started_info(struct t *t, unsigned nqueues)
+{
+    const struct vu_start_info *in = &t->info;
+    g_assert_cmphex(in->features, ==, VP_NET_FEATURES | F_PROTO);
+    g_assert_cmpuint(in->nregions, ==, 2);
+    ino_t ram0 = fd_ino(vu_fe_ram_fd(t->fe, 0));
+    bool seen_low = false, seen_high = false;
+    for (unsigned i = 0; i < in->nregions; i++) {
+        const struct vp_region *r = &in->regions[i];
+        g_assert_cmpuint(fd_ino(r->fd), ==, ram0);  /* both regions share one memfd */
+        if (r->gpa == 0) {
+            g_assert_cmphex(r->size, ==, LOW_SIZE);
+            g_assert_cmphex(r->mmap_offset, ==, 0);
+            seen_low = true;
+        } else {
+            g_assert_cmphex(r->gpa, ==, HIGH_GPA);
+            g_assert_cmphex(r->size, ==, HIGH_SIZE);
+            g_assert_cmphex(r->mmap_offset, ==, HIGH_OFF);
+            seen_high = true;
+        }
+    }
+    g_assert_true(seen_low && seen_high);
+    g_assert_cmpuint(in->nvirtqs, ==, nqueues);
+    for (unsigned i = 0; i < nqueues; i++) {
+        const struct vp_virtq *q = &in->virtqs[i];
+        g_assert_cmpuint(q->index, ==, i);
+        g_assert_cmpuint(q->num, ==, vrings[i].num);
+        /* user addresses of the frontend translated to guest-physical */
+        g_assert_cmphex(q->desc, ==, RAM0_GPA(vrings[i].desc_off));
+        g_assert_cmphex(q->avail, ==, RAM0_GPA(vrings[i].avail_off));
+        g_assert_cmphex(q->used, ==, RAM0_GPA(vrings[i].used_off));
+        g_assert_cmpuint(q->last_avail_idx, ==, vrings[i].base);
+        /* kick: frontend -> backend's fd; call: backend's fd -> frontend */
+        uint64_t one = 1, v = 0;
+        g_assert_cmpint(write(vu_fe_vring_fd(t->fe, VU_SET_VRING_KICK, i), &one, 8), ==, 8);
+        g_assert_cmpint(read(q->kick_fd, &v, 8), ==, 8);
+        g_assert_cmpuint(v, ==, 1);
+        g_assert_cmpint(write(q->call_fd, &one, 8), ==, 8);
+        g_assert_cmpint(read(vu_fe_vring_fd(t->fe, VU_SET_VRING_CALL, i), &v, 8), ==, 8);
+        g_assert_cmpuint(v, ==, 1);
+    }
+}
+
+static void test_qemu72_sequence(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    /* The backend strips what it cannot carry (LOG_ALL) and adds PROTOCOL_FEATURES. */
+    t->features_answer = VP_NET_FEATURES | (1ULL << VU_F_LOG_ALL);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    g_assert_cmphex(vu_fe_offered_features(t->fe), ==, VP_NET_FEATURES | F_PROTO);
+    g_assert_cmphex(vu_fe_protocol_features(t->fe), ==, PF_DEFAULT);
+    WAIT_FOR(vu_dev_protocol_features(t->dev) == PF_DEFAULT);
+    g_assert_cmpint(t->started, ==, 0);
+
+    FE_OK(vu_fe_qemu72_start(t->fe, VP_NET_FEATURES, vrings));
+    WAIT_FOR(t->started == 1);
+    check_started_info(t, 2);
+    g_assert_cmphex(vu_dev_features(t->dev), ==, VP_NET_FEATURES | F_PROTO);
+
+    /* shutdown: GET_VRING_BASE per queue, answered by the user */
+    uint32_t bases[2];
+    FE_OK(vu_fe_qemu72_stop(t->fe, bases));
+    g_assert_cmpuint(bases[0], ==, 100);
+    g_assert_cmpuint(bases[1], ==, 101);
+    g_assert_cmpint(t->vring_base_calls, ==, 2);
+    g_assert_false(vu_dev_is_started(t->dev));
+
+    /* the guest restarts the device: same sequence again (the ADD_MEM_REGs are
+     * duplicates now and change nothing) */
+    FE_OK(vu_fe_qemu72_start(t->fe, VP_NET_FEATURES, vrings));
+    WAIT_FOR(t->started == 2);
+    check_started_info(t, 2);
+    g_assert_cmpint(t->mem_added, ==, 0);
+
+    /* QEMU goes away */
+    vu_fe_free(t->fe);
+    t->fe = NULL;
+    WAIT_FOR(t->disconnected == 1);
+    assert_reason(t->reason, "closed the connection");
+    t_teardown(t);
+}
+
+static void test_get_features_deferred(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    t->defer_features = true;
+    t->features_answer = (1ULL << VP_VIRTIO_F_VERSION_1) | (1ULL << VP_VIRTIO_NET_F_MAC);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    g_assert_cmphex(vu_fe_offered_features(t->fe), ==, t->features_answer | F_PROTO);
+    /* a reply nobody waits for is refused */
+    g_assert_cmpint(vu_dev_reply_features(t->dev, 1), ==, -EINVAL);
+    FE_OK(vu_fe_qemu72_start(t->fe, t->features_answer, vrings));
+    WAIT_FOR(t->started == 1);
+    g_assert_cmphex(t->info.features, ==, t->features_answer | F_PROTO);
+    t_teardown(t);
+}
+
+static void test_get_vring_base_deferred(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    t_init_start(t);
+    t->defer_vring_base = true;
+    t->vring_base_answer[0] = 77;
+    t->vring_base_answer[1] = 99;
+    uint32_t bases[2];
+    FE_OK(vu_fe_qemu72_stop(t->fe, bases));
+    g_assert_cmpuint(bases[0], ==, 77);
+    g_assert_cmpuint(bases[1], ==, 99);
+    g_assert_cmpint(t->vring_base_calls, ==, 2);
+    g_assert_false(t->wants_input_in_cb);       /* the core waited for the user */
+    g_assert_true(vu_dev_wants_input(t->dev));
+    g_assert_false(vu_dev_is_started(t->dev));
+    /* a vring that never ran is answered by the core itself */
+    uint32_t b = 0;
+    FE_OK(vu_fe_get_vring_base(t->fe, 1, &b));
+    g_assert_cmpint(t->vring_base_calls, ==, 2);
+    t_teardown(t);
+}
+
+/* ---- memory hot-plug ---- */
+
+static void test_hot_add_remove(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    t_init_start(t);
+
+    /* pc-dimm hot-plug: ADD_MEM_REG with a new memfd */
+    int ram1 = vu_fe_ram_new(t->fe, 2 * MiB);
+    g_assert_cmpint(ram1, ==, 1);
+    int dimm = vu_fe_region_new(t->fe, 1, 0, 0x200000000ULL, 2 * MiB);
+    FE_OK(vu_fe_add_mem_reg(t->fe, dimm));
+    g_assert_cmpint(t->mem_added, ==, 1);
+    g_assert_cmphex(t->added.gpa, ==, 0x200000000ULL);
+    g_assert_cmphex(t->added.size, ==, 2 * MiB);
+    g_assert_cmphex(t->added.mmap_offset, ==, 0);
+    g_assert_cmpuint(t->added_ino, ==, fd_ino(vu_fe_ram_fd(t->fe, 1)));
+    struct vp_region regs[8];
+    g_assert_cmpuint(vu_dev_get_regions(t->dev, regs, 8), ==, 3);
+
+    /* device_del: REM_MEM_REG (no fd, mmap offset 0, as QEMU 7.2) */
+    FE_OK(vu_fe_rem_mem_reg(t->fe, dimm, false));
+    g_assert_cmpint(t->mem_removed, ==, 1);
+    g_assert_cmphex(t->removed.gpa, ==, 0x200000000ULL);
+    g_assert_cmpuint(vu_dev_get_regions(t->dev, regs, 8), ==, 2);
+
+    /* again, with an fd as QEMU < 7.1 did: idempotent, the fd is closed */
+    uint8_t p[40];
+    region_payload(p, 0x200000000ULL, 2 * MiB, vu_fe_uaddr(t->fe, 1, 0), 0);
+    int fd1 = vu_fe_ram_fd(t->fe, 1);
+    FE_OK(vu_fe_send(t->fe, VU_REM_MEM_REG, VU_FLAG_NEED_REPLY, p, 40, &fd1, 1));
+    FE_OK(vu_fe_recv_ack(t->fe, VU_REM_MEM_REG));
+    g_assert_cmpint(t->mem_removed, ==, 1);
+
+    /* the memory of a running vring cannot go */
+    region_payload(p, HIGH_GPA, HIGH_SIZE, vu_fe_uaddr(t->fe, 0, HIGH_OFF), 0);
+    expect_rejected(t, VU_REM_MEM_REG, p, 40, NULL, 0, "running vring 0");
+    g_assert_cmpint(t->mem_removed, ==, 1);
+    t_teardown(t);
+}
+
+static void test_multiqueue_duplicate_add(void)
+{
+    struct t tt, *t = &tt;
+    struct vu_dev_config cfg = {.nqueues = 4};
+    t_setup_cfg(t, &cfg, VU_FE_QEMU72_PF);
+    /* QEMU 7.2 with queues=2 sends every ADD_MEM_REG / REM_MEM_REG twice */
+    vu_fe_set_mem_repeat(t->fe, 2);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    g_assert_cmphex(vu_fe_protocol_features(t->fe), ==, PF_DEFAULT | (1ULL << VU_PF_MQ));
+    uint64_t pairs = 0;
+    FE_OK(vu_fe_get_u64(t->fe, VU_GET_QUEUE_NUM, &pairs));
+    g_assert_cmpuint(pairs, ==, 2);
+    FE_OK(vu_fe_qemu72_start(t->fe, VP_NET_FEATURES, vrings));
+    WAIT_FOR(t->started == 1);
+    g_assert_cmpuint(t->info.nregions, ==, 2);
+    g_assert_cmpuint(t->info.nvirtqs, ==, 4);
+    g_assert_cmphex(t->info.virtqs[3].desc, ==, RAM0_GPA(vrings[3].desc_off));
+    g_assert_cmpuint(t->info.virtqs[3].last_avail_idx, ==, 9);
+
+    int fds_running = vp_count_open_fds();
+    int ram1 = vu_fe_ram_new(t->fe, 2 * MiB);
+    int dimm = vu_fe_region_new(t->fe, (unsigned)ram1, 0, 0x200000000ULL, 2 * MiB);
+    FE_OK(vu_fe_add_mem_reg(t->fe, dimm));
+    g_assert_cmpint(t->mem_added, ==, 1);
+    /* the frontend's memfd + exactly one kept by the backend: the duplicate's fd was
+     * closed */
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 2);
+    FE_OK(vu_fe_rem_mem_reg(t->fe, dimm, false));
+    g_assert_cmpint(t->mem_removed, ==, 1);
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 1);
+
+    /* same guest address, different layout: not a duplicate but an overlap */
+    uint8_t p[40];
+    region_payload(p, HIGH_GPA, MiB, vu_fe_uaddr(t->fe, 0, 0), 0);
+    int fd0 = vu_fe_ram_fd(t->fe, 0);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "overlaps");
+    t_teardown(t);
+}
+
+static void test_set_mem_table(void)
+{
+    struct t tt, *t = &tt;
+    /* a frontend that does not take CONFIGURE_MEM_SLOTS sends whole tables */
+    t_setup_cfg(t, NULL, 1ULL << VU_PF_REPLY_ACK);
+    t_init_start(t);
+    check_started_info(t, 2);
+
+    int ram1 = vu_fe_ram_new(t->fe, 2 * MiB);
+    int dimm = vu_fe_region_new(t->fe, (unsigned)ram1, 0, 0x200000000ULL, 2 * MiB);
+    FE_OK(vu_fe_set_mem_table(t->fe));
+    g_assert_cmpint(t->mem_added, ==, 1);
+    g_assert_cmpint(t->mem_removed, ==, 0);
+    g_assert_cmphex(t->added.gpa, ==, 0x200000000ULL);
+
+    FE_OK(vu_fe_region_drop(t->fe, dimm));
+    FE_OK(vu_fe_set_mem_table(t->fe));
+    g_assert_cmpint(t->mem_added, ==, 1);
+    g_assert_cmpint(t->mem_removed, ==, 1);
+    g_assert_cmphex(t->removed.gpa, ==, 0x200000000ULL);
+
+    /* ADD_MEM_REG needs CONFIGURE_MEM_SLOTS */
+    uint8_t p[40];
+    region_payload(p, 0x300000000ULL, MiB, vu_fe_uaddr(t->fe, 1, 0), 0);
+    int fd1 = vu_fe_ram_fd(t->fe, 1);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd1, 1, "not negotiated");
+
+    /* a table whose fd count does not match */
+    uint8_t mt[8 + 2 * VU_REGION_SIZE] = {0};
+    vp_put_le32(mt, 2);
+    region_payload(p, 0, LOW_SIZE, vu_fe_uaddr(t->fe, 0, 0), 0);
+    memcpy(mt + 8, p + 8, 32);
+    region_payload(p, HIGH_GPA, HIGH_SIZE, vu_fe_uaddr(t->fe, 0, HIGH_OFF), HIGH_OFF);
+    memcpy(mt + 40, p + 8, 32);
+    int fd0 = vu_fe_ram_fd(t->fe, 0);
+    expect_rejected(t, VU_SET_MEM_TABLE, mt, sizeof(mt), &fd0, 1, "wrong fd count");
+    /* and one whose size does not match its count */
+    int two[2] = {fd0, fd0};
+    expect_rejected(t, VU_SET_MEM_TABLE, mt, sizeof(mt) - 8, two, 2, "does not match");
+    t_teardown(t);
+}
+
+/* ---- bad input ---- */
+
+static void test_bad_truncated_header(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    uint8_t hdr[5] = {1, 0, 0, 0, 1};
+    FE_OK(vu_fe_send_raw(t->fe, hdr, sizeof(hdr), NULL, 0));
+    g_assert_cmpint(shutdown(vu_fe_sock(t->fe), SHUT_WR), ==, 0);
+    expect_disconnect(t, "truncated header");
+    assert_reason(t->reason, "5 of 12");
+    t_teardown(t);
+}
+
+static void test_bad_size_over_limit(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    uint8_t hdr[VU_HDR_SIZE];
+    vp_put_le32(hdr, VU_SET_FEATURES);
+    vp_put_le32(hdr + 4, VU_FLAG_VERSION | VU_FLAG_NEED_REPLY);
+    vp_put_le32(hdr + 8, 100000);
+    int fd = vu_fe_ram_fd(t->fe, 0);
+    FE_OK(vu_fe_send_raw(t->fe, hdr, sizeof(hdr), &fd, 1));
+    expect_disconnect(t, "payload size 100000 over the limit");
+    t_teardown(t);
+}
+
+static void test_bad_header_version(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    uint8_t hdr[VU_HDR_SIZE];
+    vp_put_le32(hdr, VU_GET_FEATURES);
+    vp_put_le32(hdr + 4, 0x2);
+    vp_put_le32(hdr + 8, 0);
+    FE_OK(vu_fe_send_raw(t->fe, hdr, sizeof(hdr), NULL, 0));
+    expect_disconnect(t, "version 2, expected 1");
+    t_teardown(t);
+}
+
+static void test_bad_payload_size(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    uint8_t p[8];
+    state_payload(p, 0, 256);
+    expect_rejected(t, VU_SET_VRING_NUM, p, 4, NULL, 0, "SET_VRING_NUM: payload size 4, expected 8");
+    /* without need_reply the same error drops the connection */
+    FE_OK(vu_fe_send(t->fe, VU_SET_VRING_NUM, 0, p, 4, NULL, 0));
+    expect_disconnect(t, "payload size 4, expected 8");
+    t_teardown(t);
+}
+
+static void test_bad_queue_index(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    uint8_t p[8];
+    state_payload(p, 2, 1);
+    expect_rejected(t, VU_SET_VRING_ENABLE, p, 8, NULL, 0, "vring index 2 out of range (2 queues)");
+    state_payload(p, 0xffffffffu, 0);
+    expect_rejected(t, VU_SET_VRING_BASE, p, 8, NULL, 0, "vring index 4294967295 out of range");
+    /* an fd sent with an out-of-range kick is closed */
+    u64_payload(p, 200);
+    int fd = vu_fe_vring_fd(t->fe, VU_SET_VRING_CALL, 0);
+    expect_rejected(t, VU_SET_VRING_KICK, p, 8, &fd, 1, "vring index 200 out of range");
+    /* the connection is still usable */
+    FE_OK(vu_fe_set_state(t->fe, VU_SET_VRING_NUM, 1, 256, true));
+    /* GET_VRING_BASE has its own reply: a bad index drops the connection */
+    state_payload(p, 7, 0);
+    FE_OK(vu_fe_send(t->fe, VU_GET_VRING_BASE, VU_FLAG_NEED_REPLY, p, 8, NULL, 0));
+    expect_disconnect(t, "GET_VRING_BASE: vring index 7 out of range");
+    t_teardown(t);
+}
+
+static void test_bad_fd_count(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    int fd0 = vu_fe_ram_fd(t->fe, 0);
+    int two[2] = {fd0, fd0};
+    uint8_t p[40];
+    region_payload(p, 0, LOW_SIZE, vu_fe_uaddr(t->fe, 0, 0), 0);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, NULL, 0, "ADD_MEM_REG: wrong fd count: 0 fds, expected 1");
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, two, 2, "ADD_MEM_REG: wrong fd count: 2 fds");
+    expect_rejected(t, VU_SET_OWNER, NULL, 0, two, 2, "SET_OWNER: wrong fd count");
+    uint8_t u[8];
+    u64_payload(u, 0);
+    expect_rejected(t, VU_SET_VRING_CALL, u, 8, two, 2, "wrong fd count");
+    u64_payload(u, 1 | VU_VRING_NOFD);
+    expect_rejected(t, VU_SET_VRING_KICK, u, 8, &fd0, 1, "1 fds with the invalid-fd flag");
+    u64_payload(u, 1);
+    expect_rejected(t, VU_SET_VRING_KICK, u, 8, NULL, 0, "0 fds without the invalid-fd flag");
+    /* more fds than any message may carry: the stream cannot be trusted any more */
+    int many[10];
+    for (int i = 0; i < 10; i++)
+        many[i] = fd0;
+    FE_OK(vu_fe_send(t->fe, VU_SET_OWNER, 0, NULL, 0, many, 10));
+    expect_disconnect(t, "more than 8 fds");
+    t_teardown(t);
+}
+
+static void test_bad_regions(void)
+{
+    struct t tt, *t = &tt;
+    struct vu_dev_config cfg = {.max_mem_slots = 3};
+    t_setup_cfg(t, &cfg, VU_FE_QEMU72_PF);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    int fd0 = vu_fe_ram_fd(t->fe, 0);
+    uint64_t ua = vu_fe_uaddr(t->fe, 0, 0);
+    uint8_t p[40];
+
+    region_payload(p, 0xffffffffffff0000ULL, 0x20000, ua, 0);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "guest address range");
+    assert_reason(vu_dev_error(t->dev), "overflows");
+    region_payload(p, 0, 0x20000, 0xffffffffffff0000ULL, 0);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "user address range");
+    region_payload(p, 0, 0x20000, ua, 0xffffffffffff0000ULL);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "mmap offset range");
+    region_payload(p, 0, 0, ua, 0);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "zero size");
+    region_payload(p, 0, 8 * MiB, ua, 0);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "beyond its file");
+    int sv[2];
+    vp_test_socketpair(sv);
+    region_payload(p, 0, MiB, ua, 0);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &sv[0], 1, "not a regular file");
+    vp_close_fds(sv, 2);
+
+    /* three regions fit (max_mem_slots 3), a fourth does not; overlaps are refused */
+    for (unsigned i = 0; i < 3; i++) {
+        region_payload(p, i * MiB, MiB, ua + i * MiB, i * MiB);
+        FE_OK(vu_fe_send(t->fe, VU_ADD_MEM_REG, VU_FLAG_NEED_REPLY, p, 40, &fd0, 1));
+        FE_OK(vu_fe_recv_ack(t->fe, VU_ADD_MEM_REG));
+    }
+    region_payload(p, 0x10000, MiB, ua + 3 * MiB, 3 * MiB);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "overlaps region gpa 0x0");
+    region_payload(p, 8 * MiB, MiB, ua + MiB / 2, 3 * MiB);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "user range");
+    region_payload(p, 8 * MiB, MiB, ua + 3 * MiB, 3 * MiB);
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "too many regions (limit 3)");
+    /* removing with another size is an error, not a no-op */
+    region_payload(p, MiB, 2 * MiB, ua + MiB, 0);
+    expect_rejected(t, VU_REM_MEM_REG, p, 40, NULL, 0, "REM_MEM_REG: region gpa 0x100000 is");
+    struct vp_region regs[4];
+    g_assert_cmpuint(vu_dev_get_regions(t->dev, regs, 4), ==, 3);
+
+    /* without need_reply a bad region drops the connection */
+    region_payload(p, 0, 0, ua, 0);
+    FE_OK(vu_fe_send(t->fe, VU_ADD_MEM_REG, 0, p, 40, &fd0, 1));
+    expect_disconnect(t, "zero size");
+    t_teardown(t);
+}
+
+static void test_bad_vrings(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    FE_OK(vu_fe_set_u64(t->fe, VU_SET_FEATURES, VP_NET_FEATURES | F_PROTO, true));
+    FE_OK(vu_fe_add_mem_reg(t->fe, t->low));
+    FE_OK(vu_fe_add_mem_reg(t->fe, t->high));
+    uint8_t p[40];
+    state_payload(p, 0, 100);
+    expect_rejected(t, VU_SET_VRING_NUM, p, 8, NULL, 0, "num 100 is not a power of two");
+    state_payload(p, 0, 65536);
+    expect_rejected(t, VU_SET_VRING_NUM, p, 8, NULL, 0, "num 65536 is not a power of two in 1..32768");
+    state_payload(p, 0, 0);
+    expect_rejected(t, VU_SET_VRING_NUM, p, 8, NULL, 0, "num 0");
+    state_payload(p, 0, 70000);
+    expect_rejected(t, VU_SET_VRING_BASE, p, 8, NULL, 0, "base 70000 over 65535");
+    state_payload(p, 0, 2);
+    expect_rejected(t, VU_SET_VRING_ENABLE, p, 8, NULL, 0, "value 2 is not 0 or 1");
+    FE_OK(vu_fe_set_state(t->fe, VU_SET_VRING_NUM, 0, 256, true));
+
+    /* addresses: outside every region, crossing a region's end, misaligned, log */
+    uint64_t ok = vu_fe_uaddr(t->fe, 0, 0x200000);
+    struct {
+        uint64_t desc, avail, used;
+        uint32_t flags;
+        const char *want;
+    } cases[] = {
+        {vu_fe_uaddr(t->fe, 5, 0), ok + 0x1000, ok + 0x2000, 0,
+         "descriptor ring user address 0x7f6200000000 is outside every memory region"},
+        {ok, ok + 0x1000, vu_fe_uaddr(t->fe, 0, 4 * MiB - 16), 0, "used ring at user address"},
+        {ok, ok + 0x1000, vu_fe_uaddr(t->fe, 0, LOW_SIZE - 16), 0, "crosses the end of region gpa 0x0"},
+        {ok + 8, ok + 0x1000, ok + 0x2000, 0, "not 16-byte aligned"},
+        {ok, ok + 0x1001, ok + 0x2000, 0, "avail ring guest-physical address 0x100181001 is not 2-byte"},
+        {ok, ok + 0x1000, ok + 0x2002, 0, "not 4-byte aligned"},
+        {ok, ok + 0x1000, ok + 0x2000, VU_VRING_F_LOG, "VHOST_VRING_F_LOG"},
+        {ok, ok + 0x1000, ok + 0x2000, 0x10, "unknown flags 0x10"},
+    };
+    for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+        vp_put_le32(p, 0);
+        vp_put_le32(p + 4, cases[i].flags);
+        vp_put_le64(p + 8, cases[i].desc);
+        vp_put_le64(p + 16, cases[i].used);
+        vp_put_le64(p + 24, cases[i].avail);
+        vp_put_le64(p + 32, 0);
+        expect_rejected(t, VU_SET_VRING_ADDR, p, 40, NULL, 0, cases[i].want);
+    }
+    /* unknown bits in a vring fd message */
+    uint8_t u[8];
+    u64_payload(u, 0x10000 | VU_VRING_NOFD);
+    expect_rejected(t, VU_SET_VRING_CALL, u, 8, NULL, 0, "unknown bits 0x10000");
+    g_assert_cmpint(t->started, ==, 0);
+
+    /* SET_FEATURES with bits never offered */
+    u64_payload(u, VP_NET_FEATURES | (1ULL << VU_F_LOG_ALL));
+    expect_rejected(t, VU_SET_FEATURES, u, 8, NULL, 0, "not offered");
+    u64_payload(u, 1ULL << VU_PF_MQ);
+    expect_rejected(t, VU_SET_PROTOCOL_FEATURES, u, 8, NULL, 0, "unsupported protocol features 0x1");
+    t_teardown(t);
+}
+
+static void test_bad_unknown_request(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    int fd0 = vu_fe_ram_fd(t->fe, 0);
+    uint8_t u[8];
+    u64_payload(u, 0);
+    expect_rejected(t, 99, u, 8, &fd0, 1, "unknown request 99");
+    expect_rejected(t, VU_SET_LOG_BASE, u, 8, &fd0, 1, "unsupported request SET_LOG_BASE (6)");
+    expect_rejected(t, VU_SET_STATUS, u, 8, NULL, 0, "unsupported request SET_STATUS");
+    /* without need_reply: log and disconnect */
+    FE_OK(vu_fe_send(t->fe, VU_SET_SLAVE_REQ_FD, 0, NULL, 0, &fd0, 1));
+    expect_disconnect(t, "unsupported request SET_SLAVE_REQ_FD (21)");
+    t_teardown(t);
+}
+
+static void test_fail_and_free_in_callback(void)
+{
+    /* The user drops the connection from inside started() (e.g. the vhost-pci server
+     * refused the device), then frees the core from inside disconnected(). */
+    struct t tt, *t = &tt;
+    t_setup(t);
+    t->fail_in_started = true;
+    t->free_in_disconnected = true;
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    FE_OK(vu_fe_qemu72_start(t->fe, VP_NET_FEATURES, vrings));
+    FE_OK(vu_fe_wait_closed(t->fe));
+    WAIT_FOR(t->disconnected == 1);
+    g_assert_cmpint(t->started, ==, 1);
+    assert_reason(t->reason, "server refused: test");
+    g_assert_null(t->g);
+    t_teardown(t);
+}
+
+static void test_fail_from_outside(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    vu_dev_fail(t->dev, "daemon shutting down");
+    g_assert_cmpint(t->disconnected, ==, 1);    /* at once, outside any callback */
+    FE_OK(vu_fe_wait_closed(t->fe));
+    assert_reason(t->reason, "daemon shutting down");
+    g_assert_cmpint(vu_dev_reply_features(t->dev, 0), ==, -EINVAL);
+    t_teardown(t);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_main_context_default(); /* create its wakeup fd before any fd count */
+    g_test_add_func("/vhost-user/qemu72-sequence", test_qemu72_sequence);
+    g_test_add_func("/vhost-user/get-features-deferred", test_get_features_deferred);
+    g_test_add_func("/vhost-user/get-vring-base-deferred", test_get_vring_base_deferred);
+    g_test_add_func("/vhost-user/hot-add-remove", test_hot_add_remove);
+    g_test_add_func("/vhost-user/multiqueue-duplicate-add", test_multiqueue_duplicate_add);
+    g_test_add_func("/vhost-user/set-mem-table", test_set_mem_table);
+    g_test_add_func("/vhost-user/fail-and-free-in-callback", test_fail_and_free_in_callback);
+    g_test_add_func("/vhost-user/fail-from-outside", test_fail_from_outside);
+    g_test_add_func("/vhost-user/bad/truncated-header", test_bad_truncated_header);
+    g_test_add_func("/vhost-user/bad/size-over-limit", test_bad_size_over_limit);
+    g_test_add_func("/vhost-user/bad/header-version", test_bad_header_version);
+    g_test_add_func("/vhost-user/bad/payload-size", test_bad_payload_size);
+    g_test_add_func("/vhost-user/bad/queue-index", test_bad_queue_index);
+    g_test_add_func("/vhost-user/bad/fd-count", test_bad_fd_count);
+    g_test_add_func("/vhost-user/bad/regions", test_bad_regions);
+    g_test_add_func("/vhost-user/bad/vrings", test_bad_vrings);
+    g_test_add_func("/vhost-user/bad/unknown-request", test_bad_unknown_request);
+    return g_test_run();
+}
