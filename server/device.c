@@ -112,6 +112,7 @@ static void srv_unplug(struct vp_server *srv, bool control, uint32_t ctrl_devfn,
 /* ------------------------------ life cycle ------------------------------ */
 
 static gboolean on_kick(gint fd, GIOCondition cond, gpointer data);
+static void ring_irq(struct srv_device *dev);
 
 static int new_eventfd(void)
 {
@@ -395,6 +396,11 @@ void srv_device_plug_control(struct srv_device *dev,
         .nvectors = VP_MAX_VECTORS,
     };
     memcpy(ctl.uuid, dev->uuid, VP_UUID_LEN);
+    /* The driver validates the header as soon as the function appears: bar_size
+     * (decided by now, also for a clone) must already be there, not only after the
+     * first srv_device_write_windows(). */
+    if (dev->ca)
+        vp_put_le64(dev->ca + VP_CA_OFF_BAR_SIZE, dev->bar_size);
     dev->control_plugging = true;
     g_info("device %s: plugging control function devfn 0x%x", dev->uuid_str, dev->devfn);
     dev->srv->host_ops->plug_control(dev->srv->host, &ctl, plug_done, c);
@@ -433,6 +439,13 @@ int srv_device_add_window(struct srv_device *dev, const struct srv_file_id *file
     dev->srv->host_ops->plug_window(dev->srv->host, dev->devfn, w->devfn, fd, file->size,
                                     plug_done, c);
     return idx;
+}
+
+void srv_device_set_bar_size(struct srv_device *dev, uint64_t bar_size)
+{
+    dev->bar_size = bar_size;
+    if (dev->ca)
+        vp_put_le64(dev->ca + VP_CA_OFF_BAR_SIZE, bar_size);
 }
 
 int srv_device_find_window(struct srv_device *dev, const struct srv_file_id *file)
@@ -477,6 +490,8 @@ void srv_device_write_windows(struct srv_device *dev)
     /* Orders the table writes above before the generation the driver polls. */
     __atomic_thread_fence(__ATOMIC_RELEASE);
     vp_put_le32(ca + VP_CA_OFF_GENERATION, dev->generation);
+    /* Like a virtio configuration-change interrupt: the driver re-reads the table. */
+    ring_irq(dev);
 }
 
 void srv_device_drop_unused_windows(struct srv_device *dev)
