@@ -387,7 +387,7 @@ static void mem_add_rollback(struct srv_job *job)
     for (int i = 0; i < VP_MAX_WINDOWS; i++)
         any |= dev->wins[i].used;
     if (!any && dev->nregions == 0)
-        dev->bar_size = 0;  /* nothing placed: the next memory sizes the BAR afresh */
+        srv_device_set_bar_size(dev, 0);  /* nothing placed: the next memory sizes the BAR afresh */
 }
 
 static void mem_add_acked(struct srv_device *dev, void *opaque, const struct vp_cq_msg *ack,
@@ -519,7 +519,7 @@ static void mem_add_start(struct srv_job *job)
         return;
     }
     if (dev->bar_size == 0)
-        dev->bar_size = plan->bar_size;
+        srv_device_set_bar_size(dev, plan->bar_size);
 
     job->waiting = 1;  /* held until every plug below has been started */
     if (!dev->control_plugged && !dev->control_plugging) {
@@ -810,7 +810,7 @@ static void clone_start(struct srv_job *job, const struct srv_add_plan *plan,
     job->clone = c;
     c->nd = nd;
     nd->clone_of = dev;
-    nd->bar_size = plan->bar_size;
+    srv_device_set_bar_size(nd, plan->bar_size);
     nd->features_offered = dev->features_offered;
     nd->features_accepted = dev->features_accepted;
     nd->feat_state = dev->feat_state == FEAT_NONE ? FEAT_NONE : FEAT_SETTLED;

@@ -241,6 +241,9 @@ int srv_device_add_window(struct srv_device *dev, const struct srv_file_id *file
 void srv_device_drop_unused_windows(struct srv_device *dev);
 /** Write the BAR size and window table into the control area, bump generation. */
 void srv_device_write_windows(struct srv_device *dev);
+/** Set the logical BAR size and write it into the control area at once (the guest
+ *  driver reads it with the header when the control function appears). */
+void srv_device_set_bar_size(struct srv_device *dev, uint64_t bar_size);
 /** Index of the window of @file, or -1. */
 int srv_device_find_window(struct srv_device *dev, const struct srv_file_id *file);
 /** Logical-BAR offset of region @r (window bar_offset + mmap_offset). */
