@@ -69,6 +69,7 @@ struct srv_job {
     int fresh_vec[VP_MAX_VIRTQS];
     unsigned nfresh;
     struct clone_state *clone;
+    bool reneg_relaying;                   /* FEATURES: client's smaller set sent on */
 };
 
 static void jobs_kick(struct srv_device *dev);
@@ -200,6 +201,11 @@ static gboolean job_timeout(gpointer data)
     job->timer = 0;
     char why[300];
     struct srv_job *head = g_queue_peek_head(&dev->jobs);
+    if (job->phase == PH_RENEG && job->reneg_relaying) {
+        g_warning("device %s: guest driver did not answer the renegotiated FEATURE_BITS "
+                  "within %g s", dev->uuid_str, srv->opt.ack_timeout_s);
+        return G_SOURCE_REMOVE;  /* the controlq op still completes (ACK or failure) */
+    }
     if (job->phase == PH_RENEG) {
         g_warning("device %s: client did not confirm renegotiated features 0x%" PRIx64
                   " with FEATURE_BITS_ACK within %g s; settling on them", dev->uuid_str,
@@ -1321,6 +1327,23 @@ int srv_req_feature_bits(struct srv_session *s, struct vp_msg *msg, vp_error *er
     return 0;
 }
 
+static void reneg_relay_acked(struct srv_device *dev, void *opaque, const struct vp_cq_msg *ack,
+                              const char *fail)
+{
+    struct srv_job *job = opaque;
+    if (fail) {
+        g_warning("device %s: renegotiated FEATURE_BITS not delivered: %s", dev->uuid_str, fail);
+    } else {
+        uint64_t accepted = ack->u.ack.features & job->features;
+        if (accepted != job->features)
+            g_warning("device %s: guest driver accepted 0x%" PRIx64 " of the renegotiated 0x%"
+                      PRIx64, dev->uuid_str, accepted, job->features);
+        dev->features_accepted = accepted;
+    }
+    dev->feat_state = FEAT_SETTLED;
+    job_finish(job, VP_ACK_ADD_DONE, NULL, NULL);  /* already answered: no reply */
+}
+
 int srv_req_feature_bits_ack(struct srv_session *s, struct vp_msg *msg, vp_error *err)
 {
     struct vp_ack ack;
@@ -1342,11 +1365,28 @@ int srv_req_feature_bits_ack(struct srv_session *s, struct vp_msg *msg, vp_error
                   dev->features_accepted);
         return 0;
     }
+    if (head->reneg_relaying) {
+        s->srv->counters.bad_messages++;
+        g_warning("client %s: second FEATURE_BITS_ACK seq %" PRIu64 " ignored", s->uuid_str,
+                  msg->hdr.seq);
+        return 0;
+    }
     g_message("device %s: client confirmed renegotiated features 0x%" PRIx64, dev->uuid_str,
               ack.feature_bits);
-    dev->features_accepted = ack.feature_bits;
-    dev->feat_state = FEAT_SETTLED;
-    job_finish(head, VP_ACK_ADD_DONE, NULL, NULL);
+    if (ack.feature_bits == dev->features_accepted) {
+        dev->feat_state = FEAT_SETTLED;
+        job_finish(head, VP_ACK_ADD_DONE, NULL, NULL);
+        return 0;
+    }
+    /* The frontend settled on fewer bits than the driver accepted: tell the driver
+     * (no socket reply: FEATURE_BITS_ACK from a client is not answered). */
+    head->reneg_relaying = true;
+    struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
+    m->type = VP_MSG_FEATURE_BITS;
+    m->u.features = ack.feature_bits;
+    head->features = ack.feature_bits;
+    srv_cq_submit(dev, m, reneg_relay_acked, head);
+    g_free(m);
     return 0;
 }
 
