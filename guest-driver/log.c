@@ -43,6 +43,11 @@ void gd_log(enum gd_log_level level, const char *fmt, ...)
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
     if (len > sizeof(line) - 2)
         len = sizeof(line) - 2;
+    /* One event, one line: control bytes (e.g. from a peer's reason) are masked. */
+    for (size_t i = 0; i < len; i++) {
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = '?';
+    }
     line[len++] = '\n';
     fwrite(line, 1, len, stderr);
     fflush(stderr);
