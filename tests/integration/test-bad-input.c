@@ -1,0 +1,875 @@
+/*
+ * test-bad-input.c - hostile and malformed input against a running
+ * vhost-pci-server (--device-host local) with vhost-pci-guestd (--bus local).
+ *
+ * Every case runs while a good client (driver VM "A") has a working device. Each
+ * bad input must get a clear error ACK (result and reason asserted) or a
+ * disconnect; afterwards the server must still be running and answering its mgmt
+ * socket, hold exactly as many fds as before (/proc/<pid>/fd), and A's device must
+ * still work (A completes a DEVICE_INFO update).
+ *
+ * The last case plays the guestd itself over the local bus (protocol/vp_localbus.h,
+ * vp_vring driver side) and puts an ACK for a message never sent on the receiveq.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "itest.h"
+#include "vhost_pci.pb-c.h"
+#include "vp_controlq.h"
+#include "vp_ctrlarea.h"
+#include "vp_localbus.h"
+#include "vp_vring.h"
+
+#define MiB (1ULL << 20)
+#define GiB (1ULL << 30)
+#define TMO ITEST_TIMEOUT_MS
+#define RING_GPA 0x10000ULL
+
+/* ------------------------------ the fixture ------------------------------ */
+
+typedef struct {
+    ITestEnv env;
+    VpClient *a;          /* the good driver VM */
+    char a_uuid[37];
+    int a_ram;
+    void *a_map;
+    int a_efds[4];
+    guint16 a_pos;        /* last_avail_idx of A's next update */
+    int server_fds;       /* baseline of /proc/<server>/fd */
+    gint64 disconnects, bad_messages;
+} Fx;
+
+static void a_handshake(Fx *fx, ITestEnv *env)
+{
+    fx->a = itest_client(env, NULL);
+    itest_uuid(fx->a, fx->a_uuid);
+    fx->a_ram = itest_memfd(MiB, &fx->a_map);
+    itest_eventfds(fx->a_efds);
+    struct vp_region r = { .gpa = 0, .size = MiB, .mmap_offset = 0, .fd = fx->a_ram };
+    struct vp_device_info di;
+    itest_net_device(&di, 1, RING_GPA, 0, 0, fx->a_efds);
+    VpClientHandshake res;
+    GError *e = NULL;
+    gboolean ok = vp_client_handshake_sync(fx->a, &r, 1, VP_NET_FEATURES, &di, TMO, NULL,
+                                           NULL, &res, &e);
+    g_assert_no_error(e);
+    g_assert_true(ok);
+}
+
+static gboolean one_device_one_conn(JsonNode *s, JsonNode *g, gpointer data)
+{
+    (void)data;
+    return itest_ndevices(s) == 1 && (!g || itest_ndevices(g) == 1) &&
+           itest_int(json_node_get_object(s), "connections") == 1;
+}
+
+/* Server fds settle after the previous step (bounded), then equal the baseline. */
+static void assert_server_fds(Fx *fx)
+{
+    int now = -1;
+    for (int i = 0; i < TMO / 10; i++) {
+        now = itest_count_fds(fx->env.server_pid);
+        if (now == fx->server_fds)
+            return;
+        g_usleep(10000);
+    }
+    char *cmd = g_strdup_printf("ls -l /proc/%d/fd", fx->env.server_pid);
+    char *out = NULL;
+    g_spawn_command_line_sync(cmd, &out, NULL, NULL, NULL);
+    g_test_message("server fds now:\n%s", out ? out : "");
+    g_free(cmd);
+    g_free(out);
+    g_error("server holds %d fds, %d before the bad input: leaked", now, fx->server_fds);
+}
+
+static void fx_setup(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    memset(fx, 0, sizeof(*fx));
+    itest_env_start(&fx->env, NULL);
+    a_handshake(fx, &fx->env);
+    itest_wait_for(&fx->env, one_device_one_conn, NULL, TMO, "A's device");
+    fx->server_fds = itest_count_fds(fx->env.server_pid);
+    JsonNode *s = itest_server_status(&fx->env);
+    fx->disconnects = itest_int(json_node_get_object(s), "counters.disconnects");
+    fx->bad_messages = itest_int(json_node_get_object(s), "counters.bad_messages");
+    json_node_unref(s);
+}
+
+/* After each bad input: server alive and answering, no fd leaked, no stray device,
+ * and A's device still works. */
+static void assert_still_serving(Fx *fx)
+{
+    g_assert_true(itest_alive(fx->env.server_pid));
+    itest_wait_for(&fx->env, one_device_one_conn, NULL, TMO,
+                   "back to A's device and connection only");
+    assert_server_fds(fx);
+    struct vp_device_info di;
+    fx->a_pos++;
+    itest_net_device(&di, 1, RING_GPA, fx->a_pos, fx->a_pos, fx->a_efds);
+    itest_set_avail_idx(fx->a_map, 0, RING_GPA, 0, fx->a_pos);
+    itest_set_avail_idx(fx->a_map, 0, RING_GPA, 1, fx->a_pos);
+    VpClientReply r;
+    GError *e = NULL;
+    g_assert_true(vp_client_device_add_sync(fx->a, &di, TMO, &r, &e));
+    g_assert_no_error(e);
+    g_assert_cmpuint(r.ack.result, ==, VP_ACK_ADD_DONE);
+    JsonNode *s = itest_server_status(&fx->env);
+    JsonObject *d = itest_server_device(s, fx->a_uuid);
+    g_assert_nonnull(d);
+    g_assert_true(itest_bool(d, "driver_ok"));
+    g_assert_cmpuint(itest_int(d, "status") & VP_STATUS_NEEDS_RESET, ==, 0);
+    json_node_unref(s);
+}
+
+static void fx_teardown(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    if (fx->a) {
+        vp_client_close(fx->a);
+        vp_client_unref(fx->a);
+    }
+    if (fx->a_map)
+        munmap(fx->a_map, MiB);
+    vp_close_fd(&fx->a_ram);
+    vp_close_fds(fx->a_efds, 4);
+    itest_env_stop(&fx->env);
+}
+
+/* ------------------------------ raw socket helpers ------------------------------ */
+
+static int raw_connect(Fx *fx)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_strlcpy(sa.sun_path, fx->env.sock, sizeof(sa.sun_path));
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    g_assert_cmpint(s, >=, 0);
+    g_assert_cmpint(connect(s, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+    return s;
+}
+
+static struct vp_sock_hdr raw_hdr(guint64 seq)
+{
+    struct vp_sock_hdr h = { .version = VP_MSG_VERSION, .seq = seq };
+    for (guint i = 0; i < 16; i++)
+        h.uuid[i] = (guint8)g_random_int();
+    h.uuid[6] = (h.uuid[6] & 0x0f) | 0x40;
+    h.uuid[8] = (h.uuid[8] & 0x3f) | 0x80;
+    return h;
+}
+
+/* The server must close the connection (after an optional error ACK). */
+static void expect_disconnect(int s)
+{
+    for (;;) {
+        struct vp_msg m;
+        vp_error err = { { 0 } };
+        int ret = vp_msg_recv(s, &m, TMO, &err);
+        if (ret == 1) {
+            struct vp_ack ack;
+            if (vp_decode_ack(&m, &ack, &err) == 0)
+                g_test_message("before closing, server sent %s: %s",
+                               vp_msg_type_name(m.hdr.type), ack.reason);
+            vp_msg_clear(&m);
+            continue;
+        }
+        g_assert_cmpint(ret, !=, -ETIMEDOUT);
+        g_test_message("server closed the connection: %s", err.msg);
+        return;
+    }
+}
+
+static void wait_disconnects(Fx *fx, gint64 n)
+{
+    for (int i = 0; i < TMO / 10; i++) {
+        JsonNode *s = itest_server_status(&fx->env);
+        gint64 d = itest_int(json_node_get_object(s), "counters.disconnects");
+        json_node_unref(s);
+        if (d >= fx->disconnects + n)
+            return;
+        g_usleep(10000);
+    }
+    g_error("server did not count %" G_GINT64_FORMAT " more disconnects", n);
+}
+
+/* The server's bad_messages counter grew by at least @n since the fixture began. */
+static void wait_bad_messages(Fx *fx, gint64 n)
+{
+    for (int i = 0; i < TMO / 10; i++) {
+        JsonNode *st = itest_server_status(&fx->env);
+        gint64 b = itest_int(json_node_get_object(st), "counters.bad_messages");
+        json_node_unref(st);
+        if (b >= fx->bad_messages + n)
+            return;
+        g_usleep(10000);
+    }
+    g_error("server did not count %" G_GINT64_FORMAT " more bad messages", n);
+}
+
+/* A framing error (session.c: undecodable payload, fd count, limits): the server
+ * drops this client, counts a bad message and a disconnect. */
+static void expect_framing_disconnect(Fx *fx, int *s, gint64 nth)
+{
+    expect_disconnect(*s);
+    vp_close_fd(s);
+    wait_bad_messages(fx, nth);
+    wait_disconnects(fx, nth);
+}
+
+
+/* Send a packed protobuf payload with @nfds fds. */
+static void send_packed(int s, guint16 type, struct vp_sock_hdr *h,
+                        const ProtobufCMessage *pb, const int *fds, unsigned nfds)
+{
+    size_t len = protobuf_c_message_get_packed_size(pb);
+    guint8 *buf = g_malloc(len ? len : 1);
+    protobuf_c_message_pack(pb, buf);
+    h->type = type;
+    g_assert_cmpint(vp_msg_send(s, h, buf, len, fds, nfds), ==, 0);
+    g_free(buf);
+}
+
+/* A MEMORY_INFO(ADD) whose regions name fd_index 0..n-1, each 1 MiB at gpa i GiB. */
+static void send_memory_pb(int s, struct vp_sock_hdr *h, unsigned nregions,
+                           const int *fds, unsigned nfds)
+{
+    VhostPci__MemoryRegion *rs = g_new(VhostPci__MemoryRegion, nregions);
+    VhostPci__MemoryRegion **rp = g_new(VhostPci__MemoryRegion *, nregions);
+    for (unsigned i = 0; i < nregions; i++) {
+        vhost_pci__memory_region__init(&rs[i]);
+        rs[i].guest_phys_addr = (guint64)i * GiB;
+        rs[i].memory_size = MiB;
+        rs[i].mmap_offset = 0;
+        rs[i].fd_index = i;
+        rp[i] = &rs[i];
+    }
+    VhostPci__MemoryInfo mi = VHOST_PCI__MEMORY_INFO__INIT;
+    mi.op = VP_OP_ADD;
+    mi.n_regions = nregions;
+    mi.regions = rp;
+    send_packed(s, VP_MSG_MEMORY_INFO, h, &mi.base, fds, nfds);
+    g_free(rs);
+    g_free(rp);
+}
+
+
+/* A client on its own connection, for semantic bad input through the library. */
+static VpClient *other_client(Fx *fx, const guint8 *uuid)
+{
+    return itest_client(&fx->env, uuid);
+}
+
+static void expect_client_fail(VpClient *c, gboolean ok, const VpClientReply *r,
+                               GError *e, guint64 result, const char *substr)
+{
+    g_assert_false(ok);
+    g_assert_error(e, VP_CLIENT_ERROR, VP_CLIENT_ERROR_REJECTED);
+    g_test_message("rejected: %s", e->message);
+    g_assert_cmpuint(r->ack.result, ==, result);
+    if (!strstr(r->ack.reason, substr) || !strstr(e->message, substr))
+        g_error("reason \"%s\" / error \"%s\" do not contain \"%s\"", r->ack.reason,
+                e->message, substr);
+    g_error_free(e);
+    g_assert_true(vp_client_is_connected(c));
+}
+
+/* ------------------------------ framing ------------------------------ */
+
+/* Half a message, the connection held open: others are not stalled; then closed
+ * mid-message: the server drops it and counts a disconnect. */
+static void test_truncated_message(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    int s = raw_connect(fx);
+    struct vp_sock_hdr h = raw_hdr(1);
+    h.type = VP_MSG_MEMORY_INFO;
+    h.len = 200;
+    guint8 wire[VP_SOCK_HDR_SIZE + 50];
+    memset(wire, 0xab, sizeof(wire));
+    vp_sock_hdr_encode(&h, wire);
+    g_assert_cmpint(write(s, wire, sizeof(wire)), ==, sizeof(wire));
+    /* Header only, the other half of a second connection. */
+    int s2 = raw_connect(fx);
+    g_assert_cmpint(write(s2, wire, 10), ==, 10);
+
+    /* A is served meanwhile. */
+    struct vp_device_info di;
+    itest_net_device(&di, 1, RING_GPA, 0, 0, fx->a_efds);
+    VpClientReply r;
+    GError *e = NULL;
+    g_assert_true(vp_client_device_add_sync(fx->a, &di, TMO, &r, &e));
+    g_assert_no_error(e);
+
+    vp_close_fd(&s);
+    vp_close_fd(&s2);
+    wait_disconnects(fx, 2);
+    assert_still_serving(fx);
+}
+
+/* A payload that is not valid protobuf (msg_len consistent). */
+static void test_truncated_payload(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    int s = raw_connect(fx);
+    struct vp_sock_hdr h = raw_hdr(1);
+    /* A MemoryInfo cut inside a length-delimited field. */
+    static const guint8 cut[] = { 0x08, 0x00, 0x12, 0x20, 0x08, 0x80 };
+    h.type = VP_MSG_MEMORY_INFO;
+    g_assert_cmpint(vp_msg_send(s, &h, cut, sizeof(cut), NULL, 0), ==, 0);
+    expect_framing_disconnect(fx, &s, 1);
+    assert_still_serving(fx);
+}
+
+/* msg_len over VP_MAX_PAYLOAD: the stream cannot be resynchronised: disconnect. */
+static void test_msg_len_over_limit(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    int s = raw_connect(fx);
+    struct vp_sock_hdr h = raw_hdr(1);
+    h.type = VP_MSG_DEVICE_INFO;
+    h.len = VP_MAX_PAYLOAD + 1;
+    guint8 wire[VP_SOCK_HDR_SIZE];
+    vp_sock_hdr_encode(&h, wire);
+    g_assert_cmpint(write(s, wire, sizeof(wire)), ==, sizeof(wire));
+    expect_framing_disconnect(fx, &s, 1);
+    assert_still_serving(fx);
+}
+
+/* Unknown message type and unsupported version: disconnect. */
+static void test_bad_header(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    for (int v = 0; v < 2; v++) {
+        int s = raw_connect(fx);
+        struct vp_sock_hdr h = raw_hdr(1);
+        h.type = v == 0 ? 77 : VP_MSG_FEATURE_BITS;
+        h.version = v == 0 ? VP_MSG_VERSION : 2;
+        guint8 wire[VP_SOCK_HDR_SIZE];
+        vp_sock_hdr_encode(&h, wire);
+        g_assert_cmpint(write(s, wire, sizeof(wire)), ==, sizeof(wire));
+        expect_framing_disconnect(fx, &s, v + 1);
+    }
+    assert_still_serving(fx);
+}
+
+/* Two regions naming fd_index 0 and 1, one fd attached; one region, three fds. */
+static void test_fd_count_mismatch(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    int mem = itest_memfd(MiB, NULL);
+    int s = raw_connect(fx);
+    struct vp_sock_hdr h = raw_hdr(1);
+    send_memory_pb(s, &h, 2, &mem, 1);
+    expect_framing_disconnect(fx, &s, 1);
+
+    s = raw_connect(fx);
+    int fds[3] = { mem, mem, mem };
+    h = raw_hdr(1);
+    send_memory_pb(s, &h, 1, fds, 3);
+    expect_framing_disconnect(fx, &s, 2);
+
+    /* A DEVICE_INFO naming a kick fd that was not attached. */
+    s = raw_connect(fx);
+    h = raw_hdr(1);
+    VhostPci__Virtq q = VHOST_PCI__VIRTQ__INIT;
+    q.num = 256;
+    q.desc_addr = RING_GPA;
+    q.avail_addr = RING_GPA + 0x1000;
+    q.used_addr = RING_GPA + 0x2000;
+    q.kick_fd_index = 0;
+    q.call_fd_index = -1;
+    VhostPci__Virtq *qp = &q;
+    VhostPci__DeviceInfo di = VHOST_PCI__DEVICE_INFO__INIT;
+    di.op = VP_OP_ADD;
+    di.device_type = VP_DEV_NET;
+    di.device_id = 1;
+    di.n_virtqs = 1;
+    di.virtqs = &qp;
+    send_packed(s, VP_MSG_DEVICE_INFO, &h, &di.base, NULL, 0);
+    expect_framing_disconnect(fx, &s, 3);
+    vp_close_fd(&mem);
+    assert_still_serving(fx);
+}
+
+/* 65 regions (one over VP_MAX_REGIONS), each with its own fd. */
+static void test_65_regions(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    int mem = itest_memfd(MiB, NULL);
+    int fds[65];
+    for (int i = 0; i < 65; i++)
+        fds[i] = mem;
+    int s = raw_connect(fx);
+    struct vp_sock_hdr h = raw_hdr(1);
+    send_memory_pb(s, &h, 65, fds, 65);
+    expect_framing_disconnect(fx, &s, 1);
+    vp_close_fd(&mem);
+    assert_still_serving(fx);
+}
+
+/* ------------------------------ memory semantics ------------------------------ */
+
+/* Overlapping guest-physical ranges: within one message, and against the table of
+ * an existing device (a second connection of A's driver VM). */
+static void test_overlapping_regions(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    int m1 = itest_memfd(MiB, NULL), m2 = itest_memfd(MiB, NULL);
+    VpClient *c = other_client(fx, NULL);
+    struct vp_region r[2] = {
+        { .gpa = 0x100000000ULL, .size = MiB, .mmap_offset = 0, .fd = m1 },
+        { .gpa = 0x100080000ULL, .size = MiB, .mmap_offset = 0, .fd = m2 },
+    };
+    VpClientReply rep;
+    GError *e = NULL;
+    gboolean ok = vp_client_memory_add_sync(c, r, 2, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "overlaps");
+    vp_client_close(c);
+    vp_client_unref(c);
+
+    /* Against A's RAM at [0, 1 MiB). */
+    guint8 uuid[16];
+    memcpy(uuid, vp_client_get_uuid(fx->a), 16);
+    c = other_client(fx, uuid);
+    struct vp_region o = { .gpa = 0x80000, .size = MiB, .mmap_offset = 0, .fd = m1 };
+    e = NULL;
+    ok = vp_client_memory_add_sync(c, &o, 1, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "overlaps");
+    vp_client_close(c);
+    vp_client_unref(c);
+    vp_close_fd(&m1);
+    vp_close_fd(&m2);
+    assert_still_serving(fx);
+}
+
+/* A region reaching past the end of its file. */
+static void test_region_past_file_end(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    int m = itest_memfd(MiB, NULL);
+    VpClient *c = other_client(fx, NULL);
+    struct vp_region r = { .gpa = 0, .size = MiB, .mmap_offset = MiB / 2, .fd = m };
+    VpClientReply rep;
+    GError *e = NULL;
+    gboolean ok = vp_client_memory_add_sync(c, &r, 1, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "past the end of its file");
+    vp_client_close(c);
+    vp_client_unref(c);
+    vp_close_fd(&m);
+    assert_still_serving(fx);
+}
+
+/* A file whose size is not a power of two would abort QEMU as a BAR (DESIGN 3). */
+static void test_non_pow2_file(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    int m = itest_memfd(3 * MiB, NULL);
+    VpClient *c = other_client(fx, NULL);
+    struct vp_region r = { .gpa = 0, .size = 3 * MiB, .mmap_offset = 0, .fd = m };
+    VpClientReply rep;
+    GError *e = NULL;
+    gboolean ok = vp_client_memory_add_sync(c, &r, 1, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "power of two");
+    /* Also as hot-added memory of A's existing device. */
+    vp_client_close(c);
+    vp_client_unref(c);
+    guint8 uuid[16];
+    memcpy(uuid, vp_client_get_uuid(fx->a), 16);
+    c = other_client(fx, uuid);
+    r.gpa = 4 * GiB;
+    e = NULL;
+    ok = vp_client_memory_add_sync(c, &r, 1, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "power of two");
+    vp_client_close(c);
+    vp_client_unref(c);
+    vp_close_fd(&m);
+    assert_still_serving(fx);
+}
+
+/* A memfd not sealed against shrinking. */
+static void test_unsealed_memfd(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    int m = vp_test_memfd("unsealed", MiB, FALSE);
+    VpClient *c = other_client(fx, NULL);
+    struct vp_region r = { .gpa = 0, .size = MiB, .mmap_offset = 0, .fd = m };
+    VpClientReply rep;
+    GError *e = NULL;
+    gboolean ok = vp_client_memory_add_sync(c, &r, 1, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "not sealed against shrinking");
+    vp_client_close(c);
+    vp_client_unref(c);
+    vp_close_fd(&m);
+    assert_still_serving(fx);
+}
+
+/* DEL of a region or frontend the device does not have, and DEL for a driver VM
+ * that has no device at all. */
+static void test_del_unknown(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    struct vp_region r = { .gpa = 8 * GiB, .size = MiB, .mmap_offset = 0, .fd = -1 };
+    VpClientReply rep;
+    GError *e = NULL;
+    gboolean ok = vp_client_memory_del_sync(fx->a, &r, 1, TMO, &rep, &e);
+    expect_client_fail(fx->a, ok, &rep, e, VP_ACK_DEL_FAIL, "not in the memory table");
+
+    /* Half of a region that exists is not a region. */
+    struct vp_region half = { .gpa = 0, .size = MiB / 2, .mmap_offset = 0, .fd = -1 };
+    e = NULL;
+    ok = vp_client_memory_del_sync(fx->a, &half, 1, TMO, &rep, &e);
+    expect_client_fail(fx->a, ok, &rep, e, VP_ACK_DEL_FAIL, "not in the memory table");
+
+    e = NULL;
+    ok = vp_client_device_del_sync(fx->a, VP_DEV_NET, 99, TMO, &rep, &e);
+    expect_client_fail(fx->a, ok, &rep, e, VP_ACK_DEL_FAIL, "no net frontend device 99");
+    g_assert_cmpuint(rep.ack.device_id, ==, 99);
+
+    /* A driver VM without any device. */
+    VpClient *c = other_client(fx, NULL);
+    e = NULL;
+    ok = vp_client_device_del_sync(c, VP_DEV_NET, 1, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_DEL_FAIL, "no vhost-pci device");
+    e = NULL;
+    ok = vp_client_memory_del_sync(c, &r, 1, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_DEL_FAIL, "no vhost-pci device");
+    vp_client_close(c);
+    vp_client_unref(c);
+
+    /* A's memory and frontend are untouched. */
+    JsonNode *s = itest_server_status(&fx->env);
+    JsonObject *d = itest_server_device(s, fx->a_uuid);
+    g_assert_cmpuint(itest_len(d, "regions"), ==, 1);
+    g_assert_cmpuint(itest_len(d, "frontends"), ==, 1);
+    json_node_unref(s);
+    assert_still_serving(fx);
+}
+
+/* A DEVICE_INFO the guest driver cannot serve: a type other than net, and rings
+ * that break the split-ring rules. */
+static void test_bad_device_info(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    guint8 uuid[16];
+    memcpy(uuid, vp_client_get_uuid(fx->a), 16);
+    VpClient *c = other_client(fx, uuid);
+    struct vp_device_info di;
+    itest_net_device(&di, 2, RING_GPA + 0x40000, 0, 0, NULL);
+    di.device_type = VP_DEV_BLK;
+    VpClientReply rep;
+    GError *e = NULL;
+    gboolean ok = vp_client_device_add_sync(c, &di, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL,
+                       "device type blk not supported by vhost-pci-guestd");
+
+    itest_net_device(&di, 3, RING_GPA + 0x40000, 0, 0, NULL);
+    di.virtqs[1].num = 100;
+    e = NULL;
+    ok = vp_client_device_add_sync(c, &di, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "power of two");
+    vp_client_close(c);
+    vp_client_unref(c);
+    assert_still_serving(fx);
+}
+
+/* ------------------------------ a fake guestd ------------------------------ */
+
+/*
+ * Plays vhost-pci-guestd on the local bus: HELLO, takes PLUG_CONTROL, runs the
+ * status handshake (ACKNOWLEDGE|DRIVER, FEATURES_OK, rings, transmitq buffers,
+ * DRIVER_OK, doorbell), then answers every controlq message with a success ACK.
+ * With @bogus set, before its first real ACK it puts an ACK for a msg_seq the
+ * server never sent on the receiveq.
+ */
+typedef struct {
+    const char *path;
+    gboolean bogus;
+    volatile gint stop;
+    volatile gint acks, bogus_sent, messages;
+    char failure[256];
+} FakeGuest;
+
+typedef struct {
+    guint8 *ca;
+    gsize ca_size;
+    int fds[4];            /* control area, rx kick, tx kick, irq */
+    struct vp_vring_drv rx, tx;
+    guint64 buf_off;
+    unsigned ntx, nrx;     /* slots: tx [0, ntx), rx [ntx, ntx + nrx) */
+    gboolean rx_busy[VP_CA_QUEUE_NUM];
+    gboolean ready;
+} FakeDev;
+
+static gboolean fg_fail(FakeGuest *fg, const char *what)
+{
+    g_strlcpy(fg->failure, what, sizeof(fg->failure));
+    return FALSE;
+}
+
+static void fg_kick(int efd)
+{
+    guint64 one = 1;
+    g_assert_cmpint(write(efd, &one, 8), ==, 8);
+}
+
+static gboolean fg_plug_control(FakeGuest *fg, FakeDev *d, const struct vp_lb_msg *m,
+                                int *fds)
+{
+    memcpy(d->fds, fds, sizeof(d->fds));
+    d->ca_size = m->size;
+    d->ca = mmap(NULL, d->ca_size, PROT_READ | PROT_WRITE, MAP_SHARED, d->fds[0], 0);
+    if (d->ca == MAP_FAILED)
+        return fg_fail(fg, "mmap control area");
+    if (memcmp(d->ca + VP_CA_OFF_MAGIC, VP_CA_MAGIC, 8) != 0)
+        return fg_fail(fg, "control area magic");
+    vp_put_le32(d->ca + VP_CA_OFF_STATUS, VP_STATUS_ACKNOWLEDGE | VP_STATUS_DRIVER);
+    vp_put_le32(d->ca + VP_CA_OFF_STATUS,
+                VP_STATUS_ACKNOWLEDGE | VP_STATUS_DRIVER | VP_STATUS_FEATURES_OK);
+    struct vp_vring_drv *qs[2] = { &d->rx, &d->tx };
+    for (int q = 0; q < 2; q++) {
+        const guint8 *e = d->ca + VP_CA_OFF_QUEUE + q * VP_CA_QUEUE_SIZE;
+        struct vp_vring_mem mem = {
+            .desc = d->ca + vp_get_le64(e + VP_CA_Q_DESC_OFF),
+            .avail = d->ca + vp_get_le64(e + VP_CA_Q_AVAIL_OFF),
+            .used = d->ca + vp_get_le64(e + VP_CA_Q_USED_OFF),
+            .num = vp_get_le16(e + VP_CA_Q_SIZE),
+        };
+        if (vp_vring_drv_init(qs[q], &mem, true) < 0)
+            return fg_fail(fg, "vring init");
+    }
+    d->buf_off = vp_get_le64(d->ca + VP_CA_OFF_BUF_OFF);
+    guint64 slots = vp_get_le64(d->ca + VP_CA_OFF_BUF_SIZE) / VP_CA_BUF_SLOT;
+    d->ntx = MIN(d->tx.mem.num, VP_CA_QUEUE_NUM);
+    d->nrx = MIN((guint64)VP_CA_QUEUE_NUM, slots - d->ntx);
+    for (unsigned i = 0; i < d->ntx; i++) {
+        struct vp_vring_seg seg = { .addr = d->buf_off + (guint64)i * VP_CA_BUF_SLOT,
+                                    .len = VP_CA_BUF_SLOT, .write = true };
+        if (vp_vring_drv_add(&d->tx, &seg, 0, 1, GUINT_TO_POINTER(i + 1)) < 0)
+            return fg_fail(fg, "post transmitq buffer");
+    }
+    vp_vring_drv_kick_prepare(&d->tx);
+    vp_put_le32(d->ca + VP_CA_OFF_STATUS, VP_STATUS_ACKNOWLEDGE | VP_STATUS_DRIVER |
+                                              VP_STATUS_FEATURES_OK | VP_STATUS_DRIVER_OK);
+    fg_kick(d->fds[1]);
+    d->ready = TRUE;
+    return TRUE;
+}
+
+/* Put one encoded ACK on the receiveq and kick. */
+static gboolean fg_send_ack(FakeGuest *fg, FakeDev *d, const struct vp_cq_msg *ack)
+{
+    void *tok;
+    guint32 len;
+    while (vp_vring_drv_get_used(&d->rx, &tok, &len) == 1)
+        d->rx_busy[GPOINTER_TO_UINT(tok) - 1] = FALSE;
+    unsigned slot = 0;
+    while (slot < d->nrx && d->rx_busy[slot])
+        slot++;
+    if (slot == d->nrx)
+        return fg_fail(fg, "no free receiveq buffer");
+    guint64 off = d->buf_off + (guint64)(d->ntx + slot) * VP_CA_BUF_SLOT;
+    int n = vp_cq_encode(ack, d->ca + off, VP_CA_BUF_SLOT);
+    if (n <= 0)
+        return fg_fail(fg, "encode ACK");
+    struct vp_vring_seg seg = { .addr = off, .len = (guint32)n };
+    if (vp_vring_drv_add(&d->rx, &seg, 1, 0, GUINT_TO_POINTER(slot + 1)) < 0)
+        return fg_fail(fg, "add to receiveq");
+    d->rx_busy[slot] = TRUE;
+    vp_vring_drv_kick_prepare(&d->rx);
+    fg_kick(d->fds[1]);
+    return TRUE;
+}
+
+/* Answer every message the server put on the transmitq. */
+static gboolean fg_service(FakeGuest *fg, FakeDev *d)
+{
+    void *tok;
+    guint32 len;
+    int ret;
+    while ((ret = vp_vring_drv_get_used(&d->tx, &tok, &len)) == 1) {
+        unsigned slot = GPOINTER_TO_UINT(tok) - 1;
+        guint8 buf[VP_CA_BUF_SLOT];
+        len = MIN(len, VP_CA_BUF_SLOT);
+        memcpy(buf, d->ca + d->buf_off + (guint64)slot * VP_CA_BUF_SLOT, len);
+        struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1), *ack = g_new0(struct vp_cq_msg, 1);
+        vp_error err = { { 0 } };
+        if (vp_cq_decode(buf, len, m, &err) < 0) {
+            g_free(m);
+            g_free(ack);
+            return fg_fail(fg, err.msg);
+        }
+        g_atomic_int_inc(&fg->messages);
+        if (fg->bogus && !g_atomic_int_get(&fg->bogus_sent)) {
+            struct vp_cq_msg fake = *m;
+            fake.seq = m->seq + 1000;
+            vp_cq_make_ack(ack, &fake, VP_ACK_ADD_DONE, NULL);
+            if (!fg_send_ack(fg, d, ack))
+                return FALSE;
+            g_atomic_int_set(&fg->bogus_sent, 1);
+        }
+        guint64 result = m->type == VP_MSG_MEMORY_INFO ? (m->u.mem.op == VP_OP_ADD ? VP_ACK_ADD_DONE : VP_ACK_DEL_DONE)
+                       : m->type == VP_MSG_DEVICE_INFO ? (m->u.dev.op == VP_OP_ADD ? VP_ACK_ADD_DONE : VP_ACK_DEL_DONE)
+                       : VP_ACK_ADD_DONE;
+        vp_cq_make_ack(ack, m, result, NULL);
+        if (m->type == VP_MSG_FEATURE_BITS)
+            ack->u.ack.features = m->u.features & VP_NET_FEATURES;
+        gboolean ok = fg_send_ack(fg, d, ack);
+        g_free(m);
+        g_free(ack);
+        if (!ok)
+            return FALSE;
+        g_atomic_int_inc(&fg->acks);
+        /* Give the buffer back. */
+        struct vp_vring_seg seg = { .addr = d->buf_off + (guint64)slot * VP_CA_BUF_SLOT,
+                                    .len = VP_CA_BUF_SLOT, .write = true };
+        if (vp_vring_drv_add(&d->tx, &seg, 0, 1, GUINT_TO_POINTER(slot + 1)) < 0)
+            return fg_fail(fg, "repost transmitq buffer");
+        vp_vring_drv_kick_prepare(&d->tx);
+        fg_kick(d->fds[2]);
+    }
+    if (ret < 0)
+        return fg_fail(fg, "transmitq broken");
+    return TRUE;
+}
+
+static gpointer fake_guestd(gpointer data)
+{
+    FakeGuest *fg = data;
+    FakeDev d = { .fds = { -1, -1, -1, -1 } };
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_strlcpy(sa.sun_path, fg->path, sizeof(sa.sun_path));
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        fg_fail(fg, "connect to the local bus");
+        goto out;
+    }
+    struct vp_lb_msg hello = { .type = VP_LB_HELLO };
+    if (vp_lb_send(s, &hello, NULL, 0) < 0) {
+        fg_fail(fg, "send HELLO");
+        goto out;
+    }
+    while (!g_atomic_int_get(&fg->stop)) {
+        struct pollfd p = { .fd = s, .events = POLLIN };
+        if (poll(&p, 1, 2) > 0) {
+            struct vp_lb_msg m;
+            int fds[VP_LB_MAX_FDS];
+            unsigned nfds = 0;
+            vp_error err = { { 0 } };
+            if (vp_lb_recv(s, &m, fds, VP_LB_MAX_FDS, &nfds, &err) < 0) {
+                if (!g_atomic_int_get(&fg->stop))
+                    fg_fail(fg, err.msg);
+                break;
+            }
+            if (m.type == VP_LB_PLUG_CONTROL && !d.ready && nfds == 4) {
+                if (!fg_plug_control(fg, &d, &m, fds))
+                    break;
+                nfds = 0; /* kept */
+            } else if (m.type == VP_LB_UNPLUG_WINDOW || m.type == VP_LB_UNPLUG_CONTROL) {
+                struct vp_lb_msg ej = { .type = VP_LB_EJECTED, .slot = m.slot,
+                                        .devfn = m.type == VP_LB_UNPLUG_CONTROL
+                                                     ? VP_LB_CONTROL_DEVFN : m.devfn };
+                vp_lb_send(s, &ej, NULL, 0);
+            }
+            vp_close_fds(fds, nfds);
+        }
+        if (d.ready && !fg_service(fg, &d))
+            break;
+    }
+out:
+    if (d.ready) {
+        vp_vring_drv_destroy(&d.rx);
+        vp_vring_drv_destroy(&d.tx);
+    }
+    if (d.ca && d.ca != MAP_FAILED)
+        munmap(d.ca, d.ca_size);
+    vp_close_fds(d.fds, 4);
+    vp_close_fd(&s);
+    return NULL;
+}
+
+/* An ACK from the guest driver for a message the server never sent: ignored and
+ * counted in bad_messages; the device and the server carry on. */
+static void test_bogus_guestd_ack(void)
+{
+    ITestEnv env;
+    ITestOpts opts = { .no_guestd = TRUE };
+    itest_env_start(&env, &opts);
+    FakeGuest fg = { .path = env.local_bus, .bogus = TRUE };
+    GThread *t = g_thread_new("fake-guestd", fake_guestd, &fg);
+
+    VpClient *c = itest_client(&env, NULL);
+    char uuid[37];
+    itest_uuid(c, uuid);
+    void *map;
+    int ram = itest_memfd(MiB, &map);
+    struct vp_region r = { .gpa = 0, .size = MiB, .mmap_offset = 0, .fd = ram };
+    struct vp_device_info di;
+    itest_net_device(&di, 1, RING_GPA, 0, 0, NULL);
+    VpClientHandshake res;
+    GError *e = NULL;
+    gboolean ok = vp_client_handshake_sync(c, &r, 1, VP_NET_FEATURES, &di, TMO, NULL, NULL,
+                                           &res, &e);
+    if (fg.failure[0])
+        g_error("fake guestd: %s", fg.failure);
+    g_assert_no_error(e);
+    g_assert_true(ok);
+    g_assert_cmpint(g_atomic_int_get(&fg.bogus_sent), ==, 1);
+
+    JsonNode *s = itest_server_status(&env);
+    JsonObject *so = json_node_get_object(s);
+    g_assert_cmpint(itest_int(so, "counters.bad_messages"), ==, 1);
+    JsonObject *d = itest_server_device(s, uuid);
+    g_assert_nonnull(d);
+    g_assert_true(itest_bool(d, "driver_ok"));
+    g_assert_cmpuint(itest_int(d, "status") & (VP_STATUS_NEEDS_RESET | VP_STATUS_FAILED), ==, 0);
+    g_assert_cmpint(itest_int(d, "counters.acks_ok"), ==, 3);
+    json_node_unref(s);
+
+    /* The device keeps working. */
+    VpClientReply rep;
+    di.virtqs[0].num = 128;
+    g_assert_true(vp_client_device_add_sync(c, &di, TMO, &rep, &e));
+    g_assert_no_error(e);
+    g_assert_cmpuint(rep.ack.result, ==, VP_ACK_ADD_DONE);
+    g_assert_true(itest_alive(env.server_pid));
+
+    vp_client_close(c);
+    vp_client_unref(c);
+    g_atomic_int_set(&fg.stop, 1);
+    g_thread_join(t);
+    if (fg.failure[0])
+        g_error("fake guestd: %s", fg.failure);
+    munmap(map, MiB);
+    vp_close_fd(&ram);
+    itest_env_stop(&env);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_main_context_default();
+#define ADD(path, fn) g_test_add("/bad-input/" path, Fx, NULL, fx_setup, fn, fx_teardown)
+    ADD("truncated-message", test_truncated_message);
+    ADD("truncated-payload", test_truncated_payload);
+    ADD("msg-len-over-limit", test_msg_len_over_limit);
+    ADD("bad-header", test_bad_header);
+    ADD("fd-count-mismatch", test_fd_count_mismatch);
+    ADD("65-regions", test_65_regions);
+    ADD("overlapping-regions", test_overlapping_regions);
+    ADD("region-past-file-end", test_region_past_file_end);
+    ADD("non-pow2-file", test_non_pow2_file);
+    ADD("unsealed-memfd", test_unsealed_memfd);
+    ADD("del-unknown", test_del_unknown);
+    ADD("bad-device-info", test_bad_device_info);
+#undef ADD
+    g_test_add_func("/bad-input/bogus-guestd-ack", test_bogus_guestd_ack);
+    return g_test_run();
+}
