@@ -129,8 +129,6 @@ int main(int argc, char **argv)
     struct vp_server srv_storage, *srv = &srv_storage;
     memset(srv, 0, sizeof(*srv));
     srv->listen_fd = -1;
-    srv->opt.device_host = g_strdup("local");
-    srv->opt.log_level = g_strdup("info");
     srv->opt.ack_timeout_s = 10.0;
 
     GOptionEntry entries[] = {
@@ -176,6 +174,11 @@ int main(int argc, char **argv)
         return 2;
     }
     g_option_context_free(ctx);
+    /* Defaults after parsing: GOption does not free a preset string it replaces. */
+    if (!srv->opt.device_host)
+        srv->opt.device_host = g_strdup("local");
+    if (!srv->opt.log_level)
+        srv->opt.log_level = g_strdup("info");
 
     if (set_log_level(srv->opt.log_level) < 0) {
         fprintf(stderr, "vhost-pci-server: --log-level must be error, warning, info or debug\n");
