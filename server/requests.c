@@ -148,7 +148,9 @@ static void job_finish(struct srv_job *job, uint64_t result, const char *reason,
         fill_ack(job, &a, result, reason);
         ack = &a;
     }
-    if (result == VP_ACK_ADD_FAIL || result == VP_ACK_DEL_FAIL)
+    if (job->kind == JOB_DESTROY)
+        ;  /* its outcome is logged by srv_device_destroy() */
+    else if (result == VP_ACK_ADD_FAIL || result == VP_ACK_DEL_FAIL)
         g_message("device %s: %s -> %s: %s", dev->uuid_str, job_names[job->kind],
                   vp_ack_result_name(result), ack->reason);
     else
@@ -1395,8 +1397,8 @@ static gboolean closing_deadline(gpointer data)
     struct srv_device *dev = data;
     dev->closing_timer = 0;
     if (srv_sessions_of_uuid(dev->srv, dev->uuid) == 0) {
-        g_warning("device %s: guest driver did not finish the implicit DEL in time",
-                  dev->uuid_str);
+        g_warning("device %s: its queued requests did not finish within the ack timeout "
+                  "after the last connection closed", dev->uuid_str);
         srv_device_destroy(dev, "its last client connection closed");
     } else {
         dev->closing = false;
