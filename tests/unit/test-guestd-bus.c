@@ -1,0 +1,448 @@
+/*
+ * test-guestd-bus.c - the guest driver's buses with the real control plane on top:
+ *  - `local`: the test plays the server's local device host on a UNIX socket
+ *    (protocol/vp_localbus.h): HELLO, PLUG_CONTROL with a control area memfd and
+ *    eventfds, PEER_VECTORS, PLUG_WINDOW, the controlq interrupt, UNPLUG_WINDOW and
+ *    UNPLUG_CONTROL answered with EJECTED, refused plugs, the server going away.
+ *  - `pci`: a fake sysfs tree of regular files (vendor, device, resource0/1/2):
+ *    discovery by magic + MSI-X BAR, the doorbell register write, window mapping by
+ *    PCI address, polling of the controlq, functions vanishing.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "bus.h"
+#include "controlplane.h"
+#include "device.h"
+#include "guestd-fake.h"
+#include "log.h"
+#include "loop.h"
+#include "testutil.h"
+#include "vp_localbus.h"
+
+#define WIN_SIZE (2ULL << 20)
+
+static bool lost;
+static char lost_why[256];
+
+static void on_lost(void *opaque, const char *why)
+{
+    (void)opaque;
+    lost = true;
+    g_strlcpy(lost_why, why, sizeof(lost_why));
+}
+
+/* Iterate @loop until @cond holds (bounded: 3 s). */
+#define ITERATE_UNTIL(loop, cond)                                          \
+    do {                                                                   \
+        uint64_t deadline_ = gd_now_ns() + 3000000000ULL;                  \
+        while (!(cond)) {                                                  \
+            if (gd_now_ns() > deadline_)                                   \
+                g_error("timed out waiting for %s", #cond);                \
+            gd_loop_iterate((loop), 5 * 1000 * 1000);                      \
+        }                                                                  \
+    } while (0)
+
+static bool readable(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    return poll(&p, 1, 0) == 1;
+}
+
+static uint64_t drain_efd(int fd)
+{
+    uint64_t v = 0;
+    if (readable(fd))
+        g_assert_cmpint(read(fd, &v, sizeof(v)), ==, sizeof(v));
+    return v;
+}
+
+/* Receive one local-bus message from guestd within 3 s (driving its loop). */
+static void lb_expect(struct gd_loop *loop, int sock, uint32_t type, uint32_t slot,
+                      uint32_t devfn)
+{
+    ITERATE_UNTIL(loop, readable(sock));
+    struct vp_lb_msg m;
+    int fds[4];
+    unsigned nfds = 0;
+    vp_error err = { { 0 } };
+    g_assert_cmpint(vp_lb_recv(sock, &m, fds, 4, &nfds, &err), ==, 0);
+    g_assert_cmpuint(nfds, ==, 0);
+    g_assert_cmpuint(m.type, ==, type);
+    g_assert_cmpuint(m.slot, ==, slot);
+    g_assert_cmpuint(m.devfn, ==, devfn);
+}
+
+static void test_local_bus(void)
+{
+    gd_log_set_level(g_test_verbose() ? GD_LOG_DEBUG : GD_LOG_ERROR);
+    int before = vp_count_open_fds();
+    char *dir = g_dir_make_tmp("guestd-lb-XXXXXX", NULL);
+    char *path = g_build_filename(dir, "bus.sock", NULL);
+    int lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
+    g_assert_cmpint(bind(lsock, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+    g_assert_cmpint(listen(lsock, 1), ==, 0);
+
+    struct gd_loop *loop = gd_loop_new();
+    lost = false;
+    struct gd_cp_config cfg = { .bus_lost = on_lost };
+    struct gd_cp *cp = gd_cp_new(loop, &cfg);
+    vp_error err = { { 0 } };
+    struct gd_bus *bus = gd_bus_local_new(loop, path, 1000, &gd_cp_bus_events, cp, &err);
+    g_assert_nonnull(bus);
+    gd_cp_set_bus(cp, bus);
+    int srv = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
+    g_assert_cmpint(srv, >=, 0);
+    g_assert_cmpint(gd_bus_start(bus, &err), ==, 0);
+    lb_expect(loop, srv, VP_LB_HELLO, 0, 0);
+
+    /* A refused plug: the file is smaller than announced. No device, fds closed. */
+    int small = vp_test_memfd("small", 4096, TRUE);
+    int e[3];
+    for (int i = 0; i < 3; i++)
+        e[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int fds[4] = { small, e[0], e[1], e[2] };
+    struct vp_lb_msg m = { .type = VP_LB_PLUG_CONTROL, .slot = 2, .count = 4,
+                           .size = VP_CA_SIZE };
+    g_assert_cmpint(vp_lb_send(srv, &m, fds, 4), ==, 0);
+    /* A window for a slot that is not plugged: refused too. */
+    int wfd = vp_test_memfd("win", WIN_SIZE, TRUE);
+    m = (struct vp_lb_msg){ .type = VP_LB_PLUG_WINDOW, .slot = 2, .devfn = 0x10, .count = 1,
+                            .size = WIN_SIZE };
+    g_assert_cmpint(vp_lb_send(srv, &m, &wfd, 1), ==, 0);
+    for (int i = 0; i < 5; i++)
+        gd_loop_iterate(loop, 5 * 1000 * 1000);
+    g_assert_null(gd_cp_device(cp, 2));
+
+    /* A good control function in slot 3. */
+    int cafd = vp_test_memfd("ca", VP_CA_SIZE, TRUE);
+    struct fk_dev fk = { 0 };
+    fk.ca = mmap(NULL, VP_CA_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, cafd, 0);
+    g_assert_true(fk.ca != MAP_FAILED);
+    fk_write_header(fk.ca, FK_BAR_SIZE);
+    fk_set_window(fk.ca, 0, 0x10, 0, WIN_SIZE);
+    fk_publish_windows(fk.ca, 1);
+    fds[0] = cafd;
+    m = (struct vp_lb_msg){ .type = VP_LB_PLUG_CONTROL, .slot = 3, .count = 4,
+                            .size = VP_CA_SIZE };
+    g_assert_cmpint(vp_lb_send(srv, &m, fds, 4), ==, 0);
+    ITERATE_UNTIL(loop, gd_cp_device(cp, 3) != NULL);
+    struct gd_device *d = gd_cp_device(cp, 3);
+    g_assert_false(d->broken);
+    g_assert_cmpuint(fk_status(fk.ca) & VP_STATUS_DRIVER_OK, !=, 0);
+    g_assert_cmpuint(drain_efd(e[0]), >=, 1); /* doorbell id 0 vector 0 */
+    g_assert_false(d->win[0].mapped);        /* listed, not plugged yet */
+    fk_attach(&fk);
+
+    /* The driver VM's call vectors. */
+    int pv[2] = { eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) };
+    m = (struct vp_lb_msg){ .type = VP_LB_PEER_VECTORS, .slot = 3, .count = 2,
+                            .arg = VP_ID_DRIVER_VM };
+    g_assert_cmpint(vp_lb_send(srv, &m, pv, 2), ==, 0);
+    ITERATE_UNTIL(loop, gd_bus_peer_vectors(bus, 3, VP_ID_DRIVER_VM) == 2);
+    g_assert_cmpint(gd_device_notify_peer(d, 1), ==, 0);
+    g_assert_cmpuint(drain_efd(pv[1]), ==, 1);
+    g_assert_cmpuint(drain_efd(pv[0]), ==, 0);
+    g_assert_cmpint(gd_device_notify_peer(d, 2), ==, -ERANGE);
+
+    /* The server's order: PLUG_WINDOW, then the message, then the interrupt. The
+     * bus is synced before the controlq is served, so the region finds its window. */
+    m = (struct vp_lb_msg){ .type = VP_LB_PLUG_WINDOW, .slot = 3, .devfn = 0x10, .count = 1,
+                            .size = WIN_SIZE };
+    g_assert_cmpint(vp_lb_send(srv, &m, &wfd, 1), ==, 0);
+    struct vp_cq_msg msg, ack;
+    fk_mem_msg(&msg, VP_OP_ADD, 0x100000, 1 << 20, 0);
+    uint64_t seq = fk_send(&fk, &msg);
+    uint64_t one = 1;
+    g_assert_cmpint(write(e[2], &one, 8), ==, 8);
+    ITERATE_UNTIL(loop, fk_recv_ack(&fk, &ack) == 1);
+    g_assert_cmpuint(ack.seq, ==, seq);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_DONE);
+    g_assert_true(d->win[0].mapped);
+    uint8_t *wmap = mmap(NULL, WIN_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, wfd, 0);
+    memcpy(wmap + 0x20, "seen", 4);
+    uint64_t avail;
+    uint8_t *p = gd_device_translate(d, 0x100020, 4, &avail);
+    g_assert_nonnull(p);
+    g_assert_cmpmem(p, 4, "seen", 4);
+    munmap(wmap, WIN_SIZE);
+
+    /* UNPLUG_WINDOW: the region goes, the window is unmapped, EJECTED answers. */
+    m = (struct vp_lb_msg){ .type = VP_LB_UNPLUG_WINDOW, .slot = 3, .devfn = 0x10 };
+    g_assert_cmpint(vp_lb_send(srv, &m, NULL, 0), ==, 0);
+    lb_expect(loop, srv, VP_LB_EJECTED, 3, 0x10);
+    g_assert_false(d->win[0].mapped);
+    g_assert_cmpuint(d->mt.n, ==, 0);
+    /* An unknown window is answered at once too. */
+    m.devfn = 0x77;
+    g_assert_cmpint(vp_lb_send(srv, &m, NULL, 0), ==, 0);
+    lb_expect(loop, srv, VP_LB_EJECTED, 3, 0x77);
+
+    /* UNPLUG_CONTROL: the device goes, EJECTED(control). */
+    m = (struct vp_lb_msg){ .type = VP_LB_UNPLUG_CONTROL, .slot = 3 };
+    g_assert_cmpint(vp_lb_send(srv, &m, NULL, 0), ==, 0);
+    lb_expect(loop, srv, VP_LB_EJECTED, 3, VP_LB_CONTROL_DEVFN);
+    g_assert_null(gd_cp_device(cp, 3));
+
+    /* Plug again, then the server goes away: everything is unplugged, bus lost. */
+    m = (struct vp_lb_msg){ .type = VP_LB_PLUG_CONTROL, .slot = 4, .count = 4,
+                            .size = VP_CA_SIZE };
+    fk_write_header(fk.ca, FK_BAR_SIZE);
+    g_assert_cmpint(vp_lb_send(srv, &m, fds, 4), ==, 0);
+    ITERATE_UNTIL(loop, gd_cp_device(cp, 4) != NULL);
+    close(srv);
+    ITERATE_UNTIL(loop, lost);
+    g_assert_nonnull(strstr(lost_why, "closed by the server"));
+    g_assert_null(gd_cp_device(cp, 4));
+
+    gd_cp_shutdown(cp);
+    gd_bus_destroy(bus);
+    gd_cp_free(cp);
+    gd_loop_free(loop);
+    munmap(fk.ca, VP_CA_SIZE);
+    vp_close_fds(e, 3);
+    vp_close_fds(pv, 2);
+    close(small);
+    close(wfd);
+    close(cafd);
+    close(lsock);
+    unlink(path);
+    g_rmdir(dir);
+    g_free(path);
+    g_free(dir);
+    vp_assert_fds(before);
+}
+
+static void test_local_bus_protocol_error(void)
+{
+    int before = vp_count_open_fds();
+    char *dir = g_dir_make_tmp("guestd-lb-XXXXXX", NULL);
+    char *path = g_build_filename(dir, "bus.sock", NULL);
+    int lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
+    g_assert_cmpint(bind(lsock, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+    g_assert_cmpint(listen(lsock, 1), ==, 0);
+    struct gd_loop *loop = gd_loop_new();
+    lost = false;
+    struct gd_cp_config cfg = { .bus_lost = on_lost };
+    struct gd_cp *cp = gd_cp_new(loop, &cfg);
+    vp_error err = { { 0 } };
+    struct gd_bus *bus = gd_bus_local_new(loop, path, 1000, &gd_cp_bus_events, cp, &err);
+    g_assert_nonnull(bus);
+    gd_cp_set_bus(cp, bus);
+    int srv = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
+    g_assert_cmpint(gd_bus_start(bus, &err), ==, 0);
+    lb_expect(loop, srv, VP_LB_HELLO, 0, 0);
+    /* EJECTED only travels guestd -> server. */
+    struct vp_lb_msg m = { .type = VP_LB_EJECTED, .slot = 1 };
+    g_assert_cmpint(vp_lb_send(srv, &m, NULL, 0), ==, 0);
+    ITERATE_UNTIL(loop, lost);
+    g_assert_nonnull(strstr(lost_why, "unexpected message type 7"));
+    gd_cp_shutdown(cp);
+    gd_bus_destroy(bus);
+    gd_cp_free(cp);
+    gd_loop_free(loop);
+    close(srv);
+    close(lsock);
+    unlink(path);
+    g_rmdir(dir);
+    g_free(path);
+    g_free(dir);
+
+    /* No server at all: a bounded retry, then a reason. */
+    loop = gd_loop_new();
+    uint64_t t0 = gd_now_ns();
+    bus = gd_bus_local_new(loop, "/nonexistent/bus.sock", 100, &gd_cp_bus_events, NULL, &err);
+    g_assert_null(bus);
+    g_assert_cmpuint(gd_now_ns() - t0, >=, 90000000ULL);
+    g_assert_nonnull(strstr(err.msg, "connecting to local bus /nonexistent/bus.sock"));
+    gd_loop_free(loop);
+    vp_assert_fds(before);
+}
+
+/* ------------------------------- pci bus ------------------------------- */
+
+static char *mkfn(const char *root, const char *addr)
+{
+    char *d = g_build_filename(root, "bus", "pci", "devices", addr, NULL);
+    g_assert_cmpint(g_mkdir_with_parents(d, 0755), ==, 0);
+    return d;
+}
+
+static void put_file(const char *dir, const char *name, const void *data, size_t len,
+                     size_t size)
+{
+    char *p = g_build_filename(dir, name, NULL);
+    int fd = open(p, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    g_assert_cmpint(fd, >=, 0);
+    if (len)
+        g_assert_cmpint(write(fd, data, len), ==, (ssize_t)len);
+    g_assert_cmpint(ftruncate(fd, (off_t)size), ==, 0);
+    close(fd);
+    g_free(p);
+}
+
+static void ivshmem_fn(const char *dir, bool msix, size_t bar2)
+{
+    put_file(dir, "vendor", "0x1af4\n", 7, 7);
+    put_file(dir, "device", "0x1110\n", 7, 7);
+    put_file(dir, "resource0", NULL, 0, 256);
+    if (msix)
+        put_file(dir, "resource1", NULL, 0, 4096);
+    put_file(dir, "resource2", NULL, 0, bar2);
+}
+
+static uint8_t *map_file(const char *dir, const char *name, size_t size)
+{
+    char *p = g_build_filename(dir, name, NULL);
+    int fd = open(p, O_RDWR | O_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    g_assert_true(m != MAP_FAILED);
+    close(fd);
+    g_free(p);
+    return m;
+}
+
+static void rm_fn(const char *dir)
+{
+    static const char *const files[] = { "vendor", "device", "resource0", "resource1",
+                                         "resource2" };
+    for (unsigned i = 0; i < G_N_ELEMENTS(files); i++) {
+        char *p = g_build_filename(dir, files[i], NULL);
+        unlink(p);
+        g_free(p);
+    }
+    g_assert_cmpint(rmdir(dir), ==, 0);
+}
+
+static void test_pci_bus(void)
+{
+    gd_log_set_level(g_test_verbose() ? GD_LOG_DEBUG : GD_LOG_ERROR);
+    int before = vp_count_open_fds();
+    char *root = g_dir_make_tmp("guestd-sysfs-XXXXXX", NULL);
+    /* 00:05.0 control function, 00:06.0 window, 00:07.0 a window whose first bytes
+     * the peer made look like a control area (no MSI-X BAR: not a control). */
+    char *ctl = mkfn(root, "0000:00:05.0");
+    char *win = mkfn(root, "0000:00:06.0");
+    char *fake = mkfn(root, "0000:00:07.0");
+    char *other = mkfn(root, "0000:00:02.0");
+    ivshmem_fn(ctl, true, VP_CA_SIZE);
+    ivshmem_fn(win, false, WIN_SIZE);
+    ivshmem_fn(fake, false, VP_CA_SIZE);
+    put_file(other, "vendor", "0x8086\n", 7, 7);
+    put_file(other, "device", "0x100e\n", 7, 7);
+    struct fk_dev fk = { 0 };
+    fk.ca = map_file(ctl, "resource2", VP_CA_SIZE);
+    fk_write_header(fk.ca, FK_BAR_SIZE);
+    uint8_t *fk2 = map_file(fake, "resource2", VP_CA_SIZE);
+    fk_write_header(fk2, FK_BAR_SIZE);
+    uint8_t *regs = map_file(ctl, "resource0", 256);
+    vp_put_le32(regs + VP_IVSHMEM_DOORBELL_REG, 0xffffffff);
+    /* The window table names 0000:00:06.0 (devfn 6 << 3). */
+    fk_set_window(fk.ca, 0, 6 << 3, 2 << 20, WIN_SIZE);
+    fk_publish_windows(fk.ca, 1);
+
+    struct gd_loop *loop = gd_loop_new();
+    struct gd_cp *cp = gd_cp_new(loop, NULL);
+    vp_error err = { { 0 } };
+    struct gd_bus *bus = gd_bus_pci_new(loop, root, 0, &gd_cp_bus_events, cp, &err);
+    g_assert_nonnull(bus);
+    gd_cp_set_bus(cp, bus);
+    g_assert_cmpint(gd_bus_start(bus, &err), ==, 0);
+    ITERATE_UNTIL(loop, gd_cp_device(cp, 5 << 3) != NULL);
+    struct gd_device *d = gd_cp_device(cp, 5 << 3);
+    g_assert_false(d->broken);
+    g_assert_null(gd_cp_device(cp, 7 << 3)); /* magic alone is not enough */
+    g_assert_cmpuint(fk_status(fk.ca), ==, 15);
+    g_assert_cmpuint(fk_status(fk2), ==, 0);
+    g_assert_cmpuint(vp_get_le32(regs + VP_IVSHMEM_DOORBELL_REG), ==, 0); /* id 0, vector 0 */
+    g_assert_cmpint(gd_bus_irq_fd(bus, 5 << 3), ==, -1);
+    ITERATE_UNTIL(loop, d->win[0].mapped);
+    fk_attach(&fk);
+
+    /* Polled controlq: no interrupt needed. */
+    uint8_t *wmap = map_file(win, "resource2", WIN_SIZE);
+    memcpy(wmap + 8, "pci!", 4);
+    struct vp_cq_msg msg, ack;
+    fk_mem_msg(&msg, VP_OP_ADD, 0x100000, 1 << 20, 2 << 20);
+    uint64_t seq = fk_send(&fk, &msg);
+    ITERATE_UNTIL(loop, fk_recv_ack(&fk, &ack) == 1);
+    g_assert_cmpuint(ack.seq, ==, seq);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_DONE);
+    uint64_t avail;
+    uint8_t *p = gd_device_translate(d, 0x100008, 4, &avail);
+    g_assert_nonnull(p);
+    g_assert_cmpmem(p, 4, "pci!", 4);
+    munmap(wmap, WIN_SIZE);
+
+    /* Doorbell encoding: (peer << 16) | vector. */
+    g_assert_cmpint(gd_device_notify_peer(d, 7), ==, 0);
+    g_assert_cmpuint(vp_get_le32(regs + VP_IVSHMEM_DOORBELL_REG), ==, (2u << 16) | 7);
+    g_assert_cmpint(gd_device_notify_peer(d, 300), ==, -ERANGE);
+
+    /* The window vanishes (ACPI unplug): region dropped, window unmapped. */
+    rm_fn(win);
+    gd_bus_sync(bus);
+    g_assert_false(d->win[0].mapped);
+    g_assert_cmpuint(d->mt.n, ==, 0);
+    /* The control function vanishes: the device goes. */
+    rm_fn(ctl);
+    gd_bus_sync(bus);
+    g_assert_null(gd_cp_device(cp, 5 << 3));
+
+    gd_cp_shutdown(cp);
+    gd_bus_destroy(bus);
+    gd_cp_free(cp);
+    gd_loop_free(loop);
+    munmap(fk.ca, VP_CA_SIZE);
+    munmap(fk2, VP_CA_SIZE);
+    munmap(regs, 256);
+    rm_fn(fake);
+    char *p2 = g_build_filename(other, "vendor", NULL);
+    unlink(p2);
+    g_free(p2);
+    p2 = g_build_filename(other, "device", NULL);
+    unlink(p2);
+    g_free(p2);
+    rmdir(other);
+    char *devs = g_build_filename(root, "bus", "pci", "devices", NULL);
+    char *pci = g_build_filename(root, "bus", "pci", NULL);
+    char *busd = g_build_filename(root, "bus", NULL);
+    g_assert_cmpint(rmdir(devs), ==, 0);
+    rmdir(pci);
+    rmdir(busd);
+    g_assert_cmpint(rmdir(root), ==, 0);
+    g_free(devs);
+    g_free(pci);
+    g_free(busd);
+    g_free(ctl);
+    g_free(win);
+    g_free(fake);
+    g_free(other);
+    g_free(root);
+    vp_assert_fds(before);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/guestd/bus/local", test_local_bus);
+    g_test_add_func("/guestd/bus/local-protocol-error", test_local_bus_protocol_error);
+    g_test_add_func("/guestd/bus/pci", test_pci_bus);
+    return g_test_run();
+}
