@@ -205,7 +205,7 @@ static void release_window(struct gd_device *dev, struct gd_window *w, const cha
 {
     unsigned n = drop_regions_in(dev, w->ca.bar_offset, w->ca.size);
     if (n)
-        gd_warn("slot %u: window devfn 0x%x %s while %u region(s) used it: regions dropped",
+        gd_info("slot %u: window devfn 0x%x %s while %u region(s) used it: regions dropped",
                 dev->slot, w->ca.devfn, why, n);
     unmap_window(dev, w);
 }
