@@ -14,6 +14,10 @@
  *                          functions in sysfs and reads the window's bytes, its
  *                          Doorbell writes fire our eventfds, device_del completes with
  *                          DEVICE_DELETED, then object-del / chardev-remove / remove-fd.
+ *   /qemu-ivshmem/devhost  server/devhost_qemu.c (vp_devhost_qemu_ops) doing all of
+ *                          that for the server, into a booted guest: plug, QMP errors
+ *                          as failure reasons with the plug taken back, refused sizes,
+ *                          peer vectors, doorbells, unplug, destroy.
  *
  * Environment: VP_GUEST_DIR (default $VP_B/guest, VP_B defaulting to build: the make
  * build dir, exported by tests/e2e/module.mk), VP_GUEST_BOOT_S (default 300),
@@ -35,8 +39,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../../server/devhost.h"
 #include "../../server/ivshmem_endpoint.h"
 #include "../../server/qmp.h"
+#include "vp_ctrlarea.h"
 #include "../testutil.h"
 
 #define QMP_MS 20000
@@ -44,6 +50,8 @@
 
 typedef struct vm {
     char *dir, *qmp_path, *log_path, *agent_path, *ep_path;
+    char *qmp2_path;    /* a second QMP monitor, for the device host under test (a
+                           QMP socket serves one client at a time) */
     GPid pid;
     gboolean exited;
     int status;
@@ -131,6 +139,7 @@ static void vm_start(vm *v, gboolean guest)
     v->log_path = g_build_filename(v->dir, "console.log", NULL);
     v->agent_path = g_build_filename(v->dir, "agent.sock", NULL);
     v->ep_path = g_build_filename(v->dir, "ctl0.sock", NULL);
+    v->qmp2_path = g_build_filename(v->dir, "qmp-host.sock", NULL);
 
     g_ptr_array_add(argv, g_strdup(qemu));
 #define ARG(...) g_ptr_array_add(argv, g_strdup_printf(__VA_ARGS__))
@@ -139,6 +148,7 @@ static void vm_start(vm *v, gboolean guest)
     ARG("-nographic"); ARG("-nodefaults");
     ARG("-m"); ARG("256M");
     ARG("-qmp"); ARG("unix:%s,server=on,wait=off", v->qmp_path);
+    ARG("-qmp"); ARG("unix:%s,server=on,wait=off", v->qmp2_path);
     ARG("-serial"); ARG("file:%s", v->log_path);
     if (guest) {
         g_ptr_array_add(argv, g_strdup("-kernel"));
@@ -198,6 +208,8 @@ static void vm_stop(vm *v)
     g_spawn_close_pid(v->pid);
     qmp_client_free(v->c);
     g_unlink(v->qmp_path);
+    g_unlink(v->qmp2_path);
+    g_free(v->qmp2_path);
     g_unlink(v->agent_path);
     {
         g_autofree char *lock = g_strconcat(v->agent_path, ".lock", NULL);
@@ -614,6 +626,188 @@ static void test_guest(void)
     }
 }
 
+/* ---- the qemu device host ---------------------------------------------------- */
+
+typedef struct done_rec {
+    gboolean done;
+    int ret;
+    char reason[300];
+} done_rec;
+
+static void on_done(void *opaque, int ret, const char *reason)
+{
+    done_rec *d = opaque;
+    g_assert_false(d->done);    /* exactly once */
+    d->done = TRUE;
+    d->ret = ret;
+    g_strlcpy(d->reason, reason, sizeof(d->reason));
+    g_test_message("devhost completion: %d %s", ret, reason);
+}
+
+#define HOST_WAIT(d) do {                                                       \
+        SPIN_UNTIL((d).done, 60000);                                            \
+        g_assert_true((d).done);                                                \
+    } while (0)
+
+static void test_devhost(void)
+{
+    const struct vp_devhost_ops *o = &vp_devhost_qemu_ops;
+    vm v;
+    parts p;
+    struct vp_devhost *h;
+    vp_error err = { { 0 } };
+    done_rec d = { 0 };
+    char *out = NULL;
+    int odd, win2, rc, newcall;
+    int fds_before;
+
+    if (!have_guest()) {
+        g_test_skip("no guest image in build/guest (tools/mkguest)");
+        return;
+    }
+    vm_start(&v, TRUE);
+    g_assert_true(wait_guest_ready(&v, 300));
+    parts_make(&p, &v);         /* only its fds are used here; its endpoint idles */
+    fds_before = vp_count_open_fds();
+    {
+        struct vp_devhost_config cfg = { .qmp = v.qmp2_path, .timeout_ms = 20000 };
+        struct vp_devhost_config bad = { .qmp = "/nonexistent/qmp.sock", .timeout_ms = 1000 };
+        g_assert_null(o->create(&bad, &err));
+        g_assert_nonnull(strstr(err.msg, "connect to QMP socket /nonexistent/qmp.sock"));
+        h = o->create(&cfg, &err);
+        g_assert_nonnull(h);
+    }
+    g_assert_cmpuint(o->devfn_first, ==, 0x40);
+    g_assert_cmpuint(o->devfn_step, ==, 8);
+
+    /* Control function at slot 8, window at slot 9. */
+    {
+        struct vp_devhost_control ctl = {
+            .devfn = 0x40, .ctrl_fd = p.ctl, .ctrl_size = 1u << 20,
+            .rx_kick_fd = p.kick[0], .tx_kick_fd = p.kick[1], .irq_fd = p.irq,
+            .nvectors = VP_MAX_VECTORS,
+        };
+        o->plug_control(h, &ctl, on_done, &d);
+        g_assert_false(d.done);     /* never before the call returned */
+        HOST_WAIT(d);
+        g_assert_cmpint(d.ret, ==, 0);
+        g_assert_cmpstr(d.reason, ==, "");
+    }
+    memset(&d, 0, sizeof(d));
+    o->plug_window(h, 0x40, 0x48, p.win, 2u << 20, on_done, &d);
+    HOST_WAIT(d);
+    g_assert_cmpint(d.ret, ==, 0);
+
+    /* Refused before QEMU sees it: a size that is not a power of two would abort the
+     * VM; the same devfn twice. */
+    odd = vp_test_memfd("vp-e2e-odd", 3u << 20, TRUE);
+    memset(&d, 0, sizeof(d));
+    o->plug_window(h, 0x40, 0x50, odd, 3u << 20, on_done, &d);
+    g_assert_false(d.done);
+    HOST_WAIT(d);
+    g_assert_cmpint(d.ret, ==, -EINVAL);
+    g_assert_nonnull(strstr(d.reason, "not a power of two"));
+    memset(&d, 0, sizeof(d));
+    o->plug_window(h, 0x40, 0x48, p.win, 2u << 20, on_done, &d);
+    HOST_WAIT(d);
+    g_assert_cmpint(d.ret, ==, -EEXIST);
+
+    /* QEMU refuses (slot 1 holds the PIIX3): its text is the reason, and what had been
+     * added for the window (fd, memory backend) is taken back. */
+    win2 = memfd_named("vp-e2e-win2", 1u << 20, "VPWIN2");
+    memset(&d, 0, sizeof(d));
+    o->plug_window(h, 0x40, 0x08, win2, 1u << 20, on_done, &d);
+    HOST_WAIT(d);
+    g_assert_cmpint(d.ret, ==, -EIO);
+    g_assert_nonnull(strstr(d.reason, "not available"));
+    {
+        gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+        while (qemu_maps(&v, "vp-e2e-win2") && g_get_monotonic_time() < deadline)
+            g_usleep(50 * 1000);
+        g_assert_cmpint(qemu_maps(&v, "vp-e2e-win2"), ==, 0);
+    }
+    QMP_OK(&v, "query-status", NULL);
+
+    /* Peer 2 (driver VM call fds); a change to a vector QEMU holds is refused. */
+    g_assert_cmpint(o->set_peer_vectors(h, 0x40, VP_ID_DRIVER_VM, p.call, 2, &err), ==, 0);
+    newcall = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    {
+        int l[2] = { newcall, p.call[1] };
+        g_assert_cmpint(o->set_peer_vectors(h, 0x40, VP_ID_DRIVER_VM, l, 2, &err), ==, -ENOTSUP);
+        g_assert_nonnull(strstr(err.msg, "vector 0 already has an eventfd in QEMU"));
+    }
+    g_assert_cmpint(o->set_peer_vectors(h, 0x99, VP_ID_DRIVER_VM, p.call, 2, &err), ==, -ENOENT);
+    vp_close_fd(&newcall);
+
+    /* The guest sees both; its doorbell reaches the server's kick and the call fd. */
+    rc = guest_exec(&v,
+        GUEST_SYSFS_WAIT("0000:00:08.0") "cat $D/device; "
+        GUEST_SYSFS_WAIT("0000:00:09.0") "cat $D/device; "
+        "command -v devmem >/dev/null || exit 3; "
+        "bar() { sed -n \"$(($2+1))p\" /sys/bus/pci/devices/$1/resource | cut -d' ' -f1; }; "
+        "for x in 08 09; do echo 1 > /sys/bus/pci/devices/0000:00:$x.0/enable; done; "
+        "devmem $(bar 0000:00:09.0 2) 32; devmem $(bar 0000:00:08.0 2) 32; "
+        "b0=$(bar 0000:00:08.0 0); devmem $((b0 + 12)) 32 0x00000000; "
+        "devmem $((b0 + 12)) 32 0x00020001", &out);
+    g_assert_true(g_str_has_prefix(out, "0x1110\n0x1110\n"));
+    if (rc != 3) {
+        g_assert_cmpint(rc, ==, 0);
+        g_assert_nonnull(strstr(out, "0x49575056"));    /* window: "VPWI" */
+        g_assert_nonnull(strstr(out, "0x534F4856"));    /* control area: "VHOS" */
+        g_assert_cmpuint(eventfd_wait(p.kick[0], 5000), ==, 1);  /* receiveq kick */
+        g_assert_cmpuint(eventfd_wait(p.call[1], 5000), ==, 1);
+    }
+    g_free(out);
+
+    /* Unplug: window, control function; an unknown one is nothing to do. */
+    memset(&d, 0, sizeof(d));
+    o->unplug_window(h, 0x40, 0x48, on_done, &d);
+    HOST_WAIT(d);
+    g_assert_cmpint(d.ret, ==, 0);
+    memset(&d, 0, sizeof(d));
+    o->unplug_control(h, 0x40, on_done, &d);
+    HOST_WAIT(d);
+    g_assert_cmpint(d.ret, ==, 0);
+    memset(&d, 0, sizeof(d));
+    o->unplug_window(h, 0x40, 0x48, on_done, &d);
+    HOST_WAIT(d);
+    g_assert_cmpint(d.ret, ==, 0);
+    {
+        gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+        while ((qemu_maps(&v, "vp-e2e-win0") || qemu_maps(&v, "vp-e2e-ctl0")) &&
+               g_get_monotonic_time() < deadline)
+            g_usleep(50 * 1000);
+        g_assert_cmpint(qemu_maps(&v, "vp-e2e-win0"), ==, 0);
+        g_assert_cmpint(qemu_maps(&v, "vp-e2e-ctl0"), ==, 0);
+    }
+    rc = guest_exec(&v, "ls /sys/bus/pci/devices/ | grep -c -e 00:08.0 -e 00:09.0", &out);
+    g_assert_cmpstr(out, ==, "0\n");
+    g_free(out);
+
+    /* Plug again, then destroy with an unplug in flight: no completion is called. */
+    {
+        struct vp_devhost_control ctl = {
+            .devfn = 0x40, .ctrl_fd = p.ctl, .ctrl_size = 1u << 20,
+            .rx_kick_fd = p.kick[0], .tx_kick_fd = p.kick[1], .irq_fd = p.irq,
+            .nvectors = 8,
+        };
+        memset(&d, 0, sizeof(d));
+        o->plug_control(h, &ctl, on_done, &d);
+        HOST_WAIT(d);
+        g_assert_cmpint(d.ret, ==, 0);
+        memset(&d, 0, sizeof(d));
+        o->unplug_control(h, 0x40, on_done, &d);
+        o->destroy(h);
+        g_assert_false(d.done);
+    }
+    vp_close_fd(&odd);
+    vp_close_fd(&win2);
+    vp_assert_fds(fds_before);
+    g_assert_false(v.exited);
+    vm_stop(&v);
+    parts_free(&p);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -621,5 +815,6 @@ int main(int argc, char **argv)
     g_log_set_always_fatal(G_LOG_LEVEL_CRITICAL);
     g_test_add_func("/qemu-ivshmem/paused", test_paused);
     g_test_add_func("/qemu-ivshmem/guest", test_guest);
+    g_test_add_func("/qemu-ivshmem/devhost", test_devhost);
     return g_test_run();
 }
