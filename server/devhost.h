@@ -89,9 +89,13 @@ struct vp_devhost_ops {
      *  DEVICE_DELETED; local: EJECTED) or the host's timeout expired. */
     void (*unplug_window)(struct vp_devhost *h, uint32_t ctrl_devfn, uint32_t devfn,
                           vp_devhost_done_fn done, void *opaque);
-    /** Replace the whole eventfd list of notification peer @peer_id (2: the driver
-     *  VM's call fds) of control function @ctrl_devfn: @fds[v] is vector v; n == 0
-     *  announces the peer as gone. Synchronous: 0 or -errno with a reason. */
+    /** Announce the whole eventfd list of notification peer @peer_id (2: the driver
+     *  VM's call fds) of control function @ctrl_devfn: @fds[v] is vector v, -1 a hole
+     *  (no eventfd: a host keeps what it had there, or fills it with an eventfd nobody
+     *  reads). The server never gives a vector number a different eventfd once it was
+     *  announced (numbers are not reused; an unchanged vector is the same open file),
+     *  so an append-only host (QEMU 7.2 ivshmem) can take every call. n == 0: no
+     *  vectors. Synchronous: 0 or -errno with a reason. */
     int (*set_peer_vectors)(struct vp_devhost *h, uint32_t ctrl_devfn, uint32_t peer_id,
                             const int *fds, unsigned n, vp_error *err);
     /** Unplug a control function (its windows are unplugged first by the server). */

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "devhost.h"
@@ -437,7 +438,8 @@ static int local_set_peer_vectors(struct vp_devhost *hh, uint32_t ctrl_devfn, ui
                        VP_LB_MAX_FDS);
     int *copy = n ? g_new(int, n) : NULL;
     for (unsigned i = 0; i < n; i++) {
-        copy[i] = dup_fd(fds[i]);
+        /* The local bus carries fds only: a hole becomes an eventfd nobody reads. */
+        copy[i] = fds[i] >= 0 ? dup_fd(fds[i]) : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (copy[i] < 0) {
             int e = errno;
             vp_close_fds(copy, i);

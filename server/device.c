@@ -151,7 +151,7 @@ struct srv_device *srv_device_new(struct vp_server *srv, const uint8_t *uuid, vp
     dev->refs = 1;
     memcpy(dev->uuid, uuid, VP_UUID_LEN);
     srv_uuid_str(uuid, dev->uuid_str);
-    dev->ctrl_fd = dev->rx_kick_fd = dev->tx_kick_fd = dev->irq_fd = dev->sink_fd = -1;
+    dev->ctrl_fd = dev->rx_kick_fd = dev->tx_kick_fd = dev->irq_fd = -1;
     for (int i = 0; i < VP_MAX_WINDOWS; i++)
         dev->wins[i].fd = -1;
     dev->frontends = g_ptr_array_new_with_free_func((GDestroyNotify)srv_frontend_free);
@@ -187,8 +187,7 @@ struct srv_device *srv_device_new(struct vp_server *srv, const uint8_t *uuid, vp
     dev->rx_kick_fd = new_eventfd();
     dev->tx_kick_fd = new_eventfd();
     dev->irq_fd = new_eventfd();
-    dev->sink_fd = new_eventfd();
-    if (dev->rx_kick_fd < 0 || dev->tx_kick_fd < 0 || dev->irq_fd < 0 || dev->sink_fd < 0) {
+    if (dev->rx_kick_fd < 0 || dev->tx_kick_fd < 0 || dev->irq_fd < 0) {
         vp_fail(err, -errno, "eventfd: %s", g_strerror(errno));
         goto fail;
     }
@@ -224,7 +223,6 @@ static void close_resources(struct srv_device *dev)
     vp_close_fd(&dev->rx_kick_fd);
     vp_close_fd(&dev->tx_kick_fd);
     vp_close_fd(&dev->irq_fd);
-    vp_close_fd(&dev->sink_fd);
     for (int i = 0; i < VP_MAX_WINDOWS; i++)
         vp_close_fd(&dev->wins[i].fd);
     g_ptr_array_set_size(dev->frontends, 0);
@@ -545,7 +543,7 @@ int srv_device_announce_vectors(struct srv_device *dev, vp_error *err)
     unsigned n = srv_vectors_count(&dev->vectors);
     int fds[VP_MAX_VECTORS];
     for (unsigned v = 0; v < n; v++) {
-        fds[v] = dev->sink_fd;  /* holes: an eventfd nobody reads */
+        fds[v] = -1;  /* a hole: no eventfd (the host keeps or fills it) */
         const struct srv_vector *e = &dev->vectors.v[v];
         if (!e->used)
             continue;

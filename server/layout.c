@@ -165,21 +165,13 @@ int srv_vector_find(const struct srv_vectors *t, uint64_t device_id, uint32_t in
     return -1;
 }
 
-int srv_vector_alloc(struct srv_vectors *t, uint64_t device_id, uint32_t index, bool *fresh)
+int srv_vector_alloc(struct srv_vectors *t, uint64_t device_id, uint32_t index)
 {
-    int v = srv_vector_find(t, device_id, index);
-    if (v >= 0) {
-        *fresh = false;
-        return v;
-    }
-    for (v = 0; v < VP_MAX_VECTORS; v++) {
-        if (!t->v[v].used) {
-            t->v[v] = (struct srv_vector){ true, device_id, index };
-            *fresh = true;
-            return v;
-        }
-    }
-    return -ENOSPC;
+    if (t->next >= VP_MAX_VECTORS)
+        return -ENOSPC;
+    int v = (int)t->next++;
+    t->v[v] = (struct srv_vector){ true, device_id, index };
+    return v;
 }
 
 void srv_vector_free(struct srv_vectors *t, int vec)

@@ -90,16 +90,20 @@ struct srv_vector {
     uint32_t index;       /* frontend virtqueue index */
 };
 
-/** The vector table of one device (vector number = array index, < VP_MAX_VECTORS). */
+/** The vector table of one device (vector number = array index, < VP_MAX_VECTORS).
+ *  Numbers are handed out once and never reused: QEMU 7.2's ivshmem cannot replace
+ *  an eventfd it holds (h7's endpoint is append-only), so a new call fd always gets
+ *  a fresh number; a freed number stays a hole. */
 struct srv_vectors {
     struct srv_vector v[VP_MAX_VECTORS];
+    unsigned next;        /* next number never handed out */
 };
 
 /** Vector of (device_id, index), or -1. */
 int srv_vector_find(const struct srv_vectors *t, uint64_t device_id, uint32_t index);
-/** Vector of (device_id, index): the existing one, else the lowest free one (marked
- *  used). *@fresh says whether it was newly allocated. -ENOSPC when all 256 are used. */
-int srv_vector_alloc(struct srv_vectors *t, uint64_t device_id, uint32_t index, bool *fresh);
+/** A fresh vector for (device_id, index), marked used. -ENOSPC when all
+ *  VP_MAX_VECTORS numbers of this device have been handed out. */
+int srv_vector_alloc(struct srv_vectors *t, uint64_t device_id, uint32_t index);
 /** Release vector @vec (ignored when out of range). */
 void srv_vector_free(struct srv_vectors *t, int vec);
 /** Release every vector of @device_id. */

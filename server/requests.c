@@ -25,7 +25,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <linux/kcmp.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 enum job_kind { JOB_MEM_ADD, JOB_MEM_DEL, JOB_FEATURES, JOB_DEV_ADD, JOB_DEV_DEL, JOB_DESTROY };
@@ -357,6 +359,15 @@ static void cq_dev_msg(struct vp_cq_msg *m, const struct srv_frontend *fe, uint1
         c->avail = q->avail;
         c->used = q->used;
     }
+}
+
+/* Are two fds the same open file (kcmp KCMP_FILE)? False when unsure. */
+static bool same_open_file(int a, int b)
+{
+    if (a < 0 || b < 0)
+        return false;
+    pid_t pid = getpid();
+    return syscall(SYS_kcmp, pid, pid, KCMP_FILE, a, b) == 0;
 }
 
 static int file_id(int fd, struct srv_file_id *id)
@@ -1079,19 +1090,28 @@ static void dev_add_start(struct srv_job *job)
         fe->call_vector[i] = VP_NO_VECTOR;
         if (di->virtqs[i].call_fd < 0)
             continue;
-        bool fresh = false;
-        int v = srv_vector_alloc(&dev->vectors, di->device_id, di->virtqs[i].index, &fresh);
+        /* Keep the vector only when the call fd is the same open file (an update
+         * that did not change it); a new eventfd needs a fresh number. */
+        int v = -1;
+        for (uint32_t q = 0; old && q < old->nvirtqs && v < 0; q++)
+            if (old->virtqs[q].index == di->virtqs[i].index && old->call_vector[q] != VP_NO_VECTOR &&
+                same_open_file(old->virtqs[q].call_fd, di->virtqs[i].call_fd))
+                v = old->call_vector[q];
+        if (v < 0) {
+            v = srv_vector_alloc(&dev->vectors, di->device_id, di->virtqs[i].index);
+            if (v >= 0)
+                job->fresh_vec[job->nfresh++] = v;
+        }
         if (v < 0) {
             for (unsigned k = 0; k < job->nfresh; k++)
                 srv_vector_free(&dev->vectors, job->fresh_vec[k]);
             job->nfresh = 0;
             g_free(fe);
-            job_fail(job, "no free doorbell vector for virtqueue %u (a device has at most %d)",
-                     di->virtqs[i].index, VP_MAX_VECTORS);
+            job_fail(job, "no free doorbell vector for virtqueue %u: this vhost-pci device "
+                     "has handed out all %d (vectors are never reused)", di->virtqs[i].index,
+                     VP_MAX_VECTORS);
             return;
         }
-        if (fresh)
-            job->fresh_vec[job->nfresh++] = v;
         fe->call_vector[i] = (uint16_t)v;
     }
     for (uint32_t i = 0; i < di->nvirtqs; i++) {

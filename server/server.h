@@ -168,7 +168,7 @@ struct srv_device {
     int ctrl_fd;
     uint8_t *ca;                         /* mapping of the control area */
     size_t ca_size;
-    int rx_kick_fd, tx_kick_fd, irq_fd, sink_fd;
+    int rx_kick_fd, tx_kick_fd, irq_fd;
     guint rx_kick_src, tx_kick_src;
 
     /* memory */
