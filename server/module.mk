@@ -21,3 +21,9 @@ $(B)/tests/unit/test-server-layout: $(B)/tests/unit/test-server-layout.o \
                                     $(SERVER_CORE_SRCS:%.c=$(B)/%.o) \
                                     $(B)/tests/testutil.o $(B)/libvhostpci.a
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+
+# ---- h7: the qemu device host (QMP client + ivshmem endpoints) ----
+# A separate prerequisite line: the link recipe above uses $^, which collects the
+# prerequisites of every rule for the target.
+H7_SERVER_OBJS := $(B)/server/devhost_qemu.o $(B)/server/qmp.o $(B)/server/ivshmem_endpoint.o
+$(B)/server/vhost-pci-server: $(H7_SERVER_OBJS)
