@@ -13,6 +13,7 @@
  * (the fd rides on the message's first byte; a partly written message keeps its
  * offset), plus two GLib sources: the listening socket and the QEMU connection.
  */
+#define G_LOG_DOMAIN "vp-server"
 #include "ivshmem_endpoint.h"
 
 #include <errno.h>

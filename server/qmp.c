@@ -13,6 +13,7 @@
  * commands; a list of event waiters; every main-loop entry point (socket, timers,
  * idle pump) holds a dispatch depth so that callbacks may free the client.
  */
+#define G_LOG_DOMAIN "vp-server"
 #include "qmp.h"
 
 #include <errno.h>

@@ -531,7 +531,8 @@ static void test_guest(void)
     g_autofree char *rmfd = NULL;
 
     if (!have_guest()) {
-        g_test_skip("no guest image in build/guest (tools/mkguest)");
+        g_autofree char *why = g_strdup_printf("no guest image in %s (tools/mkguest)", guest_dir());
+        g_test_skip(why);
         return;
     }
     vm_start(&v, TRUE);
@@ -662,7 +663,8 @@ static void test_devhost(void)
     int fds_before;
 
     if (!have_guest()) {
-        g_test_skip("no guest image in build/guest (tools/mkguest)");
+        g_autofree char *why = g_strdup_printf("no guest image in %s (tools/mkguest)", guest_dir());
+        g_test_skip(why);
         return;
     }
     vm_start(&v, TRUE);
