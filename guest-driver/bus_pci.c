@@ -49,7 +49,8 @@
 
 struct pci_ctl {
     char addr[32];                /* "dddd:bb:dd.f" */
-    uint8_t *regs;
+    uint8_t *regs_map;            /* the mapping of resource0 (page-aligned) */
+    uint8_t *regs;                /* BAR0's first byte inside it */
     uint64_t regs_size;
     uint8_t *ca;
     uint64_t ca_size;
@@ -134,6 +135,33 @@ static bool is_ivshmem(const struct gd_bus_pci *pb, const char *addr)
            read_hex_file(pb, addr, "device") == PCI_DEVICE_IVSHMEM;
 }
 
+/* Start address of BAR @bar from the "resource" file (one "start end flags" line per
+ * BAR), or 0 when it cannot be read (e.g. a test tree without it). */
+static uint64_t bar_start(const struct gd_bus_pci *pb, const char *addr, unsigned bar)
+{
+    char p[PATH_MAX], buf[1024];
+    if (path_of(pb, addr, "resource", p, sizeof(p)) < 0)
+        return 0;
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *line = buf;
+    for (unsigned i = 0; i < bar && line; i++) {
+        line = strchr(line, '\n');
+        if (line)
+            line++;
+    }
+    if (!line)
+        return 0;
+    unsigned long long start = 0;
+    return sscanf(line, "%llx", &start) == 1 ? start : 0;
+}
+
 /* Best effort: make the kernel turn memory decoding on (no driver is bound). */
 static void enable_function(const struct gd_bus_pci *pb, const char *addr)
 {
@@ -193,8 +221,8 @@ static void free_ctl(struct pci_ctl *c)
 {
     if (!c)
         return;
-    if (c->regs)
-        munmap(c->regs, c->regs_size);
+    if (c->regs_map)
+        munmap(c->regs_map, c->regs_size);
     if (c->ca)
         munmap(c->ca, c->ca_size);
     free(c);
@@ -226,9 +254,16 @@ static void plug_control(struct gd_bus_pci *pb, const char *addr, struct gd_win_
                 (unsigned long long)c->regs_size);
         goto fail;
     }
-    c->regs = map_resource(pb, addr, "resource0", c->regs_size, NULL, &err);
-    if (!c->regs)
+    /* The kernel maps whole pages starting at the page that holds the BAR: a BAR
+     * smaller than a page need not start on one, so add its offset in the page. */
+    uint64_t in_page = bar_start(pb, addr, 0) & ((uint64_t)sysconf(_SC_PAGESIZE) - 1);
+    if (in_page + c->regs_size > (uint64_t)sysconf(_SC_PAGESIZE))
+        in_page = 0; /* cannot be (BARs are aligned to their size): ignore */
+    c->regs_size += in_page;
+    c->regs_map = map_resource(pb, addr, "resource0", c->regs_size, NULL, &err);
+    if (!c->regs_map)
         goto fail_err;
+    c->regs = c->regs_map + in_page;
     c->ca_size = ca_size;
     c->ca = map_resource(pb, addr, "resource2", ca_size, NULL, &err);
     if (!c->ca)

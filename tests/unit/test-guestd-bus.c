@@ -320,8 +320,8 @@ static uint8_t *map_file(const char *dir, const char *name, size_t size)
 
 static void rm_fn(const char *dir)
 {
-    static const char *const files[] = { "vendor", "device", "resource0", "resource1",
-                                         "resource2" };
+    static const char *const files[] = { "vendor", "device", "resource", "resource0",
+                                         "resource1", "resource2" };
     for (unsigned i = 0; i < G_N_ELEMENTS(files); i++) {
         char *p = g_build_filename(dir, files[i], NULL);
         unlink(p);
@@ -351,7 +351,15 @@ static void test_pci_bus(void)
     fk_write_header(fk.ca, FK_BAR_SIZE);
     uint8_t *fk2 = map_file(fake, "resource2", VP_CA_SIZE);
     fk_write_header(fk2, FK_BAR_SIZE);
-    uint8_t *regs = map_file(ctl, "resource0", 256);
+    /* BAR0 (512 bytes here) starts 0x100 into its page: the kernel's resource0 mapping
+     * starts at the page, so the registers are 0x100 into the mapping (the fake
+     * resource0 file stands for that page). */
+    const char res[] = "0x00000000febf1100 0x00000000febf12ff 0x0000000000040200\n"
+                       "0x00000000febf2000 0x00000000febf2fff 0x0000000000040200\n";
+    put_file(ctl, "resource", res, sizeof(res) - 1, sizeof(res) - 1);
+    put_file(ctl, "resource0", NULL, 0, 512);
+    uint8_t *regs_page = map_file(ctl, "resource0", 512);
+    uint8_t *regs = regs_page + 0x100;
     vp_put_le32(regs + VP_IVSHMEM_DOORBELL_REG, 0xffffffff);
     /* The window table names 0000:00:06.0 (devfn 6 << 3). */
     fk_set_window(fk.ca, 0, 6 << 3, 2 << 20, WIN_SIZE);
@@ -411,7 +419,7 @@ static void test_pci_bus(void)
     gd_loop_free(loop);
     munmap(fk.ca, VP_CA_SIZE);
     munmap(fk2, VP_CA_SIZE);
-    munmap(regs, 256);
+    munmap(regs_page, 512);
     rm_fn(fake);
     char *p2 = g_build_filename(other, "vendor", NULL);
     unlink(p2);
