@@ -208,6 +208,7 @@ static void vm_stop(vm *v)
     g_spawn_close_pid(v->pid);
     qmp_client_free(v->c);
     g_unlink(v->qmp_path);
+    g_unlink(v->ep_path);       /* an endpoint still alive unlinks it again, harmlessly */
     g_unlink(v->qmp2_path);
     g_free(v->qmp2_path);
     g_unlink(v->agent_path);
