@@ -81,6 +81,8 @@ struct srv_session {
     int fd;
     guint src;
     struct vp_msg_reader reader;
+    GQueue outq;                         /* replies waiting for POLLOUT (struct srv_reply*) */
+    guint out_src;
     bool bound;                          /* uuid set by the first message */
     uint8_t uuid[VP_UUID_LEN];
     char uuid_str[37];

@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <unistd.h>
 #include <glib-unix.h>
 
@@ -38,6 +39,7 @@ enum reject_rule {
 };
 
 struct dispatch {
+    unsigned max_fds;          /* checked before the handler (decode checks exactness) */
     unsigned states;
     int (*handler)(struct srv_session *, struct vp_msg *, vp_error *);
     enum reject_rule reject;
@@ -45,16 +47,16 @@ struct dispatch {
 };
 
 static const struct dispatch dispatch_table[VP_MSG_TYPE_COUNT] = {
-    [VP_MSG_MEMORY_INFO] = { ST_ANY, srv_req_memory_info, REJECT_DISCONNECT, "" },
-    [VP_MSG_MEMORY_INFO_ACK] = { 0, NULL, REJECT_DISCONNECT,
+    [VP_MSG_MEMORY_INFO] = { VP_MAX_REGIONS, ST_ANY, srv_req_memory_info, REJECT_DISCONNECT, "" },
+    [VP_MSG_MEMORY_INFO_ACK] = { 0, 0, NULL, REJECT_DISCONNECT,
                                  "MEMORY_INFO_ACK is sent by the server, not a client" },
-    [VP_MSG_DEVICE_INFO] = { ST_DEVICE | ST_RENEG, srv_req_device_info, REJECT_ACK_FAIL,
+    [VP_MSG_DEVICE_INFO] = { VP_MAX_FDS, ST_DEVICE | ST_RENEG, srv_req_device_info, REJECT_ACK_FAIL,
                              "no vhost-pci device for this client_uuid: send MEMORY_INFO(ADD) "
                              "first" },
-    [VP_MSG_DEVICE_INFO_ACK] = { 0, NULL, REJECT_DISCONNECT,
+    [VP_MSG_DEVICE_INFO_ACK] = { 0, 0, NULL, REJECT_DISCONNECT,
                                  "DEVICE_INFO_ACK is sent by the server, not a client" },
-    [VP_MSG_FEATURE_BITS] = { ST_ANY, srv_req_feature_bits, REJECT_DISCONNECT, "" },
-    [VP_MSG_FEATURE_BITS_ACK] = { ST_RENEG, srv_req_feature_bits_ack, REJECT_IGNORE,
+    [VP_MSG_FEATURE_BITS] = { 0, ST_ANY, srv_req_feature_bits, REJECT_DISCONNECT, "" },
+    [VP_MSG_FEATURE_BITS_ACK] = { 0, ST_RENEG, srv_req_feature_bits_ack, REJECT_IGNORE,
                                   "no feature renegotiation is pending" },
 };
 
@@ -98,9 +100,7 @@ void srv_session_close(struct srv_session *s, const char *why)
     if (s->src)
         g_source_remove(s->src);
     s->src = 0;
-    vp_reader_reset(&s->reader);
-    vp_close_fd(&s->fd);
-    g_hash_table_remove(srv->sessions, &id);  /* frees s */
+    g_hash_table_remove(srv->sessions, &id);  /* frees s (and its unsent replies) */
     if (bound && !srv->shutting_down)
         srv_req_session_closed(srv, id, uuid);
 }
@@ -121,23 +121,91 @@ static gboolean close_later_cb(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
+/* A reply waiting until the client's socket is writable again. */
+struct queued_reply {
+    uint16_t type;
+    uint64_t seq;
+    struct vp_ack ack;
+};
+
+/* Replies a client may leave unread before it is disconnected. */
+#define MAX_QUEUED_REPLIES 4096
+
+static void close_deferred(struct vp_server *srv, uint64_t id, const char *why)
+{
+    struct close_later *c = g_new0(struct close_later, 1);
+    c->srv = srv;
+    c->id = id;
+    g_strlcpy(c->why, why, sizeof(c->why));
+    g_idle_add(close_later_cb, c);
+}
+
+/* vp_send_ack() waits for POLLOUT without a bound. An AF_UNIX stream socket is
+ * writable only with at least 3/4 of its send buffer free, far more than one ACK:
+ * when it is writable now the send cannot block. Returns 0, -EAGAIN (not writable)
+ * or the send error. */
+static int send_if_writable(struct srv_session *s, uint16_t type, uint64_t seq,
+                            const struct vp_ack *ack)
+{
+    struct pollfd p = { .fd = s->fd, .events = POLLOUT };
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT))
+        return (p.revents & (POLLERR | POLLHUP | POLLNVAL)) ? -EPIPE : -EAGAIN;
+    struct vp_sock_hdr hdr = { .type = type, .version = VP_MSG_VERSION, .seq = seq };
+    memcpy(hdr.uuid, s->uuid, VP_UUID_LEN);
+    return vp_send_ack(s->fd, type, &hdr, ack);
+}
+
+static gboolean on_writable(gint fd, GIOCondition cond, gpointer data)
+{
+    struct srv_session *s = data;
+    (void)fd;
+    (void)cond;
+    struct queued_reply *q;
+    while ((q = g_queue_peek_head(&s->outq))) {
+        int r = send_if_writable(s, q->type, q->seq, &q->ack);
+        if (r == -EAGAIN)
+            return G_SOURCE_CONTINUE;
+        g_queue_pop_head(&s->outq);
+        g_free(q);
+        if (r < 0) {
+            char why[200];
+            g_snprintf(why, sizeof(why), "sending an ACK failed: %s", g_strerror(-r));
+            s->out_src = 0;
+            close_deferred(s->srv, s->id, why);
+            return G_SOURCE_REMOVE;
+        }
+    }
+    s->out_src = 0;
+    return G_SOURCE_REMOVE;
+}
+
 void srv_reply(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64_t seq,
                const struct vp_ack *ack)
 {
     struct srv_session *s = srv_session_lookup(srv, session_id);
     if (!s || s->fd < 0)
         return;
-    struct vp_sock_hdr hdr = { .type = type, .version = VP_MSG_VERSION, .seq = seq };
-    memcpy(hdr.uuid, s->uuid, VP_UUID_LEN);
-    int r = vp_send_ack(s->fd, type, &hdr, ack);
+    int r = g_queue_is_empty(&s->outq) ? send_if_writable(s, type, seq, ack) : -EAGAIN;
+    if (r == -EAGAIN) {
+        if (g_queue_get_length(&s->outq) >= MAX_QUEUED_REPLIES) {
+            close_deferred(srv, session_id, "the client does not read its ACKs");
+            return;
+        }
+        struct queued_reply *q = g_new(struct queued_reply, 1);
+        q->type = type;
+        q->seq = seq;
+        q->ack = *ack;
+        g_queue_push_tail(&s->outq, q);
+        if (!s->out_src)
+            s->out_src = g_unix_fd_add(s->fd, G_IO_OUT, on_writable, s);
+        return;
+    }
     if (r < 0) {
         /* Closed from the loop: the caller may be in the middle of a job. */
-        struct close_later *c = g_new0(struct close_later, 1);
-        c->srv = srv;
-        c->id = session_id;
-        g_snprintf(c->why, sizeof(c->why), "sending %s failed: %s", vp_msg_type_name(type),
+        char why[200];
+        g_snprintf(why, sizeof(why), "sending %s failed: %s", vp_msg_type_name(type),
                    g_strerror(-r));
-        g_idle_add(close_later_cb, c);
+        close_deferred(srv, session_id, why);
     }
 }
 
@@ -187,6 +255,9 @@ static int handle_message(struct srv_session *s, struct vp_msg *msg, vp_error *e
     const struct dispatch *d = &dispatch_table[type];
     g_debug("client %s: %s seq %" PRIu64 " (%u bytes, %u fds)", s->uuid_str,
             vp_msg_type_name(type), msg->hdr.seq, msg->hdr.len, msg->nfds);
+    if (msg->nfds > d->max_fds)
+        return vp_fail(err, -EPROTO, "%s with %u fds (at most %u)", vp_msg_type_name(type),
+                       msg->nfds, d->max_fds);
     if (!(d->states & session_state(s))) {
         switch (d->reject) {
         case REJECT_DISCONNECT:
@@ -255,6 +326,9 @@ void srv_session_free(gpointer p)
     struct srv_session *s = p;
     if (s->src)
         g_source_remove(s->src);
+    if (s->out_src)
+        g_source_remove(s->out_src);
+    g_queue_clear_full(&s->outq, g_free);
     vp_reader_reset(&s->reader);
     vp_close_fd(&s->fd);
     g_free(s);
@@ -268,6 +342,7 @@ void srv_session_new(struct vp_server *srv, int fd)
     s->fd = fd;
     g_strlcpy(s->uuid_str, "(unbound)", sizeof(s->uuid_str));
     vp_reader_init(&s->reader);
+    g_queue_init(&s->outq);
     s->src = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_readable, s);
     g_hash_table_insert(srv->sessions, &s->id, s);
     g_info("connection %" PRIu64 " accepted", s->id);
