@@ -15,8 +15,10 @@
 
 #include "bus.h"
 #include "controlplane.h"
+#include "endpoint.h"
 #include "log.h"
 #include "loop.h"
+#include "net.h"
 #include "status.h"
 
 struct opts {
@@ -24,6 +26,7 @@ struct opts {
     const char *local_bus;
     const char *status;
     const char *tap;
+    const char *endpoint;         /* --endpoint SPEC (vhost-pci-net, endpoint.h) */
     const char *sysfs;
     unsigned connect_timeout_ms;
     unsigned window_wait_ms;
@@ -43,6 +46,11 @@ static void usage(FILE *f)
             "  --local-bus PATH        the server's local bus socket (implies --bus local)\n"
             "  --status PATH           serve the status socket (JSON) at PATH\n"
             "  --tap NAME              TAP interface for vhost-pci-net packets\n"
+            "  --endpoint SPEC         where vhost-pci-net packets go instead:\n"
+            "                            tap:NAME   a TAP interface (same as --tap NAME)\n"
+            "                            loopback   back to the sending driver VM\n"
+            "                            unix:PATH  SOCK_SEQPACKET socket (tests)\n"
+            "                          without --tap/--endpoint frontends are only recorded\n"
             "  --log-level LEVEL       error|warn|info|debug (default: info)\n"
             "  --sysfs PATH            sysfs root for --bus pci (default: /sys)\n"
             "  --rescan-ms N           pci bus: rescan sysfs every N ms (default: 1000)\n"
@@ -66,12 +74,13 @@ static int parse_uint(const char *s, unsigned *out)
 static int parse_args(int argc, char **argv, struct opts *o)
 {
     enum { O_BUS = 256, O_LOCAL_BUS, O_STATUS, O_TAP, O_LOG, O_SYSFS, O_RESCAN, O_CONNECT,
-           O_WAIT };
+           O_WAIT, O_ENDPOINT };
     static const struct option longopts[] = {
         { "bus", required_argument, NULL, O_BUS },
         { "local-bus", required_argument, NULL, O_LOCAL_BUS },
         { "status", required_argument, NULL, O_STATUS },
         { "tap", required_argument, NULL, O_TAP },
+        { "endpoint", required_argument, NULL, O_ENDPOINT },
         { "log-level", required_argument, NULL, O_LOG },
         { "sysfs", required_argument, NULL, O_SYSFS },
         { "rescan-ms", required_argument, NULL, O_RESCAN },
@@ -96,6 +105,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         case O_LOCAL_BUS: o->local_bus = optarg; break;
         case O_STATUS: o->status = optarg; break;
         case O_TAP: o->tap = optarg; break;
+        case O_ENDPOINT: o->endpoint = optarg; break;
         case O_SYSFS: o->sysfs = optarg; break;
         case O_LOG:
             if (gd_log_parse_level(optarg, &lvl) < 0) {
@@ -142,6 +152,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
         fprintf(stderr, "vhost-pci-guestd: --local-bus only goes with --bus local\n");
         return -1;
     }
+    if (o->tap && o->endpoint) {
+        fprintf(stderr, "vhost-pci-guestd: give --tap or --endpoint, not both\n");
+        return -1;
+    }
     if (o->window_wait_ms == 0)
         o->window_wait_ms = 1;
     return 0;
@@ -175,6 +189,7 @@ int main(int argc, char **argv)
     struct gd_cp *cp = NULL;
     struct gd_bus *bus = NULL;
     struct gd_status *st = NULL;
+    struct gd_net *net = NULL;
     int sfd = -1;
     if (!loop) {
         gd_error("out of memory");
@@ -204,7 +219,22 @@ int main(int argc, char **argv)
         gd_error("out of memory");
         goto out;
     }
-    /* The data path (vhost-pci-net) registers here with gd_cp_set_datapath(). */
+    /* The data path (vhost-pci-net), when an endpoint is configured. */
+    if (o.tap || o.endpoint) {
+        char spec[128];
+        snprintf(spec, sizeof(spec), "%s%s", o.tap ? "tap:" : "", o.tap ? o.tap : o.endpoint);
+        struct gd_endpoint *ep = gd_endpoint_new(loop, spec, &err);
+        if (!ep) {
+            gd_error("%s", err.msg);
+            goto out;
+        }
+        net = gd_net_new(loop, ep);
+        if (!net) {
+            gd_error("out of memory");
+            goto out;
+        }
+        gd_cp_set_datapath(cp, &gd_net_ops, net);
+    }
 
     if (o.status) {
         st = gd_status_new(loop, cp, o.status, &err);
@@ -244,6 +274,7 @@ out:
     gd_bus_destroy(bus);
     gd_status_free(st);
     gd_cp_free(cp);
+    gd_net_free(net); /* after every frontend was stopped */
     vp_close_fd(&sfd);
     gd_loop_free(loop);
     return rc;

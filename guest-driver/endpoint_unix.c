@@ -1,0 +1,249 @@
+/*
+ * endpoint_unix.c - the unix endpoint (endpoint.h): vhost-pci-net frames to and from
+ * a local process over a SOCK_SEQPACKET socket, one frame per packet, each prefixed
+ * by the 24-byte port header {u8 client_uuid[16]; le64 device_id}. guestd listens
+ * on PATH; the latest connection is the one served. Tests use it to check what a
+ * driver VM transmitted and to inject frames into its receive queue without a TAP.
+ *
+ * Back-pressure: a full socket makes tx() answer -EAGAIN (the frame stays in the
+ * driver VM's transmit queue); a frame for a port without receive buffers is held
+ * (reading stops) and retried from poll(). A frame for no started port, a packet
+ * shorter than the header or longer than the largest frame is dropped and counted.
+ *
+ * Security model: the connected process is trusted no more than a driver VM: its
+ * packets are length-checked (MSG_TRUNC), the header only selects a port, frame
+ * bytes are copied, never parsed. libc only.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "endpoint.h"
+#include "log.h"
+#include "loop.h"
+#include "net.h"
+
+#define UX_BUDGET 64
+
+struct ux_ep {
+    struct gd_endpoint base;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    int lfd, lwatch;
+    int cfd, cwatch;
+    bool held;                    /* buf holds a frame waiting for receive buffers */
+    size_t held_len;              /* bytes in buf, header included */
+    uint8_t buf[GD_EP_UNIX_HDR + GD_NET_MAX_FRAME];
+};
+
+static struct ux_ep *ux_of(struct gd_endpoint *ep) { return (struct ux_ep *)ep; }
+
+static void ux_close_conn(struct ux_ep *u, const char *why)
+{
+    if (u->cfd < 0)
+        return;
+    gd_info("unix endpoint %s: connection closed (%s)", u->path, why);
+    gd_loop_del_fd(u->base.loop, u->cwatch);
+    u->cwatch = 0;
+    vp_close_fd(&u->cfd);
+    if (u->held)
+        u->base.drops++;
+    u->held = false;
+}
+
+/* Try to deliver the held frame. Returns 1 delivered or dropped, 0 still held. */
+static int ux_deliver(struct ux_ep *u)
+{
+    struct gd_net_port *p = gd_net_find_port(u->base.net, u->buf, vp_get_le64(u->buf + 16));
+    if (!p) {
+        u->base.drops++;
+        u->held = false;
+        return 1;
+    }
+    struct iovec iov = { .iov_base = u->buf + GD_EP_UNIX_HDR,
+                         .iov_len = u->held_len - GD_EP_UNIX_HDR };
+    int r = gd_net_port_rx(p, &iov, 1, iov.iov_len);
+    if (r == -EAGAIN)
+        return 0;
+    if (r < 0)
+        u->base.drops++;
+    u->held = false;
+    return 1;
+}
+
+/* Read and deliver frames until the socket is empty, a frame must wait, or the
+ * budget is spent. Returns frames handled. */
+static int ux_read(struct ux_ep *u)
+{
+    int n = 0;
+    while (u->cfd >= 0 && !u->held && n < UX_BUDGET) {
+        ssize_t r = recv(u->cfd, u->buf, sizeof(u->buf), MSG_DONTWAIT | MSG_TRUNC);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            if (errno == EINTR)
+                continue;
+            ux_close_conn(u, strerror(errno));
+            break;
+        }
+        if (r == 0) {
+            ux_close_conn(u, "peer closed");
+            break;
+        }
+        n++;
+        if ((size_t)r < GD_EP_UNIX_HDR || (size_t)r > sizeof(u->buf)) {
+            u->base.drops++;
+            gd_debug("unix endpoint %s: dropped a %zd-byte packet", u->path, r);
+            continue;
+        }
+        u->held = true;
+        u->held_len = (size_t)r;
+        ux_deliver(u);
+    }
+    if (u->held && u->cwatch)
+        gd_loop_mod_fd(u->base.loop, u->cwatch, 0); /* wait for receive buffers */
+    return n;
+}
+
+static void ux_on_conn(void *opaque, int fd, short revents)
+{
+    struct ux_ep *u = opaque;
+    (void)fd;
+    if (revents & POLLIN)
+        ux_read(u);
+    else if (revents & (POLLHUP | POLLERR | POLLNVAL))
+        ux_close_conn(u, "hang-up");
+}
+
+static void ux_on_listen(void *opaque, int fd, short revents)
+{
+    struct ux_ep *u = opaque;
+    (void)revents;
+    int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            gd_warn("unix endpoint %s: accept: %s", u->path, strerror(errno));
+        return;
+    }
+    ux_close_conn(u, "replaced by a new connection");
+    int id = gd_loop_add_fd(u->base.loop, c, POLLIN, ux_on_conn, u);
+    if (id < 0) {
+        gd_warn("unix endpoint %s: out of memory", u->path);
+        close(c);
+        return;
+    }
+    u->cfd = c;
+    u->cwatch = id;
+    gd_info("unix endpoint %s: connected", u->path);
+}
+
+static int ux_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct iovec *iov,
+                 unsigned niov, size_t len)
+{
+    struct ux_ep *u = ux_of(ep);
+    (void)len;
+    if (u->cfd < 0) {
+        ep->drops++;
+        return 0;
+    }
+    uint8_t hdr[GD_EP_UNIX_HDR];
+    memcpy(hdr, gd_net_port_uuid(port), 16);
+    vp_put_le64(hdr + 16, gd_net_port_device_id(port));
+    struct iovec v[GD_NET_MAX_IOV + 1];
+    v[0] = (struct iovec){ .iov_base = hdr, .iov_len = sizeof(hdr) };
+    memcpy(v + 1, iov, niov * sizeof(*iov));
+    struct msghdr mh = { .msg_iov = v, .msg_iovlen = niov + 1 };
+    for (;;) {
+        ssize_t r = sendmsg(u->cfd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r >= 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+            return -EAGAIN;
+        if (errno == EMSGSIZE) {
+            ep->drops++;
+            return 0;
+        }
+        ux_close_conn(u, strerror(errno));
+        ep->drops++;
+        return 0;
+    }
+}
+
+static int ux_poll(struct gd_endpoint *ep)
+{
+    struct ux_ep *u = ux_of(ep);
+    if (!u->held)
+        return 0;
+    if (!ux_deliver(u))
+        return 0;
+    if (u->cwatch)
+        gd_loop_mod_fd(ep->loop, u->cwatch, POLLIN);
+    return 1 + ux_read(u);
+}
+
+static void ux_free(struct gd_endpoint *ep)
+{
+    struct ux_ep *u = ux_of(ep);
+    ux_close_conn(u, "shutting down");
+    gd_loop_del_fd(ep->loop, u->lwatch);
+    if (u->lfd >= 0) {
+        vp_close_fd(&u->lfd);
+        unlink(u->path);
+    }
+    free(u);
+}
+
+static const struct gd_endpoint_ops ux_ops = {
+    .name = "unix",
+    .tx = ux_tx,
+    .poll = ux_poll,
+    .free = ux_free,
+};
+
+struct gd_endpoint *gd_endpoint_unix_new(struct gd_loop *loop, const char *path, vp_error *err)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (!path[0] || strlen(path) >= sizeof(sa.sun_path)) {
+        vp_fail(err, -EINVAL, "unix endpoint path '%s' is empty or too long", path);
+        return NULL;
+    }
+    struct ux_ep *u = calloc(1, sizeof(*u));
+    if (!u) {
+        vp_fail(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    u->base.ops = &ux_ops;
+    u->base.loop = loop;
+    u->cfd = -1;
+    snprintf(u->path, sizeof(u->path), "%s", path);
+    memcpy(sa.sun_path, path, strlen(path));
+    u->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (u->lfd < 0) {
+        vp_fail(err, -errno, "unix endpoint: socket: %s", strerror(errno));
+        free(u);
+        return NULL;
+    }
+    unlink(path); /* a stale socket of a previous run */
+    if (bind(u->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(u->lfd, 4) < 0) {
+        vp_fail(err, -errno, "unix endpoint %s: %s", path, strerror(errno));
+        vp_close_fd(&u->lfd);
+        free(u);
+        return NULL;
+    }
+    u->lwatch = gd_loop_add_fd(loop, u->lfd, POLLIN, ux_on_listen, u);
+    if (u->lwatch < 0) {
+        vp_fail(err, -ENOMEM, "out of memory");
+        vp_close_fd(&u->lfd);
+        unlink(path);
+        free(u);
+        return NULL;
+    }
+    return &u->base;
+}
