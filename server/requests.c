@@ -1452,6 +1452,17 @@ void srv_req_session_closed(struct vp_server *srv, uint64_t session_id, const ui
     if (srv_sessions_of_uuid(srv, uuid) > 0 || dev->closing)
         return;
     dev->closing = true;
+    if (dev->driver_ok && !dev->broken && dev->nregions) {
+        /* Let the driver stop using the memory before its windows are unplugged. */
+        struct srv_job *job = job_new(dev, JOB_MEM_DEL, 0, 0);
+        job->mi = g_new0(struct vp_memory_info, 1);
+        vp_memory_info_init(job->mi);
+        job->mi->op = VP_OP_DEL;
+        for (unsigned i = 0; i < dev->nregions; i++)
+            job->mi->regions[job->mi->nregions++] = (struct vp_region){
+                dev->regions[i].gpa, dev->regions[i].size, dev->regions[i].mmap_offset, -1 };
+        job_enqueue(job);
+    }
     job_enqueue(job_new(dev, JOB_DESTROY, 0, 0));
     dev->closing_timer = g_timeout_add(srv->timeout_ms + 100, closing_deadline, dev);
 }
