@@ -10,6 +10,7 @@
 #include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <glib-unix.h>
 
@@ -53,12 +54,29 @@ static int set_log_level(const char *name)
     return -1;
 }
 
+static gboolean on_accept(gint fd, GIOCondition cond, gpointer data);
+
+static gboolean resume_accept(gpointer data)
+{
+    struct vp_server *srv = data;
+    if (srv->listen_fd >= 0 && !srv->shutting_down)
+        srv->listen_src = g_unix_fd_add(srv->listen_fd, G_IO_IN, on_accept, srv);
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
 {
     struct vp_server *srv = data;
     (void)cond;
     for (;;) {
         int c = srv_unix_accept(fd);
+        if (c == -EMFILE || c == -ENFILE || c == -ENOBUFS || c == -ENOMEM) {
+            /* The pending connection stays: pause instead of spinning on it. */
+            g_warning("accept: %s: pausing new connections for 200 ms", g_strerror(-c));
+            srv->listen_src = 0;
+            g_timeout_add(200, resume_accept, srv);
+            return G_SOURCE_REMOVE;
+        }
         if (c < 0) {
             if (c != -EAGAIN && c != -EINTR)
                 g_warning("accept: %s", g_strerror(-c));
@@ -67,6 +85,17 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
         srv_session_new(srv, c);
     }
     return G_SOURCE_CONTINUE;
+}
+
+/* Every queued request may hold up to VP_MAX_FDS fds: use the whole fd allowance. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            g_debug("setrlimit(RLIMIT_NOFILE): %s", g_strerror(errno));
+    }
 }
 
 static void shutdown_begin(struct vp_server *srv);
@@ -223,6 +252,7 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    raise_fd_limit();
     srv->loop = g_main_loop_new(NULL, FALSE);
     srv->sessions = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, srv_session_free);
     srv->devices = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,

@@ -237,6 +237,14 @@ static gboolean job_timeout(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
+/* Requests a device queues at most (each may hold up to VP_MAX_FDS fds). */
+#define MAX_QUEUED_JOBS 64
+
+static bool jobs_full(struct srv_device *dev)
+{
+    return g_queue_get_length(&dev->jobs) >= MAX_QUEUED_JOBS;
+}
+
 static struct srv_job *job_new(struct srv_device *dev, enum job_kind kind, uint64_t session_id,
                                uint64_t seq)
 {
@@ -531,6 +539,19 @@ static void mem_add_start(struct srv_job *job)
         g_free(plan);
         job_fail(job, "%s", err.msg);
         return;
+    }
+    for (unsigned k = 0; k < nkeep; k++) {
+        const struct vp_region *r = &mi->regions[keep[k]];
+        if (plan->region_win[k] < 0)
+            continue;
+        uint64_t wsize = old[plan->region_win[k]].file.size;
+        if (!vp_range_ok(r->mmap_offset, r->size, wsize)) {
+            g_free(plan);
+            job_fail(job, "region %u [mmap_offset 0x%" PRIx64 ", +0x%" PRIx64 ") lies beyond its "
+                     "file's window of 0x%" PRIx64 " bytes (the file grew since it was plugged)",
+                     keep[k], r->mmap_offset, r->size, wsize);
+            return;
+        }
     }
     if (plan->clone) {
         clone_start(job, plan, keep, nkeep, kfiles, oldmap, nold);
@@ -1269,6 +1290,11 @@ int srv_req_memory_info(struct srv_session *s, struct vp_msg *msg, vp_error *err
         }
     }
     struct srv_device *dev = srv_device_lookup(srv, s->uuid);
+    if (dev && jobs_full(dev)) {
+        vp_fail(&verr, -EBUSY, "too many requests queued for this vhost-pci device (%d)",
+                MAX_QUEUED_JOBS);
+        goto reject;
+    }
     if (!dev && mi->op == VP_OP_DEL) {
         vp_fail(&verr, -ENODEV, "no vhost-pci device for this client_uuid");
         goto reject;
@@ -1313,6 +1339,11 @@ int srv_req_device_info(struct srv_session *s, struct vp_msg *msg, vp_error *err
                 "MEMORY_INFO(ADD) first");
         goto reject;
     }
+    if (jobs_full(dev)) {
+        vp_fail(&verr, -EBUSY, "too many requests queued for this vhost-pci device (%d)",
+                MAX_QUEUED_JOBS);
+        goto reject;
+    }
     struct srv_job *job = job_new(dev, di->op == VP_OP_ADD ? JOB_DEV_ADD : JOB_DEV_DEL, s->id, seq);
     job->di = di;
     job_enqueue(job);
@@ -1340,6 +1371,15 @@ int srv_req_feature_bits(struct srv_session *s, struct vp_msg *msg, vp_error *er
         a.feature_bits = bits & VP_NET_FEATURES;
         g_info("client %s: FEATURE_BITS 0x%" PRIx64 " before any device: accepted 0x%" PRIx64,
                s->uuid_str, bits, a.feature_bits);
+        srv_reply(s->srv, s->id, VP_MSG_FEATURE_BITS_ACK, msg->hdr.seq, &a);
+        return 0;
+    }
+    if (jobs_full(dev)) {
+        struct vp_ack a;
+        memset(&a, 0, sizeof(a));
+        a.result = VP_ACK_ADD_FAIL;
+        g_snprintf(a.reason, sizeof(a.reason),
+                   "too many requests queued for this vhost-pci device (%d)", MAX_QUEUED_JOBS);
         srv_reply(s->srv, s->id, VP_MSG_FEATURE_BITS_ACK, msg->hdr.seq, &a);
         return 0;
     }
