@@ -1417,10 +1417,15 @@ bool vu_dev_wants_input(const struct vu_dev *dev)
     return !dev->broken && dev->pending == VU_NONE;
 }
 
+/** Requests handled per vu_dev_handle_input() call at most, so a flooding frontend
+ *  cannot starve the rest of an event loop (a level-triggered watch calls again). */
+#define VU_BUDGET 64
+
 int vu_dev_handle_input(struct vu_dev *dev)
 {
     vu_enter(dev);
-    while (!dev->broken && dev->pending == VU_NONE) {
+    for (unsigned budget = VU_BUDGET; budget && !dev->broken && dev->pending == VU_NONE;
+         budget--) {
         int r = vu_recv_step(dev);
         if (r == 0 && vu_check_start(dev, true) < 0)
             vu_break(dev, EPROTO);

@@ -236,8 +236,9 @@ int vu_dev_fd(const struct vu_dev *dev);
 bool vu_dev_wants_input(const struct vu_dev *dev);
 
 /**
- * Read and handle every complete request available on the (non-blocking) socket,
- * until it would block, a reply is deferred, or the connection ends. Returns 0 while
+ * Read and handle the complete requests available on the (non-blocking) socket,
+ * until it would block, a reply is deferred, the connection ends, or 64 requests
+ * were handled (call again while the socket is readable). Returns 0 while
  * the connection lives, or a negative errno once it is over (ops->disconnected has
  * then been called): -ECONNRESET (EOF), -EPROTO (protocol error), -EIO (socket error).
  */

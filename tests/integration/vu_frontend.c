@@ -103,6 +103,16 @@ void vu_fe_free(struct vu_fe *fe)
     free(fe);
 }
 
+void vu_fe_reconnect(struct vu_fe *fe, int sock)
+{
+    vp_close_fd(&fe->sock);
+    fe->sock = sock;
+    fe->offered = fe->pf_offered = fe->pf = 0;
+    vp_close_fds(fe->kick, VU_MAX_QUEUES);
+    vp_close_fds(fe->call, VU_MAX_QUEUES);
+    vp_close_fds(fe->err, VU_MAX_QUEUES);
+}
+
 const char *vu_fe_error(const struct vu_fe *fe) { return fe->error.msg; }
 int vu_fe_sock(const struct vu_fe *fe) { return fe->sock; }
 void vu_fe_set_accepted_pf(struct vu_fe *fe, uint64_t pf) { fe->accepted_pf = pf; }
@@ -166,6 +176,29 @@ int vu_fe_region_drop(struct vu_fe *fe, int id)
 
 /* ---- Transport ---- */
 
+/** The socket buffer is full: pump the backend until there is room (bounded). */
+static int fe_wait_writable(struct vu_fe *fe)
+{
+    int64_t deadline = fe_now_ms() + fe->timeout_ms;
+    for (;;) {
+        struct pollfd pfd = {.fd = fe->sock, .events = POLLOUT};
+        int r = poll(&pfd, 1, fe->pump ? 0 : 10);
+        if (r > 0)
+            return 0;
+        if (r < 0 && errno != EINTR)
+            return fe_fail(fe, -errno, "poll: %s", strerror(errno));
+        if (fe_now_ms() >= deadline)
+            return fe_fail(fe, -ETIMEDOUT, "the backend does not read within %d ms",
+                           fe->timeout_ms);
+        if (fe->pump)
+            fe->pump(fe->pump_opaque);
+        else
+            continue;
+        if (poll(&pfd, 1, 1) > 0)
+            return 0;
+    }
+}
+
 int vu_fe_send_raw(struct vu_fe *fe, const void *buf, size_t len, const int *fds,
                    unsigned nfds)
 {
@@ -191,10 +224,16 @@ int vu_fe_send_raw(struct vu_fe *fe, const void *buf, size_t len, const int *fds
             c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
             memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
         }
-        ssize_t n = sendmsg(fe->sock, &mh, MSG_NOSIGNAL);
+        ssize_t n = sendmsg(fe->sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                int r = fe_wait_writable(fe);
+                if (r < 0)
+                    return r;
+                continue;
+            }
             return fe_fail(fe, -errno, "sendmsg: %s", strerror(errno));
         }
         off += (size_t)n;

@@ -48,6 +48,12 @@ struct vu_fe *vu_fe_new(int sock, unsigned nqueues, vu_fe_pump_fn pump, void *pu
 /** Close the socket, every memfd and eventfd. NULL is ignored. */
 void vu_fe_free(struct vu_fe *fe);
 
+/** QEMU reconnecting (-chardev ...,reconnect=N) after a backend restart: continue on
+ *  the new connected socket @sock (taken over; the old one is closed). Guest RAM and
+ *  regions stay; negotiated state and vring eventfds are dropped, so the init and
+ *  start sequences can be replayed. */
+void vu_fe_reconnect(struct vu_fe *fe, int sock);
+
 const char *vu_fe_error(const struct vu_fe *fe);
 int vu_fe_sock(const struct vu_fe *fe);
 /** Protocol features the frontend accepts of the offer (default VU_FE_QEMU72_PF). */
@@ -83,7 +89,8 @@ int vu_fe_region_drop(struct vu_fe *fe, int id);
  *  the caller). */
 int vu_fe_send(struct vu_fe *fe, uint32_t request, uint32_t flags, const void *payload,
                uint32_t size, const int *fds, unsigned nfds);
-/** Send raw bytes with @fds attached to the first byte. */
+/** Send raw bytes with @fds attached to the first byte. When the socket buffer is
+ *  full the backend is pumped; fails with -ETIMEDOUT after timeout_ms. */
 int vu_fe_send_raw(struct vu_fe *fe, const void *buf, size_t len, const int *fds,
                    unsigned nfds);
 /** Wait for a reply to @request with exactly @size payload bytes. -ECONNRESET when

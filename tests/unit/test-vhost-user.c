@@ -51,6 +51,9 @@ struct t {
     struct vu_start_info info;     /* fds dup'ed (owned by the test) */
     int mem_added, mem_removed, vring_changed;
     struct vp_region added, removed;
+    struct vp_virtq changed;       /* last vring_changed (fds not kept) */
+    bool changed_enabled;
+    bool changed_call_matches;     /* its call fd is the frontend's current one */
     ino_t added_ino;
     int disconnected;
     char reason[256];
@@ -198,8 +201,16 @@ static void cb_mem_removed(struct vu_dev *dev, const struct vp_region *r, void *
 static void cb_vring_changed(struct vu_dev *dev, const struct vp_virtq *vq, bool enabled,
                              void *opaque)
 {
-    (void)dev, (void)vq, (void)enabled;
+    (void)dev;
     struct t *t = opaque;
+    t->changed = *vq;
+    t->changed_enabled = enabled;
+    /* the call fd handed over is the frontend's current call eventfd */
+    uint64_t one = 1, v = 0;
+    int fe_call = vu_fe_vring_fd(t->fe, VU_SET_VRING_CALL, vq->index);
+    t->changed_call_matches = vq->call_fd >= 0 && fe_call >= 0 &&
+                              write(vq->call_fd, &one, 8) == 8 &&
+                              read(fe_call, &v, 8) == 8 && v == 1;
     t->vring_changed++;
 }
 
@@ -862,6 +873,136 @@ static void test_fail_from_outside(void)
     t_teardown(t);
 }
 
+static void test_call_before_kick(void)
+{
+    /* A frontend that sets the call fd before the kick (QEMU with MSI-X unmasks the
+     * vector first) sends no SET_VRING_CALL after the kick: the device starts once the
+     * socket is drained, with the call fds it has. */
+    struct t tt, *t = &tt;
+    t_setup(t);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    FE_OK(vu_fe_set_u64(t->fe, VU_SET_FEATURES, VP_NET_FEATURES | F_PROTO, false));
+    FE_OK(vu_fe_add_mem_reg(t->fe, t->low));
+    FE_OK(vu_fe_add_mem_reg(t->fe, t->high));
+    for (uint32_t i = 0; i < 2; i++) {
+        FE_OK(vu_fe_set_vring_fd(t->fe, VU_SET_VRING_CALL, i, false));
+        FE_OK(vu_fe_set_state(t->fe, VU_SET_VRING_NUM, i, vrings[i].num, false));
+        FE_OK(vu_fe_set_state(t->fe, VU_SET_VRING_BASE, i, vrings[i].base, false));
+        FE_OK(vu_fe_set_vring_addr(t->fe, i, vu_fe_uaddr(t->fe, 0, vrings[i].desc_off),
+                                   vu_fe_uaddr(t->fe, 0, vrings[i].avail_off),
+                                   vu_fe_uaddr(t->fe, 0, vrings[i].used_off), 0));
+        FE_OK(vu_fe_set_vring_fd(t->fe, VU_SET_VRING_KICK, i, false));
+    }
+    WAIT_FOR(t->started == 1);
+    check_started_info(t, 2);
+    t_teardown(t);
+}
+
+static void test_running_vring_changes(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    t_init_start(t);
+    g_assert_cmpint(t->vring_changed, ==, 0);
+
+    /* a new call fd for a running vring (e.g. the guest masked its interrupt) */
+    FE_OK(vu_fe_set_vring_fd(t->fe, VU_SET_VRING_CALL, 1, false));
+    /* a request with an ack as a barrier: the backend handled everything before it */
+    FE_OK(vu_fe_send(t->fe, VU_SET_OWNER, VU_FLAG_NEED_REPLY, NULL, 0, NULL, 0));
+    FE_OK(vu_fe_recv_ack(t->fe, VU_SET_OWNER));
+    g_assert_cmpint(t->vring_changed, ==, 1);
+    g_assert_cmpuint(t->changed.index, ==, 1);
+    g_assert_cmphex(t->changed.desc, ==, RAM0_GPA(vrings[1].desc_off));
+    g_assert_true(t->changed_enabled);
+    g_assert_true(t->changed_call_matches);
+
+    /* polling instead of a call fd */
+    FE_OK(vu_fe_set_vring_fd(t->fe, VU_SET_VRING_CALL, 1, true));
+    FE_OK(vu_fe_set_state(t->fe, VU_SET_VRING_ENABLE, 1, 0, true));
+    g_assert_cmpint(t->vring_changed, ==, 3);
+    g_assert_cmpint(t->changed.call_fd, ==, -1);
+    g_assert_false(t->changed_enabled);
+    t_teardown(t);
+}
+
+static void test_running_vring_locked(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    t_init_start(t);
+    uint8_t p[40];
+    state_payload(p, 0, 128);
+    expect_rejected(t, VU_SET_VRING_NUM, p, 8, NULL, 0, "SET_VRING_NUM: vring 0 is running");
+    state_payload(p, 1, 3);
+    expect_rejected(t, VU_SET_VRING_BASE, p, 8, NULL, 0, "SET_VRING_BASE: vring 1 is running");
+    expect_rejected(t, VU_RESET_OWNER, NULL, 0, NULL, 0, "RESET_OWNER while virtqueues are running");
+    uint8_t u[8];
+    u64_payload(u, VP_NET_FEATURES);
+    expect_rejected(t, VU_SET_FEATURES, u, 8, NULL, 0, "changes the features");
+    /* after the stop the ring set-up may change and RESET_OWNER is accepted */
+    FE_OK(vu_fe_qemu72_stop(t->fe, NULL));
+    FE_OK(vu_fe_set_state(t->fe, VU_SET_VRING_NUM, 0, 128, true));
+    FE_OK(vu_fe_send(t->fe, VU_RESET_OWNER, VU_FLAG_NEED_REPLY, NULL, 0, NULL, 0));
+    FE_OK(vu_fe_recv_ack(t->fe, VU_RESET_OWNER));
+    t_teardown(t);
+}
+
+static void test_reconnect_replay(void)
+{
+    /* The backend restarts; QEMU (reconnect=N) replays handshake and start on a new
+     * connection with the same guest memory. */
+    struct t tt, *t = &tt;
+    t_setup(t);
+    t_init_start(t);
+    vu_glib_free(t->g);
+    pump(NULL);
+    WAIT_FOR(vu_fe_wait_closed(t->fe) == 0);
+    g_assert_cmpint(t->disconnected, ==, 0); /* freed, not disconnected */
+
+    int sv[2];
+    vp_test_socketpair(sv);
+    vp_error err = {{0}};
+    t->g = vu_glib_new(sv[0], NULL, &test_ops, t, NULL, &err);
+    g_assert_nonnull(t->g);
+    t->dev = vu_glib_dev(t->g);
+    vu_fe_reconnect(t->fe, sv[1]);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    FE_OK(vu_fe_qemu72_start(t->fe, VP_NET_FEATURES, vrings));
+    WAIT_FOR(t->started == 2);
+    check_started_info(t, 2);
+    t_teardown(t);
+}
+
+static void test_bad_truncated_payload(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    uint8_t m[VU_HDR_SIZE + 3];
+    vp_put_le32(m, VU_SET_FEATURES);
+    vp_put_le32(m + 4, VU_FLAG_VERSION);
+    vp_put_le32(m + 8, 8);
+    memset(m + VU_HDR_SIZE, 0, 3);
+    int fd = vu_fe_ram_fd(t->fe, 0);
+    FE_OK(vu_fe_send_raw(t->fe, m, sizeof(m), &fd, 1));
+    g_assert_cmpint(shutdown(vu_fe_sock(t->fe), SHUT_WR), ==, 0);
+    expect_disconnect(t, "truncated payload: the frontend closed after 3 of 8 bytes of SET_FEATURES");
+    t_teardown(t);
+}
+
+static void test_bad_flood_budget(void)
+{
+    /* 150 requests in one burst (more than the per-call budget of 64) are handled in
+     * slices; all of them are answered. */
+    struct t tt, *t = &tt;
+    t_setup(t);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    for (unsigned i = 0; i < 150; i++)
+        FE_OK(vu_fe_send(t->fe, VU_SET_OWNER, VU_FLAG_NEED_REPLY, NULL, 0, NULL, 0));
+    for (unsigned i = 0; i < 150; i++)
+        FE_OK(vu_fe_recv_ack(t->fe, VU_SET_OWNER));
+    t_teardown(t);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -872,9 +1013,15 @@ int main(int argc, char **argv)
     g_test_add_func("/vhost-user/hot-add-remove", test_hot_add_remove);
     g_test_add_func("/vhost-user/multiqueue-duplicate-add", test_multiqueue_duplicate_add);
     g_test_add_func("/vhost-user/set-mem-table", test_set_mem_table);
+    g_test_add_func("/vhost-user/call-before-kick", test_call_before_kick);
+    g_test_add_func("/vhost-user/running-vring-changes", test_running_vring_changes);
+    g_test_add_func("/vhost-user/running-vring-locked", test_running_vring_locked);
+    g_test_add_func("/vhost-user/reconnect-replay", test_reconnect_replay);
     g_test_add_func("/vhost-user/fail-and-free-in-callback", test_fail_and_free_in_callback);
     g_test_add_func("/vhost-user/fail-from-outside", test_fail_from_outside);
     g_test_add_func("/vhost-user/bad/truncated-header", test_bad_truncated_header);
+    g_test_add_func("/vhost-user/bad/truncated-payload", test_bad_truncated_payload);
+    g_test_add_func("/vhost-user/bad/flood-budget", test_bad_flood_budget);
     g_test_add_func("/vhost-user/bad/size-over-limit", test_bad_size_over_limit);
     g_test_add_func("/vhost-user/bad/header-version", test_bad_header_version);
     g_test_add_func("/vhost-user/bad/payload-size", test_bad_payload_size);
