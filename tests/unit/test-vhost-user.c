@@ -956,7 +956,7 @@ static void test_reconnect_replay(void)
     t_init_start(t);
     vu_glib_free(t->g);
     pump(NULL);
-    WAIT_FOR(vu_fe_wait_closed(t->fe) == 0);
+    FE_OK(vu_fe_wait_closed(t->fe));
     g_assert_cmpint(t->disconnected, ==, 0); /* freed, not disconnected */
 
     int sv[2];
