@@ -546,6 +546,25 @@ int itest_count_fds(GPid pid)
     return n;
 }
 
+void itest_wait_fds(GPid pid, int expected, int timeout_ms, const char *what)
+{
+    int now = -1;
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    do {
+        now = itest_count_fds(pid);
+        if (now == expected)
+            return;
+        g_usleep(10000);
+    } while (g_get_monotonic_time() < deadline);
+    char *cmd = g_strdup_printf("ls -l /proc/%d/fd", pid);
+    char *out = NULL;
+    g_spawn_command_line_sync(cmd, &out, NULL, NULL, NULL);
+    g_test_message("fds of %d now:\n%s", pid, out ? out : "");
+    g_free(cmd);
+    g_free(out);
+    g_error("%s: process %d holds %d fds, expected %d (leak?)", what, pid, now, expected);
+}
+
 /* ------------------------------ memory, devices ------------------------------ */
 
 int itest_memfd(gsize size, void **map)

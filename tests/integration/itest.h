@@ -98,6 +98,10 @@ void itest_wait_for(ITestEnv *env, ITestCond cond, gpointer data, int timeout_ms
 
 /** Number of open fds of process @pid (/proc/<pid>/fd). */
 int itest_count_fds(GPid pid);
+/** Wait (bounded by @timeout_ms) until @pid has exactly @expected open fds: a
+ *  process may close an fd a moment after its state looks final. On timeout list
+ *  /proc/<pid>/fd and abort the test, naming @what. */
+void itest_wait_fds(GPid pid, int expected, int timeout_ms, const char *what);
 
 /* ---- memory and devices of a pretend driver VM ---- */
 

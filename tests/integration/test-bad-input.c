@@ -74,20 +74,7 @@ static gboolean one_device_one_conn(JsonNode *s, JsonNode *g, gpointer data)
 /* Server fds settle after the previous step (bounded), then equal the baseline. */
 static void assert_server_fds(Fx *fx)
 {
-    int now = -1;
-    for (int i = 0; i < TMO / 10; i++) {
-        now = itest_count_fds(fx->env.server_pid);
-        if (now == fx->server_fds)
-            return;
-        g_usleep(10000);
-    }
-    char *cmd = g_strdup_printf("ls -l /proc/%d/fd", fx->env.server_pid);
-    char *out = NULL;
-    g_spawn_command_line_sync(cmd, &out, NULL, NULL, NULL);
-    g_test_message("server fds now:\n%s", out ? out : "");
-    g_free(cmd);
-    g_free(out);
-    g_error("server holds %d fds, %d before the bad input: leaked", now, fx->server_fds);
+    itest_wait_fds(fx->env.server_pid, fx->server_fds, TMO, "server after the bad input");
 }
 
 static void fx_setup(Fx *fx, gconstpointer data)
