@@ -10,7 +10,7 @@ VP_SRCS      := $(VP_CORE_SRCS) protocol/vp_msg.c protocol/vp_validate.c
 VP_PB_C := $(B)/gen/vhost_pci.pb-c.c
 VP_PB_H := $(B)/gen/vhost_pci.pb-c.h
 
-$(VP_PB_C) $(VP_PB_H): protocol/vhost_pci.proto | deps-quiet
+$(VP_PB_C) $(VP_PB_H) &: protocol/vhost_pci.proto | deps-quiet
 	@mkdir -p $(B)/gen
 	$(if $(Q),@echo "  PROTOC  $<")
 	$(Q)protoc-c --proto_path=protocol --c_out=$(B)/gen $<
