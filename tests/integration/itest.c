@@ -36,12 +36,18 @@ static void track(pid_t pid, gboolean on)
     }
 }
 
+/* Where the current test's logs are, told on stderr when the test aborts (the
+ * temp dir is not removed then). */
+static char abort_note[600];
+
 static void on_fatal_signal(int sig)
 {
     for (int i = 0; i < MAX_CHILDREN; i++) {
         if (children[i] > 0)
             kill(children[i], SIGKILL);
     }
+    if (abort_note[0] && write(2, abort_note, strlen(abort_note)) < 0)
+        abort_note[0] = 0;
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -243,6 +249,8 @@ void itest_env_start(ITestEnv *env, const ITestOpts *opts)
     env->status = g_build_filename(env->dir, "guestd.sock", NULL);
     env->server_log = g_build_filename(env->dir, "server.log", NULL);
     env->guestd_log = g_build_filename(env->dir, "guestd.log", NULL);
+    g_snprintf(abort_note, sizeof(abort_note),
+               "itest: test aborted; the server/guestd logs are kept in %s\n", env->dir);
 
     char *bin = itest_bin("server");
     GPtrArray *argv = g_ptr_array_new();
@@ -304,6 +312,7 @@ void itest_env_stop(ITestEnv *env)
     if (failed)
         g_test_fail();
     rm_rf(env->dir);
+    abort_note[0] = 0;
     g_free(env->dir);
     g_free(env->sock);
     g_free(env->local_bus);

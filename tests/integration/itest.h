@@ -7,7 +7,9 @@
  * Child processes: started with g_spawn in the test's temp dir, stdout+stderr to a
  * log file there, PR_SET_PDEATHSIG(SIGKILL) so that nothing survives the test
  * program, and killed + reaped by itest_env_stop() (also from a SIGABRT handler when
- * an assertion fails). Logs are copied into the test output on failure.
+ * an assertion fails). Logs are copied into the test output on failure; when an
+ * assertion aborts the program, the temp dir with the logs is kept and its path
+ * printed on stderr.
  *
  * Binaries: $(B)/server/vhost-pci-server, $(B)/guest-driver/vhost-pci-guestd and
  * $(B)/tools/vhost-pci-ctl, where $(B) is three levels above the test program;

@@ -30,6 +30,7 @@ typedef struct {
     char uuid[37];
     int ram_fd;
     void *ram;
+    gsize ram_size;
     int efds[4];
 } Vm;
 
@@ -42,13 +43,19 @@ static guint64 ring_gpa(guint64 device_id)
     return 0x10000 + (device_id - 1) * 0x40000;
 }
 
-static void vm_open(ITestEnv *env, Vm *vm, const guint8 *uuid)
+static void vm_open_sized(ITestEnv *env, Vm *vm, const guint8 *uuid, gsize ram_size)
 {
     memset(vm, 0, sizeof(*vm));
     vm->c = itest_client(env, uuid);
     itest_uuid(vm->c, vm->uuid);
-    vm->ram_fd = itest_memfd(RAM_SIZE, &vm->ram);
+    vm->ram_size = ram_size;
+    vm->ram_fd = itest_memfd(ram_size, &vm->ram);
     itest_eventfds(vm->efds);
+}
+
+static void vm_open(ITestEnv *env, Vm *vm, const guint8 *uuid)
+{
+    vm_open_sized(env, vm, uuid, RAM_SIZE);
 }
 
 static void vm_close(Vm *vm)
@@ -59,7 +66,7 @@ static void vm_close(Vm *vm)
         vm->c = NULL;
     }
     if (vm->ram)
-        munmap(vm->ram, RAM_SIZE);
+        munmap(vm->ram, vm->ram_size);
     vm->ram = NULL;
     vp_close_fd(&vm->ram_fd);
     vp_close_fds(vm->efds, 4);
@@ -67,7 +74,7 @@ static void vm_close(Vm *vm)
 
 static struct vp_region vm_ram(const Vm *vm)
 {
-    return (struct vp_region){ .gpa = RAM_GPA, .size = RAM_SIZE, .mmap_offset = 0,
+    return (struct vp_region){ .gpa = RAM_GPA, .size = vm->ram_size, .mmap_offset = 0,
                                .fd = vm->ram_fd };
 }
 
@@ -695,6 +702,66 @@ static void test_memory_add_clone(ITestEnv *env, gconstpointer data)
     vm_close(&vm);
 }
 
+static void mem_add(Vm *vm, guint64 gpa, gsize size, guint64 seq)
+{
+    int fd = itest_memfd(size, NULL);
+    struct vp_region r = { .gpa = gpa, .size = size, .mmap_offset = 0, .fd = fd };
+    VpClientReply rep;
+    GError *e = NULL;
+    g_assert_true(vp_client_memory_add_sync(vm->c, &r, 1, 2 * TMO, &rep, &e));
+    g_assert_no_error(e);
+    assert_ack(&rep, VP_MSG_MEMORY_INFO_ACK, seq, VP_ACK_ADD_DONE);
+    vp_close_fd(&fd);
+}
+
+/* Cloning where the BAR exactly doubles, as spec 1.6.1.2 words it: 512 KiB of RAM
+ * in a 2 MiB BAR, 512 KiB hot-added twice (windows at 512 KiB and 1 MiB), the
+ * first removed again (a hole), then 1 MiB that finds no 1 MiB-aligned room: a
+ * clone with pow2ceil(2 x 2 MiB) = 4 MiB, the hole closed up. */
+static void test_memory_add_clone_doubles(ITestEnv *env, gconstpointer data)
+{
+    (void)data;
+    Vm vm;
+    vm_open_sized(env, &vm, NULL, MiB / 2);
+    vm_handshake(&vm, 1, 3, 4);
+    mem_add(&vm, HOTPLUG_GPA, MiB / 2, 4);
+    mem_add(&vm, HOTPLUG_GPA + GiB, MiB / 2, 5);
+    struct vp_region del = { .gpa = HOTPLUG_GPA, .size = MiB / 2, .fd = -1 };
+    VpClientReply rep;
+    GError *e = NULL;
+    g_assert_true(vp_client_memory_del_sync(vm.c, &del, 1, TMO, &rep, &e));
+    g_assert_no_error(e);
+    assert_ack(&rep, VP_MSG_MEMORY_INFO_ACK, 6, VP_ACK_DEL_DONE);
+    Expect x = expect_default(vm.uuid);
+    x.regions = x.windows = 2;
+    x.bar_size = 2 * MiB;
+    wait_expect(env, &x, "RAM and the second hot-added region, 2 MiB BAR");
+    JsonNode *s0 = itest_server_status(env);
+    JsonObject *d0 = itest_server_device(s0, vm.uuid);
+    gint64 old_slot = itest_int(d0, "slot");
+    g_assert_cmpint(itest_int(d0, "counters.clones"), ==, 0);
+    json_node_unref(s0);
+
+    mem_add(&vm, HOTPLUG_GPA + 2 * GiB, MiB, 7);
+    x.server_devices = x.guestd_devices = 1;
+    x.regions = x.windows = 3;
+    x.frontends = 1;
+    x.bar_size = 4 * MiB;
+    x.not_slot = old_slot;
+    wait_expect(env, &x, "the clone with a 4 MiB BAR, old device gone");
+    Snap sn;
+    snap(env, vm.uuid, &sn);
+    assert_device_sane(&sn);
+    g_assert_cmpint(itest_int(sn.sd, "counters.clones"), ==, 1);
+    g_assert_null(itest_guestd_device(sn.g, old_slot));
+    assert_region(&sn, 0, RAM_GPA, MiB / 2, 0);
+    assert_region(&sn, 1, HOTPLUG_GPA + GiB, MiB / 2, 0);
+    assert_region(&sn, 2, HOTPLUG_GPA + 2 * GiB, MiB, 0);
+    assert_frontend(&sn, 0, 1, 256, 3, 4);
+    snap_free(&sn);
+    vm_close(&vm);
+}
+
 /* MEMORY_INFO(DEL) of a hot-added region: DEL_DONE, region and window gone on both
  * sides. */
 static void test_memory_del(ITestEnv *env, gconstpointer data)
@@ -918,6 +985,7 @@ int main(int argc, char **argv)
     ADD("device-del", test_device_del);
     ADD("memory-add-fits", test_memory_add_fits);
     ADD("memory-add-clone", test_memory_add_clone);
+    ADD("memory-add-clone-doubles", test_memory_add_clone_doubles);
     ADD("memory-del", test_memory_del);
     ADD("second-frontend-shares", test_second_frontend_shares);
     ADD("two-driver-vms", test_two_driver_vms);
