@@ -83,6 +83,7 @@ struct gd_bus_ops {
      *  pci: rescan sysfs). */
     void (*sync)(struct gd_bus *bus);
     int (*control_area)(struct gd_bus *bus, unsigned slot, void **base, uint64_t *size);
+    bool (*control_present)(struct gd_bus *bus, unsigned slot);   /* may be NULL */
     int (*irq_fd)(struct gd_bus *bus, unsigned slot);
     void (*irq_ack)(struct gd_bus *bus, unsigned slot);
     int (*doorbell)(struct gd_bus *bus, unsigned slot, uint16_t peer, uint16_t vector);
@@ -143,6 +144,18 @@ static inline int gd_bus_control_area(struct gd_bus *bus, unsigned slot, void **
                                       uint64_t *size)
 {
     return bus->ops->control_area(bus, slot, base, size);
+}
+
+/**
+ * Whether the control function of @slot is still there right now. The pci bus learns
+ * of a hot-unplug only when it rescans; meanwhile the BARs read as whatever the
+ * platform returns for unassigned addresses. The control plane asks this before
+ * treating odd contents (a window table gone to zero, a broken ring) as the peer's
+ * fault. True when the bus cannot tell.
+ */
+static inline bool gd_bus_control_present(struct gd_bus *bus, unsigned slot)
+{
+    return !bus->ops->control_present || bus->ops->control_present(bus, slot);
 }
 
 /** An fd that becomes readable (POLLIN) on a controlq interrupt for @slot, or -1

@@ -430,6 +430,13 @@ static int pb_control_area(struct gd_bus *bus, unsigned slot, void **base, uint6
     return 0;
 }
 
+static bool pb_control_present(struct gd_bus *bus, unsigned slot)
+{
+    struct gd_bus_pci *pb = to_pb(bus);
+    struct pci_ctl *c = slot < 256 ? pb->ctl[slot] : NULL;
+    return c && resource_size(pb, c->addr, "resource2") != 0;
+}
+
 static int pb_irq_fd(struct gd_bus *bus, unsigned slot)
 {
     (void)bus;
@@ -512,6 +519,7 @@ static const struct gd_bus_ops pci_ops = {
     .start = pb_start,
     .sync = pb_sync,
     .control_area = pb_control_area,
+    .control_present = pb_control_present,
     .irq_fd = pb_irq_fd,
     .irq_ack = pb_irq_ack,
     .doorbell = pb_doorbell,

@@ -149,9 +149,23 @@ static void stop_service(struct gd_device *dev)
     dev->retry_timer = 0;
 }
 
+/* The control function was hot-unplugged under us (pci: the bus has not rescanned
+ * yet): stop quietly, write nothing; the bus's unplug event will free the device. */
+static bool check_gone(struct gd_device *dev)
+{
+    if (dev->broken || gd_bus_control_present(bus_of(dev), dev->slot))
+        return false;
+    dev->broken = true;
+    snprintf(dev->reason, sizeof(dev->reason), "control function removed");
+    gd_info("slot %u: control function removed: service stopped", dev->slot);
+    stop_all_frontends(dev);
+    stop_service(dev);
+    return true;
+}
+
 void gd_device_break(struct gd_device *dev, const char *fmt, ...)
 {
-    if (dev->broken)
+    if (dev->broken || check_gone(dev))
         return; /* keep the first reason */
     va_list ap;
     va_start(ap, fmt);
@@ -258,6 +272,8 @@ static int refresh_windows(struct gd_device *dev, bool force)
     uint32_t gen = gd_ca_generation(dev->ca);
     if (!force && dev->windows_read && gen == dev->generation)
         return 0;
+    if (check_gone(dev))
+        return -1;
     struct gd_ca_windows t;
     vp_error err = { { 0 } };
     int r = gd_ca_read_windows(dev->ca, dev->bar_size, &t, &err);
