@@ -27,3 +27,7 @@ $(H7_E2E): $(B)/tests/e2e/test-qemu-ivshmem.o $(B)/server/qmp.o $(B)/server/ivsh
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 BINS += $(H7_E2E)
 E2E_TESTS += $(H7_E2E)
+
+# ---- h10: the pair with real QEMU (tools/vhost-pci-pair): traffic, memory hot-plug,
+# clone, ADD_FAIL, driver VM shutdown. Boots the pair once for all its cases.
+E2E_TESTS += tests/e2e/test-pair.sh

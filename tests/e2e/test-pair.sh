@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# e2e: the whole of vhost-pci with real QEMU: a device VM with vhost-pci-server
+# (--device-host qemu) and a driver VM with vhost-pci-client, started by
+# tools/vhost-pci-pair. The pair is booted ONCE and every case runs against it in turn:
+#
+#   ping both ways; a bulk transfer each way whose md5sum matches on both ends;
+#   driver VM memory hot-plug (object-add memory-backend-memfd + device_add pc-dimm):
+#   a new window in the server's device and in guestd's view of the device VM, traffic
+#   continues; hot-unplug (DEVICE_DELETED) removes the window again; hot-plug beyond
+#   the logical BAR clones the device (new control function, the old one unplugged)
+#   and traffic continues; a non-power-of-two memory file gets ADD_FAIL and the device
+#   VM's QEMU stays up; shutting the driver VM down makes the server destroy the device
+#   and the device VM sees the functions unplugged; `down` leaves no process and no
+#   socket. Every check reads real state: vhost-pci-ctl --json (server), guestd's
+#   status socket in the device VM (through the agent), sysfs in the guests, QMP.
+#
+# A step that cannot run because an earlier one failed prints `not ok` with the
+# reason (nothing here waits without a bound). Prints TAP.
+#
+# Environment: VP_B (or B) build dir (default build); VP_E2E_STEP_TIMEOUT (default 120 s,
+# bound of each wait). The run dir is a fresh /tmp/vp-e2e-pair.XXXXXX; its logs are
+# copied to $VP_B/test-logs/pair/ at the end.
+set -u
+cd "$(dirname "$0")/../.." || exit 1
+B=${VP_B:-${B:-build}}
+export VP_B=$B
+T=${VP_E2E_STEP_TIMEOUT:-120}
+ctl=$B/tools/vhost-pci-ctl
+
+plan=13
+echo "1..$plan"
+n=0
+ok()     { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do printf '%s\n' "$l" | sed 's/^/# /'; done; }
+# Cases that depend on a failed step: not ok, with the reason.
+blocked=
+need_pair() { [ -z "$blocked" ] && return 0; not_ok "$1" "not run: $blocked"; return 1; }
+now_ms() { date +%s%3N; }
+secs() { local ms=$(( $(now_ms) - $1 )); printf '%d.%d' $((ms / 1000)) $(( (ms % 1000) / 100 )); }
+
+command -v jq >/dev/null || { echo "Bail out! jq missing (tools/install-deps)"; exit 1; }
+
+run=$(mktemp -d /tmp/vp-e2e-pair.XXXXXX)
+pair=(tools/vhost-pci-pair -q --dir "$run")
+cleanup() {
+    "${pair[@]}" down >/dev/null 2>&1
+    for p in $(pgrep -f -- "$run/" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+    mkdir -p "$B/test-logs/pair"
+    cp "$run"/*.log "$run"/*.console "$run"/*.cmdline "$B/test-logs/pair/" 2>/dev/null
+    rm -rf "$run"
+}
+trap cleanup EXIT
+
+# JSON of the server (vhost-pci-ctl) and of guestd (its status socket, via the agent).
+srv_json() { "$ctl" --mgmt "$run/server.mgmt" status --json 2>/dev/null; }
+gd_json()  { "${pair[@]}" exec dev --timeout 15 -- vp-sockcat /run/guestd.sock 2>/dev/null; }
+srv() { srv_json | jq -r "$1" 2>/dev/null; }
+gd()  { gd_json | jq -r "$1" 2>/dev/null; }
+
+# wait_for SECONDS CMD...: poll CMD every 0.5 s until it succeeds; 1 on timeout.
+wait_for() {
+    local t=$1 deadline
+    shift
+    deadline=$(( $(now_ms) + t * 1000 ))
+    until "$@"; do
+        [ "$(now_ms)" -ge "$deadline" ] && return 1
+        sleep 0.5
+    done
+}
+
+# State snapshot for diagnostics.
+state() {
+    echo "server: $(srv_json | jq -c '{connections, counters, devices: [.devices[] | {slot, status, driver_ok, bar_size, generation, windows, counters}]}' 2>&1)"
+    echo "guestd: $(gd_json | jq -c '{devices: [.devices[] | {slot, status, broken, reason, bar_size, generation, windows, regions: (.regions | length), frontends: [.frontends[] | {device_id, queues: [.queues[]? | {index, broken, packets}]}]}]}' 2>&1)"
+}
+traffic() {   # ping both ways + 1 MiB each way with checksums
+    "${pair[@]}" ping -c 2 && "${pair[@]}" iperf --mb 1
+}
+
+# The device VM's 1af4:1110 functions (slot.function list), from its sysfs.
+dev_functions() {
+    "${pair[@]}" exec dev --timeout 15 -- '
+        for d in /sys/bus/pci/devices/*; do
+            [ "$(cat $d/vendor)" = 0x1af4 ] && [ "$(cat $d/device)" = 0x1110 ] && echo "${d##*/}"
+        done; true' 2>/dev/null | tr '\n' ' '
+}
+
+# 1. up
+t0=$(now_ms)
+if out=$("${pair[@]}" up --timeout "$T" 2>&1); then
+    ok "pair up: device VM + server, client + driver VM, link answers ($(secs "$t0") s, accel $(. "$run/env"; echo "$PAIR_ACCEL"))"
+else
+    blocked="the pair did not come up (case 1)"
+    not_ok "pair up" "$out"
+fi
+
+# 2-3. ping both ways
+if need_pair "ping driver VM -> device VM"; then
+    out=$("${pair[@]}" exec drv --timeout 30 -- 'ping -c 3 -W 2 10.77.0.1' 2>&1)
+    if grep -qE ' [1-3] packets received' <<<"$out"; then
+        ok "ping driver VM -> device VM: $(grep -o '[0-9]* packets received' <<<"$out")"
+    else not_ok "ping driver VM -> device VM" "$out" "$(state)"; fi
+fi
+if need_pair "ping device VM -> driver VM"; then
+    out=$("${pair[@]}" exec dev --timeout 30 -- 'ping -c 3 -W 2 10.77.0.2' 2>&1)
+    if grep -qE ' [1-3] packets received' <<<"$out"; then
+        ok "ping device VM -> driver VM: $(grep -o '[0-9]* packets received' <<<"$out")"
+    else not_ok "ping device VM -> driver VM" "$out" "$(state)"; fi
+fi
+
+# 4-5. bulk transfer with matching checksums
+for dir in device driver; do
+    if need_pair "bulk transfer to the $dir VM, md5 matches"; then
+        if out=$("${pair[@]}" iperf --mb 4 --to $dir 2>&1); then ok "bulk transfer: $out"
+        else not_ok "bulk transfer to the $dir VM, md5 matches" "$out" "$(state)"; fi
+    fi
+done
+
+# 6-8. hot-plug 256 MiB: a new window; traffic; hot-unplug removes it
+w0=$(srv '.devices[0].windows | length')
+g0=$(srv '.devices[0].generation')
+slot0=$(srv '.devices[0].slot')
+bar0=$(srv '.devices[0].bar_size')
+dimm=
+windows_are() {   # N: the server's device and guestd both have N windows, all mapped
+    [ "$(srv '.devices[0].windows | length')" = "$1" ] &&
+    [ "$(gd "[.devices[0].windows[] | select(.mapped)] | length")" = "$1" ]
+}
+if need_pair "memory hot-plug 256 MiB: new window in server and device VM"; then
+    t0=$(now_ms)
+    if ! [[ "$w0" =~ ^[0-9]+$ ]]; then
+        not_ok "memory hot-plug 256 MiB: new window in server and device VM" "no device in vhost-pci-ctl before the hot-plug" "$(state)"
+    elif ! dimm=$("${pair[@]}" hotplug-mem 256M 2>&1); then
+        not_ok "memory hot-plug 256 MiB: new window in server and device VM" "$dimm"; dimm=
+    elif wait_for "$T" windows_are $((w0 + 1)); then
+        ok "memory hot-plug 256 MiB ($dimm): windows $w0 -> $((w0 + 1)) in server and guestd, generation $g0 -> $(srv '.devices[0].generation'), same slot $(srv '.devices[0].slot') ($(secs "$t0") s)"
+    else
+        not_ok "memory hot-plug 256 MiB: new window in server and device VM" "windows before: $w0" "$(state)"
+    fi
+fi
+if need_pair "traffic after the hot-plug"; then
+    if out=$(traffic 2>&1); then ok "traffic after the hot-plug: $(tr '\n' ';' <<<"$out")"
+    else not_ok "traffic after the hot-plug" "$out" "$(state)"; fi
+fi
+if need_pair "hot-unplug removes the window after DEL_DONE"; then
+    t0=$(now_ms)
+    if [ -z "$dimm" ]; then
+        not_ok "hot-unplug removes the window after DEL_DONE" "no hot-plugged dimm (case 6 failed)"
+    elif ! out=$("${pair[@]}" hotplug-mem --remove "$dimm" 2>&1); then
+        not_ok "hot-unplug removes the window after DEL_DONE" "$out" "$(state)"
+    elif wait_for "$T" windows_are "$w0"; then
+        ok "hot-unplug $dimm: DEVICE_DELETED, windows back to $w0 in server and guestd ($(secs "$t0") s)"
+    else
+        not_ok "hot-unplug removes the window after DEL_DONE" "$(state)"
+    fi
+fi
+
+# 9-10. hot-plug beyond the logical BAR: clone
+cloned() {
+    local c s
+    c=$(srv '.devices[0].counters.clones') s=$(srv '.devices[0].slot')
+    [[ "$c" =~ ^[0-9]+$ ]] && [ "$c" -ge 1 ] && [ "$s" != "$slot0" ] &&
+    [ "$(srv '.devices | length')" = 1 ] &&
+    [ "$(gd '.devices | length')" = 1 ] &&
+    [ "$(gd '.devices[0].bar_size')" = "$(srv '.devices[0].bar_size')" ]
+}
+if need_pair "hot-plug beyond the logical BAR clones the device"; then
+    t0=$(now_ms)
+    # bar_size is pow2ceil(2 x RAM); a window of that size cannot be placed next to RAM.
+    big=$(( bar0 > 0 ? bar0 : 1 << 30 ))
+    if ! out=$("${pair[@]}" hotplug-mem "$big" 2>&1); then
+        not_ok "hot-plug beyond the logical BAR clones the device" "$out"
+    elif wait_for "$T" cloned; then
+        fns=$(dev_functions)
+        ok "hot-plug $((big >> 20)) MiB ($out) beyond bar_size $bar0: cloned, slot $slot0 -> $(srv '.devices[0].slot'), bar_size $(srv '.devices[0].bar_size'), device VM functions now: $fns ($(secs "$t0") s)"
+    else
+        not_ok "hot-plug beyond the logical BAR clones the device" "slot before $slot0, bar_size before $bar0" "$(state)" "device VM functions: $(dev_functions)"
+    fi
+fi
+if need_pair "traffic after the clone"; then
+    if out=$(traffic 2>&1); then ok "traffic after the clone: $(tr '\n' ';' <<<"$out")"
+    else not_ok "traffic after the clone" "$out" "$(state)"; fi
+fi
+
+# 11. a memory file that is not a power of two: ADD_FAIL, the device VM's QEMU stays up
+if need_pair "non-power-of-two memory: ADD_FAIL, device VM QEMU stays up"; then
+    w1=$(srv '.devices[0].windows | length')
+    # Offline in the guest: it never puts data there (the device VM cannot reach it).
+    if ! dimm=$("${pair[@]}" hotplug-mem 384M --no-online 2>&1); then
+        not_ok "non-power-of-two memory: ADD_FAIL, device VM QEMU stays up" "$dimm"
+    elif wait_for 30 grep -qi 'power of two' "$run/server.log" "$run/client.log"; then
+        sleep 2
+        st=$("${pair[@]}" qmp dev --timeout 10 '{"execute":"query-status"}' 2>&1)
+        if [[ "$st" == *'"status": "running"'* ]] && [ "$(srv '.devices[0].windows | length')" = "$w1" ]; then
+            ok "384 MiB file refused: '$(grep -hi -m1 'power of two' "$run/server.log" "$run/client.log" | cut -c1-160)'; device VM running, windows still $w1"
+        else
+            not_ok "non-power-of-two memory: ADD_FAIL, device VM QEMU stays up" "query-status: $st" "$(state)"
+        fi
+    else
+        not_ok "non-power-of-two memory: ADD_FAIL, device VM QEMU stays up" "no 'power of two' refusal in server.log / client.log within 30 s" "$(state)"
+    fi
+    "${pair[@]}" hotplug-mem --remove "$dimm" >/dev/null 2>&1
+fi
+
+# 12. driver VM shutdown: DEVICE_INFO(DEL), the server destroys the device, functions unplugged
+no_device() {
+    [ "$(srv '.devices | length')" = 0 ] && [ -z "$(dev_functions | tr -d ' ')" ] &&
+    [ "$(gd '.devices | length')" = 0 ]
+}
+if need_pair "driver VM shutdown: device destroyed, functions unplugged in the device VM"; then
+    t0=$(now_ms)
+    drv_pid=$(cat "$run/drv.pid" 2>/dev/null)
+    "${pair[@]}" exec drv --timeout 5 -- 'poweroff' >/dev/null 2>&1
+    gone() { [ ! -d "/proc/$drv_pid" ] || grep -q '^State:.*Z' "/proc/$drv_pid/status" 2>/dev/null; }
+    if ! wait_for 60 gone; then
+        not_ok "driver VM shutdown: device destroyed, functions unplugged in the device VM" "driver VM QEMU ($drv_pid) still running 60 s after poweroff"
+    elif wait_for "$T" no_device; then
+        del=$(grep -hiE 'DEVICE_INFO.*DEL|DEL.*DEVICE_INFO' "$run/server.log" "$run/client.log" | head -n1 | cut -c1-120)
+        ok "driver VM powered off: server has no device, device VM has no 1af4:1110 function, guestd no device ($(secs "$t0") s)${del:+; log: $del}"
+    else
+        not_ok "driver VM shutdown: device destroyed, functions unplugged in the device VM" "$(state)" "device VM functions: $(dev_functions)"
+    fi
+fi
+
+# 13. down: nothing left
+t0=$(now_ms)
+out=$("${pair[@]}" down 2>&1); rc=$?
+left=$(pgrep -af -- "$run/" 2>/dev/null)
+socks=$(find "$run" -type s 2>/dev/null)
+if [ "$rc" = 0 ] && [ -z "$left" ] && [ -z "$socks" ]; then
+    ok "down: no process with $run/ on its command line, no socket left ($(secs "$t0") s)"
+else
+    not_ok "down leaves nothing behind" "rc=$rc: $out" "processes: $left" "sockets: $socks"
+fi
