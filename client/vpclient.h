@@ -150,8 +150,12 @@ guint64 vp_client_get_ignored(VpClient *client);
 
 /** FEATURE_BITS(@features). Alone, on connect and before any memory (DESIGN 4,
  *  "Feature timing"), this asks which bits the server's guest driver supports:
- *  reply->ack.feature_bits are the accepted bits. No renegotiation round follows
- *  (see vp_client_confirm_features() to send one anyway). */
+ *  reply->ack.feature_bits are the accepted bits, and nothing more is owed. When a
+ *  device already exists for this client_uuid (another connection of the driver
+ *  VM made it), the device VM answers, and if it accepted fewer bits the server
+ *  waits for the renegotiation round: the caller then renegotiates its frontend
+ *  and calls vp_client_confirm_features() (allowed after any FEATURE_BITS_ACK whose
+ *  bits differ from the offer; timeouts are not suspended for it). */
 guint64 vp_client_send_features(VpClient *client, guint64 features, int timeout_ms,
                                 VpClientAckFunc func, gpointer user_data, GError **error);
 
@@ -228,13 +232,16 @@ guint64 vp_client_handshake(VpClient *client, const struct vp_region *regions, g
  * Finish the renegotiation round: send FEATURE_BITS_ACK(@final_features), carrying
  * the msg_seq of the FEATURE_BITS it concludes, after the frontend has
  * renegotiated. @final_features must be a subset of the accepted bits. No ACK
- * answers it. Returns FALSE with INVALID when no round is open (or the bits are
- * not a subset), IO/DISCONNECTED when the send failed.
+ * answers it. A round is open during a handshake whose accepted bits differed
+ * (until confirmed), or after a standalone FEATURE_BITS whose did (until the next
+ * round or a confirmation). Returns FALSE with INVALID when no round is open (or
+ * the bits are not a subset), IO/DISCONNECTED when the send failed.
  */
 gboolean vp_client_confirm_features(VpClient *client, guint64 final_features,
                                     GError **error);
 
-/** TRUE while a renegotiation round waits for vp_client_confirm_features(). */
+/** TRUE while a handshake's renegotiation round waits for
+ *  vp_client_confirm_features() (the round that suspends timeouts). */
 gboolean vp_client_renegotiation_pending(VpClient *client);
 
 /* ------------------------- blocking wrappers ------------------------- */

@@ -285,6 +285,7 @@ void vpc_close_with(VpClient *c, VpClientErrorCode code, const char *msg)
     }
     g_ptr_array_free(all, TRUE);
 
+    c->reneg_confirmable = FALSE;
     if (c->reneg_pending) {
         void (*end)(VpClient *, gpointer, gboolean, guint64) = c->reneg_end;
         gpointer data = c->reneg_data;

@@ -83,10 +83,26 @@ static guint64 features_request(VpClient *c, guint64 features, int timeout_ms,
     return start(c, req, timeout_ms, send_features, &features, "FEATURE_BITS", error);
 }
 
+/* A standalone FEATURE_BITS answered with fewer bits than offered: the caller may
+ * confirm the round with vp_client_confirm_features(). */
+static void features_done(VpClient *c, VpcRequest *req, const VpClientReply *reply,
+                          const GError *error)
+{
+    if (reply && !error && reply->ack.feature_bits != req->features && c->fd >= 0 &&
+        !c->reneg_pending) {
+        c->reneg_confirmable = TRUE;
+        c->reneg_seq = req->seq;
+        c->reneg_accepted = reply->ack.feature_bits;
+    }
+    if (req->func)
+        req->func(c, reply, error, req->user_data);
+}
+
 guint64 vp_client_send_features(VpClient *c, guint64 features, int timeout_ms,
                                 VpClientAckFunc func, gpointer user_data, GError **error)
 {
-    return features_request(c, features, timeout_ms, func, user_data, NULL, NULL, error);
+    return features_request(c, features, timeout_ms, func, user_data, features_done, NULL,
+                            error);
 }
 
 /* ------------------------------ MEMORY_INFO ------------------------------ */
@@ -212,7 +228,7 @@ guint64 vp_client_device_del(VpClient *c, guint32 device_type, guint64 device_id
 
 gboolean vp_client_confirm_features(VpClient *c, guint64 final_features, GError **error)
 {
-    if (!c->reneg_pending) {
+    if (!c->reneg_pending && !c->reneg_confirmable) {
         g_set_error(error, VP_CLIENT_ERROR, VP_CLIENT_ERROR_INVALID,
                     "no feature renegotiation round is open");
         return FALSE;
@@ -244,6 +260,7 @@ gboolean vp_client_confirm_features(VpClient *c, guint64 final_features, GError 
     void (*end)(VpClient *, gpointer, gboolean, guint64) = c->reneg_end;
     gpointer data = c->reneg_data;
     c->reneg_pending = FALSE;
+    c->reneg_confirmable = FALSE;
     c->reneg_end = NULL;
     c->reneg_data = NULL;
     /* The server held our other requests during the round: their clocks restart. */
@@ -351,6 +368,7 @@ static void hs_done(VpClient *c, VpcRequest *req, const VpClientReply *reply,
             hs->res.renegotiated = TRUE;
             hs->round_open = TRUE;
             c->reneg_pending = TRUE;
+            c->reneg_confirmable = FALSE;
             c->reneg_seq = req->seq;
             c->reneg_accepted = hs->res.accepted;
             c->reneg_end = hs_round_end;

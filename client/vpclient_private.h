@@ -41,8 +41,12 @@ struct _VpClient {
     GHashTable *pending;          /* guint64 seq -> VpcRequest* */
     guint64 ignored;
 
-    /* Renegotiation round (spec 1.5.1.1) waiting for vp_client_confirm_features(). */
+    /* Renegotiation round (spec 1.5.1.1) waiting for vp_client_confirm_features():
+     * reneg_pending for the handshake's round (suspends timeouts), reneg_confirmable
+     * after a standalone FEATURE_BITS whose accepted bits differed (the caller
+     * decides whether the server waits for a confirmation). */
     gboolean reneg_pending;
+    gboolean reneg_confirmable;
     guint64 reneg_seq;            /* the FEATURE_BITS it concludes */
     guint64 reneg_accepted;
     /* Runs when the round ends: confirmed with @final_bits, or not (closed). */

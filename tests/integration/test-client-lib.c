@@ -203,8 +203,24 @@ static void test_seq_and_matching(void)
     g_assert_cmphex(a.reply.ack.feature_bits, ==, fa.feature_bits);
     g_assert_cmpuint(vp_client_get_pending(f.client), ==, 0);
     g_assert_cmpuint(vp_client_get_next_seq(f.client), ==, 3);
-    /* A standalone FEATURE_BITS opens no renegotiation round. */
+    /* A standalone FEATURE_BITS suspends nothing, but fewer accepted bits may be
+     * confirmed (the server waits for it when the device already exists). */
     g_assert_false(vp_client_renegotiation_pending(f.client));
+    g_assert_false(vp_client_confirm_features(f.client, VP_NET_FEATURES, &e));
+    g_assert_error(e, VP_CLIENT_ERROR, VP_CLIENT_ERROR_INVALID);
+    g_clear_error(&e);
+    g_assert_true(vp_client_confirm_features(f.client, fa.feature_bits, &e));
+    g_assert_no_error(e);
+    srv_recv(&f, &m1, VP_MSG_FEATURE_BITS_ACK);
+    g_assert_cmpuint(m1.hdr.seq, ==, 1);
+    struct vp_ack conf;
+    g_assert_cmpint(vp_decode_ack(&m1, &conf, &err), ==, 0);
+    g_assert_cmphex(conf.feature_bits, ==, fa.feature_bits);
+    vp_msg_clear(&m1);
+    g_assert_false(vp_client_confirm_features(f.client, fa.feature_bits, &e));
+    g_assert_error(e, VP_CLIENT_ERROR, VP_CLIENT_ERROR_INVALID);
+    g_clear_error(&e);
+    g_assert_cmpuint(vp_client_get_next_seq(f.client), ==, 3);
     got_clear(&a);
     got_clear(&b);
     fake_teardown(&f);
