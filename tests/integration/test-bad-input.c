@@ -635,6 +635,8 @@ static gboolean fg_plug_control(FakeGuest *fg, FakeDev *d, const struct vp_lb_ms
     d->buf_off = vp_get_le64(d->ca + VP_CA_OFF_BUF_OFF);
     guint64 slots = vp_get_le64(d->ca + VP_CA_OFF_BUF_SIZE) / VP_CA_BUF_SLOT;
     d->ntx = MIN(d->tx.mem.num, VP_CA_QUEUE_NUM);
+    if (slots <= d->ntx)
+        return fg_fail(fg, "buffer pool too small for both queues");
     d->nrx = MIN((guint64)VP_CA_QUEUE_NUM, slots - d->ntx);
     for (unsigned i = 0; i < d->ntx; i++) {
         struct vp_vring_seg seg = { .addr = d->buf_off + (guint64)i * VP_CA_BUF_SLOT,
