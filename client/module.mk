@@ -32,3 +32,13 @@ $(B)/tests/unit/test-vhost-user: $(B)/tests/unit/test-vhost-user.o \
     $(B)/libvhostpci.a
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 # ---- end of h8 block ----
+
+# ---- vhost-pci-client daemon (helper h11): client/main.c ----
+# The driver VM's vhost-user backend: vhost-user core + libvhostpci-client.
+VPC_DAEMON := $(B)/client/vhost-pci-client
+$(B)/client/main.o: | $(VP_PB_H)
+$(VPC_DAEMON): $(B)/client/main.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+BINS += $(VPC_DAEMON)
+# ---- end of h11 block ----
