@@ -15,3 +15,22 @@ $(B)/tools/vp-sockcat: $(B)/guest/tools/vp-sockcat.o
 	$(Q)$(CC) $(LDFLAGS_GUEST) -o $@ $^
 
 BINS += $(B)/tools/vp-sockcat
+
+# --- vhost-pci-frontend + vnet-bench (h9): a userspace virtio-net frontend playing a
+# driver VM (tools/vnet-frontend/vnet_frontend.{c,h}, also linked by the data path
+# integration tests), a TAP bridge over it, and the data path benchmark (tools/bench).
+VNET_FE_OBJ := $(B)/tools/vnet-frontend/vnet_frontend.o
+VNET_FE_LIBS := $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+$(B)/tools/vnet-frontend/%.o: CFLAGS_HOST += -Iclient -Itools/vnet-frontend
+$(B)/tools/vnet-frontend/%.o: | $(VP_PB_H)
+
+$(B)/tools/vhost-pci-frontend: $(B)/tools/vnet-frontend/vhost-pci-frontend.o $(VNET_FE_OBJ) \
+                               $(VNET_FE_LIBS)
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+
+$(B)/tools/vnet-bench: $(B)/tools/vnet-frontend/vnet-bench.o $(VNET_FE_OBJ) $(VNET_FE_LIBS)
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+
+BINS += $(B)/tools/vhost-pci-frontend $(B)/tools/vnet-bench

@@ -24,3 +24,17 @@ $(filter-out %/test-client-lib,$(ITESTS)): | $(filter %/vhost-pci-server %/vhost
 TESTS += $(ITESTS)
 
 -include $(wildcard tests/integration/vu*.mk)
+
+# ---- h9: data path (vhost-pci-net) tests ----
+#   test-datapath            real server + guestd (--endpoint loopback / unix) and the
+#                            userspace virtio-net frontend (tools/vnet-frontend) in the test
+#   test-datapath-netns.sh   two TAPs in two network namespaces, ping + TCP across
+DP_ITEST := $(B)/tests/integration/test-datapath
+$(DP_ITEST): $(B)/tests/integration/test-datapath.o $(ITEST_HELPER) $(VNET_FE_OBJ) \
+             $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+$(DP_ITEST).o: | $(VP_PB_H)
+$(DP_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Itools/vnet-frontend
+$(DP_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd %/vhost-pci-frontend,$(BINS))
+export VP_B := $(B)
+TESTS += $(DP_ITEST) $(wildcard tests/integration/test-datapath-netns.sh)
