@@ -5,7 +5,9 @@
 #include "vp_common.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 int vp_fail(vp_error *err, int ret, const char *fmt, ...)
@@ -31,6 +33,31 @@ void vp_close_fds(int *fds, unsigned n)
 {
     for (unsigned i = 0; i < n; i++)
         vp_close_fd(&fds[i]);
+}
+
+ssize_t vp_sendmsg_fds(int sock, struct iovec *iov, size_t iovcnt, const int *fds,
+                       unsigned nfds, int flags)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * VP_SEND_MAX_FDS)];
+        struct cmsghdr align;
+    } cbuf;
+    struct msghdr mh = { .msg_iov = iov, .msg_iovlen = iovcnt };
+
+    if (nfds > VP_SEND_MAX_FDS || (nfds && !fds))
+        return -EINVAL;
+    if (nfds) {
+        memset(&cbuf, 0, sizeof(cbuf));
+        mh.msg_control = cbuf.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    ssize_t n = sendmsg(sock, &mh, flags);
+    return n < 0 ? -errno : n;
 }
 
 int vp_count_open_fds(void)

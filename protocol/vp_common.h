@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 /** A human-readable error reason, filled by functions that validate peer input.
  *  Always NUL-terminated; empty when no error was set. */
@@ -28,6 +30,22 @@ void vp_close_fd(int *fdp);
 
 /** Close every fd in fds[0..n) that is >= 0 and set it to -1. */
 void vp_close_fds(int *fds, unsigned n);
+
+/** Most fds one vp_sendmsg_fds() attaches (Linux SCM_MAX_FD). */
+#define VP_SEND_MAX_FDS 253
+
+/**
+ * One sendmsg(2) of iov[0..iovcnt) on the stream socket @sock, with fds[0..nfds)
+ * attached to its first byte as one SCM_RIGHTS control message (no control message
+ * when @nfds is 0). @flags go to sendmsg (MSG_NOSIGNAL, MSG_DONTWAIT, ...). The fds
+ * stay the caller's: the peer gets duplicates once a byte went out (a return > 0), so
+ * a caller that loops over a partial send passes nfds = 0 from then on.
+ * Returns the bytes sent, or -errno with nothing sent (-EINTR and -EAGAIN too: the
+ * caller decides whether and how to wait and retry); -EINVAL when @nfds is over
+ * VP_SEND_MAX_FDS or @fds is NULL with @nfds > 0.
+ */
+ssize_t vp_sendmsg_fds(int sock, struct iovec *iov, size_t iovcnt, const int *fds,
+                       unsigned nfds, int flags);
 
 /** Number of open fds of this process (entries of /proc/self/fd, minus the one used
  *  to read it). Used by tests to prove that no fd leaked. Returns -1 on error. */

@@ -70,38 +70,24 @@ int vp_lb_send(int sock, const struct vp_lb_msg *m, const int *fds, unsigned nfd
     vp_put_le64(buf + LB_SIZE, m->size);
     vp_put_le64(buf + LB_ARG, m->arg);
 
-    union {
-        char buf[CMSG_SPACE(VP_LB_MAX_FDS * sizeof(int))];
-        struct cmsghdr align;
-    } cbuf;
     size_t done = 0;
     bool fds_sent = nfds == 0;
     while (done < sizeof(buf)) {
         struct iovec iov = { .iov_base = buf + done, .iov_len = sizeof(buf) - done };
-        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-        if (!fds_sent) {
-            /* The fds ride on the first byte only. */
-            memset(&cbuf, 0, sizeof(cbuf));
-            msg.msg_control = cbuf.buf;
-            msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-            memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
-        }
-        ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+        /* The fds ride on the first byte only. */
+        ssize_t n = vp_sendmsg_fds(sock, &iov, 1, fds_sent ? NULL : fds,
+                                   fds_sent ? 0 : nfds, MSG_NOSIGNAL);
         if (n < 0) {
-            if (errno == EINTR)
+            if (n == -EINTR)
                 continue;
-            if ((errno == EAGAIN || errno == EWOULDBLOCK) && done > 0) {
+            if ((n == -EAGAIN || n == -EWOULDBLOCK) && done > 0) {
                 /* Non-blocking socket, message half sent: finish it. */
                 struct pollfd p = { .fd = sock, .events = POLLOUT };
                 if (poll(&p, 1, VP_LB_PARTIAL_TIMEOUT_MS) > 0)
                     continue;
                 return -ETIMEDOUT;
             }
-            return -errno;
+            return (int)n;
         }
         fds_sent = true;
         done += (size_t)n;

@@ -111,11 +111,6 @@ int vp_msg_send(int sock, const struct vp_sock_hdr *hdr, const void *payload, si
     h.len = (uint32_t)len;
     vp_sock_hdr_encode(&h, hbuf);
 
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * VP_MAX_FDS)];
-        struct cmsghdr align;
-    } cbuf;
-
     struct iovec iov[2] = {
         { .iov_base = hbuf, .iov_len = sizeof(hbuf) },
         { .iov_base = (void *)payload, .iov_len = len },
@@ -128,29 +123,19 @@ int vp_msg_send(int sock, const struct vp_sock_hdr *hdr, const void *payload, si
             iovi++;
             continue;
         }
-        struct msghdr mh = { .msg_iov = &iov[iovi], .msg_iovlen = 2 - iovi };
-        if (!fds_sent) {
-            /* Only on the first byte: nothing has been written yet. */
-            memset(&cbuf, 0, sizeof(cbuf));
-            mh.msg_control = cbuf.buf;
-            mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-            struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-            memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-        }
-        ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+        /* The fds only on the first byte: nothing has been written yet. */
+        ssize_t n = vp_sendmsg_fds(sock, &iov[iovi], 2 - iovi, fds_sent ? NULL : fds,
+                                   fds_sent ? 0 : nfds, MSG_NOSIGNAL);
         if (n < 0) {
-            if (errno == EINTR)
+            if (n == -EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (n == -EAGAIN || n == -EWOULDBLOCK) {
                 int r = wait_writable(sock);
                 if (r < 0)
                     return r;
                 continue;
             }
-            return -errno;
+            return (int)n;
         }
         if (n > 0)
             fds_sent = true;

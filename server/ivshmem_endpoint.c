@@ -106,29 +106,13 @@ static int ep_flush(ivshmem_endpoint *ep)
 
     while (ep->conn_fd >= 0 && (m = g_queue_peek_head(&ep->out))) {
         struct iovec iov = { m->bytes + ep->head_off, sizeof(m->bytes) - ep->head_off };
-        union {
-            char buf[CMSG_SPACE(sizeof(int))];
-            struct cmsghdr align;
-        } u;
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-        ssize_t n;
+        ssize_t n = vp_sendmsg_fds(ep->conn_fd, &iov, 1, &m->fd, m->fd >= 0 ? 1 : 0,
+                                   MSG_NOSIGNAL | MSG_DONTWAIT);
 
-        if (m->fd >= 0) {
-            struct cmsghdr *cm;
-            memset(&u, 0, sizeof(u));
-            mh.msg_control = u.buf;
-            mh.msg_controllen = sizeof(u.buf);
-            cm = CMSG_FIRSTHDR(&mh);
-            cm->cmsg_level = SOL_SOCKET;
-            cm->cmsg_type = SCM_RIGHTS;
-            cm->cmsg_len = CMSG_LEN(sizeof(int));
-            memcpy(CMSG_DATA(cm), &m->fd, sizeof(int));
-        }
-        n = sendmsg(ep->conn_fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
-            if (errno == EINTR)
+            if (n == -EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (n == -EAGAIN || n == -EWOULDBLOCK) {
                 if (!ep->out_src) {
                     ep->out_src = g_unix_fd_source_new(ep->conn_fd, G_IO_OUT);
                     g_source_set_callback(ep->out_src, G_SOURCE_FUNC(ep_on_writable), ep, NULL);
@@ -138,7 +122,7 @@ static int ep_flush(ivshmem_endpoint *ep)
             }
             {
                 char why[128];
-                g_snprintf(why, sizeof(why), "write: %s", g_strerror(errno));
+                g_snprintf(why, sizeof(why), "write: %s", g_strerror((int)-n));
                 ep_disconnect(ep, why);
             }
             return -1;

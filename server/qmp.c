@@ -260,29 +260,13 @@ static int qmp_flush(qmp_client *c)
 {
     while (c->woff < c->wlen) {
         struct iovec iov = { c->wbuf + c->woff, c->wlen - c->woff };
-        union {
-            char buf[CMSG_SPACE(sizeof(int))];
-            struct cmsghdr align;
-        } u;
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-        ssize_t n;
+        ssize_t n = vp_sendmsg_fds(c->fd, &iov, 1, &c->wfd, c->wfd >= 0 ? 1 : 0,
+                                   MSG_NOSIGNAL | MSG_DONTWAIT);
 
-        if (c->wfd >= 0) {
-            struct cmsghdr *cm;
-            memset(&u, 0, sizeof(u));
-            mh.msg_control = u.buf;
-            mh.msg_controllen = sizeof(u.buf);
-            cm = CMSG_FIRSTHDR(&mh);
-            cm->cmsg_level = SOL_SOCKET;
-            cm->cmsg_type = SCM_RIGHTS;
-            cm->cmsg_len = CMSG_LEN(sizeof(int));
-            memcpy(CMSG_DATA(cm), &c->wfd, sizeof(int));
-        }
-        n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
-            if (errno == EINTR)
+            if (n == -EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (n == -EAGAIN || n == -EWOULDBLOCK) {
                 if (!c->out_src) {
                     c->out_src = g_unix_fd_source_new(c->fd, G_IO_OUT);
                     g_source_set_callback(c->out_src, G_SOURCE_FUNC(qmp_on_writable), c, NULL);
@@ -290,7 +274,7 @@ static int qmp_flush(qmp_client *c)
                 }
                 return 0;
             }
-            qmp_close(c, -ECONNRESET, "write to QMP socket: %s", g_strerror(errno));
+            qmp_close(c, -ECONNRESET, "write to QMP socket: %s", g_strerror((int)-n));
             return -1;
         }
         /* The fd went with the first byte that was sent. */

@@ -202,10 +202,6 @@ static int fe_wait_writable(struct vu_fe *fe)
 int vu_fe_send_raw(struct vu_fe *fe, const void *buf, size_t len, const int *fds,
                    unsigned nfds)
 {
-    union {
-        char b[CMSG_SPACE(sizeof(int) * 16)];
-        struct cmsghdr align;
-    } cbuf;
     if (nfds > 16)
         return fe_fail(fe, -EINVAL, "too many fds");
     if (len == 0)
@@ -213,28 +209,18 @@ int vu_fe_send_raw(struct vu_fe *fe, const void *buf, size_t len, const int *fds
     size_t off = 0;
     while (off < len) {
         struct iovec iov = {.iov_base = (char *)buf + off, .iov_len = len - off};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-        if (off == 0 && nfds) {
-            memset(&cbuf, 0, sizeof(cbuf));
-            mh.msg_control = cbuf.b;
-            mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-            struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-            memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-        }
-        ssize_t n = sendmsg(fe->sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = vp_sendmsg_fds(fe->sock, &iov, 1, fds, off == 0 ? nfds : 0,
+                                   MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
-            if (errno == EINTR)
+            if (n == -EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (n == -EAGAIN || n == -EWOULDBLOCK) {
                 int r = fe_wait_writable(fe);
                 if (r < 0)
                     return r;
                 continue;
             }
-            return fe_fail(fe, -errno, "sendmsg: %s", strerror(errno));
+            return fe_fail(fe, (int)n, "sendmsg: %s", strerror((int)-n));
         }
         off += (size_t)n;
     }

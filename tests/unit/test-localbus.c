@@ -50,23 +50,8 @@ static void assert_cloexec(int fd)
 /* Raw write of bytes with optional fds, as a hostile peer would. */
 static void raw_send(int sock, const void *buf, size_t len, const int *fds, unsigned nfds)
 {
-    union {
-        char b[CMSG_SPACE(VP_LB_MAX_FDS * sizeof(int))];
-        struct cmsghdr align;
-    } c;
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (nfds) {
-        memset(&c, 0, sizeof(c));
-        msg.msg_control = c.b;
-        msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-        struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
-        h->cmsg_level = SOL_SOCKET;
-        h->cmsg_type = SCM_RIGHTS;
-        h->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-        memcpy(CMSG_DATA(h), fds, nfds * sizeof(int));
-    }
-    g_assert_cmpint(sendmsg(sock, &msg, MSG_NOSIGNAL), ==, (ssize_t)len);
+    g_assert_cmpint(vp_sendmsg_fds(sock, &iov, 1, fds, nfds, MSG_NOSIGNAL), ==, (ssize_t)len);
 }
 
 static void encode(unsigned char b[VP_LB_MSG_SIZE], const struct vp_lb_msg *m)

@@ -116,19 +116,7 @@ static void send_bytes_fds(int sock, const void *data, size_t len, const int *fd
                            unsigned nfds)
 {
     struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-    size_t clen = CMSG_SPACE(sizeof(int) * (nfds ? nfds : 1));
-    g_autofree char *cbuf = g_malloc0(clen);
-    if (nfds) {
-        mh.msg_control = cbuf;
-        mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-    }
-    g_assert_cmpint(sendmsg(sock, &mh, MSG_NOSIGNAL), ==, (ssize_t)len);
+    g_assert_cmpint(vp_sendmsg_fds(sock, &iov, 1, fds, nfds, MSG_NOSIGNAL), ==, (ssize_t)len);
 }
 
 static void set_nonblock(int fd)
