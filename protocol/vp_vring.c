@@ -276,28 +276,44 @@ bool vp_vring_dev_need_notify(struct vp_vring_dev *vq)
     return vp_vring_need_event(event, new_idx, old);
 }
 
+/* Turn on or off the notifications one side wants from its peer; the device and
+ * driver sides are mirror images of each other:
+ *   device: our flags = used->flags (NO_NOTIFY), our event = avail_event, peer
+ *           index = avail->idx, last = last_avail_idx;
+ *   driver: our flags = avail->flags (NO_INTERRUPT), our event = used_event, peer
+ *           index = used->idx, last = last_used_idx.
+ * Returns true when, on enabling, the peer already moved its index past @last. */
+static bool set_notify(bool event_idx, bool enable, void *flags, uint16_t off_flag,
+                       void *event, const void *peer_idx, uint16_t last)
+{
+    if (!enable) {
+        /* With EVENT_IDX flags must stay 0 (virtio 1.0 2.4.7.1 driver, 2.4.8.2
+         * device); a stale event index lets through at most one more notification,
+         * as in vhost and virtio_ring. */
+        if (!event_idx)
+            sh_st16(flags, off_flag);
+        return false;
+    }
+    if (event_idx)
+        sh_st16(event, last);
+    else
+        sh_st16(flags, 0);
+    /* Event index / flags store before re-reading the peer's index: a full barrier,
+     * else an entry the peer publishes right now could be missed by both sides.
+     * Device: vhost_enable_notify's smp_mb, pairs with the one in kick_prepare.
+     * Driver: virtqueue_enable_cb's virtio_mb, pairs with vp_vring_dev_need_notify. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint16_t idx = sh_ld16(peer_idx);
+    return idx != last;
+}
+
 bool vp_vring_dev_set_notify(struct vp_vring_dev *vq, bool enable)
 {
     if (vq->broken)
         return false;
     const struct vp_vring_mem *m = &vq->mem;
-    if (!enable) {
-        /* With EVENT_IDX the device must keep flags 0 (virtio 1.0 2.4.8.2); a stale
-         * avail_event lets through at most one more kick, as in vhost. */
-        if (!vq->event_idx)
-            sh_st16(used_flags(m), VP_VRING_USED_F_NO_NOTIFY);
-        return false;
-    }
-    if (vq->event_idx)
-        sh_st16(avail_event(m), vq->last_avail_idx);
-    else
-        sh_st16(used_flags(m), 0);
-    /* avail_event / used flags store before re-reading avail->idx: a full barrier,
-     * else a buffer the driver adds right now could be missed by both sides
-     * (vhost_enable_notify's smp_mb, pairs with the one in kick_prepare). */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    uint16_t aidx = sh_ld16(avail_idx(m));
-    return aidx != vq->last_avail_idx;
+    return set_notify(vq->event_idx, enable, used_flags(m), VP_VRING_USED_F_NO_NOTIFY,
+                      avail_event(m), avail_idx(m), vq->last_avail_idx);
 }
 
 bool vp_vring_dev_has_avail(struct vp_vring_dev *vq)
@@ -484,21 +500,6 @@ bool vp_vring_drv_set_notify(struct vp_vring_drv *vq, bool enable)
     if (vq->broken)
         return false;
     const struct vp_vring_mem *m = &vq->mem;
-    if (!enable) {
-        /* With EVENT_IDX the driver must keep flags 0 (virtio 1.0 2.4.7.1); a stale
-         * used_event lets through at most one more interrupt. */
-        if (!vq->event_idx)
-            sh_st16(avail_flags(m), VP_VRING_AVAIL_F_NO_INTERRUPT);
-        return false;
-    }
-    if (vq->event_idx)
-        sh_st16(used_event(m), vq->last_used_idx);
-    else
-        sh_st16(avail_flags(m), 0);
-    /* used_event / avail flags store before re-reading used->idx: a full barrier,
-     * else an entry the device publishes right now could be missed by both sides
-     * (virtqueue_enable_cb's virtio_mb, pairs with vp_vring_dev_need_notify). */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    uint16_t uidx = sh_ld16(used_idx(m));
-    return uidx != vq->last_used_idx;
+    return set_notify(vq->event_idx, enable, avail_flags(m), VP_VRING_AVAIL_F_NO_INTERRUPT,
+                      used_event(m), used_idx(m), vq->last_used_idx);
 }
