@@ -84,20 +84,20 @@ static void dp_start(Dp *d, const char *endpoint)
         setsockopt(d->ep, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
         setsockopt(d->ep, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
     }
+    /* guestd runs and the endpoint is connected: nothing in tmp is needed any more,
+     * remove it now so that an aborted test leaves nothing behind. */
+    char *w = g_build_filename(d->tmp, "guestd", NULL);
+    unlink(w);
+    g_free(w);
+    if (d->ep_path)
+        unlink(d->ep_path);
+    rmdir(d->tmp);
 }
 
 static void dp_stop(Dp *d)
 {
     vp_close_fd(&d->ep);
     itest_env_stop(&d->env);
-    if (d->tmp) {
-        char *w = g_build_filename(d->tmp, "guestd", NULL);
-        unlink(w);
-        g_free(w);
-        if (d->ep_path)
-            unlink(d->ep_path);
-        rmdir(d->tmp);
-    }
     g_free(d->tmp);
     g_free(d->ep_path);
     memset(d, 0, sizeof(*d));

@@ -209,5 +209,8 @@ done:
     close(sfd);
     g_free(buf);
     g_free(pending);
+    g_free(server);
+    g_free(tap);
+    g_free(ready);
     return rc;
 }
