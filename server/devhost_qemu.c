@@ -296,18 +296,49 @@ static void on_qmp_event(qmp_client *c, const char *name, JsonObject *data, void
 
 /* ---- plugging --------------------------------------------------------------- */
 
+/* Record a function about to be plugged as op->fn; @gen makes its QEMU ids unique
+ * across re-plugs. */
+static struct qh_fn *fn_new(struct qh_op *op, bool control, uint32_t devfn,
+                            uint32_t ctrl_devfn, unsigned gen)
+{
+    struct qh_fn *fn = g_new0(struct qh_fn, 1);
+
+    fn->control = control;
+    fn->devfn = devfn;
+    fn->ctrl_devfn = ctrl_devfn;
+    fn->state = QH_PLUGGING;
+    fn->qemu_fd = fn->fdset_id = -1;
+    g_snprintf(fn->dev_id, sizeof(fn->dev_id), "vpci-%s%u-%02x", control ? "ctl" : "win",
+               gen, devfn);
+    g_snprintf(fn->backend_id, sizeof(fn->backend_id), "vpci-%s%u-%02x",
+               control ? "chr" : "mem", gen, devfn);
+    g_ptr_array_add(op->h->fns, fn);
+    op->fn = fn;
+    return fn;
+}
+
+/* The head of every answer in a plug chain: true when the chain stops here, either
+ * because the host is being destroyed (the operation was dropped) or because QEMU
+ * refused (the failure is recorded and what was added is taken back). */
+static bool plug_step_failed(struct qh_op *op, const qmp_reply *r)
+{
+    if (op_dropped(op))
+        return true;
+    if (r->ret < 0) {
+        op_fail(op, r->ret, "%s", r->err.msg);
+        teardown_step(op);
+        return true;
+    }
+    return false;
+}
+
 /* Shared by both plug chains: the device_add answer. */
 static void plug_device_added(qmp_client *c, const qmp_reply *r, void *opaque)
 {
     struct qh_op *op = opaque;
     (void)c;
-    if (op_dropped(op))
+    if (plug_step_failed(op, r))
         return;
-    if (r->ret < 0) {
-        op_fail(op, r->ret, "%s", r->err.msg);
-        teardown_step(op);
-        return;
-    }
     op->fn->device_added = true;
     op->fn->state = QH_PLUGGED;
     g_info("qemu host: %s %s plugged at devfn 0x%x", op->what, op->fn->dev_id, op->fn->devfn);
@@ -315,7 +346,11 @@ static void plug_device_added(qmp_client *c, const qmp_reply *r, void *opaque)
     op_finish(op);
 }
 
-static void plug_control_chardev(qmp_client *c, const qmp_reply *r, void *opaque)
+/* Shared by both plug chains: the back end is in (chardev-add of a control function,
+ * object-add of a memory window); device_add the function on it. For a control
+ * function QEMU connected to the endpoint during chardev-add; it reads the set-up
+ * (sent by the endpoint as soon as it accepts) inside this device_add. */
+static void plug_backend_added(qmp_client *c, const qmp_reply *r, void *opaque)
 {
     struct qh_op *op = opaque;
     struct qh_fn *fn = op->fn;
@@ -323,22 +358,17 @@ static void plug_control_chardev(qmp_client *c, const qmp_reply *r, void *opaque
     char addr[16];
     (void)c;
 
-    if (op_dropped(op))
+    if (plug_step_failed(op, r))
         return;
-    if (r->ret < 0) {
-        op_fail(op, r->ret, "%s", r->err.msg);
-        teardown_step(op);
-        return;
-    }
     fn->backend_added = true;
-    /* QEMU connected to the endpoint during chardev-add; it reads the set-up (sent
-     * by the endpoint as soon as it accepts) inside this device_add. */
     pci_addr(fn->devfn, addr);
     a = args_new();
-    json_object_set_string_member(a, "driver", "ivshmem-doorbell");
+    json_object_set_string_member(a, "driver",
+                                  fn->control ? "ivshmem-doorbell" : "ivshmem-plain");
     json_object_set_string_member(a, "id", fn->dev_id);
-    json_object_set_string_member(a, "chardev", fn->backend_id);
-    json_object_set_int_member(a, "vectors", op->nvectors);
+    json_object_set_string_member(a, fn->control ? "chardev" : "memdev", fn->backend_id);
+    if (fn->control)
+        json_object_set_int_member(a, "vectors", op->nvectors);
     json_object_set_string_member(a, "addr", addr);
     qmp_client_execute(op->h->qmp, "device_add", a, plug_device_added, op);
 }
@@ -370,15 +400,7 @@ static void qemu_plug_control(struct vp_devhost *hh, const struct vp_devhost_con
     op->nvectors = MAX(op->nvectors, 2u);   /* peer 0 has two */
 
     gen = ++h->gen;
-    fn = g_new0(struct qh_fn, 1);
-    fn->control = true;
-    fn->devfn = fn->ctrl_devfn = ctl->devfn;
-    fn->state = QH_PLUGGING;
-    fn->qemu_fd = fn->fdset_id = -1;
-    g_snprintf(fn->dev_id, sizeof(fn->dev_id), "vpci-ctl%u-%02x", gen, ctl->devfn);
-    g_snprintf(fn->backend_id, sizeof(fn->backend_id), "vpci-chr%u-%02x", gen, ctl->devfn);
-    g_ptr_array_add(h->fns, fn);
-    op->fn = fn;
+    fn = fn_new(op, true, ctl->devfn, ctl->devfn, gen);
 
     /* The endpoint serves before QEMU is told about it (DESIGN: QEMU spins on an
      * endpoint that is not serving). */
@@ -409,32 +431,7 @@ static void qemu_plug_control(struct vp_devhost *hh, const struct vp_devhost_con
     json_object_set_object_member(a, "backend", backend);
     g_info("qemu host: plugging control function %s at devfn 0x%x (endpoint %s)", fn->dev_id,
            fn->devfn, path);
-    qmp_client_execute(h->qmp, "chardev-add", a, plug_control_chardev, op);
-}
-
-static void plug_window_object(qmp_client *c, const qmp_reply *r, void *opaque)
-{
-    struct qh_op *op = opaque;
-    struct qh_fn *fn = op->fn;
-    JsonObject *a;
-    char addr[16];
-    (void)c;
-
-    if (op_dropped(op))
-        return;
-    if (r->ret < 0) {
-        op_fail(op, r->ret, "%s", r->err.msg);
-        teardown_step(op);
-        return;
-    }
-    fn->backend_added = true;
-    pci_addr(fn->devfn, addr);
-    a = args_new();
-    json_object_set_string_member(a, "driver", "ivshmem-plain");
-    json_object_set_string_member(a, "id", fn->dev_id);
-    json_object_set_string_member(a, "memdev", fn->backend_id);
-    json_object_set_string_member(a, "addr", addr);
-    qmp_client_execute(op->h->qmp, "device_add", a, plug_device_added, op);
+    qmp_client_execute(h->qmp, "chardev-add", a, plug_backend_added, op);
 }
 
 static void plug_window_fd(qmp_client *c, const qmp_reply *r, void *opaque)
@@ -445,14 +442,9 @@ static void plug_window_fd(qmp_client *c, const qmp_reply *r, void *opaque)
     JsonObject *a;
     (void)c;
 
-    if (op_dropped(op))
-        return;
     vp_close_fd(&op->fd);   /* QEMU has its own copy now (or never will) */
-    if (r->ret < 0) {
-        op_fail(op, r->ret, "%s", r->err.msg);
-        teardown_step(op);
+    if (plug_step_failed(op, r))
         return;
-    }
     fn->qemu_fd = r->fd;
     fn->fdset_id = r->fdset_id;
     /* /proc/self/fd/N: memory-backend-file open(2)s mem-path, so /dev/fdset/ does not
@@ -464,7 +456,7 @@ static void plug_window_fd(qmp_client *c, const qmp_reply *r, void *opaque)
     json_object_set_string_member(a, "mem-path", mem_path);
     json_object_set_int_member(a, "size", (gint64)op->size);
     json_object_set_boolean_member(a, "share", TRUE);
-    qmp_client_execute(op->h->qmp, "object-add", a, plug_window_object, op);
+    qmp_client_execute(op->h->qmp, "object-add", a, plug_backend_added, op);
 }
 
 static void qemu_plug_window(struct vp_devhost *hh, uint32_t ctrl_devfn, uint32_t devfn,
@@ -500,15 +492,7 @@ static void qemu_plug_window(struct vp_devhost *hh, uint32_t ctrl_devfn, uint32_
     }
     op->size = size;
     gen = ++h->gen;
-    fn = g_new0(struct qh_fn, 1);
-    fn->devfn = devfn;
-    fn->ctrl_devfn = ctrl_devfn;
-    fn->state = QH_PLUGGING;
-    fn->qemu_fd = fn->fdset_id = -1;
-    g_snprintf(fn->dev_id, sizeof(fn->dev_id), "vpci-win%u-%02x", gen, devfn);
-    g_snprintf(fn->backend_id, sizeof(fn->backend_id), "vpci-mem%u-%02x", gen, devfn);
-    g_ptr_array_add(h->fns, fn);
-    op->fn = fn;
+    fn = fn_new(op, false, devfn, ctrl_devfn, gen);
     g_info("qemu host: plugging memory window %s (%" PRIu64 " bytes) at devfn 0x%x",
            fn->dev_id, size, devfn);
     {
