@@ -7,7 +7,8 @@
  *
  * Back-pressure: a full socket makes tx() answer -EAGAIN (the frame stays in the
  * driver VM's transmit queue); a frame for a port without receive buffers is held
- * (reading stops) and retried from poll(). A frame for no started port, a packet
+ * (reading stops) and retried from poll(), for at most UX_HOLD_NS (so a driver VM
+ * that never posts buffers cannot stall the others). A frame for no started port, a packet
  * shorter than the header or longer than the largest frame is dropped and counted.
  *
  * Security model: the connected process is trusted no more than a driver VM: its
@@ -30,6 +31,8 @@
 #include "net.h"
 
 #define UX_BUDGET 64
+#define UX_HOLD_NS (1000 * 1000 * 1000ULL) /* a port without buffers for this long
+                                               misses the frame (others go on) */
 
 struct ux_ep {
     struct gd_endpoint base;
@@ -38,6 +41,7 @@ struct ux_ep {
     int cfd, cwatch;
     bool held;                    /* buf holds a frame waiting for receive buffers */
     size_t held_len;              /* bytes in buf, header included */
+    uint64_t held_deadline_ns;    /* drop it then */
     uint8_t buf[GD_EP_UNIX_HDR + GD_NET_MAX_FRAME];
 };
 
@@ -103,6 +107,7 @@ static int ux_read(struct ux_ep *u)
         }
         u->held = true;
         u->held_len = (size_t)r;
+        u->held_deadline_ns = gd_now_ns() + UX_HOLD_NS;
         ux_deliver(u);
     }
     if (u->held && u->cwatch)
@@ -181,8 +186,13 @@ static int ux_poll(struct gd_endpoint *ep)
     struct ux_ep *u = ux_of(ep);
     if (!u->held)
         return 0;
-    if (!ux_deliver(u))
-        return 0;
+    if (!ux_deliver(u)) {
+        if (gd_now_ns() < u->held_deadline_ns)
+            return 0;
+        gd_debug("unix endpoint %s: no receive buffers for a held frame: dropped", u->path);
+        ep->drops++;
+        u->held = false;
+    }
     if (u->cwatch)
         gd_loop_mod_fd(ep->loop, u->cwatch, POLLIN);
     return 1 + ux_read(u);

@@ -51,7 +51,7 @@
 /** Pieces a frame may be split into in peer memory (descriptors x regions). */
 #define GD_NET_MAX_IOV 256
 /** Longest sleep of the data path poller when idle. */
-#define GD_NET_MAX_SLEEP_NS (500 * 1000ULL)
+#define GD_NET_MAX_SLEEP_NS (1000 * 1000ULL)
 /** Chains handled per queue per poll before other queues get a turn. */
 #define GD_NET_BUDGET 64
 

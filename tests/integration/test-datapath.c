@@ -703,6 +703,39 @@ static void test_notifications(void)
     dp_stop(&d);
 }
 
+/* Frames that cannot fit are dropped, not delivered truncated, and traffic goes on:
+ * without MRG_RXBUF a frame larger than one receive chain; with it, none. */
+static void test_oversize(void)
+{
+    Dp d;
+    dp_start(&d, "unix");
+    GError *e = NULL;
+    static guint8 buf[65536];
+    gsize len = 0;
+    VnetVm *vm = vm_new(&d, 4 * MiB);
+    VnetFe *fe = fe_new(vm, &(VnetFeConfig){
+        .device_id = 1, .rx_buf_size = 2048, .rx_bufs = 16,
+        .features = (1ULL << VP_VIRTIO_F_VERSION_1) | (1ULL << VP_VIRTIO_F_RING_EVENT_IDX) });
+    g_assert_false(fe->mrg);
+    /* A chain is a 12-byte header descriptor + a 2048-byte data descriptor. */
+    ep_inject(&d, fe, 0, 9000, 2);   /* 12 + 9000 > 2060: dropped */
+    ep_inject(&d, fe, 1, 2048, 2);   /* 12 + 2048 = 2060: fits exactly */
+    ep_inject(&d, fe, 2, 2049, 2);   /* one byte too many: dropped */
+    ep_inject(&d, fe, 3, 60, 2);
+    g_assert_cmpint(vnet_fe_recv(fe, buf, sizeof(buf), &len, TMO, &e), ==, 1);
+    frame_check(buf, len, 2048, 1, 2, "oversize");
+    g_assert_cmpint(vnet_fe_recv(fe, buf, sizeof(buf), &len, TMO, &e), ==, 1);
+    frame_check(buf, len, 60, 3, 2, "oversize");
+    g_assert_no_error(e);
+    QState rq = dp_queue(&d, vm, 1, 0);
+    g_assert_cmpint(rq.packets, ==, 2);
+    g_assert_false(rq.broken);
+    rx_traffic(&d, fe, 100, (const gsize[]){ 60, 1514, 2048 }, 3, 3);
+    vnet_fe_free(fe);
+    vnet_vm_free(vm);
+    dp_stop(&d);
+}
+
 /* MEMORY_INFO(DEL) of the region holding a frontend's rings: guestd stops those queues
  * before it acknowledges; announcing the region again resumes them where they were. */
 static void test_park_resume(void)
@@ -926,6 +959,7 @@ int main(int argc, char **argv)
     g_test_add_func("/datapath/wrap", test_wrap);
     g_test_add_func("/datapath/memory-hotplug-clone", test_memory_hotplug);
     g_test_add_func("/datapath/notifications", test_notifications);
+    g_test_add_func("/datapath/oversize", test_oversize);
     g_test_add_func("/datapath/park-resume", test_park_resume);
     g_test_add_func("/datapath/hostile-frontends", test_hostile);
     return g_test_run();
