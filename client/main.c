@@ -49,6 +49,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <locale.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +73,8 @@
 /* How long GET_FEATURES waits for the server's feature answer before offering the
  * protocol's feature set (the handshake's FEATURE_BITS round settles it later). */
 #define FEATURES_WAIT_MS 3000
+/* Delay between QEMU's start and the handshake, for late SET_VRING_CALLs. */
+#define HANDSHAKE_SETTLE_MS 20
 /* Server reconnection backoff: first retry, ceiling, and how often a still failing
  * reconnection is reported above debug level. */
 #define RECONNECT_MIN_MS 100
@@ -131,6 +134,7 @@ struct daemon {
     bool pos_valid[NQUEUES];      /* positions of DEVICE_INFO_ACK(DEL_DONE) */
     uint16_t pos[NQUEUES];
     guint update_idle;            /* coalesced DEVICE_INFO(ADD) update */
+    guint handshake_timer;        /* settle after the start (HANDSHAKE_SETTLE_MS) */
 
     /* server side */
     VpClient *vpc;                /* NULL while not connected */
@@ -140,6 +144,7 @@ struct daemon {
     gint64 reconnect_reported;
     bool ever_connected;
     bool srv_features_known;
+    bool srv_features_provisional; /* srv_accepted is the fallback, not an answer */
     uint64_t srv_accepted;
     enum fe_state fe;
     bool del_pending;             /* DEVICE_INFO(DEL) outstanding */
@@ -317,10 +322,11 @@ static void on_features_ack(VpClient *c, const VpClientReply *reply, const GErro
         return;
     }
     uint64_t acc = reply->ack.feature_bits & d->offer;
-    if (!d->srv_features_known || acc != d->srv_accepted)
+    if (!d->srv_features_known || d->srv_features_provisional || acc != d->srv_accepted)
         g_message("device VM accepts virtio features 0x%" PRIx64 " of the offered 0x%" PRIx64,
                   acc, d->offer);
     d->srv_features_known = true;
+    d->srv_features_provisional = false;
     d->srv_accepted = acc;
     features_answer_qemu(d, acc, "accepted by the device VM");
 }
@@ -340,6 +346,11 @@ static gboolean on_features_timeout(gpointer data)
     struct daemon *d = data;
     d->features_timer = 0;
     uint64_t f = d->offer & VP_NET_FEATURES;
+    /* Provisional: the next GET_FEATURES gets it at once; the server's answer, when
+     * it comes, replaces it. */
+    d->srv_accepted = f;
+    d->srv_features_known = true;
+    d->srv_features_provisional = true;
     g_warning("no feature answer from the vhost-pci server within %d ms: offering QEMU "
               "0x%" PRIx64 " (the handshake's FEATURE_BITS round settles the final set)",
               FEATURES_WAIT_MS, f);
@@ -456,8 +467,11 @@ static void on_renegotiate(VpClient *c, guint64 offered, guint64 accepted, gpoin
     g_warning("feature renegotiation (spec 1.5.1.1): the device VM's driver accepted 0x%"
               G_GINT64_MODIFIER "x of the negotiated 0x%" G_GINT64_MODIFIER "x; QEMU must "
               "renegotiate the smaller set", accepted, offered);
-    d->srv_accepted = accepted & d->offer;
+    /* Drop the refused bits from what QEMU is offered (bits the device VM accepted
+     * earlier and the guest did not negotiate stay). */
+    d->srv_accepted &= ~(offered & ~accepted);
     d->srv_features_known = true;
+    d->srv_features_provisional = false;
     /* The frontend is restricted to the accepted bits from now on (the next
      * GET_FEATURES offers only them): confirm them as the final set. */
     GError *e = NULL;
@@ -500,6 +514,10 @@ static void on_handshake(VpClient *c, const VpClientHandshake *r, const GError *
 static void srv_handshake(struct daemon *d)
 {
     struct vu_dev *v = vu_dev_of(d);
+    if (d->handshake_timer) {
+        g_source_remove(d->handshake_timer);
+        d->handshake_timer = 0;
+    }
     if (!d->vpc || !v || !d->dev_valid)
         return;
     struct vp_region regions[VP_MAX_REGIONS];
@@ -649,6 +667,23 @@ static void srv_connect(struct daemon *d)
 
 /* ------------------------------ vhost-user callbacks ------------------------------ */
 
+static gboolean handshake_timer_cb(gpointer data)
+{
+    struct daemon *d = data;
+    d->handshake_timer = 0;
+    if (qemu_started(d))
+        srv_handshake(d);
+    return G_SOURCE_REMOVE;
+}
+
+static void cancel_handshake_timer(struct daemon *d)
+{
+    if (d->handshake_timer) {
+        g_source_remove(d->handshake_timer);
+        d->handshake_timer = 0;
+    }
+}
+
 static int cb_get_features(struct vu_dev *v, uint64_t *features, void *opaque)
 {
     struct daemon *d = opaque;
@@ -688,7 +723,13 @@ static void cb_started(struct vu_dev *v, const struct vu_start_info *info, void 
                   "the connection is back");
         return;
     }
-    srv_handshake(d);
+    /* QEMU sends each ring's SET_VRING_CALL right after its SET_VRING_KICK; the core
+     * may start the device in between when the socket runs dry. A short settle lets
+     * the fresh call fd into the first DEVICE_INFO (each new call fd costs the device
+     * VM a doorbell vector, and vectors are never reused). */
+    if (d->handshake_timer)
+        g_source_remove(d->handshake_timer);
+    d->handshake_timer = g_timeout_add(HANDSHAKE_SETTLE_MS, handshake_timer_cb, d);
 }
 
 static void cb_mem_added(struct vu_dev *v, const struct vp_region *r, void *opaque)
@@ -776,6 +817,7 @@ static int cb_get_vring_base(struct vu_dev *v, uint32_t index, uint16_t *last_av
         g_info("GET_VRING_BASE %u: %u (from DEVICE_INFO_ACK(DEL_DONE))", index, *last_avail_idx);
         return 0;
     }
+    cancel_handshake_timer(d); /* stopped before it was registered */
     if (!srv_device_del(d, "QEMU stops the device")) {
         /* The device VM never served this start: the queue did not move. */
         g_info("GET_VRING_BASE %u: %u (the device VM does not serve the queue)", index,
@@ -830,6 +872,7 @@ static const struct vu_dev_ops vu_ops = {
 
 static void qemu_gone(struct daemon *d)
 {
+    cancel_handshake_timer(d);
     if (d->features_timer) {
         g_source_remove(d->features_timer);
         d->features_timer = 0;
@@ -879,6 +922,14 @@ static gboolean drop_qemu_idle(gpointer data)
 
 static void serve_connection(struct daemon *d, int sock)
 {
+    struct vu_dev *old = vu_dev_of(d);
+    if (old && vu_dev_fd(old) >= 0) {
+        /* QEMU reconnecting (reconnect=N) may be accepted before the main loop has
+         * seen the old connection's end: look at it now. */
+        struct pollfd p = { .fd = vu_dev_fd(old), .events = POLLRDHUP };
+        if (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+            vu_dev_fail(old, "the frontend closed the connection (a new one replaces it)");
+    }
     if (d->vu) {
         g_warning("a second vhost-user connection: refused (one frontend per daemon)");
         close(sock);

@@ -31,3 +31,9 @@ E2E_TESTS += $(H7_E2E)
 # ---- h10: the pair with real QEMU (tools/vhost-pci-pair): traffic, memory hot-plug,
 # clone, ADD_FAIL, driver VM shutdown. Boots the pair once for all its cases.
 E2E_TESTS += tests/e2e/test-pair.sh
+
+# ---- h11: a real driver VM whose virtio-net uses vhost-pci-client as its vhost-user
+# backend (server + guestd on the host: --device-host local). `make check` builds the
+# binaries it runs ($(B)/client/vhost-pci-client among them) before the e2e tests.
+E2E_TESTS += tests/e2e/test-driver-vm.sh
+# ---- end of h11 block ----

@@ -38,3 +38,16 @@ $(DP_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Itools/vnet-
 $(DP_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd %/vhost-pci-frontend,$(BINS))
 export VP_B := $(B)
 TESTS += $(DP_ITEST) $(wildcard tests/integration/test-datapath-netns.sh)
+
+# ---- h11: the vhost-pci-client daemon between the scripted QEMU 7.2 frontend and a
+# real server + guestd (tests/integration/test-client-daemon.c) ----
+H11_ITEST := $(B)/tests/integration/test-client-daemon
+$(H11_ITEST): $(B)/tests/integration/test-client-daemon.o $(B)/tests/integration/itest.o \
+              $(B)/tests/integration/vu_frontend.o $(B)/tests/testutil.o \
+              $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+$(H11_ITEST).o: | $(VP_PB_H)
+$(H11_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration
+$(H11_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd %/vhost-pci-ctl %/vhost-pci-client,$(BINS))
+TESTS += $(H11_ITEST)
+# ---- end of h11 block ----
