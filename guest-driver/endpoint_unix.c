@@ -221,7 +221,8 @@ struct gd_endpoint *gd_endpoint_unix_new(struct gd_loop *loop, const char *path,
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (!path[0] || strlen(path) >= sizeof(sa.sun_path)) {
-        vp_fail(err, -EINVAL, "unix endpoint path '%s' is empty or too long", path);
+        vp_fail(err, -EINVAL, "unix endpoint path is empty or too long (%zu bytes, at most %zu): "
+                "%.64s", strlen(path), sizeof(sa.sun_path) - 1, path);
         return NULL;
     }
     struct ux_ep *u = calloc(1, sizeof(*u));

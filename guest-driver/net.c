@@ -102,6 +102,11 @@ static void vq_fail(struct net_vq *vq, const char *fmt, ...) __attribute__((form
 static void vq_fail(struct net_vq *vq, const char *fmt, ...)
 {
     if (fmt) {
+        /* Give back what was used before the bad chain (nothing after it will be). */
+        if (vq->dirty && vq->active) {
+            vp_vring_dev_flush(&vq->vr);
+            vq->dirty = false;
+        }
         char why[sizeof(vq->vr.why)];
         va_list ap;
         va_start(ap, fmt);

@@ -1,0 +1,594 @@
+/*
+ * test-guestd-net.c - vhost-pci-net (guest-driver/net.c) in one process, step by step:
+ * the real control plane and device against a fake bus (control area and one memfd
+ * window in memory, doorbells recorded), the data path with a test endpoint that
+ * records frames, and the driver VM's rings driven with vp_vring's driver side over
+ * the window. Everything runs when the test calls gd_net_poll(), so the event index
+ * and doorbell decisions can be checked exactly.
+ *
+ * Covers: transmit (header skipped, frame gathered across descriptors), receive
+ * (header written, num_buffers, mergeable spanning), used-buffer doorbells only when
+ * vring_need_event says so, kicks asked for only when idle (transmitq) or waiting
+ * for buffers (receiveq), an endpoint's back-pressure (the same frame offered again,
+ * not counted as consumed), DEVICE_INFO(DEL) positions with a held frame and
+ * set-aside receive buffers, endpoint specs.
+ */
+#include <errno.h>
+#include <glib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "controlplane.h"
+#include "device.h"
+#include "endpoint.h"
+#include "guestd-fake.h"
+#include "log.h"
+#include "loop.h"
+#include "net.h"
+#include "testutil.h"
+#include "vp_wire.h"
+
+/* ------------------------------- fake bus ------------------------------- */
+
+#define MAX_BELLS 4096
+
+struct fake_bus {
+    struct gd_bus base;
+    uint8_t *ca;
+    int win_fd;
+    uint64_t win_size;
+    unsigned nbells;
+    uint16_t bells[MAX_BELLS];    /* vectors rung for peer VP_ID_DRIVER_VM */
+};
+
+static struct fake_bus *fb_of(struct gd_bus *b) { return (struct fake_bus *)b; }
+static int fb_start(struct gd_bus *b, vp_error *err) { (void)b; (void)err; return 0; }
+static void fb_sync(struct gd_bus *b) { (void)b; }
+static int fb_control_area(struct gd_bus *b, unsigned slot, void **base, uint64_t *size)
+{
+    if (slot != 0)
+        return -ENOENT;
+    *base = fb_of(b)->ca;
+    *size = VP_CA_SIZE;
+    return 0;
+}
+static int fb_irq_fd(struct gd_bus *b, unsigned slot) { (void)b; (void)slot; return -1; }
+static void fb_irq_ack(struct gd_bus *b, unsigned slot) { (void)b; (void)slot; }
+static int fb_doorbell(struct gd_bus *b, unsigned slot, uint16_t peer, uint16_t vector)
+{
+    (void)slot;
+    struct fake_bus *fb = fb_of(b);
+    if (peer == VP_ID_DRIVER_VM && fb->nbells < MAX_BELLS)
+        fb->bells[fb->nbells++] = vector;
+    return 0;
+}
+static int fb_peer_vectors(struct gd_bus *b, unsigned slot, uint16_t peer)
+{
+    (void)b; (void)slot; (void)peer;
+    return -1;
+}
+static int fb_window_query(struct gd_bus *b, unsigned slot, struct gd_win_id id, uint64_t *size)
+{
+    (void)slot;
+    if (id.devfn != 0x10)
+        return -ENOENT;
+    *size = fb_of(b)->win_size;
+    return 0;
+}
+static int fb_window_map(struct gd_bus *b, unsigned slot, struct gd_win_id id, void *addr,
+                         uint64_t size, vp_error *err)
+{
+    (void)slot;
+    if (id.devfn != 0x10)
+        return vp_fail(err, -ENOENT, "not plugged");
+    void *p = mmap(addr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fb_of(b)->win_fd, 0);
+    return p == MAP_FAILED ? vp_fail(err, -errno, "mmap failed") : 0;
+}
+static void fb_destroy(struct gd_bus *b) { (void)b; }
+
+static const struct gd_bus_ops fake_ops = {
+    .name = "local", .windows_by_devfn = true, .start = fb_start, .sync = fb_sync,
+    .control_area = fb_control_area, .irq_fd = fb_irq_fd, .irq_ack = fb_irq_ack,
+    .doorbell = fb_doorbell, .peer_vectors = fb_peer_vectors,
+    .window_query = fb_window_query, .window_map = fb_window_map, .destroy = fb_destroy,
+};
+
+/* ----------------------------- test endpoint ----------------------------- */
+
+struct cap_ep {
+    struct gd_endpoint base;
+    GPtrArray *frames;            /* GByteArray per frame taken */
+    int refuse;                   /* > 0: answer -EAGAIN that many more times */
+    unsigned offers;              /* tx() calls */
+    struct gd_net_port *last_port;
+};
+
+static int cap_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct iovec *iov,
+                  unsigned niov, size_t len)
+{
+    struct cap_ep *c = (struct cap_ep *)ep;
+    c->offers++;
+    c->last_port = port;
+    if (c->refuse > 0) {
+        c->refuse--;
+        return -EAGAIN;
+    }
+    GByteArray *f = g_byte_array_new();
+    size_t total = 0;
+    for (unsigned i = 0; i < niov; i++) {
+        g_byte_array_append(f, iov[i].iov_base, (guint)iov[i].iov_len);
+        total += iov[i].iov_len;
+    }
+    g_assert_cmpuint(total, ==, len);
+    g_ptr_array_add(c->frames, f);
+    return 0;
+}
+
+static void cap_port_added(struct gd_endpoint *ep, struct gd_net_port *port)
+{
+    ((struct cap_ep *)ep)->last_port = port;
+}
+
+static void cap_port_removed(struct gd_endpoint *ep, struct gd_net_port *port)
+{
+    struct cap_ep *c = (struct cap_ep *)ep;
+    if (c->last_port == port)
+        c->last_port = NULL;
+}
+
+static void cap_free(struct gd_endpoint *ep)
+{
+    struct cap_ep *c = (struct cap_ep *)ep;
+    g_ptr_array_free(c->frames, TRUE);
+    g_free(c);
+}
+
+static const struct gd_endpoint_ops cap_ops = {
+    .name = "capture", .port_added = cap_port_added, .port_removed = cap_port_removed,
+    .tx = cap_tx, .free = cap_free,
+};
+
+/* -------------------------------- fixture -------------------------------- */
+
+#define WIN_SIZE (2ULL << 20)
+#define XGPA 0x100000ULL          /* the window's memory as the driver VM sees it */
+#define QNUM 64
+#define RING(q) (0x1000ULL + 0x4000ULL * (q))  /* offsets in the window */
+#define BUFS 0x20000ULL
+
+struct fx {
+    int fds_before;
+    struct gd_loop *loop;
+    struct gd_cp *cp;
+    struct gd_net *net;
+    struct cap_ep *ep;
+    struct fake_bus bus;
+    struct fk_dev cq;
+    uint8_t *win;                 /* the test's view of the window */
+    struct gd_device *dev;
+    struct vp_vring_drv rx, tx;   /* the driver VM's side */
+    uint64_t features;
+};
+
+static void roundtrip(struct fx *f, struct vp_cq_msg *m, struct vp_cq_msg *ack)
+{
+    uint64_t seq = fk_send(&f->cq, m);
+    gd_device_service(f->dev);
+    g_assert_cmpint(fk_recv_ack(&f->cq, ack), ==, 1);
+    g_assert_cmpuint(ack->seq, ==, seq);
+}
+
+static void add_frontend(struct fx *f, uint16_t lai0, uint16_t lai1)
+{
+    struct vp_cq_msg m, ack;
+    fk_dev_msg(&m, VP_OP_ADD, VP_DEV_NET, 1, 2, XGPA);
+    for (unsigned i = 0; i < 2; i++) {
+        struct vp_cq_virtq *q = &m.u.dev.virtqs[i];
+        q->num = QNUM;
+        q->desc = XGPA + RING(i);
+        q->avail = q->desc + 0x1000;
+        q->used = q->desc + 0x2000;
+        q->last_avail_idx = i ? lai1 : lai0;
+    }
+    roundtrip(f, &m, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_DONE);
+}
+
+static void fx_init(struct fx *f, uint64_t features)
+{
+    memset(f, 0, sizeof(*f));
+    gd_log_set_level(g_test_verbose() ? GD_LOG_DEBUG : GD_LOG_ERROR);
+    f->fds_before = vp_count_open_fds();
+    f->features = features;
+    f->loop = gd_loop_new();
+    f->cp = gd_cp_new(f->loop, &(struct gd_cp_config){ .window_wait_ns = 100000000ULL });
+    f->bus.base = (struct gd_bus){ .ops = &fake_ops, .loop = f->loop, .ev = &gd_cp_bus_events,
+                                   .ev_opaque = f->cp };
+    gd_cp_set_bus(f->cp, &f->bus.base);
+    f->ep = g_new0(struct cap_ep, 1);
+    f->ep->base = (struct gd_endpoint){ .ops = &cap_ops, .loop = f->loop };
+    f->ep->frames = g_ptr_array_new_with_free_func((GDestroyNotify)g_byte_array_unref);
+    f->net = gd_net_new(f->loop, &f->ep->base);
+    gd_cp_set_datapath(f->cp, &gd_net_ops, f->net);
+
+    f->bus.win_size = WIN_SIZE;
+    f->bus.win_fd = vp_test_memfd("win", WIN_SIZE, TRUE);
+    f->win = mmap(NULL, WIN_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, f->bus.win_fd, 0);
+    g_assert_true(f->win != MAP_FAILED);
+    f->bus.ca = mmap(NULL, VP_CA_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    g_assert_true(f->bus.ca != MAP_FAILED);
+    f->cq.ca = f->bus.ca;
+    f->cq.size = VP_CA_SIZE;
+    fk_write_header(f->cq.ca, FK_BAR_SIZE);
+    fk_set_window(f->cq.ca, 0, 0x10, 0, WIN_SIZE);
+    fk_publish_windows(f->cq.ca, 1);
+    gd_cp_bus_events.control_plugged(f->cp, 0);
+    f->dev = gd_cp_device(f->cp, 0);
+    g_assert_nonnull(f->dev);
+    g_assert_false(f->dev->broken);
+    fk_attach(&f->cq);
+
+    struct vp_cq_msg m, ack;
+    fk_mem_msg(&m, VP_OP_ADD, XGPA, WIN_SIZE, 0);
+    roundtrip(f, &m, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_DONE);
+    fk_feature_msg(&m, features);
+    roundtrip(f, &m, &ack);
+    g_assert_cmpuint(ack.u.ack.features, ==, features);
+
+    bool ei = features & (1ULL << VP_VIRTIO_F_RING_EVENT_IDX);
+    for (unsigned i = 0; i < 2; i++) {
+        struct vp_vring_mem mem = { f->win + RING(i), f->win + RING(i) + 0x1000,
+                                    f->win + RING(i) + 0x2000, QNUM };
+        g_assert_cmpint(vp_vring_drv_init(i ? &f->tx : &f->rx, &mem, ei), ==, 0);
+    }
+    add_frontend(f, 0, 0);
+}
+
+static void fx_fini(struct fx *f)
+{
+    gd_cp_free(f->cp);
+    gd_net_free(f->net);
+    vp_vring_drv_destroy(&f->rx);
+    vp_vring_drv_destroy(&f->tx);
+    munmap(f->win, WIN_SIZE);
+    munmap(f->bus.ca, VP_CA_SIZE);
+    vp_close_fd(&f->bus.win_fd);
+    gd_loop_free(f->loop);
+    vp_assert_fds(f->fds_before);
+}
+
+static struct gd_net_port *port(struct fx *f)
+{
+    g_assert_cmpuint(gd_net_nports(f->net), ==, 1);
+    return gd_net_port_at(f->net, 0);
+}
+
+static struct gd_queue *queue(struct fx *f, unsigned qi)
+{
+    struct gd_frontend *fe = gd_device_frontend(f->dev, VP_DEV_NET, 1);
+    g_assert_nonnull(fe);
+    return &fe->queues[qi];
+}
+
+/* Driver VM: transmit @len bytes of @byte (12-byte header first) in @nseg pieces. */
+static void drv_send(struct fx *f, unsigned slot, size_t len, uint8_t byte, unsigned nseg)
+{
+    uint64_t off = BUFS + (uint64_t)slot * 0x4000;
+    memset(f->win + off, 0xee, 12);
+    memset(f->win + off + 12, byte, len);
+    struct vp_vring_seg s[8];
+    size_t total = 12 + len, per = (total + nseg - 1) / nseg;
+    unsigned n = 0;
+    for (size_t done = 0; done < total; done += per) {
+        size_t l = MIN(per, total - done);
+        s[n++] = (struct vp_vring_seg){ XGPA + off + done, (uint32_t)l, false };
+    }
+    g_assert_cmpint(vp_vring_drv_add(&f->tx, s, n, 0, GUINT_TO_POINTER(slot + 1)), ==, 0);
+}
+
+/* Driver VM: post receive buffer @slot of @size bytes (one descriptor). */
+static void drv_post(struct fx *f, unsigned slot, uint32_t size)
+{
+    struct vp_vring_seg s = { XGPA + 0x100000 + (uint64_t)slot * 0x4000, size, true };
+    g_assert_cmpint(vp_vring_drv_add(&f->rx, &s, 0, 1, GUINT_TO_POINTER(slot + 1)), ==, 0);
+}
+
+static uint8_t *rxbuf(struct fx *f, unsigned slot) { return f->win + 0x100000 + slot * 0x4000; }
+
+static uint16_t avail_event(struct fx *f, unsigned qi)
+{
+    /* used ring: flags, idx, ring[num], then avail_event */
+    return vp_get_le16(f->win + RING(qi) + 0x2000 + 4 + 8 * QNUM);
+}
+
+/* --------------------------------- tests --------------------------------- */
+
+static void test_tx(void)
+{
+    struct fx f;
+    fx_init(&f, VP_NET_FEATURES);
+    drv_send(&f, 0, 100, 0x11, 1);
+    drv_send(&f, 1, 1000, 0x22, 3); /* header split over pieces */
+    vp_vring_drv_kick_prepare(&f.tx);
+    g_assert_cmpint(gd_net_poll(f.net), >, 0);
+    g_assert_cmpuint(f.ep->frames->len, ==, 2);
+    GByteArray *a = g_ptr_array_index(f.ep->frames, 0), *b = g_ptr_array_index(f.ep->frames, 1);
+    g_assert_cmpuint(a->len, ==, 100);
+    g_assert_cmpuint(b->len, ==, 1000);
+    for (unsigned i = 0; i < 100; i++)
+        g_assert_cmpuint(a->data[i], ==, 0x11);
+    for (unsigned i = 0; i < 1000; i++)
+        g_assert_cmpuint(b->data[i], ==, 0x22);
+    /* Both used (len 0), one doorbell on the transmitq's vector (1). */
+    void *tok;
+    uint32_t len;
+    g_assert_cmpint(vp_vring_drv_get_used(&f.tx, &tok, &len), ==, 1);
+    g_assert_cmpuint(len, ==, 0);
+    g_assert_cmpint(vp_vring_drv_get_used(&f.tx, &tok, &len), ==, 1);
+    g_assert_cmpuint(f.bus.nbells, ==, 1);
+    g_assert_cmpuint(f.bus.bells[0], ==, 1);
+    g_assert_cmpuint(queue(&f, 1)->packets, ==, 2);
+    g_assert_cmpuint(queue(&f, 1)->bytes, ==, 1100);
+    g_assert_cmpuint(queue(&f, 1)->last_avail_idx, ==, 2);
+    fx_fini(&f);
+}
+
+/* Doorbells follow used_event; kicks are asked for only when idle. */
+static void test_event_idx(void)
+{
+    struct fx f;
+    fx_init(&f, VP_NET_FEATURES);
+    /* The driver wants an interrupt after used entry 3 (used_event = 2 ... crossing). */
+    drv_send(&f, 0, 60, 1, 1);
+    vp_vring_drv_kick_prepare(&f.tx);
+    g_assert_cmpint(gd_net_poll(f.net), >, 0);
+    g_assert_cmpuint(f.bus.nbells, ==, 1); /* the first one always signals */
+    void *tok;
+    uint32_t len;
+    g_assert_cmpint(vp_vring_drv_get_used(&f.tx, &tok, &len), ==, 1);
+    /* Interrupts off (used_event stays 0): no doorbell for the next ones. */
+    for (unsigned i = 0; i < 3; i++)
+        drv_send(&f, i, 60, 1, 1);
+    vp_vring_drv_kick_prepare(&f.tx);
+    g_assert_cmpint(gd_net_poll(f.net), >, 0);
+    g_assert_cmpuint(f.bus.nbells, ==, 1);
+    for (unsigned i = 0; i < 3; i++)
+        g_assert_cmpint(vp_vring_drv_get_used(&f.tx, &tok, &len), ==, 1);
+    /* Interrupts on (used_event = 4): the next used entry rings. */
+    g_assert_false(vp_vring_drv_set_notify(&f.tx, true));
+    drv_send(&f, 0, 60, 1, 1);
+    vp_vring_drv_kick_prepare(&f.tx);
+    g_assert_cmpint(gd_net_poll(f.net), >, 0);
+    g_assert_cmpuint(f.bus.nbells, ==, 2);
+
+    /* Idle poll: kicks asked for at the current position (avail_event = 5)... */
+    while (gd_net_poll(f.net) > 0)
+        ;
+    g_assert_cmpuint(avail_event(&f, 1), ==, 5);
+    /* ...so the driver kicks for the next chain; busy, the device stops asking
+     * (avail_event stays), so the chain after that needs no kick. */
+    drv_send(&f, 1, 60, 1, 1);
+    g_assert_true(vp_vring_drv_kick_prepare(&f.tx));
+    g_assert_cmpint(gd_net_poll(f.net), >, 0);
+    drv_send(&f, 2, 60, 1, 1);
+    g_assert_false(vp_vring_drv_kick_prepare(&f.tx));
+    g_assert_cmpint(gd_net_poll(f.net), >, 0);
+    g_assert_cmpuint(avail_event(&f, 1), ==, 5);
+    g_assert_cmpuint(f.ep->frames->len, ==, 7);
+    fx_fini(&f);
+}
+
+static void test_rx(void)
+{
+    struct fx f;
+    fx_init(&f, VP_NET_FEATURES);
+    uint8_t frame[3000];
+    for (unsigned i = 0; i < sizeof(frame); i++)
+        frame[i] = (uint8_t)(i * 7);
+    struct iovec iov[2] = { { frame, 1000 }, { frame + 1000, 2000 } };
+    /* No buffers: -EAGAIN, and kicks are asked for on the receiveq. */
+    g_assert_cmpint(gd_net_port_rx(port(&f), iov, 2, 3000), ==, -EAGAIN);
+    g_assert_cmpuint(avail_event(&f, 0), ==, 0);
+    g_assert_cmpuint(queue(&f, 0)->packets, ==, 0);
+    /* Two 1024-byte buffers are not enough for header + 3000: still waiting, both set
+     * aside (and not counted as consumed). */
+    drv_post(&f, 0, 1024);
+    drv_post(&f, 1, 1024);
+    g_assert_true(vp_vring_drv_kick_prepare(&f.rx));
+    g_assert_cmpint(gd_net_port_rx(port(&f), iov, 2, 3000), ==, -EAGAIN);
+    gd_net_poll(f.net);
+    g_assert_cmpuint(queue(&f, 0)->last_avail_idx, ==, 0);
+    /* A third and fourth: the frame spans three (12 + 3000 = 3012 > 2048). */
+    drv_post(&f, 2, 1024);
+    drv_post(&f, 3, 1024);
+    vp_vring_drv_kick_prepare(&f.rx);
+    g_assert_cmpint(gd_net_port_rx(port(&f), iov, 2, 3000), ==, 0);
+    gd_net_poll(f.net);
+    void *tok;
+    uint32_t len;
+    uint32_t lens[3];
+    for (unsigned i = 0; i < 3; i++) {
+        g_assert_cmpint(vp_vring_drv_get_used(&f.rx, &tok, &len), ==, 1);
+        g_assert_cmpuint(GPOINTER_TO_UINT(tok), ==, i + 1);
+        lens[i] = len;
+    }
+    g_assert_cmpint(vp_vring_drv_get_used(&f.rx, &tok, &len), ==, 0);
+    g_assert_cmpuint(lens[0], ==, 1024);
+    g_assert_cmpuint(lens[1], ==, 1024);
+    g_assert_cmpuint(lens[2], ==, 3012 - 2048);
+    uint8_t *b0 = rxbuf(&f, 0);
+    static const uint8_t hdr[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0 }; /* num_buffers 3 */
+    g_assert_cmpmem(b0, 12, hdr, 12);
+    g_assert_cmpmem(b0 + 12, 1012, frame, 1012);
+    g_assert_cmpmem(rxbuf(&f, 1), 1024, frame + 1012, 1024);
+    g_assert_cmpmem(rxbuf(&f, 2), 964, frame + 2036, 964);
+    g_assert_cmpuint(queue(&f, 0)->packets, ==, 1);
+    g_assert_cmpuint(queue(&f, 0)->bytes, ==, 3000);
+    /* The fourth buffer is still available (not taken): position 3. */
+    g_assert_cmpuint(queue(&f, 0)->last_avail_idx, ==, 3);
+    g_assert_cmpuint(f.bus.nbells, ==, 1);
+    g_assert_cmpuint(f.bus.bells[0], ==, 0);
+    fx_fini(&f);
+}
+
+/* The endpoint's back-pressure: the frame is offered again, never lost or doubled,
+ * and DEVICE_INFO(DEL) gives back the held chain and the set-aside buffers. */
+static void test_backpressure_and_del(void)
+{
+    struct fx f;
+    fx_init(&f, VP_NET_FEATURES);
+    f.ep->refuse = 3;
+    drv_send(&f, 0, 200, 0x33, 2);
+    drv_send(&f, 1, 300, 0x44, 1);
+    vp_vring_drv_kick_prepare(&f.tx);
+    for (int i = 0; i < 3; i++) {
+        gd_net_poll(f.net);
+        g_assert_cmpuint(f.ep->frames->len, ==, 0);
+        g_assert_cmpuint(queue(&f, 1)->last_avail_idx, ==, 0); /* held, not consumed */
+    }
+    gd_net_poll(f.net);
+    g_assert_cmpuint(f.ep->frames->len, ==, 2);
+    g_assert_cmpuint(f.ep->offers, ==, 5);
+    g_assert_cmpuint(((GByteArray *)g_ptr_array_index(f.ep->frames, 0))->len, ==, 200);
+    g_assert_cmpuint(queue(&f, 1)->last_avail_idx, ==, 2);
+
+    /* Hold one transmit chain and set aside two receive buffers, then DEL. */
+    f.ep->refuse = 100;
+    drv_send(&f, 2, 100, 0x55, 1);
+    vp_vring_drv_kick_prepare(&f.tx);
+    gd_net_poll(f.net);
+    drv_post(&f, 0, 64);
+    drv_post(&f, 1, 64);
+    vp_vring_drv_kick_prepare(&f.rx);
+    uint8_t big[500] = { 0 };
+    struct iovec iov = { big, sizeof(big) };
+    g_assert_cmpint(gd_net_port_rx(port(&f), &iov, 1, sizeof(big)), ==, -EAGAIN);
+    struct vp_cq_msg m, ack;
+    fk_dev_msg(&m, VP_OP_DEL, VP_DEV_NET, 1, 0, 0);
+    roundtrip(&f, &m, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_DEL_DONE);
+    g_assert_cmpuint(ack.u.ack.npos, ==, 2);
+    g_assert_cmpuint(ack.u.ack.pos[0].last_avail_idx, ==, 0); /* both buffers given back */
+    g_assert_cmpuint(ack.u.ack.pos[1].last_avail_idx, ==, 2); /* the held chain too */
+    g_assert_cmpuint(gd_net_nports(f.net), ==, 0);
+
+    /* A new start at those positions sees them again. */
+    f.ep->refuse = 0;
+    add_frontend(&f, 0, 2);
+    gd_net_poll(f.net);
+    g_assert_cmpuint(f.ep->frames->len, ==, 3);
+    g_assert_cmpuint(((GByteArray *)g_ptr_array_index(f.ep->frames, 2))->data[0], ==, 0x55);
+    fx_fini(&f);
+}
+
+/* A broken transmitq: one log line, the receiveq goes on; the device is fine. */
+static void test_broken_queue(void)
+{
+    struct fx f;
+    fx_init(&f, VP_NET_FEATURES);
+    drv_send(&f, 0, 60, 1, 1);
+    /* Second chain points outside the memory table. */
+    struct vp_vring_seg s = { 0x7000000000ULL, 100, false };
+    g_assert_cmpint(vp_vring_drv_add(&f.tx, &s, 1, 0, GUINT_TO_POINTER(9)), ==, 0);
+    vp_vring_drv_kick_prepare(&f.tx);
+    gd_net_poll(f.net);
+    g_assert_true(queue(&f, 1)->broken);
+    g_assert_false(queue(&f, 0)->broken);
+    g_assert_false(f.dev->broken);
+    /* The good chain before it was given back before the queue stopped. */
+    void *tok;
+    uint32_t len;
+    g_assert_cmpint(vp_vring_drv_get_used(&f.tx, &tok, &len), ==, 1);
+    g_assert_cmpuint(f.ep->frames->len, ==, 1);
+    /* Receive still works. */
+    drv_post(&f, 0, 2048);
+    vp_vring_drv_kick_prepare(&f.rx);
+    uint8_t fr[60] = { 1 };
+    struct iovec iov = { fr, sizeof(fr) };
+    g_assert_cmpint(gd_net_port_rx(port(&f), &iov, 1, sizeof(fr)), ==, 0);
+    fx_fini(&f);
+}
+
+/* Without MRG_RXBUF / VERSION_1: 10-byte header, one chain per frame. */
+static void test_legacy_header(void)
+{
+    struct fx f;
+    fx_init(&f, 1ULL << VP_VIRTIO_F_RING_EVENT_IDX);
+    uint8_t fr[100];
+    memset(fr, 0x5a, sizeof(fr));
+    struct iovec iov = { fr, sizeof(fr) };
+    drv_post(&f, 0, 50);          /* too small: the frame is dropped, the buffer kept */
+    vp_vring_drv_kick_prepare(&f.rx);
+    g_assert_cmpint(gd_net_port_rx(port(&f), &iov, 1, sizeof(fr)), ==, -EMSGSIZE);
+    g_assert_cmpint(gd_net_port_rx(port(&f), &iov, 1, 40), ==, 0);
+    gd_net_poll(f.net);
+    void *tok;
+    uint32_t len;
+    g_assert_cmpint(vp_vring_drv_get_used(&f.rx, &tok, &len), ==, 1);
+    g_assert_cmpuint(len, ==, 50);
+    g_assert_cmpuint(rxbuf(&f, 0)[10], ==, 0x5a); /* frame right after 10 bytes */
+    /* Transmit: 10-byte header skipped. */
+    uint64_t off = BUFS;
+    memset(f.win + off, 0, 10);
+    memset(f.win + off + 10, 0x77, 20);
+    struct vp_vring_seg s = { XGPA + off, 30, false };
+    g_assert_cmpint(vp_vring_drv_add(&f.tx, &s, 1, 0, GUINT_TO_POINTER(1)), ==, 0);
+    vp_vring_drv_kick_prepare(&f.tx);
+    gd_net_poll(f.net);
+    GByteArray *a = g_ptr_array_index(f.ep->frames, 0);
+    g_assert_cmpuint(a->len, ==, 20);
+    g_assert_cmpuint(a->data[0], ==, 0x77);
+    fx_fini(&f);
+}
+
+static void test_endpoint_specs(void)
+{
+    int before = vp_count_open_fds();
+    struct gd_loop *loop = gd_loop_new();
+    vp_error err = { { 0 } };
+    g_assert_null(gd_endpoint_new(loop, "bogus", &err));
+    g_assert_nonnull(strstr(err.msg, "unknown endpoint 'bogus'"));
+    g_assert_null(gd_endpoint_new(loop, "tap:", &err));
+    g_assert_nonnull(strstr(err.msg, "empty or longer than"));
+    g_assert_null(gd_endpoint_new(loop, "tap:a-name-much-too-long-for-ifnamsiz", &err));
+    g_assert_nonnull(strstr(err.msg, "empty or longer than"));
+    char path[300];
+    memset(path, 'x', sizeof(path));
+    memcpy(path, "unix:/tmp/", 10);
+    path[sizeof(path) - 1] = 0;
+    g_assert_null(gd_endpoint_new(loop, path, &err));
+    g_assert_nonnull(strstr(err.msg, "too long"));
+    g_assert_null(gd_endpoint_new(loop, "unix:/nonexistent-dir/x.sock", &err));
+    g_assert_nonnull(strstr(err.msg, "/nonexistent-dir/x.sock"));
+    struct gd_endpoint *ep = gd_endpoint_new(loop, "loopback", &err);
+    g_assert_nonnull(ep);
+    g_assert_cmpstr(ep->ops->name, ==, "loopback");
+    gd_endpoint_free(ep);
+    char *dir = g_dir_make_tmp("vp-ep-XXXXXX", NULL);
+    char *spec = g_strdup_printf("unix:%s/ep.sock", dir);
+    ep = gd_endpoint_new(loop, spec, &err);
+    g_assert_nonnull(ep);
+    gd_endpoint_free(ep);
+    char *sock = g_strdup_printf("%s/ep.sock", dir);
+    g_assert_false(g_file_test(sock, G_FILE_TEST_EXISTS)); /* removed at free */
+    g_assert_cmpint(rmdir(dir), ==, 0);
+    g_free(sock);
+    g_free(spec);
+    g_free(dir);
+    gd_loop_free(loop);
+    vp_assert_fds(before);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/guestd-net/tx", test_tx);
+    g_test_add_func("/guestd-net/event-idx", test_event_idx);
+    g_test_add_func("/guestd-net/rx-mergeable", test_rx);
+    g_test_add_func("/guestd-net/backpressure-and-del", test_backpressure_and_del);
+    g_test_add_func("/guestd-net/broken-queue", test_broken_queue);
+    g_test_add_func("/guestd-net/legacy-header", test_legacy_header);
+    g_test_add_func("/guestd-net/endpoint-specs", test_endpoint_specs);
+    return g_test_run();
+}
