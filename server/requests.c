@@ -109,14 +109,7 @@ static void job_reply(struct srv_job *job, const struct vp_ack *ack)
 
 static void fill_ack(struct srv_job *job, struct vp_ack *ack, uint64_t result, const char *reason)
 {
-    memset(ack, 0, sizeof(*ack));
-    ack->result = result;
-    if (reason)
-        g_strlcpy(ack->reason, reason, sizeof(ack->reason));
-    if (job->di) {
-        ack->device_type = job->di->device_type;
-        ack->device_id = job->di->device_id;
-    }
+    srv_ack_fill(ack, result, reason, job->di);
 }
 
 static void job_free(struct srv_job *job)
@@ -240,9 +233,14 @@ static gboolean job_timeout(gpointer data)
 /* Requests a device queues at most (each may hold up to VP_MAX_FDS fds). */
 #define MAX_QUEUED_JOBS 64
 
-static bool jobs_full(struct srv_device *dev)
+/* Does @dev's queue hold MAX_QUEUED_JOBS already? Then the reason is in @err. */
+static bool jobs_full(struct srv_device *dev, vp_error *err)
 {
-    return g_queue_get_length(&dev->jobs) >= MAX_QUEUED_JOBS;
+    if (g_queue_get_length(&dev->jobs) < MAX_QUEUED_JOBS)
+        return false;
+    vp_fail(err, -EBUSY, "too many requests queued for this vhost-pci device (%d)",
+            MAX_QUEUED_JOBS);
+    return true;
 }
 
 static struct srv_job *job_new(struct srv_device *dev, enum job_kind kind, uint64_t session_id,
@@ -294,6 +292,35 @@ bool srv_jobs_waiting_reneg(struct srv_device *dev)
 static const char *driver_reason(const struct vp_cq_msg *ack, const char *dflt)
 {
     return ack->u.ack.reason[0] ? ack->u.ack.reason : dflt;
+}
+
+/* Fail @job when its device needs reset (nothing can be sent on its controlq); true
+ * when it did. */
+static bool job_fail_if_broken(struct srv_job *job)
+{
+    struct srv_device *dev = job->dev;
+    if (!dev->broken)
+        return false;
+    job_fail(job, "vhost-pci device needs reset: %s", dev->broken_reason);
+    return true;
+}
+
+/* The head of a job's controlq ACK handler: when the message was not delivered
+ * (@fail) or the guest driver answered other than @done, undo what the job did
+ * (@rollback, may be NULL) and fail the job with the driver's reason, else
+ * @refused. True when the job was failed. */
+static bool job_ack_failed(struct srv_job *job, const struct vp_cq_msg *ack, const char *fail,
+                           uint64_t done, const char *refused,
+                           void (*rollback)(struct srv_job *))
+{
+    if (!fail && ack->u.ack.result == done)
+        return false;
+    char why[300];
+    g_strlcpy(why, fail ? fail : driver_reason(ack, refused), sizeof(why));
+    if (rollback)
+        rollback(job);
+    job_fail(job, "%s", why);
+    return true;
 }
 
 static int find_region(struct srv_device *dev, uint64_t gpa)
@@ -369,6 +396,27 @@ static void cq_dev_msg(struct vp_cq_msg *m, const struct srv_frontend *fe, uint1
     }
 }
 
+/* Send DEVICE_INFO(@op) of @fe on @dev's controlq. */
+static void cq_dev_submit(struct srv_device *dev, const struct srv_frontend *fe, uint16_t op,
+                          srv_cq_done_fn done, void *opaque)
+{
+    struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
+    cq_dev_msg(m, fe, op);
+    srv_cq_submit(dev, m, done, opaque);
+    g_free(m);
+}
+
+/* Send FEATURE_BITS(@bits) on @dev's controlq. */
+static void cq_features_submit(struct srv_device *dev, uint64_t bits, srv_cq_done_fn done,
+                               void *opaque)
+{
+    struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
+    m->type = VP_MSG_FEATURE_BITS;
+    m->u.features = bits;
+    srv_cq_submit(dev, m, done, opaque);
+    g_free(m);
+}
+
 /* Are two fds the same open file (kcmp KCMP_FILE)? False when unsure. */
 static bool same_open_file(int a, int b)
 {
@@ -403,6 +451,41 @@ static struct srv_frontend *frontend_copy(const struct srv_frontend *fe)
 
 /* ------------------------------ MEMORY_INFO(ADD) ------------------------------ */
 
+/* The fd of the plan's new window @n: taken from the first kept region placed in it
+ * that still has one (the window owns it from now on); -1 when none. */
+static int take_new_window_fd(struct vp_memory_info *mi, const struct srv_add_plan *plan,
+                              const unsigned *keep, unsigned nkeep, unsigned n)
+{
+    int fd = -1;
+    for (unsigned k = 0; k < nkeep && fd < 0; k++) {
+        if (plan->region_win[k] == -1 - (int)n) {
+            fd = mi->regions[keep[k]].fd;
+            mi->regions[keep[k]].fd = -1;  /* handed to the window */
+        }
+    }
+    return fd;
+}
+
+/* Enter the kept regions of @mi into @d's table: a region the plan puts in old window
+ * i goes into d's window oldidx[i], one in new window n into newidx[n]. With @job,
+ * each region's gpa is recorded for a rollback. */
+static void table_add_kept(struct srv_device *d, const struct vp_memory_info *mi,
+                           const struct srv_add_plan *plan, const unsigned *keep,
+                           unsigned nkeep, const int *oldidx, const int *newidx,
+                           struct srv_job *job)
+{
+    for (unsigned k = 0; k < nkeep; k++) {
+        const struct vp_region *r = &mi->regions[keep[k]];
+        int w = plan->region_win[k] >= 0 ? oldidx[plan->region_win[k]]
+                                         : newidx[-1 - plan->region_win[k]];
+        d->regions[d->nregions++] = (struct srv_region){ r->gpa, r->size, r->mmap_offset,
+                                                         (unsigned)w };
+        d->wins[w].refs++;
+        if (job)
+            job->added_gpa[job->nadded++] = r->gpa;
+    }
+}
+
 static void mem_add_rollback(struct srv_job *job)
 {
     struct srv_device *dev = job->dev;
@@ -422,15 +505,10 @@ static void mem_add_acked(struct srv_device *dev, void *opaque, const struct vp_
 {
     struct srv_job *job = opaque;
     (void)dev;
-    if (fail) {
-        mem_add_rollback(job);
-        job_fail(job, "%s", fail);
-    } else if (ack->u.ack.result == VP_ACK_ADD_DONE) {
-        job_finish(job, VP_ACK_ADD_DONE, NULL, NULL);
-    } else {
-        mem_add_rollback(job);
-        job_fail(job, "%s", driver_reason(ack, "the guest driver refused the memory"));
-    }
+    if (job_ack_failed(job, ack, fail, VP_ACK_ADD_DONE, "the guest driver refused the memory",
+                       mem_add_rollback))
+        return;
+    job_finish(job, VP_ACK_ADD_DONE, NULL, NULL);
 }
 
 static void mem_add_send(struct srv_job *job)
@@ -443,7 +521,7 @@ static void mem_add_send(struct srv_job *job)
     }
     if (dev->broken) {
         mem_add_rollback(job);
-        job_fail(job, "vhost-pci device needs reset: %s", dev->broken_reason);
+        job_fail_if_broken(job);
         return;
     }
     srv_device_write_windows(dev);
@@ -481,10 +559,8 @@ static void mem_add_start(struct srv_job *job)
     struct vp_memory_info *mi = job->mi;
     vp_error err = { "" };
 
-    if (dev->broken) {
-        job_fail(job, "vhost-pci device needs reset: %s", dev->broken_reason);
+    if (job_fail_if_broken(job))
         return;
-    }
     struct srv_file_id files[VP_MAX_REGIONS];
     unsigned keep[VP_MAX_REGIONS], nkeep = 0;
     for (unsigned i = 0; i < mi->nregions; i++) {
@@ -568,13 +644,7 @@ static void mem_add_start(struct srv_job *job)
     }
     int newidx[VP_MAX_WINDOWS];
     for (unsigned n = 0; n < plan->nnew; n++) {
-        int fd = -1;
-        for (unsigned k = 0; k < nkeep && fd < 0; k++) {
-            if (plan->region_win[k] == -1 - (int)n) {
-                fd = mi->regions[keep[k]].fd;
-                mi->regions[keep[k]].fd = -1;  /* handed to the window */
-            }
-        }
+        int fd = take_new_window_fd(mi, plan, keep, nkeep, n);
         job->waiting++;
         newidx[n] = srv_device_add_window(dev, &plan->newwin[n], fd, plan->new_offset[n],
                                           mem_plug_done, job, &err);
@@ -586,17 +656,8 @@ static void mem_add_start(struct srv_job *job)
             }
         }
     }
-    if (!job->failed) {
-        for (unsigned k = 0; k < nkeep; k++) {
-            const struct vp_region *r = &mi->regions[keep[k]];
-            int w = plan->region_win[k] >= 0 ? oldmap[plan->region_win[k]]
-                                             : newidx[-1 - plan->region_win[k]];
-            dev->regions[dev->nregions++] = (struct srv_region){ r->gpa, r->size,
-                                                                 r->mmap_offset, (unsigned)w };
-            dev->wins[w].refs++;
-            job->added_gpa[job->nadded++] = r->gpa;
-        }
-    }
+    if (!job->failed)
+        table_add_kept(dev, mi, plan, keep, nkeep, oldmap, newidx, job);
     g_free(plan);
     mem_plug_done(dev, job, 0, "");  /* drop the hold */
 }
@@ -639,10 +700,7 @@ static void clone_fail(struct srv_job *job, const char *why)
                 continue;
             for (uint32_t q = 0; q < ofe->nvirtqs; q++)
                 ofe->virtqs[q].last_avail_idx = nfe->virtqs[q].last_avail_idx;
-            struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
-            cq_dev_msg(m, ofe, VP_OP_ADD);
-            srv_cq_submit(dev, m, clone_replay_acked, NULL);
-            g_free(m);
+            cq_dev_submit(dev, ofe, VP_OP_ADD, clone_replay_acked, NULL);
         }
     }
     clone_cleanup(job);
@@ -791,12 +849,9 @@ static void clone_progress(struct srv_job *job)
         if (dev->driver_ok && !dev->broken) {
             c->waiting++;  /* hold */
             for (guint i = 0; i < dev->frontends->len; i++) {
-                struct srv_frontend *fe = g_ptr_array_index(dev->frontends, i);
-                struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
-                cq_dev_msg(m, fe, VP_OP_DEL);
                 c->waiting++;
-                srv_cq_submit(dev, m, clone_del_acked, job);
-                g_free(m);
+                cq_dev_submit(dev, g_ptr_array_index(dev->frontends, i), VP_OP_DEL,
+                              clone_del_acked, job);
             }
             clone_step_done(job, false, NULL, false);  /* drop the hold */
             return;
@@ -812,19 +867,16 @@ static void clone_progress(struct srv_job *job)
             cq_add_region(nd, m, &nd->regions[i]);
         c->waiting++;
         srv_cq_submit(nd, m, clone_replay_acked, job);
+        g_free(m);
         if (nd->feat_state != FEAT_NONE) {
-            memset(m, 0, sizeof(*m));
-            m->type = VP_MSG_FEATURE_BITS;
-            m->u.features = nd->features_accepted;
             c->waiting++;
-            srv_cq_submit(nd, m, clone_replay_acked, job);
+            cq_features_submit(nd, nd->features_accepted, clone_replay_acked, job);
         }
         for (guint i = 0; i < nd->frontends->len; i++) {
-            cq_dev_msg(m, g_ptr_array_index(nd->frontends, i), VP_OP_ADD);
             c->waiting++;
-            srv_cq_submit(nd, m, clone_replay_acked, job);
+            cq_dev_submit(nd, g_ptr_array_index(nd->frontends, i), VP_OP_ADD,
+                          clone_replay_acked, job);
         }
-        g_free(m);
         clone_step_done(job, false, NULL, false);  /* drop the hold */
         return;
     }
@@ -874,13 +926,7 @@ static void clone_start(struct srv_job *job, const struct srv_add_plan *plan,
             clone_step_done(job, true, err.msg, true);
     }
     for (unsigned n = 0; n < plan->nnew; n++) {
-        int fd = -1;
-        for (unsigned k = 0; k < nkeep && fd < 0; k++) {
-            if (plan->region_win[k] == -1 - (int)n) {
-                fd = mi->regions[keep[k]].fd;
-                mi->regions[keep[k]].fd = -1;
-            }
-        }
+        int fd = take_new_window_fd(mi, plan, keep, nkeep, n);
         c->waiting++;
         map_new[n] = srv_device_add_window(nd, &plan->newwin[n], fd, plan->clone_offset[nold + n],
                                            clone_plug_done, job, &err);
@@ -897,14 +943,7 @@ static void clone_start(struct srv_job *job, const struct srv_add_plan *plan,
             nd->regions[nd->nregions++] = r;
             nd->wins[r.win].refs++;
         }
-        for (unsigned k = 0; k < nkeep; k++) {
-            const struct vp_region *r = &mi->regions[keep[k]];
-            int w = plan->region_win[k] >= 0 ? map_old[plan->region_win[k]]
-                                             : map_new[-1 - plan->region_win[k]];
-            nd->regions[nd->nregions++] = (struct srv_region){ r->gpa, r->size, r->mmap_offset,
-                                                               (unsigned)w };
-            nd->wins[w].refs++;
-        }
+        table_add_kept(nd, mi, plan, keep, nkeep, map_old, map_new, NULL);
     }
     if (job->clone)
         clone_step_done(job, false, NULL, false);  /* drop the hold */
@@ -916,14 +955,9 @@ static void mem_del_acked(struct srv_device *dev, void *opaque, const struct vp_
                           const char *fail)
 {
     struct srv_job *job = opaque;
-    if (fail) {
-        job_fail(job, "%s", fail);
+    if (job_ack_failed(job, ack, fail, VP_ACK_DEL_DONE,
+                       "the guest driver refused to remove the memory", NULL))
         return;
-    }
-    if (ack->u.ack.result != VP_ACK_DEL_DONE) {
-        job_fail(job, "%s", driver_reason(ack, "the guest driver refused to remove the memory"));
-        return;
-    }
     for (unsigned i = 0; i < job->mi->nregions; i++)
         remove_region(dev, job->mi->regions[i].gpa);
     srv_device_drop_unused_windows(dev);
@@ -934,10 +968,8 @@ static void mem_del_start(struct srv_job *job)
 {
     struct srv_device *dev = job->dev;
     struct vp_memory_info *mi = job->mi;
-    if (dev->broken) {
-        job_fail(job, "vhost-pci device needs reset: %s", dev->broken_reason);
+    if (job_fail_if_broken(job))
         return;
-    }
     struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
     cq_mem_msg(m, VP_OP_DEL);
     for (unsigned i = 0; i < mi->nregions; i++) {
@@ -1005,15 +1037,9 @@ static void features_acked(struct srv_device *dev, void *opaque, const struct vp
 static void features_start(struct srv_job *job)
 {
     struct srv_device *dev = job->dev;
-    if (dev->broken) {
-        job_fail(job, "vhost-pci device needs reset: %s", dev->broken_reason);
+    if (job_fail_if_broken(job))
         return;
-    }
-    struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
-    m->type = VP_MSG_FEATURE_BITS;
-    m->u.features = job->features;
-    srv_cq_submit(dev, m, features_acked, job);
-    g_free(m);
+    cq_features_submit(dev, job->features, features_acked, job);
 }
 
 /* ------------------------------ DEVICE_INFO(ADD) ------------------------------ */
@@ -1041,14 +1067,9 @@ static void dev_add_acked(struct srv_device *dev, void *opaque, const struct vp_
                           const char *fail)
 {
     struct srv_job *job = opaque;
-    if (fail || ack->u.ack.result != VP_ACK_ADD_DONE) {
-        char why[300];
-        g_strlcpy(why, fail ? fail : driver_reason(ack, "the guest driver refused the device"),
-                  sizeof(why));
-        dev_add_rollback(job);
-        job_fail(job, "%s", why);
+    if (job_ack_failed(job, ack, fail, VP_ACK_ADD_DONE, "the guest driver refused the device",
+                       dev_add_rollback))
         return;
-    }
     struct srv_frontend *fe = job->new_fe;
     /* Vectors of queues the new info no longer has (with a call fd) go. */
     for (int v = 0; v < VP_MAX_VECTORS; v++) {
@@ -1075,10 +1096,8 @@ static void dev_add_start(struct srv_job *job)
     struct srv_device *dev = job->dev;
     struct vp_device_info *di = job->di;
     vp_error err = { "" };
-    if (dev->broken) {
-        job_fail(job, "vhost-pci device needs reset: %s", dev->broken_reason);
+    if (job_fail_if_broken(job))
         return;
-    }
     for (uint32_t i = 0; i < di->nvirtqs; i++) {
         const struct vp_virtq *q = &di->virtqs[i];
         const struct { const char *name; uint64_t gpa, len; } rings[3] = {
@@ -1148,10 +1167,7 @@ static void dev_add_start(struct srv_job *job)
         job_fail(job, "cannot announce the call eventfds: %s", err.msg);
         return;
     }
-    struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
-    cq_dev_msg(m, fe, VP_OP_ADD);
-    srv_cq_submit(dev, m, dev_add_acked, job);
-    g_free(m);
+    cq_dev_submit(dev, fe, VP_OP_ADD, dev_add_acked, job);
 }
 
 /* ------------------------------ DEVICE_INFO(DEL) ------------------------------ */
@@ -1160,14 +1176,9 @@ static void dev_del_acked(struct srv_device *dev, void *opaque, const struct vp_
                           const char *fail)
 {
     struct srv_job *job = opaque;
-    if (fail) {
-        job_fail(job, "%s", fail);
+    if (job_ack_failed(job, ack, fail, VP_ACK_DEL_DONE,
+                       "the guest driver refused to remove the device", NULL))
         return;
-    }
-    if (ack->u.ack.result != VP_ACK_DEL_DONE) {
-        job_fail(job, "%s", driver_reason(ack, "the guest driver refused to remove the device"));
-        return;
-    }
     struct vp_ack a;
     fill_ack(job, &a, VP_ACK_DEL_DONE, NULL);
     a.npositions = MIN(ack->u.ack.npos, (uint32_t)VP_MAX_VIRTQS);
@@ -1195,14 +1206,9 @@ static void dev_del_start(struct srv_job *job)
                  vp_device_type_name(di->device_type), di->device_id);
         return;
     }
-    if (dev->broken) {
-        job_fail(job, "vhost-pci device needs reset: %s", dev->broken_reason);
+    if (job_fail_if_broken(job))
         return;
-    }
-    struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
-    cq_dev_msg(m, fe, VP_OP_DEL);
-    srv_cq_submit(dev, m, dev_del_acked, job);
-    g_free(m);
+    cq_dev_submit(dev, fe, VP_OP_DEL, dev_del_acked, job);
 }
 
 /* ------------------------------ dispatch ------------------------------ */
@@ -1244,24 +1250,6 @@ static void job_start(struct srv_job *job)
 
 /* ------------------------------ socket requests ------------------------------ */
 
-static void reply_now(struct srv_session *s, uint16_t type, uint64_t seq, uint64_t result,
-                      const char *reason, const struct vp_device_info *di)
-{
-    struct vp_ack a;
-    memset(&a, 0, sizeof(a));
-    a.result = result;
-    if (reason)
-        g_strlcpy(a.reason, reason, sizeof(a.reason));
-    if (di) {
-        a.device_type = di->device_type;
-        a.device_id = di->device_id;
-    }
-    if (reason)
-        g_message("client %s: %s seq %" PRIu64 " -> %s: %s", s->uuid_str,
-                  vp_msg_type_name(type), seq, vp_ack_result_name(result), reason);
-    srv_reply(s->srv, s->id, type, seq, &a);
-}
-
 int srv_req_memory_info(struct srv_session *s, struct vp_msg *msg, vp_error *err)
 {
     struct vp_server *srv = s->srv;
@@ -1290,11 +1278,8 @@ int srv_req_memory_info(struct srv_session *s, struct vp_msg *msg, vp_error *err
         }
     }
     struct srv_device *dev = srv_device_lookup(srv, s->uuid);
-    if (dev && jobs_full(dev)) {
-        vp_fail(&verr, -EBUSY, "too many requests queued for this vhost-pci device (%d)",
-                MAX_QUEUED_JOBS);
+    if (dev && jobs_full(dev, &verr))
         goto reject;
-    }
     if (!dev && mi->op == VP_OP_DEL) {
         vp_fail(&verr, -ENODEV, "no vhost-pci device for this client_uuid");
         goto reject;
@@ -1314,7 +1299,7 @@ int srv_req_memory_info(struct srv_session *s, struct vp_msg *msg, vp_error *err
 reject:
     vp_memory_info_close_fds(mi);
     g_free(mi);
-    reply_now(s, VP_MSG_MEMORY_INFO_ACK, seq, fail, verr.msg, NULL);
+    srv_reply_now(s, VP_MSG_MEMORY_INFO_ACK, seq, fail, verr.msg, NULL);
     return 0;
 }
 
@@ -1339,11 +1324,8 @@ int srv_req_device_info(struct srv_session *s, struct vp_msg *msg, vp_error *err
                 "MEMORY_INFO(ADD) first");
         goto reject;
     }
-    if (jobs_full(dev)) {
-        vp_fail(&verr, -EBUSY, "too many requests queued for this vhost-pci device (%d)",
-                MAX_QUEUED_JOBS);
+    if (jobs_full(dev, &verr))
         goto reject;
-    }
     struct srv_job *job = job_new(dev, di->op == VP_OP_ADD ? JOB_DEV_ADD : JOB_DEV_DEL, s->id, seq);
     job->di = di;
     job_enqueue(job);
@@ -1351,7 +1333,7 @@ int srv_req_device_info(struct srv_session *s, struct vp_msg *msg, vp_error *err
 
 reject:
     vp_device_info_close_fds(di);
-    reply_now(s, VP_MSG_DEVICE_INFO_ACK, seq, fail, verr.msg, di);
+    srv_reply_now(s, VP_MSG_DEVICE_INFO_ACK, seq, fail, verr.msg, di);
     g_free(di);
     return 0;
 }
@@ -1366,20 +1348,17 @@ int srv_req_feature_bits(struct srv_session *s, struct vp_msg *msg, vp_error *er
     if (!dev) {
         /* DESIGN 4, feature timing: no device yet, answer with what guestd supports. */
         struct vp_ack a;
-        memset(&a, 0, sizeof(a));
-        a.result = VP_ACK_ADD_DONE;
+        srv_ack_fill(&a, VP_ACK_ADD_DONE, NULL, NULL);
         a.feature_bits = bits & VP_NET_FEATURES;
         g_info("client %s: FEATURE_BITS 0x%" PRIx64 " before any device: accepted 0x%" PRIx64,
                s->uuid_str, bits, a.feature_bits);
         srv_reply(s->srv, s->id, VP_MSG_FEATURE_BITS_ACK, msg->hdr.seq, &a);
         return 0;
     }
-    if (jobs_full(dev)) {
+    vp_error verr = { "" };
+    if (jobs_full(dev, &verr)) {
         struct vp_ack a;
-        memset(&a, 0, sizeof(a));
-        a.result = VP_ACK_ADD_FAIL;
-        g_snprintf(a.reason, sizeof(a.reason),
-                   "too many requests queued for this vhost-pci device (%d)", MAX_QUEUED_JOBS);
+        srv_ack_fill(&a, VP_ACK_ADD_FAIL, verr.msg, NULL);
         srv_reply(s->srv, s->id, VP_MSG_FEATURE_BITS_ACK, msg->hdr.seq, &a);
         return 0;
     }
@@ -1443,12 +1422,8 @@ int srv_req_feature_bits_ack(struct srv_session *s, struct vp_msg *msg, vp_error
     /* The frontend settled on fewer bits than the driver accepted: tell the driver
      * (no socket reply: FEATURE_BITS_ACK from a client is not answered). */
     head->reneg_relaying = true;
-    struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
-    m->type = VP_MSG_FEATURE_BITS;
-    m->u.features = ack.feature_bits;
     head->features = ack.feature_bits;
-    srv_cq_submit(dev, m, reneg_relay_acked, head);
-    g_free(m);
+    cq_features_submit(dev, ack.feature_bits, reneg_relay_acked, head);
     return 0;
 }
 

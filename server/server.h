@@ -105,6 +105,16 @@ unsigned srv_sessions_of_uuid(struct vp_server *srv, const uint8_t *uuid);
 void srv_reply(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64_t seq,
                const struct vp_ack *ack);
 
+/** Fill @ack: @result, @reason (may be NULL: none; truncated to fit) and, with @di,
+ *  its device_type and device_id; every other field 0. */
+void srv_ack_fill(struct vp_ack *ack, uint64_t result, const char *reason,
+                  const struct vp_device_info *di);
+
+/** Answer a request of session @s at once with an ACK of @type (result, reason, @di
+ *  as for srv_ack_fill), logging the reason when there is one. */
+void srv_reply_now(struct srv_session *s, uint16_t type, uint64_t seq, uint64_t result,
+                   const char *reason, const struct vp_device_info *di);
+
 /* ------------------------------ devices ------------------------------ */
 
 enum srv_win_state { WIN_PLUGGING, WIN_PLUGGED };

@@ -209,6 +209,30 @@ void srv_reply(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64
     }
 }
 
+void srv_ack_fill(struct vp_ack *ack, uint64_t result, const char *reason,
+                  const struct vp_device_info *di)
+{
+    memset(ack, 0, sizeof(*ack));
+    ack->result = result;
+    if (reason)
+        g_strlcpy(ack->reason, reason, sizeof(ack->reason));
+    if (di) {
+        ack->device_type = di->device_type;
+        ack->device_id = di->device_id;
+    }
+}
+
+void srv_reply_now(struct srv_session *s, uint16_t type, uint64_t seq, uint64_t result,
+                   const char *reason, const struct vp_device_info *di)
+{
+    struct vp_ack a;
+    srv_ack_fill(&a, result, reason, di);
+    if (reason)
+        g_message("client %s: %s seq %" PRIu64 " -> %s: %s", s->uuid_str,
+                  vp_msg_type_name(type), seq, vp_ack_result_name(result), reason);
+    srv_reply(s->srv, s->id, type, seq, &a);
+}
+
 /* Answer a rejected DEVICE_INFO: decode just enough to echo op and device. */
 static int reject_with_ack(struct srv_session *s, struct vp_msg *msg, const char *why,
                            vp_error *err)
@@ -223,15 +247,8 @@ static int reject_with_ack(struct srv_session *s, struct vp_msg *msg, const char
         return r;
     }
     vp_device_info_close_fds(di);
-    struct vp_ack a;
-    memset(&a, 0, sizeof(a));
-    a.result = di->op == VP_OP_DEL ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL;
-    a.device_type = di->device_type;
-    a.device_id = di->device_id;
-    g_strlcpy(a.reason, why, sizeof(a.reason));
-    g_message("client %s: DEVICE_INFO seq %" PRIu64 " -> %s: %s", s->uuid_str, msg->hdr.seq,
-              vp_ack_result_name(a.result), why);
-    srv_reply(s->srv, s->id, VP_MSG_DEVICE_INFO_ACK, msg->hdr.seq, &a);
+    srv_reply_now(s, VP_MSG_DEVICE_INFO_ACK, msg->hdr.seq,
+                  di->op == VP_OP_DEL ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL, why, di);
     g_free(di);
     return 0;
 }
