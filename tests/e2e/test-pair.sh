@@ -144,14 +144,17 @@ if need_pair "traffic after the hot-plug"; then
 fi
 if need_pair "hot-unplug removes the window after DEL_DONE"; then
     t0=$(now_ms)
+    mdels0=$(grep -c 'MEMORY_INFO(DEL) -> DEL_DONE' "$run/server.log")
     if [ -z "$dimm" ]; then
         not_ok "hot-unplug removes the window after DEL_DONE" "no hot-plugged dimm (case 6 failed)"
     elif ! out=$("${pair[@]}" hotplug-mem --remove "$dimm" 2>&1); then
         not_ok "hot-unplug removes the window after DEL_DONE" "$out" "$(state)"
-    elif wait_for "$T" windows_are "$w0"; then
-        ok "hot-unplug $dimm: DEVICE_DELETED, windows back to $w0 in server and guestd ($(secs "$t0") s)"
-    else
+    elif ! wait_for "$T" windows_are "$w0"; then
         not_ok "hot-unplug removes the window after DEL_DONE" "$(state)"
+    elif [ "$(grep -c 'MEMORY_INFO(DEL) -> DEL_DONE' "$run/server.log")" -gt "$mdels0" ]; then
+        ok "hot-unplug $dimm: DEVICE_DELETED, MEMORY_INFO(DEL) -> DEL_DONE (server.log), windows back to $w0 in server and guestd ($(secs "$t0") s)"
+    else
+        not_ok "hot-unplug removes the window after DEL_DONE" "no new 'MEMORY_INFO(DEL) -> DEL_DONE' in server.log"
     fi
 fi
 
@@ -162,17 +165,19 @@ cloned() {
     [[ "$c" =~ ^[0-9]+$ ]] && [ "$c" -ge 1 ] && [ "$s" != "$slot0" ] &&
     [ "$(srv '.devices | length')" = 1 ] &&
     [ "$(gd '.devices | length')" = 1 ] &&
-    [ "$(gd '.devices[0].bar_size')" = "$(srv '.devices[0].bar_size')" ]
+    [ "$(gd '.devices[0].bar_size')" = "$(srv '.devices[0].bar_size')" ] &&
+    [[ " $(dev_functions) " != *" $old_fn "* ]]
 }
 if need_pair "hot-plug beyond the logical BAR clones the device"; then
     t0=$(now_ms)
     # bar_size is pow2ceil(2 x RAM); a window of that size cannot be placed next to RAM.
     big=$(( bar0 > 0 ? bar0 : 1 << 30 ))
+    old_fn=$(printf '0000:00:%02x.%d' $((slot0 >> 3)) $((slot0 & 7)))
     if ! out=$("${pair[@]}" hotplug-mem "$big" 2>&1); then
         not_ok "hot-plug beyond the logical BAR clones the device" "$out"
     elif wait_for "$T" cloned; then
         fns=$(dev_functions)
-        ok "hot-plug $((big >> 20)) MiB ($out) beyond bar_size $bar0: cloned, slot $slot0 -> $(srv '.devices[0].slot'), bar_size $(srv '.devices[0].bar_size'), device VM functions now: $fns ($(secs "$t0") s)"
+        ok "hot-plug $((big >> 20)) MiB ($out) beyond bar_size $bar0: cloned, slot $slot0 -> $(srv '.devices[0].slot') (old control function $old_fn gone from the device VM), bar_size $(srv '.devices[0].bar_size'), device VM functions now: $fns ($(secs "$t0") s)"
     else
         not_ok "hot-plug beyond the logical BAR clones the device" "slot before $slot0, bar_size before $bar0" "$(state)" "device VM functions: $(dev_functions)"
     fi
@@ -192,7 +197,7 @@ if need_pair "non-power-of-two memory: ADD_FAIL, device VM QEMU stays up"; then
         sleep 2
         st=$("${pair[@]}" qmp dev --timeout 10 '{"execute":"query-status"}' 2>&1)
         if [[ "$st" == *'"status": "running"'* ]] && [ "$(srv '.devices[0].windows | length')" = "$w1" ]; then
-            ok "384 MiB file refused: '$(grep -hi -m1 'power of two' "$run/server.log" "$run/client.log" | cut -c1-160)'; device VM running, windows still $w1"
+            ok "384 MiB file refused: '$(grep -hi 'power of two' "$run/server.log" "$run/client.log" | head -n1 | cut -c1-200)'; device VM running, windows still $w1"
         else
             not_ok "non-power-of-two memory: ADD_FAIL, device VM QEMU stays up" "query-status: $st" "$(state)"
         fi
@@ -210,15 +215,17 @@ no_device() {
 if need_pair "driver VM shutdown: device destroyed, functions unplugged in the device VM"; then
     t0=$(now_ms)
     drv_pid=$(cat "$run/drv.pid" 2>/dev/null)
+    dels0=$(grep -c 'DEVICE_INFO(DEL) -> DEL_DONE' "$run/server.log")
     "${pair[@]}" exec drv --timeout 5 -- 'poweroff' >/dev/null 2>&1
     gone() { [ ! -d "/proc/$drv_pid" ] || grep -q '^State:.*Z' "/proc/$drv_pid/status" 2>/dev/null; }
     if ! wait_for 60 gone; then
         not_ok "driver VM shutdown: device destroyed, functions unplugged in the device VM" "driver VM QEMU ($drv_pid) still running 60 s after poweroff"
-    elif wait_for "$T" no_device; then
-        del=$(grep -hiE 'DEVICE_INFO.*DEL|DEL.*DEVICE_INFO' "$run/server.log" "$run/client.log" | head -n1 | cut -c1-120)
-        ok "driver VM powered off: server has no device, device VM has no 1af4:1110 function, guestd no device ($(secs "$t0") s)${del:+; log: $del}"
-    else
+    elif ! wait_for "$T" no_device; then
         not_ok "driver VM shutdown: device destroyed, functions unplugged in the device VM" "$(state)" "device VM functions: $(dev_functions)"
+    elif [ "$(grep -c 'DEVICE_INFO(DEL) -> DEL_DONE' "$run/server.log")" -gt "$dels0" ]; then
+        ok "driver VM powered off: DEVICE_INFO(DEL) -> DEL_DONE (server.log), server has no device, device VM has no 1af4:1110 function, guestd no device ($(secs "$t0") s)"
+    else
+        not_ok "driver VM shutdown: device destroyed, functions unplugged in the device VM" "no new 'DEVICE_INFO(DEL) -> DEL_DONE' in server.log: $(grep 'DEVICE_INFO' "$run/server.log" | tail -n 3)"
     fi
 fi
 
