@@ -17,6 +17,12 @@ int vp_test_memfd(const char *name, gsize size, gboolean seal)
     return fd;
 }
 
+gboolean vp_test_set_flag(gpointer flag)
+{
+    *(gboolean *)flag = TRUE;
+    return G_SOURCE_REMOVE;
+}
+
 void vp_test_socketpair(int sv[2])
 {
     g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);

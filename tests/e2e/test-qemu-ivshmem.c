@@ -74,24 +74,6 @@ static void on_child_exit(GPid pid, gint status, gpointer data)
     v->status = status;
 }
 
-static gboolean on_flag(gpointer data)
-{
-    *(gboolean *)data = TRUE;
-    return G_SOURCE_REMOVE;
-}
-
-#define SPIN_UNTIL(cond, ms)                                                    \
-    do {                                                                        \
-        gboolean exp_ = FALSE;                                                  \
-        GSource *t_ = g_timeout_source_new(ms);                                 \
-        g_source_set_callback(t_, on_flag, &exp_, NULL);                        \
-        g_source_attach(t_, NULL);                                              \
-        while (!(cond) && !exp_)                                                \
-            g_main_context_iteration(NULL, TRUE);                               \
-        g_source_destroy(t_);                                                   \
-        g_source_unref(t_);                                                     \
-    } while (0)
-
 static const char *guest_dir(void)
 {
     static char *dir;
@@ -199,10 +181,10 @@ static void vm_stop(vm *v)
 
     if (v->c && !v->exited)
         qmp_client_execute_sync(v->c, "quit", NULL, -1, 5000, NULL, NULL, &err);
-    SPIN_UNTIL(v->exited, 10000);
+    VP_SPIN_UNTIL(v->exited, 10000);
     if (!v->exited) {
         kill(v->pid, SIGKILL);
-        SPIN_UNTIL(v->exited, 5000);
+        VP_SPIN_UNTIL(v->exited, 5000);
     }
     g_assert_true(v->exited);
     g_spawn_close_pid(v->pid);
@@ -376,7 +358,7 @@ static void plug_control(vm *v, parts *p, const char *addr)
     QMP_OK(v, "chardev-add", chr);
     /* chardev-add connected; the endpoint accepts (and sends the set-up) as soon as
      * the main context runs - the sync QMP call above already iterated it. */
-    SPIN_UNTIL(p->ups == 1, 5000);
+    VP_SPIN_UNTIL(p->ups == 1, 5000);
     g_assert_cmpint(p->ups, ==, 1);
     QMP_OK(v, "device_add", dev);
     ivshmem_endpoint_get_stats(p->ep, &st);
@@ -456,7 +438,7 @@ static void test_paused(void)
 
     /* QEMU going away: the QMP client sees EOF, the endpoint the disconnect. */
     kill(v.pid, SIGTERM);
-    SPIN_UNTIL(v.exited && p.downs == 1 && qmp_client_is_closed(v.c), 10000);
+    VP_SPIN_UNTIL(v.exited && p.downs == 1 && qmp_client_is_closed(v.c), 10000);
     g_assert_true(v.exited);
     g_assert_cmpint(p.downs, ==, 1);
     g_assert_true(qmp_client_is_closed(v.c));
@@ -591,7 +573,7 @@ static void test_guest(void)
     g_assert_cmpint(qmp_client_device_del_sync(v.c, "ctl0", 30000, &err), ==, 0);
     QMP_OK(&v, "object-del", "{\"id\": \"mem-win0\"}");
     QMP_OK(&v, "chardev-remove", "{\"id\": \"chr-ctl0\"}");
-    SPIN_UNTIL(p.downs == 1, 5000);
+    VP_SPIN_UNTIL(p.downs == 1, 5000);
     g_assert_cmpint(p.downs, ==, 1);
     rmfd = g_strdup_printf("{\"fdset-id\": %" G_GINT64_FORMAT ", \"fd\": %" G_GINT64_FORMAT "}",
                            p.win_fdset, p.win_qemu_fd);
@@ -647,7 +629,7 @@ static void on_done(void *opaque, int ret, const char *reason)
 }
 
 #define HOST_WAIT(d) do {                                                       \
-        SPIN_UNTIL((d).done, 60000);                                            \
+        VP_SPIN_UNTIL((d).done, 60000);                                            \
         g_assert_true((d).done);                                                \
     } while (0)
 

@@ -43,21 +43,10 @@ static void got_clear(Got *g)
     memset(g, 0, sizeof(*g));
 }
 
-static gboolean flag_set(gpointer data)
-{
-    *(gboolean *)data = TRUE;
-    return G_SOURCE_REMOVE;
-}
-
 /* Iterate the default context until *@cond is nonzero; fail after @ms. */
 static void run_until(const int *cond, int ms)
 {
-    gboolean expired = FALSE;
-    guint t = g_timeout_add(ms, flag_set, &expired);
-    while (!*cond && !expired)
-        g_main_context_iteration(NULL, TRUE);
-    if (!expired)
-        g_source_remove(t);
+    VP_SPIN_UNTIL(*cond, (guint)ms);
     g_assert_true(*cond);
 }
 
@@ -504,7 +493,7 @@ static void test_handshake_renegotiation(void)
 
     /* The 200 ms timeouts are suspended while the frontend renegotiates. */
     gboolean waited = FALSE;
-    g_timeout_add(400, flag_set, &waited);
+    g_timeout_add(400, vp_test_set_flag, &waited);
     run_until(&waited, 2000);
     g_assert_cmpint(h.done_calls, ==, 0);
     g_assert_cmpuint(vp_client_get_pending(f.client), ==, 1);

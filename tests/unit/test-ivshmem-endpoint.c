@@ -19,24 +19,6 @@
 
 #define WAIT_MS 3000
 
-static gboolean on_flag(gpointer data)
-{
-    *(gboolean *)data = TRUE;
-    return G_SOURCE_REMOVE;
-}
-
-#define SPIN_UNTIL(cond, ms)                                                    \
-    do {                                                                        \
-        gboolean exp_ = FALSE;                                                  \
-        GSource *t_ = g_timeout_source_new(ms);                                 \
-        g_source_set_callback(t_, on_flag, &exp_, NULL);                        \
-        g_source_attach(t_, NULL);                                              \
-        while (!(cond) && !exp_)                                                \
-            g_main_context_iteration(NULL, TRUE);                               \
-        g_source_destroy(t_);                                                   \
-        g_source_unref(t_);                                                     \
-    } while (0)
-
 typedef struct rig {
     char *dir, *path;
     int shm;
@@ -193,7 +175,7 @@ static void test_setup_sequence(void)
     rig_up(&r);
     g_assert_false(ivshmem_endpoint_connected(r.ep));
     q = qemu_connect(r.path);
-    SPIN_UNTIL(r.ups == 1, WAIT_MS);
+    VP_SPIN_UNTIL(r.ups == 1, WAIT_MS);
     g_assert_cmpint(r.ups, ==, 1);
     g_assert_true(ivshmem_endpoint_connected(r.ep));
     expect_full_setup(&r, q);
@@ -218,7 +200,7 @@ static void test_setup_sequence(void)
     g_assert_cmpint(ivshmem_endpoint_peer_fd(r.ep, 99, 0), ==, -1);
 
     vp_close_fd(&q);
-    SPIN_UNTIL(r.downs == 1, WAIT_MS);
+    VP_SPIN_UNTIL(r.downs == 1, WAIT_MS);
     g_assert_cmpint(r.downs, ==, 1);
     g_assert_false(ivshmem_endpoint_connected(r.ep));
     rig_down(&r);
@@ -236,7 +218,7 @@ static void test_peer_update(void)
 
     rig_up(&r);
     q = qemu_connect(r.path);
-    SPIN_UNTIL(r.ups == 1, WAIT_MS);
+    VP_SPIN_UNTIL(r.ups == 1, WAIT_MS);
     expect_full_setup(&r, q);
     newcall[0] = efd();
     newcall[1] = efd();
@@ -301,13 +283,13 @@ static void test_peer_update(void)
 
     /* Not connected: the list is replaced as given, and a new QEMU gets all of it. */
     vp_close_fd(&q);
-    SPIN_UNTIL(r.downs == 1, WAIT_MS);
+    VP_SPIN_UNTIL(r.downs == 1, WAIT_MS);
     list[0] = newcall[1];
     list[1] = -1;
     list[2] = newcall[0];
     g_assert_cmpint(ivshmem_endpoint_set_peer(r.ep, 2, list, 3, &err), ==, 0);
     q = qemu_connect(r.path);
-    SPIN_UNTIL(r.ups == 2, WAIT_MS);
+    VP_SPIN_UNTIL(r.ups == 2, WAIT_MS);
     expect(q, 0, -1);
     expect(q, 1, -1);
     expect(q, -1, r.shm);
@@ -343,19 +325,19 @@ static void test_second_connection_rejected(void)
 
     rig_up(&r);
     q = qemu_connect(r.path);
-    SPIN_UNTIL(r.ups == 1, WAIT_MS);
+    VP_SPIN_UNTIL(r.ups == 1, WAIT_MS);
     q2 = qemu_connect(r.path);
     ivshmem_endpoint_get_stats(r.ep, &st);
-    SPIN_UNTIL((ivshmem_endpoint_get_stats(r.ep, &st), st.rejected == 1), WAIT_MS);
+    VP_SPIN_UNTIL((ivshmem_endpoint_get_stats(r.ep, &st), st.rejected == 1), WAIT_MS);
     g_assert_cmpuint(st.rejected, ==, 1);
     g_assert_cmpint(qemu_recv(q2, &v, &dummy, WAIT_MS), ==, 0);   /* EOF, nothing sent */
     expect_full_setup(&r, q);
     vp_close_fd(&q2);
     vp_close_fd(&q);
-    SPIN_UNTIL(r.downs == 1, WAIT_MS);
+    VP_SPIN_UNTIL(r.downs == 1, WAIT_MS);
     /* Freed while connected. */
     q = qemu_connect(r.path);
-    SPIN_UNTIL(r.ups == 2, WAIT_MS);
+    VP_SPIN_UNTIL(r.ups == 2, WAIT_MS);
     expect_full_setup(&r, q);
     rig_down(&r);
     g_assert_cmpint(qemu_recv(q, &v, &dummy, WAIT_MS), ==, 0);    /* then EOF */

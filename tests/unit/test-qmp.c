@@ -111,55 +111,21 @@ static void fake_send(fake *f, const char *json)
     g_assert_cmpint(write(f->fd, line, strlen(line)), ==, (gssize)strlen(line));
 }
 
-static gboolean on_flag(gpointer data)
-{
-    *(gboolean *)data = TRUE;
-    return G_SOURCE_REMOVE;
-}
-
 /* Iterate the default context until *cond or @ms passed; returns *cond. */
 static gboolean spin_until(const gboolean *cond, guint ms)
 {
-    gboolean expired = FALSE;
-    GSource *t = g_timeout_source_new(ms);
-
-    g_source_set_callback(t, on_flag, &expired, NULL);
-    g_source_attach(t, NULL);
-    while (!*cond && !expired)
-        g_main_context_iteration(NULL, TRUE);
-    g_source_destroy(t);
-    g_source_unref(t);
+    VP_SPIN_UNTIL(*cond, ms);
     return *cond;
 }
-
-/* Iterate the default context until @cond holds or @ms passed. */
-#define SPIN_UNTIL(cond, ms)                                                    \
-    do {                                                                        \
-        gboolean exp_ = FALSE;                                                  \
-        GSource *t_ = g_timeout_source_new(ms);                                 \
-        g_source_set_callback(t_, on_flag, &exp_, NULL);                        \
-        g_source_attach(t_, NULL);                                              \
-        while (!(cond) && !exp_)                                                \
-            g_main_context_iteration(NULL, TRUE);                               \
-        g_source_destroy(t_);                                                   \
-        g_source_unref(t_);                                                     \
-    } while (0)
 
 /* Spin until the fake has a line (bounded); parse it; return the command object. */
 static JsonObject *fake_expect(fake *f, const char *execute, gint64 *id)
 {
-    gboolean expired = FALSE;
-    GSource *t = g_timeout_source_new(WAIT_MS);
     g_autofree char *line = NULL;
     g_autoptr(JsonParser) p = json_parser_new();
     JsonObject *o;
 
-    g_source_set_callback(t, on_flag, &expired, NULL);
-    g_source_attach(t, NULL);
-    while (g_queue_is_empty(&f->lines) && !expired)
-        g_main_context_iteration(NULL, TRUE);
-    g_source_destroy(t);
-    g_source_unref(t);
+    VP_SPIN_UNTIL(!g_queue_is_empty(&f->lines), WAIT_MS);
     line = g_queue_pop_head(&f->lines);
     g_assert_nonnull(line);
     g_assert_true(json_parser_load_from_data(p, line, -1, NULL));
@@ -274,7 +240,7 @@ static void rig_up(rig *r)
     json_object_unref(o);
     g_assert_false(qmp_client_is_ready(r->c));
     fake_return(&r->f, id, "{}");
-    SPIN_UNTIL(r->st.ready || r->st.closed, WAIT_MS);
+    VP_SPIN_UNTIL(r->st.ready || r->st.closed, WAIT_MS);
     g_assert_cmpint(r->st.ready, ==, 1);
     g_assert_true(qmp_client_is_ready(r->c));
 }
@@ -662,7 +628,7 @@ static void test_not_qmp(void)
     g_assert_cmpint(qmp_client_attach_fd(c, sv[0], WAIT_MS, &err), ==, 0);
     fake_init(&f, sv[1]);
     fake_send(&f, "{\"return\": {}}");     /* not a greeting */
-    SPIN_UNTIL(st.closed, WAIT_MS);
+    VP_SPIN_UNTIL(st.closed, WAIT_MS);
     g_assert_cmpint(st.closed, ==, 1);
     g_assert_cmpint(st.last_ret, ==, -EPROTO);
     g_assert_nonnull(strstr(st.err.msg, "greeting"));
@@ -679,7 +645,7 @@ static void test_not_qmp(void)
     fake_send(&f, GREETING);
     fake_send(&f, "{\"event\": ");
     fake_send(&f, "[1, 2]");
-    SPIN_UNTIL(st.closed, WAIT_MS);
+    VP_SPIN_UNTIL(st.closed, WAIT_MS);
     g_assert_cmpint(st.last_ret, ==, -EPROTO);
     g_assert_nonnull(strstr(st.err.msg, "not JSON"));
     qmp_client_free(c);
@@ -692,7 +658,7 @@ static void test_not_qmp(void)
     qmp_client_set_state_handler(c, on_state, &st);
     g_assert_cmpint(qmp_client_attach_fd(c, sv[0], 150, &err), ==, 0);
     fake_init(&f, sv[1]);
-    SPIN_UNTIL(st.closed, WAIT_MS);
+    VP_SPIN_UNTIL(st.closed, WAIT_MS);
     g_assert_cmpint(st.last_ret, ==, -ETIMEDOUT);
     g_assert_nonnull(strstr(st.err.msg, "greeting"));
     qmp_client_free(c);

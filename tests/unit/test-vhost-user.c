@@ -79,21 +79,10 @@ static void pump(void *opaque)
         ;
 }
 
-static gboolean flag_timeout(gpointer p)
-{
-    *(gboolean *)p = TRUE;
-    return G_SOURCE_REMOVE;
-}
-
 /* Iterate the main context until @cond holds, failing after 5 s. */
 #define WAIT_FOR(cond)                                                         \
     do {                                                                       \
-        gboolean to_ = FALSE;                                                  \
-        guint id_ = g_timeout_add(5000, flag_timeout, &to_);                   \
-        while (!(cond) && !to_)                                                \
-            g_main_context_iteration(NULL, TRUE);                              \
-        if (!to_)                                                              \
-            g_source_remove(id_);                                              \
+        VP_SPIN_UNTIL(cond, 5000);                                             \
         if (!(cond))                                                           \
             g_error("timed out waiting for %s", #cond);                        \
     } while (0)
