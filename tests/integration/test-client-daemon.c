@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <uuid/uuid.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -89,7 +90,8 @@ static void child_setup(gpointer data)
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* nothing survives the test program */
 }
 
-static GPid spawn_logged(const char *dir, char **argv, const char *log)
+/* Spawn @argv in @dir with stdout+stderr to @log; @fd (>= 0) becomes the child's fd 3. */
+static GPid spawn_logged_fd(const char *dir, char **argv, const char *log, int fd3)
 {
     if (!g_file_test(argv[0], G_FILE_TEST_IS_EXECUTABLE))
         g_error("%s does not exist: build it first", argv[0]);
@@ -100,12 +102,19 @@ static GPid spawn_logged(const char *dir, char **argv, const char *log)
     g_free(cmd);
     GPid pid = 0;
     GError *e = NULL;
+    int src[1] = { fd3 }, dst[1] = { 3 };
     if (!g_spawn_async_with_pipes_and_fds(dir, (const char *const *)argv, NULL,
                                           G_SPAWN_DO_NOT_REAP_CHILD, child_setup, NULL, -1,
-                                          fd, fd, NULL, NULL, 0, &pid, NULL, NULL, NULL, &e))
+                                          fd, fd, fd3 >= 0 ? src : NULL, fd3 >= 0 ? dst : NULL,
+                                          fd3 >= 0 ? 1 : 0, &pid, NULL, NULL, NULL, &e))
         g_error("spawn %s: %s", argv[0], e->message);
     close(fd);
     return pid;
+}
+
+static GPid spawn_logged(const char *dir, char **argv, const char *log)
+{
+    return spawn_logged_fd(dir, argv, log, -1);
 }
 
 static char *read_log(T *t)
@@ -458,6 +467,7 @@ static void test_qemu72_sequence(void)
                (unsigned long long)(VP_NET_FEATURES | F_CSUM | F_GUEST_CSUM));
     const char *extra[] = { "--features", features, "--device-id", "1", NULL };
     setup_with(&t, extra, TRUE);
+    int fds0 = itest_count_fds(t.pid);
 
     t.fe = fe_connect(&t);
     FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
@@ -515,6 +525,8 @@ static void test_qemu72_sequence(void)
     st = wait_server(&t, (Expect){ 0, 0, 0, 0 }, "no frontend, no memory after QEMU left");
     json_node_unref(st);
     g_assert_true(itest_alive(t.pid));
+    /* Every fd of that connection (memory, kick/call and their copies) is closed. */
+    itest_wait_fds(t.pid, fds0, TMO, "after QEMU left");
     teardown(&t);
 }
 
@@ -524,6 +536,7 @@ static void test_memory_hotplug(void)
 {
     T t;
     setup(&t);
+    int fds0 = itest_count_fds(t.pid);
     fe_up(&t);
     JsonNode *st = wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered");
     json_node_unref(st);
@@ -564,6 +577,10 @@ static void test_memory_hotplug(void)
     uint32_t bases[2];
     FE_OK(t.fe, vu_fe_qemu72_stop(t.fe, bases));
     g_assert_cmpuint(bases[1], ==, 9);
+    vu_fe_free(t.fe);
+    t.fe = NULL;
+    json_node_unref(wait_server(&t, (Expect){ 0, 0, 0, 0 }, "gone with QEMU"));
+    itest_wait_fds(t.pid, fds0, TMO, "after hot-plug and QEMU leaving");
     teardown(&t);
 }
 
@@ -704,6 +721,241 @@ static void test_shutdown(void)
     g_assert_true(g_file_get_contents(t.env.server_log, &slog, NULL, NULL));
     g_assert_null(strstr(slog, "implicit DEVICE_INFO(DEL)"));
     g_free(slog);
+    teardown(&t);
+}
+
+/* Wait (bounded) for the daemon to exit by itself; returns the wait status. */
+static int daemon_wait_exit(T *t, int timeout_ms)
+{
+    int st = -1;
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    while (waitpid(t->pid, &st, WNOHANG) != t->pid) {
+        if (g_get_monotonic_time() > deadline) {
+            dump_daemon_log(t);
+            g_error("vhost-pci-client did not exit within %d ms", timeout_ms);
+        }
+        g_usleep(10000);
+    }
+    t->pid = 0;
+    return st;
+}
+
+/* The daemon started with --fd 3 (vhost-user.rst "Backend program conventions"). */
+static void daemon_start_fd(T *t, int fd)
+{
+    char *bin = client_bin();
+    char *argv[] = { bin, "--fd", "3", "--server", t->env.sock, "--uuid", t->uuid,
+                     "--log-level", "debug", "--ack-timeout", "5", NULL };
+    t->pid = spawn_logged_fd(t->env.dir, argv, t->log, fd);
+    g_free(bin);
+}
+
+/* --fd with a socket connected to QEMU: served, and the daemon exits (after
+ * DEVICE_INFO(DEL)) when QEMU closes it. */
+static void test_fd_connected(void)
+{
+    T t;
+    setup_with(&t, NULL, FALSE);
+    int sv[2];
+    vp_test_socketpair(sv);
+    daemon_start_fd(&t, sv[1]);
+    close(sv[1]);
+    t.fe = vu_fe_new(sv[0], 2, NULL, NULL);
+    vu_fe_set_timeout(t.fe, TMO);
+    FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
+    g_assert_cmphex(vu_fe_offered_features(t.fe), ==, VP_NET_FEATURES | F_PROTO);
+    fe_ram(&t);
+    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    JsonNode *st = wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered over --fd");
+    assert_registered(&t, st);
+    json_node_unref(st);
+    vu_fe_free(t.fe);
+    t.fe = NULL;
+    int ws = daemon_wait_exit(&t, TMO);
+    g_assert_true(WIFEXITED(ws));
+    g_assert_cmpint(WEXITSTATUS(ws), ==, 0);
+    g_assert_true(log_has(&t, "nothing more to serve"));
+    g_assert_true(log_has(&t, "DEVICE_INFO_ACK(DEL_DONE) for net 1"));
+    teardown(&t);
+}
+
+/* --fd with a listening socket: connections are accepted as with --socket-path; the
+ * socket file is not the daemon's and stays. */
+static void test_fd_listening(void)
+{
+    T t;
+    setup_with(&t, NULL, FALSE);
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_strlcpy(sa.sun_path, t.vu_path, sizeof(sa.sun_path));
+    g_assert_cmpint(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+    g_assert_cmpint(listen(lfd, 4), ==, 0);
+    daemon_start_fd(&t, lfd);
+    close(lfd);
+    fe_up(&t);
+    json_node_unref(wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered"));
+    int ws = daemon_stop(&t);
+    g_assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    g_assert_true(g_file_test(t.vu_path, G_FILE_TEST_EXISTS));
+    teardown(&t);
+}
+
+/* The device VM's driver stops answering: GET_VRING_BASE cannot get positions (QEMU's
+ * connection is dropped, so QEMU restores them from the used index), and shutdown's
+ * DEVICE_INFO(DEL) wait is bounded by --ack-timeout. */
+static void test_device_vm_stuck(void)
+{
+    T t;
+    const char *extra[] = { "--ack-timeout", "1", NULL };
+    setup_with(&t, extra, TRUE);
+    fe_up(&t);
+    json_node_unref(wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered"));
+    kill(t.env.guestd_pid, SIGSTOP);
+    uint32_t base;
+    gint64 t0 = g_get_monotonic_time();
+    int r = vu_fe_get_vring_base(t.fe, 0, &base);
+    gint64 ms = (g_get_monotonic_time() - t0) / 1000;
+    g_test_message("GET_VRING_BASE ended after %" G_GINT64_FORMAT " ms: %d", ms, r);
+    g_assert_cmpint(r, ==, -ECONNRESET);
+    g_assert_cmpint(ms, >=, 900);
+    g_assert_true(log_has(&t, "GET_VRING_BASE 0: the device VM did not hand back the queue "
+                              "positions"));
+    vu_fe_free(t.fe);
+    t.fe = NULL;
+
+    /* A new QEMU connection and start while the driver is still stuck; SIGINT: the
+     * DEVICE_INFO(DEL) wait ends after the ack timeout. */
+    kill(t.env.guestd_pid, SIGCONT);
+    fe_up(&t);
+    json_node_unref(wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered again"));
+    kill(t.env.guestd_pid, SIGSTOP);
+    t0 = g_get_monotonic_time();
+    kill(t.pid, SIGINT);
+    int ws = daemon_wait_exit(&t, TMO);
+    ms = (g_get_monotonic_time() - t0) / 1000;
+    g_test_message("SIGINT: exit after %" G_GINT64_FORMAT " ms", ms);
+    g_assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    g_assert_cmpint(ms, >=, 900);
+    g_assert_cmpint(ms, <, 5000);
+    g_assert_true(log_has(&t, "shutdown: DEVICE_INFO(DEL) did not complete"));
+    kill(t.env.guestd_pid, SIGCONT);
+    teardown(&t);
+}
+
+/* ------------------------------ data path, positions ------------------------------ */
+
+/* Split-ring helpers on the frontend's RAM 0 (mapped here), offsets = guest-physical
+ * addresses of the low region. */
+static void ring_desc(uint8_t *ram, uint64_t desc, unsigned i, uint64_t addr, uint32_t len,
+                      uint16_t flags)
+{
+    uint8_t *d = ram + desc + 16 * i;
+    vp_put_le64(d, addr);
+    vp_put_le32(d + 8, len);
+    vp_put_le16(d + 12, flags);
+    vp_put_le16(d + 14, 0);
+}
+
+static void ring_reset(uint8_t *ram, const struct vu_fe_vring *v)
+{
+    vp_put_le16(ram + v->avail_off + 2, v->base);                 /* avail->idx */
+    vp_put_le16(ram + v->avail_off + 4 + 2 * v->num, v->base);    /* used_event */
+    vp_put_le16(ram + v->used_off + 2, v->base);                  /* used->idx */
+}
+
+static void ring_post(uint8_t *ram, const struct vu_fe_vring *v, uint16_t head)
+{
+    uint16_t idx = vp_get_le16(ram + v->avail_off + 2);
+    vp_put_le16(ram + v->avail_off + 4 + 2 * (idx % v->num), head);
+    __atomic_thread_fence(__ATOMIC_RELEASE); /* the entry before the index */
+    vp_put_le16(ram + v->avail_off + 2, (uint16_t)(idx + 1));
+}
+
+static uint16_t ring_used_idx(uint8_t *ram, const struct vu_fe_vring *v)
+{
+    return __atomic_load_n((uint16_t *)(ram + v->used_off + 2), __ATOMIC_ACQUIRE);
+}
+
+/* With a data path (guestd --endpoint loopback) the device VM moves the queues: a
+ * frame sent on the transmitq comes back on the receiveq, through the call eventfd
+ * the daemon handed over, and GET_VRING_BASE then answers the device VM's positions
+ * (DEVICE_INFO_ACK(DEL_DONE)), not the bases QEMU set. */
+static void test_datapath_positions(void)
+{
+    T t;
+    memset(&t, 0, sizeof(t));
+    ITestOpts o = { .no_guestd = TRUE };
+    itest_env_start(&t.env, &o);
+    char *gbin = itest_bin("guestd");
+    char *gargv[] = { gbin, "--bus", "local", "--local-bus", t.env.local_bus, "--status",
+                      t.env.status, "--endpoint", "loopback", "--log-level", "debug", NULL };
+    t.env.guestd_pid = spawn_logged(t.env.dir, gargv, t.env.guestd_log);
+    g_free(gbin);
+    gint64 deadline = g_get_monotonic_time() + (gint64)TMO * 1000;
+    JsonNode *n;
+    while (!(n = itest_guestd_status_try(&t.env))) {
+        g_assert_true(itest_alive(t.env.guestd_pid) && g_get_monotonic_time() < deadline);
+        g_usleep(10000);
+    }
+    json_node_unref(n);
+    t.vu_path = g_build_filename(t.env.dir, "vu.sock", NULL);
+    t.log = g_build_filename(t.env.dir, "client.log", NULL);
+    g_strlcpy(t.uuid, "11111111-2222-4333-8444-555555555555", sizeof(t.uuid));
+    daemon_start_at(&t, NULL, NULL);
+
+    t.fe = fe_connect(&t);
+    FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
+    fe_ram(&t);
+    uint8_t *ram = mmap(NULL, RAM0_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+                        vu_fe_ram_fd(t.fe, 0), 0);
+    g_assert_true(ram != MAP_FAILED);
+    const struct vu_fe_vring *rx = &vrings[0], *tx = &vrings[1];
+    ring_reset(ram, rx);
+    ring_reset(ram, tx);
+    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    json_node_unref(wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered"));
+
+    /* One 2 KiB receive buffer, one frame (12-byte virtio-net header + 60 bytes). */
+    const uint64_t rxbuf = 0x30000, txbuf = 0x31000;
+    memset(ram + rxbuf, 0, 2048);
+    memset(ram + txbuf, 0, 12);
+    for (unsigned i = 0; i < 60; i++)
+        ram[txbuf + 12 + i] = (uint8_t)(0xa0 + i);
+    ring_desc(ram, rx->desc_off, 0, rxbuf, 2048, 2 /* VRING_DESC_F_WRITE */);
+    ring_desc(ram, tx->desc_off, 0, txbuf, 72, 0);
+    ring_post(ram, rx, 0);
+    ring_post(ram, tx, 0);
+    uint64_t one = 1;
+    g_assert_cmpint(write(vu_fe_vring_fd(t.fe, VU_SET_VRING_KICK, 1), &one, 8), ==, 8);
+
+    deadline = g_get_monotonic_time() + (gint64)TMO * 1000;
+    while (ring_used_idx(ram, rx) != rx->base + 1 || ring_used_idx(ram, tx) != tx->base + 1) {
+        if (g_get_monotonic_time() > deadline) {
+            itest_dump_logs(&t.env);
+            g_error("the frame did not come back: used idx rx %u tx %u",
+                    ring_used_idx(ram, rx), ring_used_idx(ram, tx));
+        }
+        g_usleep(5000);
+    }
+    /* used->ring[base]: descriptor 0, header + frame written */
+    g_assert_cmpuint(vp_get_le32(ram + rx->used_off + 4 + 8 * (rx->base % rx->num)), ==, 0);
+    g_assert_cmpuint(vp_get_le32(ram + rx->used_off + 8 + 8 * (rx->base % rx->num)), ==, 72);
+    g_assert_cmpmem(ram + rxbuf + 12, 60, ram + txbuf + 12, 60);
+    g_assert_cmpuint(vp_get_le16(ram + rxbuf + 10), ==, 1); /* num_buffers */
+    /* The receive interrupt arrived on the call eventfd QEMU gave the daemon. */
+    int call0 = vu_fe_vring_fd(t.fe, VU_SET_VRING_CALL, 0);
+    struct pollfd p = { .fd = call0, .events = POLLIN };
+    g_assert_cmpint(poll(&p, 1, TMO), ==, 1);
+    uint64_t cnt = 0;
+    g_assert_cmpint(read(call0, &cnt, 8), ==, 8);
+    g_assert_cmpuint(cnt, >=, 1);
+
+    uint32_t bases[2];
+    FE_OK(t.fe, vu_fe_qemu72_stop(t.fe, bases));
+    g_assert_cmpuint(bases[0], ==, rx->base + 1u);
+    g_assert_cmpuint(bases[1], ==, tx->base + 1u);
+    g_assert_true(log_has(&t, "GET_VRING_BASE 1: 10 (from DEVICE_INFO_ACK(DEL_DONE))"));
+    munmap(ram, RAM0_SIZE);
     teardown(&t);
 }
 
@@ -973,8 +1225,9 @@ static void test_renegotiation(void)
     t.fe = NULL;
     int st = daemon_stop(&t);
     g_assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    if (g_test_failed())
+    if (g_test_failed() || g_getenv("VP_TEST_SHOW_LOGS"))
         dump_daemon_log(&t);
+    g_assert_false(log_has(&t, "Sanitizer") || log_has(&t, "runtime error:"));
     close(sfd);
     close(lfd);
     unlink(t.env.sock);
@@ -998,6 +1251,10 @@ int main(int argc, char **argv)
     g_test_add_func("/client-daemon/server-restart", test_server_restart);
     g_test_add_func("/client-daemon/server-late", test_server_late);
     g_test_add_func("/client-daemon/shutdown", test_shutdown);
+    g_test_add_func("/client-daemon/fd-connected", test_fd_connected);
+    g_test_add_func("/client-daemon/fd-listening", test_fd_listening);
+    g_test_add_func("/client-daemon/device-vm-stuck", test_device_vm_stuck);
+    g_test_add_func("/client-daemon/datapath-positions", test_datapath_positions);
     g_test_add_func("/client-daemon/bad-input", test_bad_input);
     g_test_add_func("/client-daemon/renegotiation", test_renegotiation);
     return g_test_run();
