@@ -127,6 +127,7 @@ struct daemon {
     struct vp_device_info dev;    /* the frontend as last started; kick/call fds are
                                      ours (dup'ed), -1 when not held */
     bool dev_valid;
+    unsigned start_gen;           /* QEMU's starts, for answers that come late */
     bool fe_ok_this_start;        /* DEVICE_INFO(ADD) succeeded since the last start */
     bool vrb_pending;             /* a GET_VRING_BASE waits for DEL_DONE */
     uint32_t vrb_index;
@@ -147,7 +148,7 @@ struct daemon {
     bool srv_features_provisional; /* srv_accepted is the fallback, not an answer */
     uint64_t srv_accepted;
     enum fe_state fe;
-    bool del_pending;             /* DEVICE_INFO(DEL) outstanding */
+    unsigned dels_pending;        /* DEVICE_INFO(DEL)s outstanding */
     struct mirror_region mirror[VP_MAX_REGIONS];
     unsigned nmirror;
 
@@ -285,6 +286,23 @@ static bool mirror_same(const struct mirror_region *m, const struct vp_region *r
            file_identity(r->fd, &dv, &in) == 0 && dv == m->st_dev && in == m->st_ino;
 }
 
+/** What an asynchronous server request was sent for: answers to an earlier start
+ *  of QEMU's device (or an earlier QEMU connection) must not touch the current one. */
+struct req_ctx {
+    struct daemon *d;
+    unsigned start_gen;
+    bool for_stop;                /* DEVICE_INFO(DEL) answering GET_VRING_BASE */
+};
+
+static struct req_ctx *req_ctx_new(struct daemon *d, bool for_stop)
+{
+    struct req_ctx *r = g_new(struct req_ctx, 1);
+    r->d = d;
+    r->start_gen = d->start_gen;
+    r->for_stop = for_stop;
+    return r;
+}
+
 /** The reason of a request's failure as one line ("" when none). */
 static const char *why(const GError *error)
 {
@@ -365,12 +383,19 @@ static void vring_base_answer(struct daemon *d, bool drop_qemu, const char *reas
 static void on_del_ack(VpClient *c, const VpClientReply *reply, const GError *error,
                        gpointer data)
 {
-    struct daemon *d = data;
+    struct req_ctx *ctx = data;
+    struct daemon *d = ctx->d;
+    /* Positions are QEMU's answer only for the stop of the current start. */
+    bool current = ctx->for_stop && ctx->start_gen == d->start_gen;
+    g_free(ctx);
     (void)c;
-    d->del_pending = false;
+    if (d->dels_pending)
+        d->dels_pending--;
     if (error) {
         g_warning("DEVICE_INFO(DEL) of net %" G_GINT64_FORMAT " failed: %s", d->device_id,
                   why(error));
+    } else if (!current) {
+        g_message("DEVICE_INFO_ACK(DEL_DONE) for net %" G_GINT64_FORMAT, d->device_id);
     } else {
         unsigned n = 0;
         for (uint32_t i = 0; i < reply->ack.npositions; i++) {
@@ -387,35 +412,37 @@ static void on_del_ack(VpClient *c, const VpClientReply *reply, const GError *er
         g_message("DEVICE_INFO_ACK(DEL_DONE) for net %" G_GINT64_FORMAT ": %u virtqueue "
                   "position(s)", d->device_id, n);
     }
-    if (d->vrb_pending) {
+    if (current && d->vrb_pending) {
         /* The device VM may have moved the queues: without positions QEMU must fall
          * back to the used index, which it does when the backend goes away. */
         bool drop = error && d->fe_ok_this_start;
         vring_base_answer(d, drop, why(error));
     }
-    if (d->shutting_down) {
+    if (d->shutting_down && d->dels_pending == 0) {
         g_message("shutdown: %s", error ? "DEVICE_INFO(DEL) did not complete" : "done");
         g_main_loop_quit(d->loop);
     }
 }
 
-/** DEVICE_INFO(DEL) of our frontend, once (the server orders it after any ADD). */
-static bool srv_device_del(struct daemon *d, const char *what)
+/** DEVICE_INFO(DEL) of our frontend when the server has it (the server runs it after
+ *  any ADD sent before). @for_stop: its positions answer GET_VRING_BASE. Returns true
+ *  when a DEL was sent. */
+static bool srv_device_del(struct daemon *d, const char *what, bool for_stop)
 {
-    if (d->del_pending)
-        return true;
     if (!d->vpc || d->fe == FE_NONE)
         return false;
     GError *e = NULL;
     g_info("%s: DEVICE_INFO(DEL) of net %" G_GINT64_FORMAT, what, d->device_id);
     d->fe = FE_NONE;
+    struct req_ctx *ctx = req_ctx_new(d, for_stop);
     if (!vp_client_device_del(d->vpc, VP_DEV_NET, (uint64_t)d->device_id, d->timeout_ms,
-                              on_del_ack, d, &e)) {
+                              on_del_ack, ctx, &e)) {
+        g_free(ctx);
         g_warning("%s: cannot send DEVICE_INFO(DEL): %s", what, e->message);
         g_error_free(e);
         return false;
     }
-    d->del_pending = true;
+    d->dels_pending++;
     return true;
 }
 
@@ -463,7 +490,10 @@ static gboolean drop_qemu_idle(gpointer data);
 
 static void on_renegotiate(VpClient *c, guint64 offered, guint64 accepted, gpointer data)
 {
-    struct daemon *d = data;
+    struct req_ctx *ctx = data;   /* freed by on_handshake, which the confirmation
+                                     below may run: not used after it */
+    struct daemon *d = ctx->d;
+    bool current = ctx->start_gen == d->start_gen;
     g_warning("feature renegotiation (spec 1.5.1.1): the device VM's driver accepted 0x%"
               G_GINT64_MODIFIER "x of the negotiated 0x%" G_GINT64_MODIFIER "x; QEMU must "
               "renegotiate the smaller set", accepted, offered);
@@ -483,15 +513,23 @@ static void on_renegotiate(VpClient *c, guint64 offered, guint64 accepted, gpoin
     }
     /* QEMU renegotiates only on a new connection (-chardev ...,reconnect=N). Drop it
      * from the main loop, outside the library's callback. */
-    g_idle_add(drop_qemu_idle, d);
+    if (current)
+        g_idle_add(drop_qemu_idle, d);
 }
 
 static void on_handshake(VpClient *c, const VpClientHandshake *r, const GError *error,
                          gpointer data)
 {
-    struct daemon *d = data;
+    struct req_ctx *ctx = data;
+    struct daemon *d = ctx->d;
+    bool current = ctx->start_gen == d->start_gen;
+    g_free(ctx);
     if (c != d->vpc)
         return;
+    if (!current) {
+        g_info("handshake of an earlier start ended: %s", error ? error->message : "done");
+        return;
+    }
     if (r->have_memory && r->memory.ack.result != VP_ACK_ADD_DONE)
         d->nmirror = 0; /* nothing of this MEMORY_INFO was kept */
     bool dev_ok = r->have_device && r->device.ack.result == VP_ACK_ADD_DONE;
@@ -531,8 +569,10 @@ static void srv_handshake(struct daemon *d)
     GError *e = NULL;
     g_info("handshake: MEMORY_INFO(ADD) of %u region(s), FEATURE_BITS 0x%" PRIx64
            ", DEVICE_INFO(ADD) of net %" G_GINT64_FORMAT, n, features, d->device_id);
+    struct req_ctx *ctx = req_ctx_new(d, false);
     if (!vp_client_handshake(d->vpc, regions, n, features, &d->dev, d->timeout_ms,
-                             on_renegotiate, on_handshake, d, &e)) {
+                             on_renegotiate, on_handshake, ctx, &e)) {
+        g_free(ctx);
         g_warning("cannot send the handshake: %s", e->message);
         g_error_free(e);
         return;
@@ -609,7 +649,7 @@ static void on_srv_closed(VpClient *c, const GError *error, gpointer data)
     g_idle_add(unref_client_idle, c);
     d->nmirror = 0;
     d->fe = FE_NONE;
-    d->del_pending = false;
+    d->dels_pending = 0;
     if (d->shutting_down) {
         g_message("shutdown: the server connection closed (%s)", why(error));
         g_main_loop_quit(d->loop);
@@ -706,6 +746,7 @@ static void cb_started(struct vu_dev *v, const struct vu_start_info *info, void 
     struct daemon *d = opaque;
     (void)v;
     dev_take(d, info);
+    d->start_gen++;
     d->fe_ok_this_start = false;
     memset(d->pos_valid, 0, sizeof(d->pos_valid));
     g_message("QEMU started the device: %u region(s), %u virtqueue(s), features 0x%" PRIx64,
@@ -818,7 +859,7 @@ static int cb_get_vring_base(struct vu_dev *v, uint32_t index, uint16_t *last_av
         return 0;
     }
     cancel_handshake_timer(d); /* stopped before it was registered */
-    if (!srv_device_del(d, "QEMU stops the device")) {
+    if (!srv_device_del(d, "QEMU stops the device", true)) {
         /* The device VM never served this start: the queue did not move. */
         g_info("GET_VRING_BASE %u: %u (the device VM does not serve the queue)", index,
                *last_avail_idx);
@@ -873,6 +914,7 @@ static const struct vu_dev_ops vu_ops = {
 static void qemu_gone(struct daemon *d)
 {
     cancel_handshake_timer(d);
+    d->start_gen++; /* late answers belong to this connection */
     if (d->features_timer) {
         g_source_remove(d->features_timer);
         d->features_timer = 0;
@@ -886,7 +928,7 @@ static void qemu_gone(struct daemon *d)
     memset(d->pos_valid, 0, sizeof(d->pos_valid));
     /* The driver VM's frontend and memory are gone for the device VM too. */
     if (!d->shutting_down) {
-        srv_device_del(d, "QEMU disconnected");
+        srv_device_del(d, "QEMU disconnected", false);
         srv_memory_del_stale(d, NULL, 0);
     }
     dev_release(d);
@@ -1058,7 +1100,7 @@ static gboolean on_signal(gpointer data)
         g_source_remove(d->reconnect_timer);
         d->reconnect_timer = 0;
     }
-    if (srv_device_del(d, "shutdown")) {
+    if (srv_device_del(d, "shutdown", false) || d->dels_pending > 0) {
         d->shutdown_timer = g_timeout_add(d->timeout_ms + 1000, shutdown_deadline, d);
         return G_SOURCE_CONTINUE;
     }
