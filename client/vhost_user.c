@@ -1201,21 +1201,8 @@ static int vu_recv_some(struct vu_dev *dev)
     }
 
     bool too_many = (mh.msg_flags & MSG_CTRUNC) != 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-            continue;
-        size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < nfd; i++) {
-            int fd;
-            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-            if (m->nfds < VU_MAX_FDS) {
-                m->fds[m->nfds++] = fd;
-            } else {
-                close(fd);
-                too_many = true;
-            }
-        }
-    }
+    if (vp_take_scm_fds(&mh, m->fds, VU_MAX_FDS, &m->nfds, NULL))
+        too_many = true;
     if (too_many) {
         vu_err(dev, "wrong fd count: more than %u fds with one message", VU_MAX_FDS);
         vu_break(dev, EPROTO);

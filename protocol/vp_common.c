@@ -60,6 +60,34 @@ ssize_t vp_sendmsg_fds(int sock, struct iovec *iov, size_t iovcnt, const int *fd
     return n < 0 ? -errno : n;
 }
 
+unsigned vp_take_scm_fds(struct msghdr *mh, int *fds, unsigned max, unsigned *nfds,
+                         bool *foreign)
+{
+    unsigned closed = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
+            if (foreign)
+                *foreign = true;
+            continue;
+        }
+        if (c->cmsg_len < CMSG_LEN(0))
+            continue;
+        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const unsigned char *data = CMSG_DATA(c);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, data + i * sizeof(int), sizeof(int));
+            if (fds && *nfds < max) {
+                fds[(*nfds)++] = fd;
+            } else {
+                vp_close_fd(&fd);
+                closed++;
+            }
+        }
+    }
+    return closed;
+}
+
 int vp_count_open_fds(void)
 {
     DIR *d = opendir("/proc/self/fd");

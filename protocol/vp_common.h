@@ -8,6 +8,7 @@
 
 #include <endian.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -46,6 +47,18 @@ void vp_close_fds(int *fds, unsigned n);
  */
 ssize_t vp_sendmsg_fds(int sock, struct iovec *iov, size_t iovcnt, const int *fds,
                        unsigned nfds, int flags);
+
+struct msghdr;
+
+/**
+ * Move the fds of every SCM_RIGHTS control message of @mh, as recvmsg(2) filled it,
+ * into fds[*nfds .. max), advancing *nfds; an fd that does not fit is closed at once
+ * (one owner per fd even for a peer that sends too many). When @foreign is not NULL
+ * it is set to true if a control message of another kind came along.
+ * Returns how many fds were closed for lack of room (0: all of them were kept).
+ */
+unsigned vp_take_scm_fds(struct msghdr *mh, int *fds, unsigned max, unsigned *nfds,
+                         bool *foreign);
 
 /** Number of open fds of this process (entries of /proc/self/fd, minus the one used
  *  to read it). Used by tests to prove that no fd leaked. Returns -1 on error. */

@@ -95,31 +95,6 @@ int vp_lb_send(int sock, const struct vp_lb_msg *m, const int *fds, unsigned nfd
     return 0;
 }
 
-/* Append the SCM_RIGHTS fds of @msg to fds[] (capacity @maxfds). Fds that do not
- * fit are closed at once and set *overflow; other control messages set *foreign. */
-static void collect_fds(struct msghdr *msg, int *fds, unsigned maxfds, unsigned *nfds,
-                        bool *overflow, bool *foreign)
-{
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
-            *foreign = true;
-            continue;
-        }
-        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        const unsigned char *data = CMSG_DATA(c);
-        for (size_t i = 0; i < n; i++) {
-            int fd;
-            memcpy(&fd, data + i * sizeof(int), sizeof(int));
-            if (*nfds < maxfds) {
-                fds[(*nfds)++] = fd;
-            } else {
-                *overflow = true;
-                close(fd);
-            }
-        }
-    }
-}
-
 int vp_lb_recv(int sock, struct vp_lb_msg *m, int *fds, unsigned maxfds, unsigned *nfds,
                vp_error *err)
 {
@@ -160,7 +135,9 @@ int vp_lb_recv(int sock, struct vp_lb_msg *m, int *fds, unsigned maxfds, unsigne
             goto fail;
         }
         unsigned before = *nfds;
-        collect_fds(&msg, fds, maxfds, nfds, &overflow, &foreign);
+        /* Fds that do not fit are closed at once; other control messages: foreign. */
+        if (vp_take_scm_fds(&msg, fds, maxfds, nfds, &foreign))
+            overflow = true;
         if (done > 0 && (*nfds != before || overflow))
             late_fds = true;
         if (msg.msg_flags & MSG_CTRUNC)

@@ -174,29 +174,10 @@ void vp_reader_reset(struct vp_msg_reader *r)
  * the reader, which closes the ones gathered before). */
 static int reader_take_fds(struct vp_msg_reader *r, struct msghdr *mh, vp_error *err)
 {
-    int ret = 0;
-    unsigned total = r->msg.nfds;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
-            c->cmsg_len < CMSG_LEN(0))
-            continue;
-        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        const uint8_t *data = CMSG_DATA(c);
-        for (size_t i = 0; i < n; i++) {
-            int fd;
-            memcpy(&fd, data + i * sizeof(int), sizeof(int));
-            if (ret == 0 && r->msg.nfds < VP_MAX_FDS) {
-                r->msg.fds[r->msg.nfds++] = fd;
-            } else {
-                ret = -EMSGSIZE;
-                vp_close_fd(&fd);
-            }
-            total++;
-        }
-    }
-    if (ret < 0)
-        return vp_fail(err, ret, "%u fds attached to one message, at most %u",
-                       total, VP_MAX_FDS);
+    unsigned closed = vp_take_scm_fds(mh, r->msg.fds, VP_MAX_FDS, &r->msg.nfds, NULL);
+    if (closed)
+        return vp_fail(err, -EMSGSIZE, "%u fds attached to one message, at most %u",
+                       r->msg.nfds + closed, VP_MAX_FDS);
     return 0;
 }
 
