@@ -7,9 +7,11 @@
 # Checks: the guest's virtio-net driver comes up and the daemon gets
 # DEVICE_INFO_ACK(ADD_DONE); vhost-pci-ctl --json shows the frontend (net, device_id 1,
 # 2 virtqueues) and regions equal to what QEMU sent for its RAM (one 512 MiB memfd
-# window); the guest driver serves both queues; a pc-dimm hot-add and hot-remove become
-# MEMORY_INFO(ADD/DEL); QEMU quitting takes the frontend and the memory away; SIGTERM
-# stops the daemon cleanly. Prints TAP.
+# window); the guest driver serves both queues, and the guest's frames come back to it
+# through guestd's loopback endpoint; a pc-dimm hot-add and hot-remove become
+# MEMORY_INFO(ADD/DEL); a daemon restart is replayed by QEMU (reconnect=1); QEMU
+# quitting takes the frontend and the memory away; SIGTERM stops the daemon cleanly.
+# Prints TAP.
 #
 # Environment: VP_B (or B) build dir (default build); the guest image is $VP_B/guest
 # (tools/mkguest, cached). VP_E2E_READY_TIMEOUT (default 120 s). VP_E2E_KEEP=1 keeps the
@@ -21,7 +23,7 @@ img=$B/guest
 ready_timeout=${VP_E2E_READY_TIMEOUT:-120}
 vpg=tools/vp-guest
 
-plan=10
+plan=12
 echo "1..$plan"
 n=0
 ok()     { n=$((n + 1)); echo "ok $n - $1"; }
@@ -98,7 +100,7 @@ uuid=$(cat /proc/sys/kernel/random/uuid)
 pids+=($!)
 wait_until 10 socket_up "$run/mgmt.sock"
 "$guestd" --bus local --local-bus "$run/bus.sock" --status "$run/guestd.sock" \
-    --log-level debug >"$run/guestd.log" 2>&1 </dev/null &
+    --endpoint loopback --log-level debug >"$run/guestd.log" 2>&1 </dev/null &
 pids+=($!)
 wait_until 10 socket_up "$run/guestd.sock"
 "$client" --socket-path "$run/vu.sock" --server "$run/server.sock" --uuid "$uuid" \
@@ -125,7 +127,7 @@ qemu=(qemu-system-x86_64 -name vp-e2e-drv,process=vp-e2e-drv
       -serial "file:$console"
       -chardev "socket,id=agent,path=$agent,server=on,wait=off" -serial chardev:agent
       -qmp "unix:$qmp,server=on,wait=off"
-      -chardev "socket,id=vu,path=$run/vu.sock"
+      -chardev "socket,id=vu,path=$run/vu.sock,reconnect=1"
       -netdev vhost-user,id=n0,chardev=vu
       -device virtio-net-pci,netdev=n0,vectors=0
       -pidfile "$run/qemu.pid")
@@ -180,7 +182,23 @@ else
     not_ok "vhost-pci-guestd serves both queues" "queues: $gq"
 fi
 
-# 7-8. memory hot-add and hot-remove (pc-dimm, onlined movable so it can go again)
+# 7. packets: the guest's frames go through the device side (guestd's loopback
+# endpoint sends each back) and come back into the guest (call eventfd -> INTx)
+guest_rx() { $vpg exec "$agent" --timeout 20 -- cat /sys/class/net/eth0/statistics/rx_packets 2>/dev/null; }
+rx0=$(guest_rx)
+$vpg exec "$agent" --timeout 30 -- 'ping -c 3 -W 1 10.77.0.9 >/dev/null 2>&1; true' >/dev/null 2>&1
+rx1=$(guest_rx)
+gp=$(echo status | socat -t 5 - "UNIX-CONNECT:$run/guestd.sock" 2>/dev/null |
+     jq -c '[.devices[].frontends[] | select(.device_id == 1) | .queues[] | .packets]')
+if [[ "$rx0" =~ ^[0-9]+$ ]] && [[ "$rx1" =~ ^[0-9]+$ ]] && [ "$rx1" -gt "$rx0" ] &&
+   [ "$(jq '.[0] > 0 and .[1] > 0' <<<"$gp")" = true ]; then
+    ok "frames through the device side and back: guest eth0 rx_packets $rx0 -> $rx1, guestd queue packets $gp"
+else
+    not_ok "frames go through the device side and back" "guest rx_packets $rx0 -> $rx1" \
+        "guestd packets $gp" "$(diag_logs)"
+fi
+
+# 8-9. memory hot-add and hot-remove (pc-dimm, onlined movable so it can go again)
 $vpg exec "$agent" --timeout 20 -- 'echo online_movable >/sys/devices/system/memory/auto_online_blocks' \
     >/dev/null 2>&1
 nreg=$(dev '.regions | length')
@@ -207,7 +225,27 @@ else
     not_ok "pc-dimm hot-remove reaches the server" "qmp rc=$rc: $qmp_out" "$(diag_logs)" "$(status)"
 fi
 
-# 9. QEMU quits: the frontend and the memory leave the device VM
+# 10. the daemon restarts: QEMU (reconnect=1) replays its whole sequence to the new
+# one, which registers the running device again
+kill "$client_pid"
+wait_until 20 bash -c "! kill -0 $client_pid 2>/dev/null"
+wait "$client_pid" 2>/dev/null; rc1=$?
+mv "$run/client.log" "$run/client1.log"
+"$client" --socket-path "$run/vu.sock" --server "$run/server.sock" --uuid "$uuid" \
+    --device-id 1 --log-level debug >"$run/client.log" 2>&1 </dev/null &
+client_pid=$!
+pids+=($client_pid)
+back() { [ "$(dev '.frontends | length')" = 1 ] && [ "$(dev '.regions | length')" = "$nreg" ]; }
+if [ "$rc1" = 0 ] && grep -q "shutdown: done" "$run/client1.log" &&
+   wait_until 30 grep -q "DEVICE_INFO_ACK(ADD_DONE): net 1 with 2 virtqueues" "$run/client.log" &&
+   wait_until 10 back; then
+    ok "daemon restart: the old one sent DEVICE_INFO(DEL) and exited 0; QEMU reconnected and the new one registered the running device again"
+else
+    not_ok "QEMU reconnects to a restarted daemon" "first daemon rc=$rc1" \
+        "$(tail -n 20 "$run/client1.log" | sed 's/^/  /')" "$(diag_logs)" "$(status)"
+fi
+
+# 11. QEMU quits: the frontend and the memory leave the device VM
 $vpg qmp "$qmp" --timeout 10 '{"execute":"quit"}' >/dev/null 2>&1
 wait_until 20 bash -c "! kill -0 $qemu_pid 2>/dev/null"
 gone() { [ "$(dev '.frontends | length')" = 0 ] && [ "$(dev '.regions | length')" = 0 ]; }
@@ -217,7 +255,7 @@ else
     not_ok "QEMU quitting removes the frontend and memory" "$(diag_logs)" "$(status)"
 fi
 
-# 10. SIGTERM: the daemon exits 0 and removes its socket
+# 12. SIGTERM: the daemon exits 0 and removes its socket
 kill "$client_pid"
 wait_until 20 bash -c "! kill -0 $client_pid 2>/dev/null"
 wait "$client_pid" 2>/dev/null; rc=$?
