@@ -9,22 +9,36 @@
  *   GET_FEATURES                       the accepted bits (+ PROTOCOL_FEATURES, a
  *                                      vhost-user bit never forwarded); deferred until
  *                                      the answer, at most FEATURES_WAIT_MS
- *   the guest starts the device        MEMORY_INFO(ADD) of every region, FEATURE_BITS
- *   (SET_FEATURES, regions, vrings)    (the negotiated set), DEVICE_INFO(ADD) with the
- *                                      kick/call fds (spec 1.5.1.1)
+ *   the guest starts the device        after HANDSHAKE_SETTLE_MS: MEMORY_INFO(ADD) of
+ *   (SET_FEATURES, regions, vrings)    every region, FEATURE_BITS (the negotiated set),
+ *                                      DEVICE_INFO(ADD) with the kick/call fds (spec
+ *                                      1.5.1.1)
  *   accepted < negotiated              renegotiation round: FEATURE_BITS_ACK(accepted),
  *                                      then QEMU's connection is closed so that it
  *                                      reconnects (reconnect=N) and renegotiates the
  *                                      smaller offer
  *   ADD_MEM_REG / REM_MEM_REG          MEMORY_INFO(ADD/DEL), answered to QEMU only
- *   (after the first start)            after the server's ACK
+ *   (after the first start)            after the server's ACK (a refusal is logged with
+ *                                      the server's reason; the core has no way yet to
+ *                                      turn it into a REPLY_ACK failure)
  *   new kick/call fd of a running ring DEVICE_INFO(ADD) update (spec 1.6.1.1)
  *   GET_VRING_BASE                     DEVICE_INFO(DEL); answered with the
- *                                      last_avail_idx of DEVICE_INFO_ACK(DEL_DONE)
+ *                                      last_avail_idx of DEVICE_INFO_ACK(DEL_DONE); when
+ *                                      the DEL fails QEMU's connection is dropped (no
+ *                                      error reply exists; QEMU then restores the
+ *                                      position from the used index)
  *   QEMU disconnects                   DEVICE_INFO(DEL), MEMORY_INFO(DEL) of everything
  *   SIGINT / SIGTERM                   DEVICE_INFO(DEL), wait for DEL_DONE (bounded), exit
  *   the server connection drops        reconnect with backoff; re-run the handshake
  *                                      when QEMU's device is started
+ *   no server answer for GET_FEATURES  after FEATURES_WAIT_MS offer the protocol's set
+ *                                      (VP_NET_FEATURES & --features); the handshake's
+ *                                      FEATURE_BITS round settles it
+ *
+ * One QEMU connection at a time (a second is refused), one frontend (device_type NET,
+ * --device-id), one receiveq/transmitq pair. Answers that arrive late (for an earlier
+ * start of QEMU's device, or an earlier connection) are recognised by a generation
+ * number and never applied to the current one.
  *
  * Program conventions: docs/interop/vhost-user.rst "Backend program conventions"
  * (--socket-path, --fd, --print-capabilities).
@@ -988,6 +1002,16 @@ static void serve_connection(struct daemon *d, int sock)
     g_message("QEMU connected (vhost-user connection %u)", d->vu_gen);
 }
 
+static gboolean on_accept(gint fd, GIOCondition cond, gpointer data);
+
+static gboolean resume_accept(gpointer data)
+{
+    struct daemon *d = data;
+    if (d->listen_fd >= 0 && !d->shutting_down && !d->listen_src)
+        d->listen_src = g_unix_fd_add(d->listen_fd, G_IO_IN, on_accept, d);
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
 {
     struct daemon *d = data;
@@ -995,10 +1019,19 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
     for (;;) {
         int s = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
         if (s < 0) {
-            if (errno == EINTR)
+            int e = errno;
+            if (e == EINTR)
                 continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                g_warning("accept on the vhost-user socket: %s", g_strerror(errno));
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+                /* The pending connection stays: pause instead of spinning on it. */
+                g_warning("accept on the vhost-user socket: %s: pausing for 200 ms",
+                          g_strerror(e));
+                d->listen_src = 0;
+                g_timeout_add(200, resume_accept, d);
+                return G_SOURCE_REMOVE;
+            }
+            if (e != EAGAIN && e != EWOULDBLOCK)
+                g_warning("accept on the vhost-user socket: %s", g_strerror(e));
             break;
         }
         serve_connection(d, s);
