@@ -5,7 +5,8 @@
  *
  * Security model: anyone who can connect may ask; the request is one short line read
  * into a bounded buffer (64 bytes) with a deadline (2 s), nothing else is parsed.
- * Unknown commands get {"error": "..."}.
+ * Unknown commands get {"error": "..."}, the command quoted after invalid UTF-8 was
+ * replaced (the answer must stay one valid JSON document).
  */
 #include "server.h"
 
@@ -196,7 +197,8 @@ static void answer(struct mgmt_conn *c)
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
         json_builder_set_member_name(b, "error");
-        char *e = g_strdup_printf("unknown command '%s' (known: status)", line);
+        g_autofree char *valid = g_utf8_make_valid(line, -1);
+        char *e = g_strdup_printf("unknown command '%s' (known: status)", valid);
         json_builder_add_string_value(b, e);
         g_free(e);
         json_builder_end_object(b);

@@ -325,8 +325,7 @@ void itest_env_stop(ITestEnv *env)
 
 /* ------------------------------ status ------------------------------ */
 
-/* Connect to @path, send "status\n", read to EOF (2 s bound), parse. */
-static JsonNode *query_status(const char *path)
+JsonNode *itest_socket_query(const char *path, const char *request, gsize len)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     g_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
@@ -336,7 +335,7 @@ static JsonNode *query_status(const char *path)
         close(fd);
         return NULL;
     }
-    if (send(fd, "status\n", 7, MSG_NOSIGNAL) != 7) {
+    if (send(fd, request, len, MSG_NOSIGNAL) != (gssize)len) {
         close(fd);
         return NULL;
     }
@@ -379,6 +378,12 @@ static JsonNode *query_status(const char *path)
         root = NULL;
     }
     return root;
+}
+
+/* Connect to @path, send "status\n", read to EOF (2 s bound), parse. */
+static JsonNode *query_status(const char *path)
+{
+    return itest_socket_query(path, "status\n", 7);
 }
 
 JsonNode *itest_server_status_try(ITestEnv *env)

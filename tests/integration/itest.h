@@ -67,6 +67,11 @@ char *itest_bin(const char *which);
 
 /* ---- status documents ---- */
 
+/** Connect to the status-style socket @path, send request[0..len), read to EOF (2 s
+ *  bound) and parse one JSON object. NULL when there is no answer or it is not a JSON
+ *  object. Free with json_node_unref(). */
+JsonNode *itest_socket_query(const char *path, const char *request, gsize len);
+
 /** The server's status document (connect to --mgmt, "status\n", read to EOF).
  *  Returns NULL when the server does not answer. Free with json_node_unref(). */
 JsonNode *itest_server_status_try(ITestEnv *env);

@@ -567,6 +567,26 @@ static void test_bad_device_info(Fx *fx, gconstpointer data)
     assert_still_serving(fx);
 }
 
+/* ------------------------------ management socket ------------------------------ */
+
+/* An unknown command whose bytes are not UTF-8 (nor printable) is still answered with
+ * one valid JSON document naming the error, and the mgmt socket keeps serving. */
+static void test_mgmt_bad_command(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    static const char req[] = "\xff\xfe\"\x01st\xc3" "atus\n";
+    JsonNode *n = itest_socket_query(fx->env.mgmt, req, sizeof(req) - 1);
+    g_assert_nonnull(n);  /* NULL: the answer was not a JSON document */
+    JsonObject *o = json_node_get_object(n);
+    g_assert_true(json_object_has_member(o, "error"));
+    const char *msg = json_object_get_string_member(o, "error");
+    g_assert_true(g_utf8_validate(msg, -1, NULL));
+    g_assert_nonnull(strstr(msg, "unknown command"));
+    g_assert_nonnull(strstr(msg, "(known: status)"));
+    json_node_unref(n);
+    assert_still_serving(fx);
+}
+
 /* ------------------------------ a fake guestd ------------------------------ */
 
 /*
@@ -858,6 +878,7 @@ int main(int argc, char **argv)
     ADD("unsealed-memfd", test_unsealed_memfd);
     ADD("del-unknown", test_del_unknown);
     ADD("bad-device-info", test_bad_device_info);
+    ADD("mgmt-bad-command", test_mgmt_bad_command);
 #undef ADD
     g_test_add_func("/bad-input/bogus-guestd-ack", test_bogus_guestd_ack);
     return g_test_run();
