@@ -118,7 +118,10 @@ int vp_lb_recv(int sock, struct vp_lb_msg *m, int *fds, unsigned maxfds, unsigne
             .msg_iov = &iov, .msg_iovlen = 1,
             .msg_control = cbuf.buf, .msg_controllen = sizeof(cbuf.buf),
         };
-        ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+        /* Once part of a message is in, never block without a bound, even on a
+         * blocking socket: a peer that stops mid-message gets the bounded poll below
+         * instead of stalling its receiver (and whatever loop it serves) for ever. */
+        ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | (done > 0 ? MSG_DONTWAIT : 0));
         if (n < 0) {
             if (errno == EINTR)
                 continue;

@@ -69,7 +69,9 @@ struct vp_lb_msg {
 int vp_lb_send(int sock, const struct vp_lb_msg *m, const int *fds, unsigned nfds);
 
 /**
- * Receive one message from a blocking socket (or one that is readable). On success
+ * Receive one message from a blocking socket (or one that is readable). Only the
+ * first byte is waited for without a bound; the rest of a started message must come
+ * within a few seconds (blocking or not), else -EPROTO "short message". On success
  * returns 0 and the received fds are owned by the caller (fds[0..*nfds), capacity
  * @maxfds). Returns -ECONNRESET on EOF, -EPROTO (short message, unknown type,
  * MSG_CTRUNC, fd count not the type's), or -errno; on error every fd received with

@@ -487,6 +487,57 @@ static void test_nonblocking(void)
     vp_close_fd(&sv[1]);
 }
 
+struct recv_job {
+    int sock;
+    int ret;
+    struct vp_lb_msg m;
+    int fds[2];
+    unsigned nfds;
+    vp_error err;
+    gint done;
+};
+
+static gpointer recv_thread(gpointer opaque)
+{
+    struct recv_job *j = opaque;
+    j->ret = vp_lb_recv(j->sock, &j->m, j->fds, 2, &j->nfds, &j->err);
+    g_atomic_int_set(&j->done, 1);
+    return NULL;
+}
+
+/* Blocking receiver, a peer that sends half a message (with its fd) and then nothing
+ * while keeping the connection open: recv gives up after its bound with -EPROTO and
+ * closes the fd, instead of blocking its caller's main loop for ever. */
+static void test_stalled_half_message(void)
+{
+    int sv[2];
+    vp_test_socketpair(sv);
+    int before = vp_count_open_fds();
+    struct vp_lb_msg m = { VP_LB_PLUG_WINDOW, 4, 1, 1, 4096, 0 };
+    unsigned char b[VP_LB_MSG_SIZE];
+    encode(b, &m);
+    int fd = vp_test_memfd("stalled", 4096, FALSE);
+    raw_send(sv[0], b, 10, &fd, 1);
+    vp_close_fd(&fd);
+
+    struct recv_job j = { .sock = sv[1], .err = { "" } };
+    GThread *t = g_thread_new("receiver", recv_thread, &j);
+    gint64 deadline = g_get_monotonic_time() + 15 * G_USEC_PER_SEC;
+    while (!g_atomic_int_get(&j.done) && g_get_monotonic_time() < deadline)
+        g_usleep(10000);
+    gboolean returned = g_atomic_int_get(&j.done);
+    if (!returned)
+        shutdown(sv[1], SHUT_RDWR);  /* unblock it, then fail */
+    g_thread_join(t);
+    g_assert_true(returned);
+    g_assert_cmpint(j.ret, ==, -EPROTO);
+    g_assert_nonnull(strstr(j.err.msg, "short message (10 of 32 bytes, rest did not arrive)"));
+    g_assert_cmpuint(j.nfds, ==, 0);
+    vp_assert_fds(before);
+    vp_close_fd(&sv[0]);
+    vp_close_fd(&sv[1]);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -500,5 +551,6 @@ int main(int argc, char **argv)
     g_test_add_func("/localbus/send_errors", test_send_errors);
     g_test_add_func("/localbus/eintr", test_eintr);
     g_test_add_func("/localbus/nonblocking", test_nonblocking);
+    g_test_add_func("/localbus/stalled_half_message", test_stalled_half_message);
     return g_test_run();
 }
