@@ -268,6 +268,21 @@ static void expect_client_fail(VpClient *c, gboolean ok, const VpClientReply *r,
     g_assert_true(vp_client_is_connected(c));
 }
 
+/* A new connection of driver VM @uuid (NULL: a new driver VM) adds @n regions: the
+ * server refuses them with ADD_FAIL and a reason containing @why; the connection
+ * stays up until it is closed here. */
+static void expect_memory_add_refused(Fx *fx, const guint8 *uuid, const struct vp_region *r,
+                                      unsigned n, const char *why)
+{
+    VpClient *c = other_client(fx, uuid);
+    VpClientReply rep;
+    GError *e = NULL;
+    gboolean ok = vp_client_memory_add_sync(c, r, n, TMO, &rep, &e);
+    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, why);
+    vp_client_close(c);
+    vp_client_unref(c);
+}
+
 /* ------------------------------ framing ------------------------------ */
 
 /* Half a message, the connection held open: others are not stalled; then closed
@@ -410,28 +425,15 @@ static void test_overlapping_regions(Fx *fx, gconstpointer data)
 {
     (void)data;
     int m1 = itest_memfd(MiB, NULL), m2 = itest_memfd(MiB, NULL);
-    VpClient *c = other_client(fx, NULL);
     struct vp_region r[2] = {
         { .gpa = 0x100000000ULL, .size = MiB, .mmap_offset = 0, .fd = m1 },
         { .gpa = 0x100080000ULL, .size = MiB, .mmap_offset = 0, .fd = m2 },
     };
-    VpClientReply rep;
-    GError *e = NULL;
-    gboolean ok = vp_client_memory_add_sync(c, r, 2, TMO, &rep, &e);
-    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "overlaps");
-    vp_client_close(c);
-    vp_client_unref(c);
+    expect_memory_add_refused(fx, NULL, r, 2, "overlaps");
 
     /* Against A's RAM at [0, 1 MiB). */
-    guint8 uuid[16];
-    memcpy(uuid, vp_client_get_uuid(fx->a), 16);
-    c = other_client(fx, uuid);
     struct vp_region o = { .gpa = 0x80000, .size = MiB, .mmap_offset = 0, .fd = m1 };
-    e = NULL;
-    ok = vp_client_memory_add_sync(c, &o, 1, TMO, &rep, &e);
-    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "overlaps");
-    vp_client_close(c);
-    vp_client_unref(c);
+    expect_memory_add_refused(fx, vp_client_get_uuid(fx->a), &o, 1, "overlaps");
     vp_close_fd(&m1);
     vp_close_fd(&m2);
     assert_still_serving(fx);
@@ -442,14 +444,8 @@ static void test_region_past_file_end(Fx *fx, gconstpointer data)
 {
     (void)data;
     int m = itest_memfd(MiB, NULL);
-    VpClient *c = other_client(fx, NULL);
     struct vp_region r = { .gpa = 0, .size = MiB, .mmap_offset = MiB / 2, .fd = m };
-    VpClientReply rep;
-    GError *e = NULL;
-    gboolean ok = vp_client_memory_add_sync(c, &r, 1, TMO, &rep, &e);
-    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "past the end of its file");
-    vp_client_close(c);
-    vp_client_unref(c);
+    expect_memory_add_refused(fx, NULL, &r, 1, "past the end of its file");
     vp_close_fd(&m);
     assert_still_serving(fx);
 }
@@ -459,24 +455,11 @@ static void test_non_pow2_file(Fx *fx, gconstpointer data)
 {
     (void)data;
     int m = itest_memfd(3 * MiB, NULL);
-    VpClient *c = other_client(fx, NULL);
     struct vp_region r = { .gpa = 0, .size = 3 * MiB, .mmap_offset = 0, .fd = m };
-    VpClientReply rep;
-    GError *e = NULL;
-    gboolean ok = vp_client_memory_add_sync(c, &r, 1, TMO, &rep, &e);
-    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "power of two");
+    expect_memory_add_refused(fx, NULL, &r, 1, "power of two");
     /* Also as hot-added memory of A's existing device. */
-    vp_client_close(c);
-    vp_client_unref(c);
-    guint8 uuid[16];
-    memcpy(uuid, vp_client_get_uuid(fx->a), 16);
-    c = other_client(fx, uuid);
     r.gpa = 4 * GiB;
-    e = NULL;
-    ok = vp_client_memory_add_sync(c, &r, 1, TMO, &rep, &e);
-    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "power of two");
-    vp_client_close(c);
-    vp_client_unref(c);
+    expect_memory_add_refused(fx, vp_client_get_uuid(fx->a), &r, 1, "power of two");
     vp_close_fd(&m);
     assert_still_serving(fx);
 }
@@ -486,14 +469,8 @@ static void test_unsealed_memfd(Fx *fx, gconstpointer data)
 {
     (void)data;
     int m = vp_test_memfd("unsealed", MiB, FALSE);
-    VpClient *c = other_client(fx, NULL);
     struct vp_region r = { .gpa = 0, .size = MiB, .mmap_offset = 0, .fd = m };
-    VpClientReply rep;
-    GError *e = NULL;
-    gboolean ok = vp_client_memory_add_sync(c, &r, 1, TMO, &rep, &e);
-    expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, "not sealed against shrinking");
-    vp_client_close(c);
-    vp_client_unref(c);
+    expect_memory_add_refused(fx, NULL, &r, 1, "not sealed against shrinking");
     vp_close_fd(&m);
     assert_still_serving(fx);
 }

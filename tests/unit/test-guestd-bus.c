@@ -84,30 +84,64 @@ static void lb_expect(struct gd_loop *loop, int sock, uint32_t type, uint32_t sl
     g_assert_cmpuint(m.devfn, ==, devfn);
 }
 
+/* A guestd control plane on the local bus, with the test as its server: listening
+ * socket, guestd connected and started, its HELLO received. */
+struct lb_rig {
+    char *dir, *path;
+    int lsock, srv;
+    struct gd_loop *loop;
+    struct gd_cp *cp;
+    struct gd_bus *bus;
+};
+
+static void lb_rig_up(struct lb_rig *r)
+{
+    r->dir = g_dir_make_tmp("guestd-lb-XXXXXX", NULL);
+    r->path = g_build_filename(r->dir, "bus.sock", NULL);
+    r->lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_strlcpy(sa.sun_path, r->path, sizeof(sa.sun_path));
+    g_assert_cmpint(bind(r->lsock, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+    g_assert_cmpint(listen(r->lsock, 1), ==, 0);
+
+    r->loop = gd_loop_new();
+    lost = false;
+    struct gd_cp_config cfg = { .bus_lost = on_lost };
+    r->cp = gd_cp_new(r->loop, &cfg);
+    vp_error err = { { 0 } };
+    r->bus = gd_bus_local_new(r->loop, r->path, 1000, &gd_cp_bus_events, r->cp, &err);
+    g_assert_nonnull(r->bus);
+    gd_cp_set_bus(r->cp, r->bus);
+    r->srv = accept4(r->lsock, NULL, NULL, SOCK_CLOEXEC);
+    g_assert_cmpint(r->srv, >=, 0);
+    g_assert_cmpint(gd_bus_start(r->bus, &err), ==, 0);
+    lb_expect(r->loop, r->srv, VP_LB_HELLO, 0, 0);
+}
+
+static void lb_rig_down(struct lb_rig *r)
+{
+    gd_cp_shutdown(r->cp);
+    gd_bus_destroy(r->bus);
+    gd_cp_free(r->cp);
+    gd_loop_free(r->loop);
+    vp_close_fd(&r->srv);
+    vp_close_fd(&r->lsock);
+    unlink(r->path);
+    g_rmdir(r->dir);
+    g_free(r->path);
+    g_free(r->dir);
+}
+
 static void test_local_bus(void)
 {
     gd_log_set_level(g_test_verbose() ? GD_LOG_DEBUG : GD_LOG_ERROR);
     int before = vp_count_open_fds();
-    char *dir = g_dir_make_tmp("guestd-lb-XXXXXX", NULL);
-    char *path = g_build_filename(dir, "bus.sock", NULL);
-    int lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    g_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
-    g_assert_cmpint(bind(lsock, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
-    g_assert_cmpint(listen(lsock, 1), ==, 0);
-
-    struct gd_loop *loop = gd_loop_new();
-    lost = false;
-    struct gd_cp_config cfg = { .bus_lost = on_lost };
-    struct gd_cp *cp = gd_cp_new(loop, &cfg);
-    vp_error err = { { 0 } };
-    struct gd_bus *bus = gd_bus_local_new(loop, path, 1000, &gd_cp_bus_events, cp, &err);
-    g_assert_nonnull(bus);
-    gd_cp_set_bus(cp, bus);
-    int srv = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
-    g_assert_cmpint(srv, >=, 0);
-    g_assert_cmpint(gd_bus_start(bus, &err), ==, 0);
-    lb_expect(loop, srv, VP_LB_HELLO, 0, 0);
+    struct lb_rig rig;
+    lb_rig_up(&rig);
+    struct gd_loop *loop = rig.loop;
+    struct gd_cp *cp = rig.cp;
+    struct gd_bus *bus = rig.bus;
+    int srv = rig.srv;
 
     /* A refused plug: the file is smaller than announced. No device, fds closed. */
     int small = vp_test_memfd("small", 4096, TRUE);
@@ -203,68 +237,37 @@ static void test_local_bus(void)
     fk_write_header(fk.ca, FK_BAR_SIZE);
     g_assert_cmpint(vp_lb_send(srv, &m, fds, 4), ==, 0);
     ITERATE_UNTIL(loop, gd_cp_device(cp, 4) != NULL);
-    close(srv);
+    vp_close_fd(&rig.srv);
     ITERATE_UNTIL(loop, lost);
     g_assert_nonnull(strstr(lost_why, "closed by the server"));
     g_assert_null(gd_cp_device(cp, 4));
 
-    gd_cp_shutdown(cp);
-    gd_bus_destroy(bus);
-    gd_cp_free(cp);
-    gd_loop_free(loop);
+    lb_rig_down(&rig);
     munmap(fk.ca, VP_CA_SIZE);
     vp_close_fds(e, 3);
     vp_close_fds(pv, 2);
     close(small);
     close(wfd);
     close(cafd);
-    close(lsock);
-    unlink(path);
-    g_rmdir(dir);
-    g_free(path);
-    g_free(dir);
     vp_assert_fds(before);
 }
 
 static void test_local_bus_protocol_error(void)
 {
     int before = vp_count_open_fds();
-    char *dir = g_dir_make_tmp("guestd-lb-XXXXXX", NULL);
-    char *path = g_build_filename(dir, "bus.sock", NULL);
-    int lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    g_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
-    g_assert_cmpint(bind(lsock, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
-    g_assert_cmpint(listen(lsock, 1), ==, 0);
-    struct gd_loop *loop = gd_loop_new();
-    lost = false;
-    struct gd_cp_config cfg = { .bus_lost = on_lost };
-    struct gd_cp *cp = gd_cp_new(loop, &cfg);
-    vp_error err = { { 0 } };
-    struct gd_bus *bus = gd_bus_local_new(loop, path, 1000, &gd_cp_bus_events, cp, &err);
-    g_assert_nonnull(bus);
-    gd_cp_set_bus(cp, bus);
-    int srv = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
-    g_assert_cmpint(gd_bus_start(bus, &err), ==, 0);
-    lb_expect(loop, srv, VP_LB_HELLO, 0, 0);
+    struct lb_rig rig;
+    lb_rig_up(&rig);
     /* EJECTED only travels guestd -> server. */
     struct vp_lb_msg m = { .type = VP_LB_EJECTED, .slot = 1 };
-    g_assert_cmpint(vp_lb_send(srv, &m, NULL, 0), ==, 0);
-    ITERATE_UNTIL(loop, lost);
+    g_assert_cmpint(vp_lb_send(rig.srv, &m, NULL, 0), ==, 0);
+    ITERATE_UNTIL(rig.loop, lost);
     g_assert_nonnull(strstr(lost_why, "unexpected message type 7"));
-    gd_cp_shutdown(cp);
-    gd_bus_destroy(bus);
-    gd_cp_free(cp);
-    gd_loop_free(loop);
-    close(srv);
-    close(lsock);
-    unlink(path);
-    g_rmdir(dir);
-    g_free(path);
-    g_free(dir);
+    lb_rig_down(&rig);
 
     /* No server at all: a bounded retry, then a reason. */
-    loop = gd_loop_new();
+    vp_error err = { { 0 } };
+    struct gd_loop *loop = gd_loop_new();
+    struct gd_bus *bus;
     uint64_t t0 = gd_now_ns();
     bus = gd_bus_local_new(loop, "/nonexistent/bus.sock", 100, &gd_cp_bus_events, NULL, &err);
     g_assert_null(bus);
