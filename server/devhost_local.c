@@ -331,6 +331,8 @@ static void local_plug_control(struct vp_devhost *hh, const struct vp_devhost_co
     c->size = ctl->ctrl_size;
     c->windows = g_ptr_array_new_with_free_func(window_free);
     const int src[4] = { ctl->ctrl_fd, ctl->rx_kick_fd, ctl->tx_kick_fd, ctl->irq_fd };
+    for (int i = 0; i < 4; i++)
+        c->fds[i] = -1;  /* control_free() on a failed dup closes only what we own */
     for (int i = 0; i < 4; i++) {
         c->fds[i] = dup_fd(src[i]);
         if (c->fds[i] < 0) {

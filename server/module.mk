@@ -27,3 +27,9 @@ $(B)/tests/unit/test-server-layout: $(B)/tests/unit/test-server-layout.o \
 # prerequisites of every rule for the target.
 H7_SERVER_OBJS := $(B)/server/devhost_qemu.o $(B)/server/qmp.o $(B)/server/ivshmem_endpoint.o
 $(B)/server/vhost-pci-server: $(H7_SERVER_OBJS)
+
+# The local device host on its own (fd ownership on failed plugs).
+$(B)/tests/unit/test-devhost-local: $(B)/tests/unit/test-devhost-local.o \
+                                    $(B)/server/devhost_local.o $(B)/server/unix_listen.o \
+                                    $(B)/tests/testutil.o $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
