@@ -199,6 +199,23 @@ static void qmp_waiter_fail(qmp_waiter *w, int ret, const char *reason)
 
 /* ---- closing ---------------------------------------------------------------- */
 
+/* Fail every queued command and every device_del waiter with @ret / @reason. */
+static void qmp_fail_pending(qmp_client *c, int ret, const char *reason)
+{
+    while (!g_queue_is_empty(&c->queue)) {
+        qmp_cmd *cmd = g_queue_pop_head(&c->queue);
+        qmp_cmd_fail(cmd, ret, reason);
+        qmp_cmd_free(cmd);
+    }
+    while (c->waiters) {
+        qmp_waiter *w = c->waiters->data;
+        c->waiters = g_list_delete_link(c->waiters, c->waiters);
+        qmp_source_drop(&w->timer);
+        qmp_waiter_fail(w, ret, reason);
+        qmp_waiter_free(w);
+    }
+}
+
 /* Close the connection (idempotent): fail everything pending with @ret, report. */
 static void qmp_close(qmp_client *c, int ret, const char *fmt, ...)
 {
@@ -229,18 +246,7 @@ static void qmp_close(qmp_client *c, int ret, const char *fmt, ...)
         qmp_cmd_fail(cmd, ret, reason);
         qmp_cmd_free(cmd);
     }
-    while (!g_queue_is_empty(&c->queue)) {
-        qmp_cmd *cmd = g_queue_pop_head(&c->queue);
-        qmp_cmd_fail(cmd, ret, reason);
-        qmp_cmd_free(cmd);
-    }
-    while (c->waiters) {
-        qmp_waiter *w = c->waiters->data;
-        c->waiters = g_list_delete_link(c->waiters, c->waiters);
-        qmp_source_drop(&w->timer);
-        qmp_waiter_fail(w, ret, reason);
-        qmp_waiter_free(w);
-    }
+    qmp_fail_pending(c, ret, reason);
     if (!c->closed_reported && c->state_fn) {
         vp_error err;
         c->closed_reported = TRUE;
@@ -341,18 +347,7 @@ static gboolean qmp_on_pump(gpointer data)
     qmp_enter(c);
     qmp_source_drop(&c->pump_src);
     if (c->state == QMP_ST_CLOSED) {
-        while (!g_queue_is_empty(&c->queue)) {
-            qmp_cmd *cmd = g_queue_pop_head(&c->queue);
-            qmp_cmd_fail(cmd, -ECONNRESET, "QMP connection is closed");
-            qmp_cmd_free(cmd);
-        }
-        while (c->waiters) {
-            qmp_waiter *w = c->waiters->data;
-            c->waiters = g_list_delete_link(c->waiters, c->waiters);
-            qmp_source_drop(&w->timer);
-            qmp_waiter_fail(w, -ECONNRESET, "QMP connection is closed");
-            qmp_waiter_free(w);
-        }
+        qmp_fail_pending(c, -ECONNRESET, "QMP connection is closed");
     } else {
         qmp_send_next(c);
     }
@@ -744,18 +739,7 @@ void qmp_client_free(qmp_client *c)
     if (c->state != QMP_ST_CLOSED)
         qmp_close(c, -ECANCELED, "QMP client freed");
     /* Commands queued after a close (pump not yet run). */
-    while (!g_queue_is_empty(&c->queue)) {
-        qmp_cmd *cmd = g_queue_pop_head(&c->queue);
-        qmp_cmd_fail(cmd, -ECANCELED, "QMP client freed");
-        qmp_cmd_free(cmd);
-    }
-    while (c->waiters) {
-        qmp_waiter *w = c->waiters->data;
-        c->waiters = g_list_delete_link(c->waiters, c->waiters);
-        qmp_source_drop(&w->timer);
-        qmp_waiter_fail(w, -ECANCELED, "QMP client freed");
-        qmp_waiter_free(w);
-    }
+    qmp_fail_pending(c, -ECANCELED, "QMP client freed");
     qmp_leave(c);               /* destroys now unless inside another entry point */
 }
 

@@ -81,45 +81,41 @@ static char *query(const char *path, const char *cmd, GError **error)
     return NULL;
 }
 
+/* Member @name of @o, or NULL when @o is NULL or has no such member. */
+static JsonNode *mget(JsonObject *o, const char *name)
+{
+    return o && json_object_has_member(o, name) ? json_object_get_member(o, name) : NULL;
+}
+
 static gint64 iget(JsonObject *o, const char *name)
 {
-    if (!o || !json_object_has_member(o, name))
-        return 0;
-    JsonNode *n = json_object_get_member(o, name);
-    return JSON_NODE_HOLDS_VALUE(n) ? json_node_get_int(n) : 0;
+    JsonNode *n = mget(o, name);
+    return n && JSON_NODE_HOLDS_VALUE(n) ? json_node_get_int(n) : 0;
 }
 
 static const char *sget(JsonObject *o, const char *name)
 {
-    if (!o || !json_object_has_member(o, name))
-        return "";
-    JsonNode *n = json_object_get_member(o, name);
-    return JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
+    JsonNode *n = mget(o, name);
+    return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
                ? json_node_get_string(n) : "";
 }
 
 static gboolean bget(JsonObject *o, const char *name)
 {
-    if (!o || !json_object_has_member(o, name))
-        return FALSE;
-    JsonNode *n = json_object_get_member(o, name);
-    return JSON_NODE_HOLDS_VALUE(n) && json_node_get_boolean(n);
+    JsonNode *n = mget(o, name);
+    return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_boolean(n);
 }
 
 static JsonObject *oget(JsonObject *o, const char *name)
 {
-    if (!o || !json_object_has_member(o, name))
-        return NULL;
-    JsonNode *n = json_object_get_member(o, name);
-    return JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+    JsonNode *n = mget(o, name);
+    return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
 }
 
 static JsonArray *aget(JsonObject *o, const char *name)
 {
-    if (!o || !json_object_has_member(o, name))
-        return NULL;
-    JsonNode *n = json_object_get_member(o, name);
-    return JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
+    JsonNode *n = mget(o, name);
+    return n && JSON_NODE_HOLDS_ARRAY(n) ? json_node_get_array(n) : NULL;
 }
 
 static JsonObject *elem(JsonArray *a, guint i)
