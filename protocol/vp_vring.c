@@ -112,6 +112,17 @@ static int check_mem(const struct vp_vring_mem *m)
     return 0;
 }
 
+/* Entries the other side published past @last: its 16-bit index at @idx_p is read
+ * once into *idx. Returns the count, or -1 when the index moved by more than @num
+ * (the caller breaks its ring with its own reason). */
+static int peer_pending(const void *idx_p, uint16_t last, uint32_t num, uint16_t *idx)
+{
+    uint16_t i = sh_ld16(idx_p);
+    uint16_t pending = (uint16_t)(i - last);
+    *idx = i;
+    return pending > num ? -1 : (int)pending;
+}
+
 /* ------------------------------ device side ------------------------------ */
 
 void vp_vring_dev_break(struct vp_vring_dev *vq, const char *fmt, ...)
@@ -149,11 +160,11 @@ int vp_vring_dev_pop(struct vp_vring_dev *vq, struct vp_vring_seg *segs,
     const struct vp_vring_mem *m = &vq->mem;
     const uint32_t num = m->num;
 
-    uint16_t aidx = sh_ld16(avail_idx(m));
-    uint16_t pending = (uint16_t)(aidx - vq->last_avail_idx);
+    uint16_t aidx;
+    int pending = peer_pending(avail_idx(m), vq->last_avail_idx, num, &aidx);
     if (pending == 0)
         return 0;
-    if (pending > num) {
+    if (pending < 0) {
         vp_vring_dev_break(vq, "avail index moved from %u to %u (more than num %u)",
                            vq->last_avail_idx, aidx, num);
         return -EIO;
@@ -453,11 +464,11 @@ int vp_vring_drv_get_used(struct vp_vring_drv *vq, void **token, uint32_t *len)
     const struct vp_vring_mem *m = &vq->mem;
     const uint32_t num = m->num;
 
-    uint16_t uidx = sh_ld16(used_idx(m));
-    uint16_t pending = (uint16_t)(uidx - vq->last_used_idx);
+    uint16_t uidx;
+    int pending = peer_pending(used_idx(m), vq->last_used_idx, num, &uidx);
     if (pending == 0)
         return 0;
-    if (pending > num) {
+    if (pending < 0) {
         drv_break(vq, "used index moved from %u to %u (more than num %u)",
                   vq->last_used_idx, uidx, num);
         return -EIO;
