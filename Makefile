@@ -45,6 +45,10 @@ CLEAN_EXTRA :=
 .PHONY: all check demo bench clean deps
 all:
 
+# Keep every intermediate file (objects of test programs): make would otherwise
+# delete them after the run and print "rm ..." after the test summary line.
+.SECONDARY:
+
 include protocol/module.mk
 -include server/module.mk
 -include client/module.mk
