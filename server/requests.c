@@ -1307,13 +1307,10 @@ int srv_req_device_info(struct srv_session *s, struct vp_msg *msg, vp_error *err
 {
     struct vp_server *srv = s->srv;
     uint64_t seq = msg->hdr.seq;
-    struct vp_device_info *di = g_new0(struct vp_device_info, 1);
-    vp_device_info_init(di);
-    int r = vp_decode_device_info(msg, di, err);
-    if (r < 0) {
-        g_free(di);
-        return r;
-    }
+    struct vp_device_info *di;
+    int r = srv_decode_device_info(msg, &di, err);
+    if (r < 0)
+        return r;  /* framing: the caller disconnects; msg still owns the fds */
     uint64_t fail = di->op == VP_OP_DEL ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL;
     vp_error verr = { "" };
     struct srv_device *dev = srv_device_lookup(srv, s->uuid);

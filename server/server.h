@@ -110,6 +110,12 @@ void srv_reply(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64
 void srv_ack_fill(struct vp_ack *ack, uint64_t result, const char *reason,
                   const struct vp_device_info *di);
 
+/** Decode the DEVICE_INFO in @msg into a new struct *@out, which then owns the fds
+ *  it names (release with vp_device_info_close_fds() and g_free()). Returns 0, or
+ *  vp_decode_device_info()'s error with a reason in @err when the payload is
+ *  malformed (a framing error; *@out is NULL and @msg keeps its fds). */
+int srv_decode_device_info(struct vp_msg *msg, struct vp_device_info **out, vp_error *err);
+
 /** Answer a request of session @s at once with an ACK of @type (result, reason, @di
  *  as for srv_ack_fill), logging the reason when there is one. */
 void srv_reply_now(struct srv_session *s, uint16_t type, uint64_t seq, uint64_t result,

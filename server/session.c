@@ -233,19 +233,29 @@ void srv_reply_now(struct srv_session *s, uint16_t type, uint64_t seq, uint64_t 
     srv_reply(s->srv, s->id, type, seq, &a);
 }
 
+int srv_decode_device_info(struct vp_msg *msg, struct vp_device_info **out, vp_error *err)
+{
+    struct vp_device_info *di = g_new0(struct vp_device_info, 1);
+    vp_device_info_init(di);
+    int r = vp_decode_device_info(msg, di, err);
+    if (r < 0) {
+        g_free(di);
+        di = NULL;
+    }
+    *out = di;
+    return r;
+}
+
 /* Answer a rejected DEVICE_INFO: decode just enough to echo op and device. */
 static int reject_with_ack(struct srv_session *s, struct vp_msg *msg, const char *why,
                            vp_error *err)
 {
     if (msg->hdr.type != VP_MSG_DEVICE_INFO)
         return vp_fail(err, -EPROTO, "%s", why);
-    struct vp_device_info *di = g_new0(struct vp_device_info, 1);
-    vp_device_info_init(di);
-    int r = vp_decode_device_info(msg, di, err);
-    if (r < 0) {
-        g_free(di);
+    struct vp_device_info *di;
+    int r = srv_decode_device_info(msg, &di, err);
+    if (r < 0)
         return r;
-    }
     vp_device_info_close_fds(di);
     srv_reply_now(s, VP_MSG_DEVICE_INFO_ACK, msg->hdr.seq,
                   di->op == VP_OP_DEL ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL, why, di);
