@@ -132,6 +132,14 @@ static int dup_fd(int fd)
     return fcntl(fd, F_DUPFD_CLOEXEC, 3);
 }
 
+/* Complete a plug whose dup_fd() just failed (errno still set) with its reason. */
+static void complete_dup_failed(struct lb_host *h, vp_devhost_done_fn done, void *opaque)
+{
+    char why[128];
+    g_snprintf(why, sizeof(why), "dup: %s", g_strerror(errno));
+    complete_later(h, done, opaque, -EMFILE, why);
+}
+
 static void disconnect(struct lb_host *h, const char *why);
 
 /* Send one message to guestd if connected; a send error drops the connection (the
@@ -336,10 +344,8 @@ static void local_plug_control(struct vp_devhost *hh, const struct vp_devhost_co
     for (int i = 0; i < 4; i++) {
         c->fds[i] = dup_fd(src[i]);
         if (c->fds[i] < 0) {
-            char why[128];
-            g_snprintf(why, sizeof(why), "dup: %s", g_strerror(errno));
+            complete_dup_failed(h, done, opaque);
             control_free(c);
-            complete_later(h, done, opaque, -EMFILE, why);
             return;
         }
     }
@@ -362,10 +368,8 @@ static void local_plug_window(struct vp_devhost *hh, uint32_t ctrl_devfn, uint32
     w->size = size;
     w->fd = dup_fd(fd);
     if (w->fd < 0) {
-        char why[128];
-        g_snprintf(why, sizeof(why), "dup: %s", g_strerror(errno));
+        complete_dup_failed(h, done, opaque);
         g_free(w);
-        complete_later(h, done, opaque, -EMFILE, why);
         return;
     }
     g_ptr_array_add(c->windows, w);
