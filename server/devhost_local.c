@@ -23,12 +23,16 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "devhost.h"
 #include "unix_listen.h"
 #include "vp_ctrlarea.h"
 #include "vp_localbus.h"
+
+/* How long one send to guestd may block before that guestd is given up on. */
+#define LB_SEND_TIMEOUT_MS 5000
 
 struct lb_window {
     uint32_t devfn;
@@ -264,10 +268,16 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
         close(c);
         return G_SOURCE_CONTINUE;
     }
-    /* vp_lb_send/recv are blocking; guestd's messages are 32 bytes. */
+    /* vp_lb_send/recv are blocking; guestd's messages are 32 bytes. A send is
+     * bounded all the same: a guestd that stops reading would otherwise stall the
+     * whole server once the socket buffer is full; it is disconnected instead. */
     int fl = fcntl(c, F_GETFL);
     if (fl >= 0)
         fcntl(c, F_SETFL, fl & ~O_NONBLOCK);
+    struct timeval tv = { .tv_sec = LB_SEND_TIMEOUT_MS / 1000,
+                          .tv_usec = (LB_SEND_TIMEOUT_MS % 1000) * 1000 };
+    if (setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+        g_warning("local bus: SO_SNDTIMEO: %s", g_strerror(errno));
     h->conn_fd = c;
     h->conn_src = g_unix_fd_add(c, G_IO_IN | G_IO_HUP | G_IO_ERR, on_conn, h);
     g_message("local bus: vhost-pci-guestd connected; replaying %u control function(s)",

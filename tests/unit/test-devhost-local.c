@@ -5,12 +5,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glib/gstdio.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "../../server/devhost.h"
 #include "vp_ctrlarea.h"
+#include "vp_localbus.h"
 #include "../testutil.h"
 
 #define WAIT_MS 3000
@@ -79,9 +83,82 @@ static void test_plug_control_bad_fd(void)
     }
 }
 
+/* A guestd that connects and then never reads: once the socket buffer is full the
+ * host must not block the server for ever on the next message; it gives up on that
+ * guestd (disconnect, the registry stays for the next one). The process is killed by
+ * SIGALRM (a failure) if a send blocks without a bound. */
+static void test_guestd_not_reading(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vp-lbhost-XXXXXX", NULL);
+    g_autofree char *path = g_build_filename(dir, "bus.sock", NULL);
+    vp_error err = { "" };
+    struct vp_devhost_config cfg = { .local_bus = path, .timeout_ms = 1000 };
+    int before = vp_count_open_fds();
+    struct vp_devhost *h = vp_devhost_local_ops.create(&cfg, &err);
+    g_assert_nonnull(h);
+
+    /* A control function in the registry, replayed when the guestd connects. */
+    int efd = eventfd(0, EFD_CLOEXEC);
+    int ca = vp_test_memfd("ca", VP_CA_SIZE, TRUE);
+    struct vp_devhost_control ctl = {
+        .devfn = 3, .ctrl_fd = ca, .ctrl_size = VP_CA_SIZE,
+        .rx_kick_fd = efd, .tx_kick_fd = efd, .irq_fd = efd, .nvectors = 8,
+    };
+    struct outcome o = { FALSE, 0, "" };
+    vp_devhost_local_ops.plug_control(h, &ctl, on_done, &o);
+    VP_SPIN_UNTIL(o.done, WAIT_MS);
+    g_assert_true(o.done);
+    g_assert_cmpint(o.ret, ==, 0);
+
+    int gd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
+    g_assert_cmpint(connect(gd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+    struct pollfd p = { .fd = gd, .events = POLLIN };
+    VP_SPIN_UNTIL(poll(&p, 1, 0) == 1, WAIT_MS);  /* accepted: the replay arrives */
+    struct vp_lb_msg m;
+    int fds[4];
+    unsigned n = 0;
+    g_assert_cmpint(vp_lb_recv(gd, &m, fds, 4, &n, &err), ==, 0);
+    g_assert_cmpuint(m.type, ==, VP_LB_PLUG_CONTROL);
+    vp_close_fds(fds, n);
+
+    /* From now on the guestd reads nothing: 1000 fd-less messages, far more than a
+     * socket buffer holds. */
+    g_test_expect_message("vp-server", G_LOG_LEVEL_WARNING,
+                          "local bus: vhost-pci-guestd disconnected (send failed: *)");
+    alarm(30);
+    for (unsigned i = 0; i < 1000; i++)
+        g_assert_cmpint(vp_devhost_local_ops.set_peer_vectors(h, 3, VP_ID_DRIVER_VM, NULL, 0,
+                                                               &err), ==, 0);
+    alarm(0);
+    g_test_assert_expected_messages();
+
+    /* What did get through is followed by EOF: the host closed the connection. */
+    unsigned got = 0;
+    for (;;) {
+        p.revents = 0;
+        g_assert_cmpint(poll(&p, 1, WAIT_MS), ==, 1);
+        int r = vp_lb_recv(gd, &m, fds, 4, &n, &err);
+        if (r == -ECONNRESET)
+            break;
+        g_assert_cmpint(r, ==, 0);
+        g_assert_cmpuint(m.type, ==, VP_LB_PEER_VECTORS);
+        got++;
+    }
+    g_assert_cmpuint(got, <, 1000);
+    vp_close_fd(&gd);
+    vp_close_fd(&ca);
+    vp_close_fd(&efd);
+    vp_devhost_local_ops.destroy(h);
+    vp_assert_fds(before);
+    g_rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/devhost-local/plug-control-bad-fd", test_plug_control_bad_fd);
+    g_test_add_func("/devhost-local/guestd-not-reading", test_guestd_not_reading);
     return g_test_run();
 }
