@@ -21,6 +21,7 @@ struct gd_json {
     bool need_comma[GD_JSON_MAX_DEPTH + 1];
 };
 
+/** Start an empty document in @j (no allocation yet). */
 void gd_json_init(struct gd_json *j);
 /** Free the buffer. */
 void gd_json_free(struct gd_json *j);

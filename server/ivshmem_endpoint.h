@@ -116,6 +116,7 @@ typedef struct ivshmem_endpoint_stats {
     uint64_t shm_sent;           /* shm messages written (one per connection) */
 } ivshmem_endpoint_stats;
 
+/** Copy the endpoint's counters into @st. */
 void ivshmem_endpoint_get_stats(const ivshmem_endpoint *ep, ivshmem_endpoint_stats *st);
 
 /** The socket path (borrowed). */

@@ -41,6 +41,7 @@
 
 G_BEGIN_DECLS
 
+/** Error domain of the userspace virtio-net frontend. */
 #define VNET_FE_ERROR (vnet_fe_error_quark())
 GQuark vnet_fe_error_quark(void);
 
