@@ -50,6 +50,7 @@ struct vu_fe {
     struct vu_fe_ram ram[VU_FE_MAX_RAM];
     unsigned nram;
     struct vu_fe_region reg[VU_FE_MAX_REGIONS];
+    uint64_t last_ack;      /* VU_FE_NO_ACK: none since the last clear */
     int kick[VU_MAX_QUEUES], call[VU_MAX_QUEUES], err[VU_MAX_QUEUES];
     vp_error error;
 };
@@ -85,6 +86,7 @@ struct vu_fe *vu_fe_new(int sock, unsigned nqueues, vu_fe_pump_fn pump, void *pu
     fe->timeout_ms = 5000;
     fe->accepted_pf = VU_FE_QEMU72_PF;
     fe->mem_repeat = 1;
+    fe->last_ack = VU_FE_NO_ACK;
     for (unsigned i = 0; i < VU_MAX_QUEUES; i++)
         fe->kick[i] = fe->call[i] = fe->err[i] = -1;
     return fe;
@@ -309,11 +311,15 @@ int vu_fe_recv_ack(struct vu_fe *fe, uint32_t request)
     if (r < 0)
         return r;
     uint64_t v = vp_get_le64(p);
+    fe->last_ack = v;
     if (v != 0)
         return fe_fail(fe, -EIO, "the backend rejected %s (reply %" PRIu64 ")",
                        vu_request_name(request), v);
     return 0;
 }
+
+uint64_t vu_fe_last_ack(const struct vu_fe *fe) { return fe->last_ack; }
+void vu_fe_clear_ack(struct vu_fe *fe) { fe->last_ack = VU_FE_NO_ACK; }
 
 int vu_fe_wait_closed(struct vu_fe *fe)
 {

@@ -99,6 +99,12 @@ int vu_fe_recv_reply(struct vu_fe *fe, uint32_t request, void *payload, uint32_t
 /** Wait for the REPLY_ACK u64 of @request: 0 when it says success, -EIO when it
  *  says failure. */
 int vu_fe_recv_ack(struct vu_fe *fe, uint32_t request);
+/** The u64 of the last REPLY_ACK received (0: success, nonzero: the backend's failure
+ *  status), or VU_FE_NO_ACK when none arrived since the last vu_fe_clear_ack(). */
+#define VU_FE_NO_ACK UINT64_MAX
+uint64_t vu_fe_last_ack(const struct vu_fe *fe);
+/** Forget the last REPLY_ACK (vu_fe_last_ack() says VU_FE_NO_ACK until the next). */
+void vu_fe_clear_ack(struct vu_fe *fe);
 /** Wait until the backend closes the connection (EOF). 0 or -ETIMEDOUT. */
 int vu_fe_wait_closed(struct vu_fe *fe);
 /** Does a reply (or EOF) arrive within @ms? (Pumps meanwhile.) */
