@@ -787,14 +787,14 @@ static void cb_started(struct vu_dev *v, const struct vu_start_info *info, void 
     d->handshake_timer = g_timeout_add(HANDSHAKE_SETTLE_MS, handshake_timer_cb, d);
 }
 
-static void cb_mem_added(struct vu_dev *v, const struct vp_region *r, void *opaque)
+static int cb_mem_added(struct vu_dev *v, const struct vp_region *r, void *opaque)
 {
     struct daemon *d = opaque;
     (void)v;
     if (!d->vpc || (d->nmirror == 0 && d->fe == FE_NONE)) {
         g_info("region gpa 0x%" PRIx64 " size 0x%" PRIx64 " added; the device VM gets it "
                "with the next handshake", r->gpa, r->size);
-        return;
+        return 0;
     }
     /* QEMU waits for this request's reply: answer only after the server's ACK. */
     VpClientReply reply;
@@ -810,16 +810,17 @@ static void cb_mem_added(struct vu_dev *v, const struct vp_region *r, void *opaq
                   e->message);
         g_error_free(e);
     }
+    return 0;
 }
 
-static void cb_mem_removed(struct vu_dev *v, const struct vp_region *r, void *opaque)
+static int cb_mem_removed(struct vu_dev *v, const struct vp_region *r, void *opaque)
 {
     struct daemon *d = opaque;
     (void)v;
     if (!d->vpc || mirror_find(d, r->gpa) < 0) {
         g_info("region gpa 0x%" PRIx64 " size 0x%" PRIx64 " removed (not on the server)",
                r->gpa, r->size);
-        return;
+        return 0;
     }
     struct vp_region del = { r->gpa, r->size, r->mmap_offset, -1 };
     VpClientReply reply;
@@ -834,6 +835,7 @@ static void cb_mem_removed(struct vu_dev *v, const struct vp_region *r, void *op
         g_warning("hot-remove of region gpa 0x%" PRIx64 " failed: %s", r->gpa, e->message);
         g_error_free(e);
     }
+    return 0;
 }
 
 static void cb_vring_changed(struct vu_dev *v, const struct vp_virtq *vq, bool enabled,

@@ -16,8 +16,9 @@
  *  - vring addresses are user addresses: each ring must lie inside one region, is
  *    translated to guest-physical through it, and must be aligned;
  *  - every fd received with a request that is rejected is closed; an fd the core
- *    keeps has one owner (the region or vring slot) and is closed on replacement,
- *    removal and disconnect.
+ *    keeps has one owner (the region or vring slot, or the memory change waiting for
+ *    the user's verdict) and is closed on replacement, removal, refusal and
+ *    disconnect.
  * The core never maps guest memory.
  */
 #include "vhost_user.h"
@@ -112,6 +113,25 @@ struct vu_vring {
     bool running;             /* part of the started device, until GET_VRING_BASE */
 };
 
+/**
+ * A memory change in progress (ADD_MEM_REG, REM_MEM_REG, SET_MEM_TABLE): the regions
+ * it removes, then the ones it adds, applied one at a time in that order. Each one the
+ * user has to see (after the first start) waits for its verdict (ops->mem_added /
+ * mem_removed, possibly deferred to vu_dev_reply_mem); the request is answered once
+ * every change has one.
+ */
+struct vu_mem_job {
+    uint32_t request;          /* VU_NONE: no job */
+    bool need_reply;           /* the frontend waits for a REPLY_ACK */
+    bool refused;              /* a change was refused: failure reply */
+    bool in_callback;          /* the user's callback for the current change runs */
+    bool answered;             /* vu_dev_reply_mem() came from inside the callback */
+    int result;                /* ... with this verdict */
+    unsigned nrem, nadd, next; /* changes: rem_gpa[0..nrem), add[0..nadd); next: current */
+    uint64_t rem_gpa[VP_MAX_REGIONS];         /* regions of dev->mem, by guest address */
+    struct vu_region add[VU_MEM_TABLE_MAX];   /* fds owned by the job until committed */
+};
+
 /** A request being received. */
 struct vu_msg {
     uint32_t request, flags, size;
@@ -151,8 +171,10 @@ struct vu_dev {
     bool announced;           /* the user has seen a memory table (first start) */
 
     /* deferred reply */
-    uint32_t pending;         /* VU_NONE, VU_GET_FEATURES or VU_GET_VRING_BASE */
+    uint32_t pending;         /* VU_NONE, VU_GET_FEATURES, VU_GET_VRING_BASE, or the
+                                 request of job while it waits for vu_dev_reply_mem */
     uint32_t pending_index;
+    struct vu_mem_job job;
 
     /* life cycle */
     bool broken;              /* sticky: no further request is handled */
@@ -406,24 +428,20 @@ static int vu_mem_check_running(struct vu_dev *dev, const char *what, const stru
     return 0;
 }
 
-/** Tell the user about a change, once it has seen the table. */
-static void vu_notify_mem(struct vu_dev *dev, const struct vu_region *r, bool added)
-{
-    if (!dev->announced || dev->broken)
-        return;
-    struct vp_region vr;
-    vu_region_to_vp(r, &vr);
-    if (added && dev->ops.mem_added)
-        dev->ops.mem_added(dev, &vr, dev->opaque);
-    else if (!added && dev->ops.mem_removed)
-        dev->ops.mem_removed(dev, &vr, dev->opaque);
-}
-
 static void vu_mem_clear(struct vu_mem *mem)
 {
     for (unsigned i = 0; i < mem->n; i++)
         vp_close_fd(&mem->r[i].fd);
     mem->n = 0;
+}
+
+/** Drop a memory change in progress, closing the fds of regions not added yet. */
+static void vu_job_clear(struct vu_mem_job *j)
+{
+    for (unsigned i = 0; i < j->nadd; i++)
+        vp_close_fd(&j->add[i].fd);
+    memset(j, 0, sizeof(*j));
+    j->request = VU_NONE;
 }
 
 /* ---- Vrings ---- */
@@ -598,9 +616,162 @@ static int vu_reply_state(struct vu_dev *dev, uint32_t request, uint32_t index, 
     return vu_send_reply(dev, request, p, sizeof(p));
 }
 
+/* ---- Memory changes (ops->mem_added / mem_removed, vu_dev_reply_mem) ---- */
+
+static bool vu_need_reply(const struct vu_dev *dev, const struct vu_msg *m)
+{
+    return (m->flags & VU_FLAG_NEED_REPLY) && vu_has_pf(dev, VU_PF_REPLY_ACK);
+}
+
+/** Start a job for @m's request; changes are added with vu_job_rem/vu_job_add. */
+static void vu_job_begin(struct vu_dev *dev, const struct vu_msg *m)
+{
+    vu_job_clear(&dev->job);
+    dev->job.request = m->request;
+    dev->job.need_reply = vu_need_reply(dev, m);
+}
+
+static void vu_job_rem(struct vu_dev *dev, uint64_t gpa)
+{
+    dev->job.rem_gpa[dev->job.nrem++] = gpa;
+}
+
+/** Queue @r for adding; the job takes @m's fd @fdi. */
+static void vu_job_add(struct vu_dev *dev, const struct vu_region *r, struct vu_msg *m,
+                       unsigned fdi)
+{
+    struct vu_region *a = &dev->job.add[dev->job.nadd++];
+    *a = *r;
+    a->fd = m->fds[fdi];
+    m->fds[fdi] = -1;
+}
+
+/** Refuse the current change of the job (with need_reply): reason in dev->err. */
+static void vu_job_refuse(struct vu_dev *dev)
+{
+    dev->job.refused = true;
+    vu_log(dev, VU_LOG_WARNING, "vhost-user: %s: failure reply", dev->err.msg);
+}
+
+/** Apply the current change with the verdict @result (0 accepts, -errno refuses;
+ *  anything else nonzero refuses too). */
+static void vu_job_apply(struct vu_dev *dev, struct vu_region *r, bool add, int result)
+{
+    struct vu_mem_job *j = &dev->job;
+    const char *what = vu_request_name(j->request);
+    if (result != 0) {
+        if (result > 0)
+            result = -EINVAL; /* not an errno: refused all the same */
+        vu_err(dev, "%s: region gpa 0x%" PRIx64 " size 0x%" PRIx64 ": %s refused by the "
+               "backend user (%s)", what, r->gpa, r->size, add ? "adding" : "removal",
+               strerror(-result));
+        if (j->need_reply) {
+            vu_job_refuse(dev);
+            if (add)
+                vp_close_fd(&r->fd);
+            return;
+        }
+        /* No REPLY_ACK: the frontend cannot be told and goes on as if it worked. */
+        vu_log(dev, VU_LOG_WARNING, "vhost-user: %s; the frontend asked for no reply "
+               "(REPLY_ACK), so it cannot be told: the change is applied as it believes",
+               dev->err.msg);
+    }
+    if (add) {
+        dev->mem.r[dev->mem.n++] = *r;
+        r->fd = -1;
+        return;
+    }
+    int i = vu_mem_find_gpa(&dev->mem, r->gpa);
+    if (i < 0)
+        return;
+    struct vu_region old = dev->mem.r[i];
+    dev->mem.r[i] = dev->mem.r[--dev->mem.n];
+    vp_close_fd(&old.fd);
+}
+
+/** vu_job_run(): the job ended with a refusal, already logged; the failure reply is
+ *  the caller's. */
+#define VU_REFUSED 2
+
+/**
+ * Run the job from its current change on. Returns VU_DEFERRED while the user's verdict
+ * on a change is outstanding (the table and the user's view stay consistent: nothing
+ * else is read meanwhile), 0 when every change has one, VU_REFUSED when one was
+ * refused (only with need_reply), -EPROTO when the device broke.
+ */
+static int vu_job_run(struct vu_dev *dev)
+{
+    struct vu_mem_job *j = &dev->job;
+    const char *what = vu_request_name(j->request);
+    while (j->next < j->nrem + j->nadd && !dev->broken) {
+        bool add = j->next >= j->nrem;
+        struct vu_region *r;
+        if (add) {
+            r = &j->add[j->next - j->nrem];
+            /* Checked with the whole request; only an earlier refusal in the same
+             * SET_MEM_TABLE (a region that stayed) can make these fail now. */
+            int ret = vu_mem_check_overlap(dev, what, &dev->mem, r, UINT32_MAX);
+            if (!ret && dev->mem.n >= vu_mem_limit(dev))
+                ret = vu_err(dev, "%s: region gpa 0x%" PRIx64 ": too many regions (limit %u)",
+                             what, r->gpa, vu_mem_limit(dev));
+            if (ret < 0) {
+                vu_job_refuse(dev);
+                vp_close_fd(&r->fd);
+                j->next++;
+                continue;
+            }
+        } else {
+            int i = vu_mem_find_gpa(&dev->mem, j->rem_gpa[j->next]);
+            if (i < 0) {
+                j->next++;
+                continue;
+            }
+            r = &dev->mem.r[i];
+        }
+        int verdict = 0;
+        int (*cb)(struct vu_dev *, const struct vp_region *, void *) =
+            add ? dev->ops.mem_added : dev->ops.mem_removed;
+        if (dev->announced && cb) {
+            struct vp_region vr;
+            vu_region_to_vp(r, &vr);
+            j->in_callback = true;
+            j->answered = false;
+            dev->pending = j->request;
+            int ret = cb(dev, &vr, dev->opaque);
+            j->in_callback = false;
+            if (dev->broken)
+                break;
+            if (ret == VU_DEFERRED && !j->answered)
+                return VU_DEFERRED;
+            dev->pending = VU_NONE;
+            verdict = ret == VU_DEFERRED ? j->result : ret;
+        }
+        vu_job_apply(dev, r, add, verdict);
+        j->next++;
+    }
+    bool refused = j->refused;
+    vu_job_clear(j);
+    dev->pending = VU_NONE;
+    if (dev->broken)
+        return -EPROTO;
+    /* A refused addition that was to replace a removed region may leave a running
+     * vring without memory (SET_MEM_TABLE only): nothing sane is left to serve. */
+    for (uint32_t i = 0; i < dev->cfg.nqueues; i++) {
+        const struct vu_vring *q = &dev->vq[i];
+        struct vp_virtq v;
+        if (q->running && vu_vring_translate(dev, &dev->mem, i, q, q->num, &v) < 0) {
+            vu_err(dev, "%s: after the refused change running vring %u has no memory", what, i);
+            vu_break(dev, EPROTO);
+            return -EPROTO;
+        }
+    }
+    return refused ? VU_REFUSED : 0;
+}
+
 /* ---- Handlers: one per request (vu_<request>_exec) ----
  * Each runs after vu_dispatch() checked payload size, fd count, protocol feature and
- * queue index. It returns 0, VU_DEFERRED, or -EINVAL with a reason in dev->err. It
+ * queue index. It returns 0, VU_DEFERRED, VU_REFUSED (a memory change the user
+ * refused: failure reply), or -EINVAL with a reason in dev->err. It
  * takes an fd it keeps by setting msg->fds[i] to -1; the dispatcher closes the rest. */
 
 static uint64_t vu_payload_u64(const struct vu_msg *m) { return vp_get_le64(m->payload); }
@@ -750,32 +921,24 @@ static int vu_set_mem_table_exec(struct vu_dev *dev, struct vu_msg *m)
     if (ret < 0)
         return ret;
 
-    /* Remove the regions that are not in the new table (keeping identical ones). */
-    for (unsigned i = dev->mem.n; i-- > 0;) {
+    /* The regions not in the new table go, the new ones come (identical ones stay;
+     * the fd of a region already present is closed by the dispatcher). */
+    vu_job_begin(dev, m);
+    for (unsigned i = 0; i < dev->mem.n; i++) {
         bool keep = false;
         for (unsigned j = 0; j < cand->n && !keep; j++)
             keep = vu_region_same(&dev->mem.r[i], &cand->r[j]);
-        if (keep)
-            continue;
-        struct vu_region old = dev->mem.r[i];
-        dev->mem.r[i] = dev->mem.r[--dev->mem.n];
-        vu_notify_mem(dev, &old, false);
-        vp_close_fd(&old.fd);
+        if (!keep)
+            vu_job_rem(dev, dev->mem.r[i].gpa);
     }
-    /* Add the new ones; the fd of a region already present is closed. */
     for (unsigned j = 0; j < cand->n; j++) {
         bool present = false;
         for (unsigned i = 0; i < dev->mem.n && !present; i++)
             present = vu_region_same(&dev->mem.r[i], &cand->r[j]);
-        if (present)
-            continue;
-        struct vu_region *r = &dev->mem.r[dev->mem.n++];
-        *r = cand->r[j];
-        r->fd = m->fds[j];
-        m->fds[j] = -1;
-        vu_notify_mem(dev, r, true);
+        if (!present)
+            vu_job_add(dev, &cand->r[j], m, j);
     }
-    return 0;
+    return vu_job_run(dev);
 }
 
 static int vu_add_mem_reg_exec(struct vu_dev *dev, struct vu_msg *m)
@@ -801,11 +964,9 @@ static int vu_add_mem_reg_exec(struct vu_dev *dev, struct vu_msg *m)
     if (dev->mem.n >= vu_mem_limit(dev))
         return vu_err(dev, "%s: region gpa 0x%" PRIx64 ": too many regions (limit %u)", what,
                       r.gpa, vu_mem_limit(dev));
-    r.fd = m->fds[0];
-    m->fds[0] = -1;
-    dev->mem.r[dev->mem.n++] = r;
-    vu_notify_mem(dev, &dev->mem.r[dev->mem.n - 1], true);
-    return 0;
+    vu_job_begin(dev, m);
+    vu_job_add(dev, &r, m, 0);
+    return vu_job_run(dev);
 }
 
 static int vu_rem_mem_reg_exec(struct vu_dev *dev, struct vu_msg *m)
@@ -835,11 +996,9 @@ static int vu_rem_mem_reg_exec(struct vu_dev *dev, struct vu_msg *m)
     ret = vu_mem_check_running(dev, what, cand);
     if (ret < 0)
         return ret;
-    struct vu_region old = *cur;
-    dev->mem.r[i] = dev->mem.r[--dev->mem.n];
-    vu_notify_mem(dev, &old, false);
-    vp_close_fd(&old.fd);
-    return 0;
+    vu_job_begin(dev, m);
+    vu_job_rem(dev, r.gpa);
+    return vu_job_run(dev);
 }
 
 static int vu_vring_not_running(struct vu_dev *dev, const char *what, uint32_t index)
@@ -1130,7 +1289,7 @@ static void vu_dispatch(struct vu_dev *dev)
 {
     struct vu_msg *m = &dev->msg;
     const char *name = vu_request_name(m->request);
-    bool need_reply = (m->flags & VU_FLAG_NEED_REPLY) && vu_has_pf(dev, VU_PF_REPLY_ACK);
+    bool need_reply = vu_need_reply(dev, m);
     vu_log(dev, VU_LOG_DEBUG, "vhost-user: %s (%u) size %u fds %u%s", name, m->request,
            m->size, m->nfds, need_reply ? " need_reply" : "");
 
@@ -1142,6 +1301,13 @@ static void vu_dispatch(struct vu_dev *dev)
     /* Does the request answer with its own payload? (Known even if rejected.) */
     bool acked = !(m->request < VU_REQUEST_MAX && vu_handlers[m->request].exec &&
                    vu_handlers[m->request].reply == VU_R_OWN);
+    if (ret == VU_REFUSED) {
+        /* A memory change the user refused (logged): only with need_reply. */
+        if ((!need_reply || vu_reply_u64(dev, m->request, 1) == 0) &&
+            vu_check_start(dev, false) < 0)
+            vu_break(dev, EPROTO);
+        return;
+    }
     if (ret == 0 && need_reply && acked)
         ret = vu_reply_u64(dev, m->request, 0) < 0 ? -EIO : 0;
     if (ret == 0 || ret == VU_DEFERRED) {
@@ -1268,6 +1434,7 @@ static int vu_recv_step(struct vu_dev *dev)
 static void vu_release(struct vu_dev *dev)
 {
     vu_msg_close_fds(&dev->msg);
+    vu_job_clear(&dev->job);
     dev->got = 0;
     vu_mem_clear(&dev->mem);
     for (uint32_t i = 0; i < VU_MAX_QUEUES; i++) {
@@ -1460,6 +1627,49 @@ int vu_dev_reply_vring_base(struct vu_dev *dev, uint32_t index, uint16_t last_av
         return -EINVAL;
     }
     return vu_reply_done(dev, vu_finish_get_vring_base(dev, index, last_avail_idx));
+}
+
+int vu_dev_reply_mem(struct vu_dev *dev, int result)
+{
+    vu_enter(dev);
+    struct vu_mem_job *j = &dev->job;
+    if (dev->broken || j->request == VU_NONE || dev->pending != j->request) {
+        vu_leave(dev);
+        return -EINVAL;
+    }
+    if (j->in_callback) {
+        /* From inside mem_added/mem_removed: vu_job_run() goes on when it returns. */
+        if (j->answered) {
+            vu_leave(dev);
+            return -EINVAL;
+        }
+        j->answered = true;
+        j->result = result;
+        vu_leave(dev);
+        return 0;
+    }
+    uint32_t request = j->request;
+    bool need_reply = j->need_reply;
+    bool add = j->next >= j->nrem;
+    struct vu_region *r = NULL;
+    if (add) {
+        r = &j->add[j->next - j->nrem];
+    } else {
+        int i = vu_mem_find_gpa(&dev->mem, j->rem_gpa[j->next]);
+        r = i >= 0 ? &dev->mem.r[i] : NULL;
+    }
+    dev->pending = VU_NONE;
+    if (r)
+        vu_job_apply(dev, r, add, result);
+    j->next++;
+    int ret = vu_job_run(dev);
+    if (ret == VU_DEFERRED) {
+        vu_leave(dev);
+        return 0;
+    }
+    if (ret >= 0 && need_reply)
+        ret = vu_reply_u64(dev, request, ret == VU_REFUSED ? 1 : 0);
+    return vu_reply_done(dev, ret < 0 ? ret : 0);
 }
 
 void vu_dev_fail(struct vu_dev *dev, const char *fmt, ...)

@@ -19,7 +19,10 @@
  * connection carries on; otherwise, and for every framing error (header, size over
  * the limit, too many fds, EOF mid-message), the device becomes broken (sticky): the
  * socket and every fd it holds are closed and ops->disconnected is called once with
- * the reason. vu_dev_error() always holds the last reason.
+ * the reason. vu_dev_error() always holds the last reason. A memory change the user
+ * refuses (ops->mem_added / mem_removed, e.g. the vhost-pci server could not take a
+ * hot-added region) is answered the same way: a failure reply when one was asked
+ * for, else logged and applied (the protocol has no other way to say no).
  *
  * Threading: a struct vu_dev is used by one thread at a time. Callbacks run on the
  * thread that called into the core (vu_dev_handle_input, vu_dev_reply_*, vu_dev_fail).
@@ -130,7 +133,7 @@ const char *vu_request_name(uint32_t request);
 struct vu_dev;
 
 /** Returned by a callback that answers later (vu_dev_reply_features,
- *  vu_dev_reply_vring_base). */
+ *  vu_dev_reply_vring_base, vu_dev_reply_mem). */
 #define VU_DEFERRED 1
 
 /** Log levels of the log hook (the GLib adapter maps them to g_debug ... g_warning). */
@@ -184,12 +187,25 @@ struct vu_dev_ops {
      *  and every enabled virtqueue has num, addresses, base, kick and call. Called
      *  again after a stop (GET_VRING_BASE of every running virtqueue) and restart. */
     void (*started)(struct vu_dev *dev, const struct vu_start_info *info, void *opaque);
-    /** A region was added (ADD_MEM_REG, SET_MEM_TABLE) after the first start. Before
-     *  the first start, changes are only reflected in the next start info. */
-    void (*mem_added)(struct vu_dev *dev, const struct vp_region *region, void *opaque);
-    /** A region was removed after the first start. region->fd is still valid during
-     *  the call and closed by the core afterwards. */
-    void (*mem_removed)(struct vu_dev *dev, const struct vp_region *region, void *opaque);
+    /** A region is being added (ADD_MEM_REG, SET_MEM_TABLE) after the first start.
+     *  Return 0 to accept it, a negative errno to refuse it, or VU_DEFERRED and call
+     *  vu_dev_reply_mem() later (the core reads no further request until then; the
+     *  answer may also come from inside the callback). region->fd is borrowed: valid
+     *  until the change is answered. The region enters the table (vu_dev_get_regions)
+     *  only once accepted; a refused one is dropped and its fd closed, and the frontend
+     *  gets a failure REPLY_ACK. Without need_reply (REPLY_ACK not negotiated) the
+     *  protocol has no way to say "refused": the refusal is logged and the region is
+     *  added anyway, as the frontend believes it is. Before the first start changes are
+     *  not announced, only reflected in the next start info. A region identical to one
+     *  in the table (QEMU 7.2 multi-queue repeats) is accepted without a call. */
+    int (*mem_added)(struct vu_dev *dev, const struct vp_region *region, void *opaque);
+    /** A region is being removed (REM_MEM_REG, SET_MEM_TABLE) after the first start.
+     *  Answered like mem_added; the region stays in the table until accepted, so
+     *  region->fd stays valid until then and is closed by the core afterwards. A refused
+     *  removal (with need_reply) leaves the region in the table; without need_reply it
+     *  is removed anyway. Removing a region not in the table is accepted without a
+     *  call. */
+    int (*mem_removed)(struct vu_dev *dev, const struct vp_region *region, void *opaque);
     /** A running virtqueue got a new kick or call fd, or was enabled/disabled. */
     void (*vring_changed)(struct vu_dev *dev, const struct vp_virtq *vq, bool enabled,
                           void *opaque);
@@ -251,6 +267,17 @@ int vu_dev_reply_features(struct vu_dev *dev, uint64_t features);
  *  Returns 0, -EINVAL when no GET_VRING_BASE of @index is pending, or a negative
  *  errno when the reply could not be sent. */
 int vu_dev_reply_vring_base(struct vu_dev *dev, uint32_t index, uint16_t last_avail_idx);
+
+/**
+ * Answer a deferred mem_added / mem_removed: @result 0 accepts the change, a negative
+ * errno refuses it (e.g. the vhost-pci server answered ADD_FAIL; the frontend then
+ * gets a failure REPLY_ACK when it asked for one, see ops->mem_added). When the
+ * request (a SET_MEM_TABLE) has further changes, the next callback follows from
+ * inside this call; the reply goes out once every change is answered. Returns 0,
+ * -EINVAL when no memory change is pending, or a negative errno when the reply could
+ * not be sent (the device is then broken).
+ */
+int vu_dev_reply_mem(struct vu_dev *dev, int result);
 
 /** Drop the connection with a reason (e.g. the vhost-pci server refused the device).
  *  ops->disconnected follows (at once, or when the current callback returns). */

@@ -64,6 +64,15 @@ struct t {
     uint64_t features_answer;
     bool fail_in_started;          /* vu_dev_fail() from inside started() */
     bool free_in_disconnected;     /* vu_glib_free() from inside disconnected() */
+    enum { MEM_ACCEPT, MEM_REFUSE_NOW, MEM_ANSWER_INSIDE, MEM_DEFER } mem_mode;
+    int mem_verdict;               /* answer to mem_added/mem_removed unless MEM_ACCEPT */
+    uint64_t refuse_gpa;           /* if set: refuse only this region, accept others */
+    bool refuse_adds_only;         /* ... and only its adding */
+    int pending_verdict;           /* the answer reply_mem_later() gives */
+    int mem_replies;               /* deferred vu_dev_reply_mem() calls made */
+    int mem_reply_ret;             /* ... what the last one returned */
+    int mem_region_fd;             /* fd of the region of the last deferred change */
+    bool mem_verdict_fd_ok;        /* ... still open when the verdict was given */
     bool defer_vring_base;
     int vring_base_calls;
     uint32_t vring_base_index;
@@ -91,8 +100,8 @@ static void pump(void *opaque)
 
 static int cb_get_features(struct vu_dev *dev, uint64_t *features, void *opaque);
 static void cb_started(struct vu_dev *dev, const struct vu_start_info *info, void *opaque);
-static void cb_mem_added(struct vu_dev *dev, const struct vp_region *r, void *opaque);
-static void cb_mem_removed(struct vu_dev *dev, const struct vp_region *r, void *opaque);
+static int cb_mem_added(struct vu_dev *dev, const struct vp_region *r, void *opaque);
+static int cb_mem_removed(struct vu_dev *dev, const struct vp_region *r, void *opaque);
 static void cb_vring_changed(struct vu_dev *dev, const struct vp_virtq *vq, bool enabled,
                              void *opaque);
 static int cb_get_vring_base(struct vu_dev *dev, uint32_t index, uint16_t *v, void *opaque);
@@ -170,21 +179,61 @@ static ino_t fd_ino(int fd)
     return st.st_ino;
 }
 
-static void cb_mem_added(struct vu_dev *dev, const struct vp_region *r, void *opaque)
+/* A deferred memory verdict, given from the main loop (as the daemon does from the
+ * server's MEMORY_INFO_ACK). */
+static gboolean reply_mem_later(gpointer p)
 {
-    (void)dev;
+    struct t *t = p;
+    /* The region's fd is still the core's while the verdict is outstanding. */
+    t->mem_verdict_fd_ok = t->mem_region_fd >= 0 && fcntl(t->mem_region_fd, F_GETFD) >= 0;
+    /* Other deferred replies are refused meanwhile. */
+    g_assert_cmpint(vu_dev_reply_features(t->dev, 0), ==, -EINVAL);
+    t->mem_reply_ret = vu_dev_reply_mem(t->dev, t->pending_verdict);
+    t->mem_replies++;
+    return G_SOURCE_REMOVE;
+}
+
+/* Answer a memory change as the fixture says: accept at once, refuse at once, answer
+ * from inside the callback, or answer later from the main loop. With refuse_gpa only
+ * the region at that address is refused (only its adding with refuse_adds_only). */
+static int mem_verdict(struct t *t, struct vu_dev *dev, const struct vp_region *r, bool add)
+{
+    int v = t->mem_verdict;
+    if (t->refuse_gpa)
+        v = r->gpa == t->refuse_gpa && (add || !t->refuse_adds_only) ? -EIO : 0;
+    t->pending_verdict = v;
+    switch (t->mem_mode) {
+    case MEM_ACCEPT:
+        return 0;
+    case MEM_REFUSE_NOW:
+        return v;
+    case MEM_ANSWER_INSIDE:
+        g_assert_cmpint(vu_dev_reply_mem(dev, v), ==, 0);
+        g_assert_cmpint(vu_dev_reply_mem(dev, 0), ==, -EINVAL); /* one answer only */
+        return VU_DEFERRED;
+    default:
+        t->wants_input_in_cb = vu_dev_wants_input(dev);
+        t->mem_region_fd = r->fd;
+        g_timeout_add(20, reply_mem_later, t);
+        return VU_DEFERRED;
+    }
+}
+
+static int cb_mem_added(struct vu_dev *dev, const struct vp_region *r, void *opaque)
+{
     struct t *t = opaque;
     t->added = *r;
     t->added_ino = fd_ino(r->fd);
     t->mem_added++;
+    return mem_verdict(t, dev, r, true);
 }
 
-static void cb_mem_removed(struct vu_dev *dev, const struct vp_region *r, void *opaque)
+static int cb_mem_removed(struct vu_dev *dev, const struct vp_region *r, void *opaque)
 {
-    (void)dev;
     struct t *t = opaque;
     t->removed = *r;
     t->mem_removed++;
+    return mem_verdict(t, dev, r, false);
 }
 
 static void cb_vring_changed(struct vu_dev *dev, const struct vp_virtq *vq, bool enabled,
@@ -250,6 +299,7 @@ static void t_setup_cfg(struct t *t, const struct vu_dev_config *cfg, uint64_t a
         t->info.virtqs[i].kick_fd = t->info.virtqs[i].call_fd = -1;
         t->vring_base_answer[i] = (uint16_t)(100 + i);
     }
+    t->mem_region_fd = -1;
     t->nqueues = cfg && cfg->nqueues ? cfg->nqueues : 2;
     t->features_answer = VP_NET_FEATURES;
     t->fds_before = vp_count_open_fds();
@@ -592,6 +642,208 @@ static void test_set_mem_table(void)
     /* and one whose size does not match its count */
     int two[2] = {fd0, fd0};
     expect_rejected(t, VU_SET_MEM_TABLE, mt, sizeof(mt) - 8, two, 2, "does not match");
+    t_teardown(t);
+}
+
+/* Is there a region at @gpa in the core's table? */
+static bool has_region(struct t *t, uint64_t gpa)
+{
+    struct vp_region regs[VP_MAX_REGIONS];
+    unsigned n = vu_dev_get_regions(t->dev, regs, VP_MAX_REGIONS);
+    for (unsigned i = 0; i < n && i < VP_MAX_REGIONS; i++)
+        if (regs[i].gpa == gpa)
+            return true;
+    return false;
+}
+
+#define DIMM_GPA 0x200000000ULL
+#define DIMM2_GPA 0x300000000ULL
+
+/* A barrier: a request with an ack; the backend handled everything before it. */
+static void barrier(struct t *t)
+{
+    FE_OK(vu_fe_send(t->fe, VU_SET_OWNER, VU_FLAG_NEED_REPLY, NULL, 0, NULL, 0));
+    FE_OK(vu_fe_recv_ack(t->fe, VU_SET_OWNER));
+}
+
+/* The user answers hot-add / hot-remove later (the daemon: after the server's
+ * MEMORY_INFO_ACK). A refusal becomes a failure REPLY_ACK; the refused region is not
+ * in the table and its fd is closed; an accepted one is. */
+static void test_mem_deferred(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    t_init_start(t);
+    int fds_running = vp_count_open_fds();
+    int ram1 = vu_fe_ram_new(t->fe, 2 * MiB);
+    int dimm = vu_fe_region_new(t->fe, (unsigned)ram1, 0, DIMM_GPA, 2 * MiB);
+    g_assert_cmpint(dimm, >=, 0);
+
+    /* refused: nonzero REPLY_ACK, not in the table, the core's fd closed */
+    t->mem_mode = MEM_DEFER;
+    t->mem_verdict = -EIO;
+    g_assert_cmpint(vu_fe_add_mem_reg(t->fe, dimm), ==, -EIO);
+    g_assert_cmpuint(vu_fe_last_ack(t->fe), ==, 1);
+    g_assert_cmpint(t->mem_added, ==, 1);
+    g_assert_cmpint(t->mem_replies, ==, 1);
+    g_assert_cmpint(t->mem_reply_ret, ==, 0);
+    g_assert_cmphex(t->added.gpa, ==, DIMM_GPA);
+    g_assert_false(t->wants_input_in_cb);     /* the core waited for the verdict */
+    g_assert_true(t->mem_verdict_fd_ok);      /* the region's fd lived until then */
+    assert_reason(vu_dev_error(t->dev), "ADD_MEM_REG: region gpa 0x200000000 size 0x200000: "
+                  "adding refused by the backend user (Input/output error)");
+    g_assert_false(has_region(t, DIMM_GPA));
+    struct vp_region regs[8];
+    g_assert_cmpuint(vu_dev_get_regions(t->dev, regs, 8), ==, 2);
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 1); /* the frontend's memfd */
+    g_assert_false(vu_dev_is_broken(t->dev));
+    g_assert_true(vu_dev_wants_input(t->dev));
+    g_assert_true(vu_dev_is_started(t->dev));
+    barrier(t);
+
+    /* accepted later: zero REPLY_ACK, in the table, one fd kept */
+    t->mem_verdict = 0;
+    vu_fe_clear_ack(t->fe);
+    FE_OK(vu_fe_add_mem_reg(t->fe, dimm));
+    g_assert_cmpuint(vu_fe_last_ack(t->fe), ==, 0);
+    g_assert_cmpint(t->mem_added, ==, 2);
+    g_assert_cmpint(t->mem_replies, ==, 2);
+    g_assert_cmpint(t->mem_reply_ret, ==, 0);
+    g_assert_true(has_region(t, DIMM_GPA));
+    g_assert_cmpuint(vu_dev_get_regions(t->dev, regs, 8), ==, 3);
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 2);
+
+    /* QEMU 7.2 with queues=2 repeats it: a duplicate needs no verdict */
+    vu_fe_set_mem_repeat(t->fe, 2);
+    FE_OK(vu_fe_add_mem_reg(t->fe, dimm));
+    g_assert_cmpint(t->mem_added, ==, 2);
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 2);
+    vu_fe_set_mem_repeat(t->fe, 1);
+
+    /* removal refused: failure, the region and its fd stay */
+    t->mem_verdict = -EBUSY;
+    g_assert_cmpint(vu_fe_rem_mem_reg(t->fe, dimm, false), ==, -EIO);
+    g_assert_cmpuint(vu_fe_last_ack(t->fe), ==, 1);
+    g_assert_cmpint(t->mem_removed, ==, 1);
+    g_assert_true(t->mem_verdict_fd_ok);
+    assert_reason(vu_dev_error(t->dev), "REM_MEM_REG: region gpa 0x200000000 size 0x200000: "
+                  "removal refused by the backend user (Device or resource busy)");
+    g_assert_true(has_region(t, DIMM_GPA));
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 2);
+
+    /* removal accepted later: gone, fd closed; a repeat needs no verdict */
+    t->mem_verdict = 0;
+    vu_fe_set_mem_repeat(t->fe, 2);
+    FE_OK(vu_fe_rem_mem_reg(t->fe, dimm, false));
+    g_assert_cmpint(t->mem_removed, ==, 2);
+    g_assert_false(has_region(t, DIMM_GPA));
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 1);
+    vu_fe_set_mem_repeat(t->fe, 1);
+
+    /* refused at once (the callback returns -errno) and answered from inside */
+    dimm = vu_fe_region_new(t->fe, (unsigned)ram1, 0, DIMM_GPA, 2 * MiB);
+    t->mem_mode = MEM_REFUSE_NOW;
+    t->mem_verdict = -ENOSPC;
+    g_assert_cmpint(vu_fe_add_mem_reg(t->fe, dimm), ==, -EIO);
+    assert_reason(vu_dev_error(t->dev), "adding refused by the backend user (No space left");
+    g_assert_false(has_region(t, DIMM_GPA));
+    t->mem_mode = MEM_ANSWER_INSIDE;
+    t->mem_verdict = -EIO;
+    g_assert_cmpint(vu_fe_add_mem_reg(t->fe, dimm), ==, -EIO);
+    g_assert_false(has_region(t, DIMM_GPA));
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 1);
+    t->mem_verdict = 0;
+    FE_OK(vu_fe_add_mem_reg(t->fe, dimm));
+    g_assert_true(has_region(t, DIMM_GPA));
+    g_assert_cmpint(t->mem_added, ==, 5);
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 2);
+
+    /* no memory change waits: a verdict is refused */
+    g_assert_cmpint(vu_dev_reply_mem(t->dev, 0), ==, -EINVAL);
+    g_assert_cmpint(t->disconnected, ==, 0);
+    t_teardown(t);
+}
+
+/* Without REPLY_ACK the protocol cannot carry a refusal: it is logged and the region
+ * is added as the frontend believes. Requests sent behind it wait for the verdict. */
+static void test_mem_deferred_no_reply_ack(void)
+{
+    struct t tt, *t = &tt;
+    t_setup_cfg(t, NULL, 1ULL << VU_PF_CONFIGURE_MEM_SLOTS);
+    t_init_start(t);
+    int ram1 = vu_fe_ram_new(t->fe, 2 * MiB);
+    int dimm = vu_fe_region_new(t->fe, (unsigned)ram1, 0, DIMM_GPA, 2 * MiB);
+    t->mem_mode = MEM_DEFER;
+    t->mem_verdict = -EIO;
+    FE_OK(vu_fe_add_mem_reg(t->fe, dimm)); /* no reply asked for */
+    uint64_t f = 0;
+    FE_OK(vu_fe_get_u64(t->fe, VU_GET_FEATURES, &f)); /* answered after the verdict */
+    g_assert_cmpint(t->mem_replies, ==, 1);
+    g_assert_false(t->wants_input_in_cb);
+    g_assert_cmpuint(vu_fe_last_ack(t->fe), ==, VU_FE_NO_ACK);
+    assert_reason(vu_dev_error(t->dev), "adding refused by the backend user");
+    g_assert_true(has_region(t, DIMM_GPA));
+    FE_OK(vu_fe_rem_mem_reg(t->fe, dimm, false));
+    FE_OK(vu_fe_get_u64(t->fe, VU_GET_FEATURES, &f));
+    g_assert_cmpint(t->mem_replies, ==, 2);
+    g_assert_false(has_region(t, DIMM_GPA)); /* removed as the frontend believes */
+    g_assert_false(vu_dev_is_broken(t->dev));
+    t_teardown(t);
+}
+
+/* SET_MEM_TABLE carries several changes; each gets its own verdict and the reply
+ * says whether all were accepted. */
+static void test_mem_deferred_set_mem_table(void)
+{
+    struct t tt, *t = &tt;
+    t_setup_cfg(t, NULL, 1ULL << VU_PF_REPLY_ACK);
+    t_init_start(t);
+    int fds_running = vp_count_open_fds();
+    int ram1 = vu_fe_ram_new(t->fe, 2 * MiB), ram2 = vu_fe_ram_new(t->fe, 2 * MiB);
+    int a = vu_fe_region_new(t->fe, (unsigned)ram1, 0, DIMM_GPA, 2 * MiB);
+    int b = vu_fe_region_new(t->fe, (unsigned)ram2, 0, DIMM2_GPA, 2 * MiB);
+    g_assert_cmpint(b, >=, 0);
+    t->mem_mode = MEM_DEFER;
+    t->refuse_gpa = DIMM2_GPA;
+    g_assert_cmpint(vu_fe_set_mem_table(t->fe), ==, -EIO);
+    g_assert_cmpint(t->mem_added, ==, 2);
+    g_assert_cmpint(t->mem_replies, ==, 2);
+    g_assert_cmpint(t->mem_reply_ret, ==, 0);
+    g_assert_true(has_region(t, DIMM_GPA));
+    g_assert_false(has_region(t, DIMM2_GPA));
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 3);
+
+    /* the frontend sends the whole table again: only the missing region is new */
+    t->refuse_gpa = 0;
+    t->mem_verdict = 0;
+    FE_OK(vu_fe_set_mem_table(t->fe));
+    g_assert_cmpint(t->mem_added, ==, 3);
+    g_assert_cmphex(t->added.gpa, ==, DIMM2_GPA);
+    g_assert_true(has_region(t, DIMM2_GPA));
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 4);
+
+    /* both go; the removal of the first is refused: it stays */
+    t->refuse_gpa = DIMM_GPA;
+    FE_OK(vu_fe_region_drop(t->fe, a));
+    FE_OK(vu_fe_region_drop(t->fe, b));
+    g_assert_cmpint(vu_fe_set_mem_table(t->fe), ==, -EIO);
+    g_assert_cmpint(t->mem_removed, ==, 2);
+    g_assert_true(has_region(t, DIMM_GPA));
+    g_assert_false(has_region(t, DIMM2_GPA));
+    g_assert_cmpint(vp_count_open_fds(), ==, fds_running + 3);
+    g_assert_false(vu_dev_is_broken(t->dev));
+
+    /* the running vrings' region replaced by a smaller one (same mapping) whose adding
+     * is refused: the rings would have no memory, the connection cannot go on */
+    t->refuse_gpa = HIGH_GPA;
+    t->refuse_adds_only = true;
+    FE_OK(vu_fe_region_drop(t->fe, t->high));
+    g_assert_cmpint(vu_fe_region_new(t->fe, 0, HIGH_OFF, HIGH_GPA, HIGH_SIZE - 0x10000), >=, 0);
+    g_assert_cmpint(vu_fe_set_mem_table(t->fe), ==, -ECONNRESET);
+    WAIT_FOR(t->disconnected == 1);
+    g_assert_cmpint(t->mem_reply_ret, ==, -EPROTO); /* the verdict broke the device */
+    assert_reason(t->reason, "SET_MEM_TABLE: after the refused change running vring 0 has "
+                  "no memory");
     t_teardown(t);
 }
 
@@ -1002,6 +1254,9 @@ int main(int argc, char **argv)
     g_test_add_func("/vhost-user/hot-add-remove", test_hot_add_remove);
     g_test_add_func("/vhost-user/multiqueue-duplicate-add", test_multiqueue_duplicate_add);
     g_test_add_func("/vhost-user/set-mem-table", test_set_mem_table);
+    g_test_add_func("/vhost-user/mem-deferred", test_mem_deferred);
+    g_test_add_func("/vhost-user/mem-deferred-no-reply-ack", test_mem_deferred_no_reply_ack);
+    g_test_add_func("/vhost-user/mem-deferred-set-mem-table", test_mem_deferred_set_mem_table);
     g_test_add_func("/vhost-user/call-before-kick", test_call_before_kick);
     g_test_add_func("/vhost-user/running-vring-changes", test_running_vring_changes);
     g_test_add_func("/vhost-user/running-vring-locked", test_running_vring_locked);
