@@ -17,10 +17,15 @@
  *                                      then QEMU's connection is closed so that it
  *                                      reconnects (reconnect=N) and renegotiates the
  *                                      smaller offer
- *   ADD_MEM_REG / REM_MEM_REG          MEMORY_INFO(ADD/DEL), answered to QEMU only
- *   (after the first start)            after the server's ACK (a refusal is logged with
- *                                      the server's reason; the core has no way yet to
- *                                      turn it into a REPLY_ACK failure)
+ *   ADD_MEM_REG / REM_MEM_REG          MEMORY_INFO(ADD/DEL); QEMU's REPLY_ACK is the
+ *   (after the first start)            server's verdict: ADD_DONE/DEL_DONE -> success;
+ *                                      ADD_FAIL/DEL_FAIL, timeout or a lost connection
+ *                                      -> failure (the reason logged at warning), and
+ *                                      the refused region is not in the table the
+ *                                      next handshake sends (a refused removal keeps
+ *                                      it). Without REPLY_ACK negotiated QEMU cannot
+ *                                      be told: the core logs it and applies the
+ *                                      change (vhost_user.h, ops->mem_added)
  *   new kick/call fd of a running ring DEVICE_INFO(ADD) update (spec 1.6.1.1)
  *   GET_VRING_BASE                     DEVICE_INFO(DEL); answered with the
  *                                      last_avail_idx of DEVICE_INFO_ACK(DEL_DONE); when
@@ -52,10 +57,10 @@
  * keeps (dup'ed kick/call eventfds, listening socket) has one owner here and is
  * closed on replacement, stop, disconnect and exit.
  *
- * Threading: one thread, one GLib main loop (the global default context). Server
- * requests made while QEMU waits for a reply (ADD_MEM_REG/REM_MEM_REG) use the
- * blocking wrappers of libvhostpci-client, which iterate a private context: QEMU
- * blocks on its request anyway, and the reply must not precede the server's ACK.
+ * Threading: one thread, one GLib main loop (the global default context). A server
+ * request made while QEMU waits for a reply (ADD_MEM_REG/REM_MEM_REG,
+ * GET_VRING_BASE, GET_FEATURES) is asynchronous; the vhost-user core reads nothing
+ * more from QEMU until the ACK's callback answers it (vu_dev_reply_*).
  */
 #define G_LOG_DOMAIN "vhost-pci-client"
 
@@ -280,16 +285,21 @@ static void mirror_remove(struct daemon *d, uint64_t gpa)
         d->mirror[i] = d->mirror[--d->nmirror];
 }
 
+static void mirror_put(struct daemon *d, const struct mirror_region *m)
+{
+    int i = mirror_find(d, m->gpa);
+    if (i >= 0)
+        d->mirror[i] = *m;
+    else if (d->nmirror < VP_MAX_REGIONS)
+        d->mirror[d->nmirror++] = *m;
+}
+
 static void mirror_add(struct daemon *d, const struct vp_region *r)
 {
     struct mirror_region m = { r->gpa, r->size, r->mmap_offset, 0, 0 };
     if (file_identity(r->fd, &m.st_dev, &m.st_ino) < 0)
         return;
-    int i = mirror_find(d, r->gpa);
-    if (i >= 0)
-        d->mirror[i] = m;
-    else if (d->nmirror < VP_MAX_REGIONS)
-        d->mirror[d->nmirror++] = m;
+    mirror_put(d, &m);
 }
 
 static bool mirror_same(const struct mirror_region *m, const struct vp_region *r)
@@ -787,6 +797,100 @@ static void cb_started(struct vu_dev *v, const struct vu_start_info *info, void 
     d->handshake_timer = g_timeout_add(HANDSHAKE_SETTLE_MS, handshake_timer_cb, d);
 }
 
+/** A hot-plug MEMORY_INFO request: its ACK is QEMU's answer (vu_dev_reply_mem). */
+struct mem_req {
+    struct daemon *d;
+    unsigned vu_gen;              /* the QEMU connection waiting for the verdict */
+    struct mirror_region region;  /* what the server gains / loses */
+};
+
+static struct mem_req *mem_req_new(struct daemon *d, const struct vp_region *r)
+{
+    struct mem_req *q = g_new0(struct mem_req, 1);
+    q->d = d;
+    q->vu_gen = d->vu_gen;
+    q->region = (struct mirror_region){ r->gpa, r->size, r->mmap_offset, 0, 0 };
+    file_identity(r->fd, &q->region.st_dev, &q->region.st_ino);
+    return q;
+}
+
+/** The verdict on QEMU's pending ADD_MEM_REG/REM_MEM_REG: 0, or -EIO for a failure
+ *  REPLY_ACK. Only for the connection @q was made for. */
+static void mem_answer_qemu(struct mem_req *q, int result, const char *what)
+{
+    struct daemon *d = q->d;
+    struct vu_dev *v = vu_dev_of(q->d);
+    if (!v || q->vu_gen != d->vu_gen) {
+        g_info("%s of gpa 0x%" PRIx64 ": the QEMU connection that asked is gone", what,
+               q->region.gpa);
+        return;
+    }
+    int r = vu_dev_reply_mem(v, result);
+    if (r < 0)
+        g_warning("%s of gpa 0x%" PRIx64 ": reply to QEMU failed: %s", what, q->region.gpa,
+                  g_strerror(-r));
+}
+
+/** MEMORY_INFO(DEL) of what the server holds of ours that the current QEMU connection
+ *  does not have (all of it without a connection). */
+static void srv_memory_del_unowned(struct daemon *d)
+{
+    struct vp_region keep[VP_MAX_REGIONS];
+    struct vu_dev *v = vu_dev_of(d);
+    unsigned n = v && !vu_dev_is_broken(v) ? vu_dev_get_regions(v, keep, VP_MAX_REGIONS) : 0;
+    srv_memory_del_stale(d, keep, MIN(n, VP_MAX_REGIONS));
+}
+
+static void on_hot_add_ack(VpClient *c, const VpClientReply *reply, const GError *error,
+                           gpointer data)
+{
+    struct mem_req *q = data;
+    struct daemon *d = q->d;
+    const struct mirror_region *m = &q->region;
+    (void)reply;
+    if (error) {
+        /* ADD_FAIL (the server's reason), timeout or disconnect: the device VM does
+         * not have the region. */
+        g_warning("hot-add of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: %s (QEMU "
+                  "gets a failure reply; the device VM cannot reach buffers placed there)",
+                  m->gpa, m->size, error->message);
+        mem_answer_qemu(q, -EIO, "hot-add");
+        g_free(q);
+        return;
+    }
+    if (c == d->vpc)
+        mirror_put(d, m);
+    g_message("hot-added region gpa 0x%" PRIx64 " size 0x%" PRIx64
+              ": MEMORY_INFO_ACK(ADD_DONE)", m->gpa, m->size);
+    if (!vu_dev_of(d) || q->vu_gen != d->vu_gen)
+        srv_memory_del_unowned(d); /* its QEMU left meanwhile: not ours to keep */
+    else
+        mem_answer_qemu(q, 0, "hot-add");
+    g_free(q);
+}
+
+static void on_hot_del_ack(VpClient *c, const VpClientReply *reply, const GError *error,
+                           gpointer data)
+{
+    struct mem_req *q = data;
+    struct daemon *d = q->d;
+    const struct mirror_region *m = &q->region;
+    (void)reply;
+    (void)c;
+    if (error) {
+        g_warning("hot-remove of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: %s "
+                  "(QEMU gets a failure reply; the region stays)", m->gpa, m->size,
+                  error->message);
+        mem_answer_qemu(q, -EIO, "hot-remove");
+    } else {
+        mirror_remove(d, m->gpa);
+        g_message("hot-removed region gpa 0x%" PRIx64 " size 0x%" PRIx64
+                  ": MEMORY_INFO_ACK(DEL_DONE)", m->gpa, m->size);
+        mem_answer_qemu(q, 0, "hot-remove");
+    }
+    g_free(q);
+}
+
 static int cb_mem_added(struct vu_dev *v, const struct vp_region *r, void *opaque)
 {
     struct daemon *d = opaque;
@@ -796,21 +900,19 @@ static int cb_mem_added(struct vu_dev *v, const struct vp_region *r, void *opaqu
                "with the next handshake", r->gpa, r->size);
         return 0;
     }
-    /* QEMU waits for this request's reply: answer only after the server's ACK. */
-    VpClientReply reply;
+    /* QEMU waits for this request's reply: it gets the server's verdict. */
     GError *e = NULL;
     g_info("hot-add: MEMORY_INFO(ADD) of gpa 0x%" PRIx64 " size 0x%" PRIx64, r->gpa, r->size);
-    if (vp_client_memory_add_sync(d->vpc, r, 1, d->timeout_ms, &reply, &e)) {
-        mirror_add(d, r);
-        g_message("hot-added region gpa 0x%" PRIx64 " size 0x%" PRIx64
-                  ": MEMORY_INFO_ACK(ADD_DONE)", r->gpa, r->size);
-    } else {
-        g_warning("hot-add of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: %s (the "
-                  "device VM cannot reach buffers placed there)", r->gpa, r->size,
+    struct mem_req *q = mem_req_new(d, r);
+    if (!vp_client_memory_add(d->vpc, r, 1, d->timeout_ms, on_hot_add_ack, q, &e)) {
+        g_warning("hot-add of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: cannot "
+                  "send MEMORY_INFO(ADD): %s (QEMU gets a failure reply)", r->gpa, r->size,
                   e->message);
         g_error_free(e);
+        g_free(q);
+        return -EIO;
     }
-    return 0;
+    return VU_DEFERRED;
 }
 
 static int cb_mem_removed(struct vu_dev *v, const struct vp_region *r, void *opaque)
@@ -823,19 +925,18 @@ static int cb_mem_removed(struct vu_dev *v, const struct vp_region *r, void *opa
         return 0;
     }
     struct vp_region del = { r->gpa, r->size, r->mmap_offset, -1 };
-    VpClientReply reply;
     GError *e = NULL;
     g_info("hot-remove: MEMORY_INFO(DEL) of gpa 0x%" PRIx64 " size 0x%" PRIx64, r->gpa,
            r->size);
-    mirror_remove(d, r->gpa);
-    if (d->vpc && vp_client_memory_del_sync(d->vpc, &del, 1, d->timeout_ms, &reply, &e)) {
-        g_message("hot-removed region gpa 0x%" PRIx64 " size 0x%" PRIx64
-                  ": MEMORY_INFO_ACK(DEL_DONE)", r->gpa, r->size);
-    } else if (e) {
-        g_warning("hot-remove of region gpa 0x%" PRIx64 " failed: %s", r->gpa, e->message);
+    struct mem_req *q = mem_req_new(d, r);
+    if (!vp_client_memory_del(d->vpc, &del, 1, d->timeout_ms, on_hot_del_ack, q, &e)) {
+        g_warning("hot-remove of region gpa 0x%" PRIx64 " failed: cannot send "
+                  "MEMORY_INFO(DEL): %s (QEMU gets a failure reply)", r->gpa, e->message);
         g_error_free(e);
+        g_free(q);
+        return -EIO;
     }
-    return 0;
+    return VU_DEFERRED;
 }
 
 static void cb_vring_changed(struct vu_dev *v, const struct vp_virtq *vq, bool enabled,

@@ -561,17 +561,27 @@ static void test_memory_hotplug(void)
     g_assert_cmpuint(log_count(&t, "MEMORY_INFO_ACK(DEL_DONE)"), ==, 1);
 
     /* A 3 MiB file cannot become a BAR: the server refuses it with a reason, which
-     * the daemon logs; the frontend carries on. */
+     * the daemon logs and turns into a failure REPLY_ACK; the frontend carries on. */
     vu_fe_set_mem_repeat(t.fe, 1);
     int ram2 = vu_fe_ram_new(t.fe, 3 * MiB);
     int bad = vu_fe_region_new(t.fe, ram2, 0, HOTPLUG_GPA, 3 * MiB);
-    FE_OK(t.fe, vu_fe_add_mem_reg(t.fe, bad));
-    wait_log(&t, "not a power of two");
+    vu_fe_clear_ack(t.fe);
+    g_assert_cmpint(vu_fe_add_mem_reg(t.fe, bad), ==, -EIO);
+    g_assert_cmpuint(vu_fe_last_ack(t.fe), ==, 1);
+    g_assert_true(log_has(&t, "not a power of two"));
     g_assert_true(log_has(&t, "hot-add of region gpa 0x140000000 size 0x300000 failed"));
+    g_assert_true(log_has(&t, "QEMU gets a failure reply"));
+    g_assert_true(log_has(&t, "ADD_MEM_REG: region gpa 0x140000000 size 0x300000: adding "
+                          "refused by the backend user"));
     st = ctl_status(&t);
     g_assert_true(matches(&t, st, &(Expect){ 1, 2, HIGH_GPA, HOTPLUG_GPA }));
     json_node_unref(st);
-    FE_OK(t.fe, vu_fe_rem_mem_reg(t.fe, bad, false)); /* not on the server: no DEL */
+    /* The connection serves on; removing the region the backend never took is
+     * accepted without asking the server (QEMU itself would not send it: a failed
+     * ADD_MEM_REG stays out of its shadow table). */
+    FE_OK(t.fe, vu_fe_set_state(t.fe, VU_SET_VRING_ENABLE, 0, 1, true));
+    FE_OK(t.fe, vu_fe_rem_mem_reg(t.fe, bad, false));
+    g_assert_cmpuint(log_count(&t, "hot-remove: MEMORY_INFO(DEL)"), ==, 1);
     g_assert_cmpuint(log_count(&t, "MEMORY_INFO_ACK(DEL_DONE)"), ==, 1);
 
     uint32_t bases[2];
@@ -1120,41 +1130,77 @@ static void fake_ack(int fd, const struct vp_msg *req, guint16 type, const struc
     g_assert_cmpint(vp_send_ack(fd, type, &h, ack), ==, 0);
 }
 
-/* The device VM's driver accepts less than QEMU negotiated: the daemon confirms the
- * accepted set with FEATURE_BITS_ACK and makes QEMU reconnect, offering only it. */
-static void test_renegotiation(void)
+/* A daemon (@extra arguments) whose vhost-pci server is this program. Returns the
+ * listening socket; *sfd is the daemon's connection, its connect-time FEATURE_BITS
+ * answered with everything offered accepted. */
+static int fake_server_start(T *t, const char *const *extra, int *sfd)
 {
-    T t;
-    memset(&t, 0, sizeof(t));
+    memset(t, 0, sizeof(*t));
     GError *e = NULL;
-    t.env.dir = g_dir_make_tmp("vp-itest-XXXXXX", &e);
+    t->env.dir = g_dir_make_tmp("vp-itest-XXXXXX", &e);
     g_assert_no_error(e);
-    t.vu_path = g_build_filename(t.env.dir, "vu.sock", NULL);
-    t.log = g_build_filename(t.env.dir, "client.log", NULL);
-    t.env.sock = g_build_filename(t.env.dir, "fake.sock", NULL);
-    t.env.mgmt = g_build_filename(t.env.dir, "none", NULL);
-    g_strlcpy(t.uuid, "0f0e0d0c-0b0a-4908-8706-050403020100", sizeof(t.uuid));
+    t->vu_path = g_build_filename(t->env.dir, "vu.sock", NULL);
+    t->log = g_build_filename(t->env.dir, "client.log", NULL);
+    t->env.sock = g_build_filename(t->env.dir, "fake.sock", NULL);
+    t->env.mgmt = g_build_filename(t->env.dir, "none", NULL);
+    g_strlcpy(t->uuid, "0f0e0d0c-0b0a-4908-8706-050403020100", sizeof(t->uuid));
 
     int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    g_strlcpy(sa.sun_path, t.env.sock, sizeof(sa.sun_path));
+    g_strlcpy(sa.sun_path, t->env.sock, sizeof(sa.sun_path));
     g_assert_cmpint(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
     g_assert_cmpint(listen(lfd, 4), ==, 0);
-    daemon_start_at(&t, NULL, NULL);
-    int sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-    g_assert_cmpint(sfd, >=, 0);
-    struct vp_msg msg;
+    daemon_start_at(t, NULL, extra);
+    *sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    g_assert_cmpint(*sfd, >=, 0);
 
     /* Connect-time FEATURE_BITS: accept everything offered. */
-    g_assert_cmpuint(fake_read(sfd, &msg), ==, VP_MSG_FEATURE_BITS);
+    struct vp_msg msg;
+    g_assert_cmpuint(fake_read(*sfd, &msg), ==, VP_MSG_FEATURE_BITS);
     uint64_t bits = 0;
     g_assert_cmpint(vp_decode_feature_bits(&msg, &bits, NULL), ==, 0);
     g_assert_cmphex(bits, ==, VP_NET_FEATURES);
     struct vp_ack ack;
     memset(&ack, 0, sizeof(ack));
     ack.feature_bits = bits;
-    fake_ack(sfd, &msg, VP_MSG_FEATURE_BITS_ACK, &ack);
+    fake_ack(*sfd, &msg, VP_MSG_FEATURE_BITS_ACK, &ack);
     vp_msg_clear(&msg);
+    return lfd;
+}
+
+/* Stop the daemon (it must exit 0 with no sanitizer report) and clean up. */
+static void fake_server_stop(T *t, int lfd, int sfd)
+{
+    vu_fe_free(t->fe);
+    t->fe = NULL;
+    int st = daemon_stop(t);
+    g_assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    if (g_test_failed() || g_getenv("VP_TEST_SHOW_LOGS"))
+        dump_daemon_log(t);
+    g_assert_false(log_has(t, "Sanitizer") || log_has(t, "runtime error:"));
+    if (sfd >= 0)
+        close(sfd);
+    close(lfd);
+    unlink(t->env.sock);
+    unlink(t->log);
+    rmdir(t->env.dir);
+    g_free(t->env.dir);
+    g_free(t->env.sock);
+    g_free(t->env.mgmt);
+    g_free(t->vu_path);
+    g_free(t->log);
+}
+
+/* The device VM's driver accepts less than QEMU negotiated: the daemon confirms the
+ * accepted set with FEATURE_BITS_ACK and makes QEMU reconnect, offering only it. */
+static void test_renegotiation(void)
+{
+    T t;
+    int sfd = -1;
+    int lfd = fake_server_start(&t, NULL, &sfd);
+    struct vp_msg msg;
+    uint64_t bits = 0;
+    struct vp_ack ack;
 
     t.fe = fe_connect(&t);
     FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
@@ -1221,23 +1267,165 @@ static void test_renegotiation(void)
     g_assert_cmphex(vu_fe_offered_features(t.fe), ==,
                     (VP_NET_FEATURES & ~(1ULL << VP_VIRTIO_NET_F_MRG_RXBUF)) | F_PROTO);
 
-    vu_fe_free(t.fe);
-    t.fe = NULL;
-    int st = daemon_stop(&t);
-    g_assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    if (g_test_failed() || g_getenv("VP_TEST_SHOW_LOGS"))
-        dump_daemon_log(&t);
-    g_assert_false(log_has(&t, "Sanitizer") || log_has(&t, "runtime error:"));
-    close(sfd);
-    close(lfd);
-    unlink(t.env.sock);
-    unlink(t.log);
-    rmdir(t.env.dir);
-    g_free(t.env.dir);
-    g_free(t.env.sock);
-    g_free(t.env.mgmt);
-    g_free(t.vu_path);
-    g_free(t.log);
+    fake_server_stop(&t, lfd, sfd);
+}
+
+/* ------------------------------ hot-plug verdicts, scripted server ------------------------------ */
+
+/* What the scripted server does with the next MEMORY_INFO. */
+typedef enum { FS_DONE, FS_FAIL, FS_SILENT, FS_CLOSE } FakeAction;
+
+typedef struct {
+    int sfd;
+    FakeAction action;
+    const char *reason;         /* FS_FAIL */
+    guint handled;              /* MEMORY_INFOs seen */
+    uint32_t last_op;           /* VP_OP_ADD / VP_OP_DEL of the last one */
+    uint64_t last_gpa;
+} FakeSrv;
+
+/* The frontend's pump: while it waits for QEMU's REPLY_ACK, the scripted server
+ * answers the daemon's MEMORY_INFO (same thread, so no blocking read here). */
+static void fake_pump(void *opaque)
+{
+    FakeSrv *f = opaque;
+    struct pollfd p = { .fd = f->sfd, .events = POLLIN };
+    if (f->sfd < 0 || poll(&p, 1, 1) <= 0)
+        return;
+    struct vp_msg msg;
+    g_assert_cmpuint(fake_read(f->sfd, &msg), ==, VP_MSG_MEMORY_INFO);
+    struct vp_memory_info mi;
+    vp_memory_info_init(&mi);
+    g_assert_cmpint(vp_decode_memory_info(&msg, &mi, NULL), ==, 0);
+    g_assert_cmpuint(mi.nregions, ==, 1);
+    f->last_op = mi.op;
+    f->last_gpa = mi.regions[0].gpa;
+    vp_memory_info_close_fds(&mi);
+    f->handled++;
+    struct vp_ack ack;
+    memset(&ack, 0, sizeof(ack));
+    bool add = mi.op == VP_OP_ADD;
+    switch (f->action) {
+    case FS_DONE:
+        ack.result = add ? VP_ACK_ADD_DONE : VP_ACK_DEL_DONE;
+        fake_ack(f->sfd, &msg, VP_MSG_MEMORY_INFO_ACK, &ack);
+        break;
+    case FS_FAIL:
+        ack.result = add ? VP_ACK_ADD_FAIL : VP_ACK_DEL_FAIL;
+        g_strlcpy(ack.reason, f->reason, sizeof(ack.reason));
+        fake_ack(f->sfd, &msg, VP_MSG_MEMORY_INFO_ACK, &ack);
+        break;
+    case FS_SILENT:
+        break;
+    case FS_CLOSE:
+        close(f->sfd);
+        f->sfd = -1;
+        break;
+    }
+    vp_msg_clear(&msg);
+}
+
+/* QEMU's REPLY_ACK to a hot-add / hot-remove is the server's verdict: ADD_DONE and
+ * DEL_DONE succeed; ADD_FAIL and DEL_FAIL (the reason logged), no answer within
+ * --ack-timeout, and a lost server connection fail. */
+static void test_hotplug_verdicts(void)
+{
+    T t;
+    const char *extra[] = { "--ack-timeout", "1", NULL };
+    FakeSrv f = { .sfd = -1 };
+    int lfd = fake_server_start(&t, extra, &f.sfd);
+    struct vp_msg msg;
+    struct vp_ack ack;
+
+    int fd = try_connect(t.vu_path);
+    g_assert_cmpint(fd, >=, 0);
+    t.fe = vu_fe_new(fd, 2, fake_pump, &f);
+    vu_fe_set_timeout(t.fe, TMO);
+    FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
+    fe_ram(&t);
+    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    /* The handshake, all accepted. */
+    g_assert_cmpuint(fake_read(f.sfd, &msg), ==, VP_MSG_MEMORY_INFO);
+    struct vp_memory_info mi;
+    vp_memory_info_init(&mi);
+    g_assert_cmpint(vp_decode_memory_info(&msg, &mi, NULL), ==, 0);
+    vp_memory_info_close_fds(&mi);
+    memset(&ack, 0, sizeof(ack));
+    fake_ack(f.sfd, &msg, VP_MSG_MEMORY_INFO_ACK, &ack);
+    vp_msg_clear(&msg);
+    g_assert_cmpuint(fake_read(f.sfd, &msg), ==, VP_MSG_FEATURE_BITS);
+    ack.feature_bits = F_GUEST;
+    fake_ack(f.sfd, &msg, VP_MSG_FEATURE_BITS_ACK, &ack);
+    vp_msg_clear(&msg);
+    g_assert_cmpuint(fake_read(f.sfd, &msg), ==, VP_MSG_DEVICE_INFO);
+    struct vp_device_info di;
+    vp_device_info_init(&di);
+    g_assert_cmpint(vp_decode_device_info(&msg, &di, NULL), ==, 0);
+    vp_device_info_close_fds(&di);
+    memset(&ack, 0, sizeof(ack));
+    ack.device_type = di.device_type;
+    ack.device_id = di.device_id;
+    fake_ack(f.sfd, &msg, VP_MSG_DEVICE_INFO_ACK, &ack);
+    vp_msg_clear(&msg);
+    wait_log(&t, "DEVICE_INFO_ACK(ADD_DONE)");
+
+    int ram1 = vu_fe_ram_new(t.fe, 2 * MiB);
+    int dimm = vu_fe_region_new(t.fe, (unsigned)ram1, 0, HOTPLUG_GPA, 2 * MiB);
+
+    /* ADD_FAIL: a failure REPLY_ACK, the server's reason in the log. */
+    f.action = FS_FAIL;
+    f.reason = "scripted: no room for this window";
+    g_assert_cmpint(vu_fe_add_mem_reg(t.fe, dimm), ==, -EIO);
+    g_assert_cmpuint(vu_fe_last_ack(t.fe), ==, 1);
+    g_assert_cmpuint(f.handled, ==, 1);
+    g_assert_cmpuint(f.last_op, ==, VP_OP_ADD);
+    g_assert_cmphex(f.last_gpa, ==, HOTPLUG_GPA);
+    g_assert_true(log_has(&t, "hot-add of region gpa 0x140000000 size 0x200000 failed: "));
+    g_assert_true(log_has(&t, "scripted: no room for this window (QEMU gets a failure reply"));
+
+    /* ADD_DONE: success; QEMU's second vhost_dev (queues=2) repeats it: no request. */
+    f.action = FS_DONE;
+    vu_fe_set_mem_repeat(t.fe, 2);
+    FE_OK(t.fe, vu_fe_add_mem_reg(t.fe, dimm));
+    g_assert_cmpuint(vu_fe_last_ack(t.fe), ==, 0);
+    g_assert_cmpuint(f.handled, ==, 2);
+    vu_fe_set_mem_repeat(t.fe, 1);
+
+    /* DEL_FAIL: failure, the region stays (a second REM_MEM_REG asks again). */
+    f.action = FS_FAIL;
+    f.reason = "scripted: region busy";
+    g_assert_cmpint(vu_fe_rem_mem_reg(t.fe, dimm, false), ==, -EIO);
+    g_assert_cmpuint(f.handled, ==, 3);
+    g_assert_cmpuint(f.last_op, ==, VP_OP_DEL);
+    g_assert_true(log_has(&t, "hot-remove of region gpa 0x140000000 size 0x200000 failed: "));
+    g_assert_true(log_has(&t, "scripted: region busy (QEMU gets a failure reply"));
+    f.action = FS_DONE;
+    FE_OK(t.fe, vu_fe_rem_mem_reg(t.fe, dimm, false));
+    g_assert_cmpuint(f.handled, ==, 4);
+    g_assert_true(log_has(&t, "hot-removed region gpa 0x140000000 size 0x200000: "
+                          "MEMORY_INFO_ACK(DEL_DONE)"));
+
+    /* No answer within --ack-timeout 1: failure. */
+    dimm = vu_fe_region_new(t.fe, (unsigned)ram1, 0, HOTPLUG_GPA, 2 * MiB);
+    f.action = FS_SILENT;
+    gint64 t0 = g_get_monotonic_time();
+    g_assert_cmpint(vu_fe_add_mem_reg(t.fe, dimm), ==, -EIO);
+    g_assert_cmpint(g_get_monotonic_time() - t0, >=, 900 * 1000);
+    g_assert_cmpuint(f.handled, ==, 5);
+    g_assert_cmpuint(log_count(&t, "hot-add of region gpa 0x140000000 size 0x200000 failed"),
+                     ==, 2);
+
+    /* The server connection drops while QEMU waits: failure. */
+    f.action = FS_CLOSE;
+    g_assert_cmpint(vu_fe_add_mem_reg(t.fe, dimm), ==, -EIO);
+    g_assert_cmpuint(f.handled, ==, 6);
+    g_assert_cmpuint(log_count(&t, "hot-add of region gpa 0x140000000 size 0x200000 failed"),
+                     ==, 3);
+    /* QEMU's connection carries on. */
+    uint64_t feat;
+    FE_OK(t.fe, vu_fe_get_u64(t.fe, VU_GET_FEATURES, &feat));
+    g_assert_true(itest_alive(t.pid));
+    fake_server_stop(&t, lfd, f.sfd);
 }
 
 int main(int argc, char **argv)
@@ -1257,5 +1445,6 @@ int main(int argc, char **argv)
     g_test_add_func("/client-daemon/datapath-positions", test_datapath_positions);
     g_test_add_func("/client-daemon/bad-input", test_bad_input);
     g_test_add_func("/client-daemon/renegotiation", test_renegotiation);
+    g_test_add_func("/client-daemon/hotplug-verdicts", test_hotplug_verdicts);
     return g_test_run();
 }
