@@ -23,9 +23,13 @@
  *                                      -> failure (the reason logged at warning), and
  *                                      the refused region is not in the table the
  *                                      next handshake sends (a refused removal keeps
- *                                      it). Without REPLY_ACK negotiated QEMU cannot
- *                                      be told: the core logs it and applies the
- *                                      change (vhost_user.h, ops->mem_added)
+ *                                      it). Only while QEMU's device runs and with
+ *                                      --memory-refusal reply (default): while QEMU
+ *                                      (re)starts it a failure would fail QEMU's vhost
+ *                                      start, so the answer is success (see
+ *                                      mem_may_refuse). Without REPLY_ACK negotiated
+ *                                      QEMU cannot be told: the core logs it and
+ *                                      applies the change (vhost_user.h, mem_added)
  *   new kick/call fd of a running ring DEVICE_INFO(ADD) update (spec 1.6.1.1)
  *   GET_VRING_BASE                     DEVICE_INFO(DEL); answered with the
  *                                      last_avail_idx of DEVICE_INFO_ACK(DEL_DONE); when
@@ -125,10 +129,13 @@ struct daemon {
     gint64 device_id;
     char *log_level;
     char *features_opt;
+    char *memory_refusal_opt;
     double ack_timeout_s;
     gboolean print_caps;
 
     uint64_t offer;               /* virtio features asked of the server */
+    bool refusal_replies;         /* --memory-refusal reply: the server's refusal of a
+                                     hot-added region is QEMU's failure REPLY_ACK */
     int timeout_ms;               /* per server request */
     guint8 uuid[16];
     char uuid_str[37];
@@ -316,11 +323,13 @@ struct req_ctx {
     struct daemon *d;
     unsigned start_gen;
     bool for_stop;                /* DEVICE_INFO(DEL) answering GET_VRING_BASE */
+    unsigned nnew;                /* handshake: regions new to the server, */
+    uint64_t new_gpa[VP_MAX_REGIONS]; /* which a refused MEMORY_INFO did not add */
 };
 
 static struct req_ctx *req_ctx_new(struct daemon *d, bool for_stop)
 {
-    struct req_ctx *r = g_new(struct req_ctx, 1);
+    struct req_ctx *r = g_new0(struct req_ctx, 1);
     r->d = d;
     r->start_gen = d->start_gen;
     r->for_stop = for_stop;
@@ -547,25 +556,32 @@ static void on_handshake(VpClient *c, const VpClientHandshake *r, const GError *
     struct req_ctx *ctx = data;
     struct daemon *d = ctx->d;
     bool current = ctx->start_gen == d->start_gen;
-    g_free(ctx);
-    if (c != d->vpc)
-        return;
-    if (!current) {
-        g_info("handshake of an earlier start ended: %s", error ? error->message : "done");
+    if (c != d->vpc || !current) {
+        if (c == d->vpc)
+            g_info("handshake of an earlier start ended: %s", error ? error->message : "done");
+        g_free(ctx);
         return;
     }
+    /* A refused MEMORY_INFO adds none of its regions; those the server had before
+     * (an earlier start of this connection) stay. */
     if (r->have_memory && r->memory.ack.result != VP_ACK_ADD_DONE)
-        d->nmirror = 0; /* nothing of this MEMORY_INFO was kept */
+        for (unsigned i = 0; i < ctx->nnew; i++)
+            mirror_remove(d, ctx->new_gpa[i]);
+    g_free(ctx);
     bool dev_ok = r->have_device && r->device.ack.result == VP_ACK_ADD_DONE;
     if (d->fe == FE_ADDING)
         d->fe = dev_ok ? FE_ADDED : FE_NONE;
     if (dev_ok)
         d->fe_ok_this_start = true;
-    if (error) {
+    if (error && !dev_ok) {
         g_warning("the device VM did not take the frontend (net %" G_GINT64_FORMAT "): %s",
                   d->device_id, error->message);
         return;
     }
+    if (error) /* e.g. a region refused again at a restart (mem_may_refuse) */
+        g_warning("the device VM serves net %" G_GINT64_FORMAT " but not all of this "
+                  "start: %s (it cannot reach buffers in memory it refused)", d->device_id,
+                  error->message);
     g_message("DEVICE_INFO_ACK(ADD_DONE): net %" G_GINT64_FORMAT " with %u virtqueues "
               "is served by the device VM (features 0x%" G_GINT64_MODIFIER "x%s)",
               d->device_id, d->dev.nvirtqs, r->final_features,
@@ -594,6 +610,9 @@ static void srv_handshake(struct daemon *d)
     g_info("handshake: MEMORY_INFO(ADD) of %u region(s), FEATURE_BITS 0x%" PRIx64
            ", DEVICE_INFO(ADD) of net %" G_GINT64_FORMAT, n, features, d->device_id);
     struct req_ctx *ctx = req_ctx_new(d, false);
+    for (unsigned i = 0; i < n; i++)
+        if (mirror_find(d, regions[i].gpa) < 0) /* stale ones are gone: same region */
+            ctx->new_gpa[ctx->nnew++] = regions[i].gpa;
     if (!vp_client_handshake(d->vpc, regions, n, features, &d->dev, d->timeout_ms,
                              on_renegotiate, on_handshake, ctx, &e)) {
         g_free(ctx);
@@ -801,24 +820,46 @@ static void cb_started(struct vu_dev *v, const struct vu_start_info *info, void 
 struct mem_req {
     struct daemon *d;
     unsigned vu_gen;              /* the QEMU connection waiting for the verdict */
+    bool may_refuse;              /* a failure becomes QEMU's failure REPLY_ACK */
     struct mirror_region region;  /* what the server gains / loses */
 };
+
+/**
+ * May a refused hot-plug request fail QEMU's ADD_MEM_REG/REM_MEM_REG? Only with
+ * --memory-refusal reply and while QEMU's device runs. QEMU 7.2 sends memory changes
+ * on two paths: for a running device (vhost_commit), where a failure reply is only
+ * logged ("vhost_set_mem_table failed") and the region stays out of its table, to be
+ * offered again at its next memory change; and from vhost_dev_start when it (re)starts
+ * the device, where a failure fails the start ("unable to start vhost net ...
+ * falling back on userspace virtio": no networking until the next device reset).
+ * During a (re)start the region is therefore accepted whatever the server says, as
+ * before; the handshake that follows offers it again and the device is served with
+ * the memory the device VM could take.
+ */
+static bool mem_may_refuse(struct daemon *d)
+{
+    struct vu_dev *v = vu_dev_of(d);
+    return d->refusal_replies && v && vu_dev_is_started(v);
+}
 
 static struct mem_req *mem_req_new(struct daemon *d, const struct vp_region *r)
 {
     struct mem_req *q = g_new0(struct mem_req, 1);
     q->d = d;
     q->vu_gen = d->vu_gen;
+    q->may_refuse = mem_may_refuse(d);
     q->region = (struct mirror_region){ r->gpa, r->size, r->mmap_offset, 0, 0 };
     file_identity(r->fd, &q->region.st_dev, &q->region.st_ino);
     return q;
 }
 
 /** The verdict on QEMU's pending ADD_MEM_REG/REM_MEM_REG: 0, or -EIO for a failure
- *  REPLY_ACK. Only for the connection @q was made for. */
+ *  REPLY_ACK (success unless @q may refuse). Only for the connection @q was made for. */
 static void mem_answer_qemu(struct mem_req *q, int result, const char *what)
 {
     struct daemon *d = q->d;
+    if (!q->may_refuse)
+        result = 0;
     struct vu_dev *v = vu_dev_of(q->d);
     if (!v || q->vu_gen != d->vu_gen) {
         g_info("%s of gpa 0x%" PRIx64 ": the QEMU connection that asked is gone", what,
@@ -829,6 +870,17 @@ static void mem_answer_qemu(struct mem_req *q, int result, const char *what)
     if (r < 0)
         g_warning("%s of gpa 0x%" PRIx64 ": reply to QEMU failed: %s", what, q->region.gpa,
                   g_strerror(-r));
+}
+
+/** What QEMU is told of a refusal, for the log. */
+static const char *refusal_effect(const struct mem_req *q)
+{
+    if (q->may_refuse)
+        return "QEMU gets a failure reply";
+    if (q->d->refusal_replies)
+        return "QEMU is starting the device, which a failure reply would stop: it gets "
+               "success";
+    return "--memory-refusal log: QEMU gets success";
 }
 
 /** MEMORY_INFO(DEL) of what the server holds of ours that the current QEMU connection
@@ -851,9 +903,9 @@ static void on_hot_add_ack(VpClient *c, const VpClientReply *reply, const GError
     if (error) {
         /* ADD_FAIL (the server's reason), timeout or disconnect: the device VM does
          * not have the region. */
-        g_warning("hot-add of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: %s (QEMU "
-                  "gets a failure reply; the device VM cannot reach buffers placed there)",
-                  m->gpa, m->size, error->message);
+        g_warning("hot-add of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: %s (%s; "
+                  "the device VM cannot reach buffers placed there)", m->gpa, m->size,
+                  error->message, refusal_effect(q));
         mem_answer_qemu(q, -EIO, "hot-add");
         g_free(q);
         return;
@@ -879,8 +931,7 @@ static void on_hot_del_ack(VpClient *c, const VpClientReply *reply, const GError
     (void)c;
     if (error) {
         g_warning("hot-remove of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: %s "
-                  "(QEMU gets a failure reply; the region stays)", m->gpa, m->size,
-                  error->message);
+                  "(%s)", m->gpa, m->size, error->message, refusal_effect(q));
         mem_answer_qemu(q, -EIO, "hot-remove");
     } else {
         mirror_remove(d, m->gpa);
@@ -906,11 +957,12 @@ static int cb_mem_added(struct vu_dev *v, const struct vp_region *r, void *opaqu
     struct mem_req *q = mem_req_new(d, r);
     if (!vp_client_memory_add(d->vpc, r, 1, d->timeout_ms, on_hot_add_ack, q, &e)) {
         g_warning("hot-add of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: cannot "
-                  "send MEMORY_INFO(ADD): %s (QEMU gets a failure reply)", r->gpa, r->size,
-                  e->message);
+                  "send MEMORY_INFO(ADD): %s (%s)", r->gpa, r->size, e->message,
+                  refusal_effect(q));
         g_error_free(e);
+        int ret = q->may_refuse ? -EIO : 0;
         g_free(q);
-        return -EIO;
+        return ret;
     }
     return VU_DEFERRED;
 }
@@ -931,10 +983,11 @@ static int cb_mem_removed(struct vu_dev *v, const struct vp_region *r, void *opa
     struct mem_req *q = mem_req_new(d, r);
     if (!vp_client_memory_del(d->vpc, &del, 1, d->timeout_ms, on_hot_del_ack, q, &e)) {
         g_warning("hot-remove of region gpa 0x%" PRIx64 " failed: cannot send "
-                  "MEMORY_INFO(DEL): %s (QEMU gets a failure reply)", r->gpa, e->message);
+                  "MEMORY_INFO(DEL): %s (%s)", r->gpa, e->message, refusal_effect(q));
         g_error_free(e);
+        int ret = q->may_refuse ? -EIO : 0;
         g_free(q);
-        return -EIO;
+        return ret;
     }
     return VU_DEFERRED;
 }
@@ -1267,6 +1320,12 @@ static int parse_options(struct daemon *d, int argc, char **argv)
         { "features", 0, 0, G_OPTION_ARG_STRING, &d->features_opt,
           "virtio-net feature bits offered to the device VM (default: the vhost-pci-net "
           "set, VP_NET_FEATURES)", "MASK" },
+        { "memory-refusal", 0, 0, G_OPTION_ARG_STRING, &d->memory_refusal_opt,
+          "When the device VM refuses memory QEMU hot-adds (or -removes) while its device "
+          "runs: 'reply' (default) answers QEMU's ADD_MEM_REG/REM_MEM_REG with a failure "
+          "(QEMU logs it and keeps the region out of its table); 'log' only logs it and "
+          "answers success. While QEMU (re)starts its device the answer is always success "
+          "(a failure there would stop QEMU's vhost-user networking)", "reply|log" },
         { "ack-timeout", 't', 0, G_OPTION_ARG_DOUBLE, &d->ack_timeout_s,
           "Seconds to wait for each server ACK (default 15)", "SECONDS" },
         { "log-level", 0, 0, G_OPTION_ARG_STRING, &d->log_level,
@@ -1323,6 +1382,14 @@ static int parse_options(struct daemon *d, int argc, char **argv)
     }
     if (!(d->ack_timeout_s > 0 && d->ack_timeout_s <= 3600)) {
         fprintf(stderr, "vhost-pci-client: --ack-timeout must be in (0, 3600] seconds\n");
+        return 2;
+    }
+    if (!d->memory_refusal_opt || strcmp(d->memory_refusal_opt, "reply") == 0) {
+        d->refusal_replies = true;
+    } else if (strcmp(d->memory_refusal_opt, "log") == 0) {
+        d->refusal_replies = false;
+    } else {
+        fprintf(stderr, "vhost-pci-client: --memory-refusal must be reply or log\n");
         return 2;
     }
     d->timeout_ms = (int)(d->ack_timeout_s * 1000.0 + 0.5);
@@ -1441,5 +1508,6 @@ int main(int argc, char **argv)
     g_free(d->uuid_opt);
     g_free(d->log_level);
     g_free(d->features_opt);
+    g_free(d->memory_refusal_opt);
     return d->exit_code;
 }

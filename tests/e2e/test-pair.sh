@@ -8,8 +8,9 @@
 #   a new window in the server's device and in guestd's view of the device VM, traffic
 #   continues; hot-unplug (DEVICE_DELETED) removes the window again; hot-plug beyond
 #   the logical BAR clones the device (new control function, the old one unplugged)
-#   and traffic continues; a non-power-of-two memory file gets ADD_FAIL and the device
-#   VM's QEMU stays up; shutting the driver VM down makes the server destroy the device
+#   and traffic continues; a non-power-of-two memory file gets ADD_FAIL, the device
+#   VM's QEMU stays up and the driver VM's QEMU gets a failure reply without losing its
+#   network (also across a virtio-net reset); shutting the driver VM down makes the server destroy the device
 #   and the device VM sees the functions unplugged; `down` leaves no process and no
 #   socket; no log has a crash or sanitizer report. Every check reads real state:
 #   vhost-pci-ctl --json (server), guestd's status socket in the device VM (through
@@ -188,22 +189,45 @@ if need_pair "traffic after the clone"; then
     else not_ok "traffic after the clone" "$out" "$(state)"; fi
 fi
 
-# 11. a memory file that is not a power of two: ADD_FAIL, the device VM's QEMU stays up
-if need_pair "non-power-of-two memory: ADD_FAIL, device VM QEMU stays up"; then
+# 11. a memory file that is not a power of two: ADD_FAIL, the device VM's QEMU stays up;
+#     the driver VM's QEMU gets a failure reply to ADD_MEM_REG (it logs "vhost_set_mem_table
+#     failed" and keeps its vhost device running), traffic goes on, and a reset of the
+#     driver VM's virtio-net with that DIMM still plugged (QEMU's vhost_dev_start offers
+#     the region again) still brings the link back.
+c11="non-power-of-two memory: ADD_FAIL, QEMUs stay up, driver VM networking survives"
+reset_drv_net() {   # unbind + bind virtio_net in the driver VM, address again
+    "${pair[@]}" exec drv --timeout 30 -- 'd=$(basename $(readlink /sys/class/net/eth0/device)) &&
+        echo $d > /sys/bus/virtio/drivers/virtio_net/unbind && sleep 1 &&
+        echo $d > /sys/bus/virtio/drivers/virtio_net/bind && sleep 1 &&
+        ip link set eth0 up && ip addr add 10.77.0.2/24 dev eth0'
+}
+if need_pair "$c11"; then
     w1=$(srv '.devices[0].windows | length')
     # Offline in the guest: it never puts data there (the device VM cannot reach it).
     if ! dimm=$("${pair[@]}" hotplug-mem 384M --no-online 2>&1); then
-        not_ok "non-power-of-two memory: ADD_FAIL, device VM QEMU stays up" "$dimm"
+        not_ok "$c11" "$dimm"
     elif wait_for 30 grep -q 'ADD_FAIL.*not a power of two' "$run/server.log"; then
         sleep 2
         st=$("${pair[@]}" qmp dev --timeout 10 '{"execute":"query-status"}' 2>&1)
-        if [[ "$st" == *'"status": "running"'* ]] && [ "$(srv '.devices[0].windows | length')" = "$w1" ]; then
-            ok "384 MiB file refused: '$(grep -h 'ADD_FAIL.*not a power of two' "$run/server.log" | head -n1 | sed 's/^.*: client [^:]*: //' | cut -c1-160)'; device VM running, windows still $w1"
+        st2=$("${pair[@]}" qmp drv --timeout 10 '{"execute":"query-status"}' 2>&1)
+        if [[ "$st" != *'"status": "running"'* ]] || [[ "$st2" != *'"status": "running"'* ]] ||
+           [ "$(srv '.devices[0].windows | length')" != "$w1" ]; then
+            not_ok "$c11" "device VM query-status: $st" "driver VM query-status: $st2" "$(state)"
+        elif ! grep -q 'size 0x18000000 failed: .*(QEMU gets a failure reply' "$run/client.log" ||
+             ! grep -q 'vhost_set_mem_table failed' "$run/drv.qemu.log"; then
+            not_ok "$c11" "no failure reply to ADD_MEM_REG seen in client.log / drv.qemu.log" \
+                "$(tail -n 5 "$run/client.log")" "drv.qemu.log: $(tail -n 3 "$run/drv.qemu.log")"
+        elif ! out=$(traffic 2>&1); then
+            not_ok "$c11" "traffic with the refused DIMM plugged: $out" "$(state)"
+        elif ! r=$(reset_drv_net 2>&1) || ! "${pair[@]}" wait-link --timeout 30 >/dev/null 2>&1 ||
+             ! out2=$(traffic 2>&1); then
+            not_ok "$c11" "after a virtio-net reset in the driver VM: ${r:-} ${out2:-no link}" \
+                "drv.qemu.log: $(tail -n 3 "$run/drv.qemu.log")" "$(state)"
         else
-            not_ok "non-power-of-two memory: ADD_FAIL, device VM QEMU stays up" "query-status: $st" "$(state)"
+            ok "384 MiB file refused: '$(grep -h 'ADD_FAIL.*not a power of two' "$run/server.log" | head -n1 | sed 's/^.*: client [^:]*: //' | cut -c1-120)'; QEMUs running, windows still $w1; driver QEMU: '$(grep -m1 'vhost_set_mem_table failed' "$run/drv.qemu.log")'; traffic OK, and again after a virtio-net reset"
         fi
     else
-        not_ok "non-power-of-two memory: ADD_FAIL, device VM QEMU stays up" "no 'ADD_FAIL ... not a power of two' in server.log within 30 s" "$(state)"
+        not_ok "$c11" "no 'ADD_FAIL ... not a power of two' in server.log within 30 s" "$(state)"
     fi
     "${pair[@]}" hotplug-mem --remove "$dimm" >/dev/null 2>&1
 fi

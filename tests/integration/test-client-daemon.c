@@ -424,6 +424,8 @@ static void test_options(void)
           "vhost-user's own" },
         { { "--socket-path", "/tmp/x", "--server", "s", "--log-level", "loud" }, 2,
           "--log-level must be" },
+        { { "--socket-path", "/tmp/x", "--server", "s", "--memory-refusal", "maybe" }, 2,
+          "--memory-refusal must be reply or log" },
         { { "--socket-path", "/proc/version", "--server", "s" }, 1, "is not a socket" },
     };
     for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
@@ -576,21 +578,59 @@ static void test_memory_hotplug(void)
     st = ctl_status(&t);
     g_assert_true(matches(&t, st, &(Expect){ 1, 2, HIGH_GPA, HOTPLUG_GPA }));
     json_node_unref(st);
-    /* The connection serves on; removing the region the backend never took is
-     * accepted without asking the server (QEMU itself would not send it: a failed
-     * ADD_MEM_REG stays out of its shadow table). */
-    FE_OK(t.fe, vu_fe_set_state(t.fe, VU_SET_VRING_ENABLE, 0, 1, true));
-    FE_OK(t.fe, vu_fe_rem_mem_reg(t.fe, bad, false));
-    g_assert_cmpuint(log_count(&t, "hot-remove: MEMORY_INFO(DEL)"), ==, 1);
-    g_assert_cmpuint(log_count(&t, "MEMORY_INFO_ACK(DEL_DONE)"), ==, 1);
+    FE_OK(t.fe, vu_fe_set_state(t.fe, VU_SET_VRING_ENABLE, 0, 1, true)); /* serves on */
 
+    /* QEMU keeps the refused region out of its table and offers it again when it
+     * restarts the device (vhost_dev_start). A failure there would fail the start
+     * (QEMU falls back to "userspace virtio": no network), so it is accepted now;
+     * the device VM serves the device again with the memory it could take. */
     uint32_t bases[2];
     FE_OK(t.fe, vu_fe_qemu72_stop(t.fe, bases));
     g_assert_cmpuint(bases[1], ==, 9);
+    vu_fe_clear_ack(t.fe);
+    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    g_assert_cmpuint(vu_fe_last_ack(t.fe), ==, 0);
+    g_assert_true(log_has(&t, "QEMU is starting the device, which a failure reply would "
+                          "stop: it gets success"));
+    st = wait_server(&t, (Expect){ 1, 2, HIGH_GPA, HOTPLUG_GPA },
+                     "registered again without the refused region");
+    json_node_unref(st);
+    wait_log(&t, "the device VM serves net 1 but not all of this start: ");
+    g_assert_true(log_has(&t, "MEMORY_INFO_ACK(ADD_FAIL): memory file of region 2 is "
+                          "3145728 bytes"));
+    g_assert_cmpuint(log_count(&t, "DEVICE_INFO_ACK(ADD_DONE): net 1"), ==, 2);
+
+    /* QEMU's hot-unplug of it: the server never had it, no MEMORY_INFO(DEL). */
+    FE_OK(t.fe, vu_fe_rem_mem_reg(t.fe, bad, false));
+    g_assert_cmpuint(log_count(&t, "hot-remove: MEMORY_INFO(DEL)"), ==, 1);
+    g_assert_cmpuint(log_count(&t, "MEMORY_INFO_ACK(DEL_DONE)"), ==, 1);
+    FE_OK(t.fe, vu_fe_qemu72_stop(t.fe, bases));
     vu_fe_free(t.fe);
     t.fe = NULL;
     json_node_unref(wait_server(&t, (Expect){ 0, 0, 0, 0 }, "gone with QEMU"));
     itest_wait_fds(t.pid, fds0, TMO, "after hot-plug and QEMU leaving");
+    teardown(&t);
+}
+
+/* --memory-refusal log: the server's refusal of a hot-added region is only logged;
+ * QEMU gets success (the behaviour before failure replies). */
+static void test_memory_refusal_log(void)
+{
+    T t;
+    const char *extra[] = { "--memory-refusal", "log", NULL };
+    setup_with(&t, extra, TRUE);
+    fe_up(&t);
+    json_node_unref(wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered"));
+    int ram1 = vu_fe_ram_new(t.fe, 3 * MiB);
+    int bad = vu_fe_region_new(t.fe, (unsigned)ram1, 0, HOTPLUG_GPA, 3 * MiB);
+    vu_fe_clear_ack(t.fe);
+    FE_OK(t.fe, vu_fe_add_mem_reg(t.fe, bad));
+    g_assert_cmpuint(vu_fe_last_ack(t.fe), ==, 0);
+    g_assert_true(log_has(&t, "hot-add of region gpa 0x140000000 size 0x300000 failed: "));
+    g_assert_true(log_has(&t, "(--memory-refusal log: QEMU gets success;"));
+    JsonNode *st = ctl_status(&t);
+    g_assert_true(matches(&t, st, &(Expect){ 1, 2, HIGH_GPA, HOTPLUG_GPA }));
+    json_node_unref(st);
     teardown(&t);
 }
 
@@ -1435,6 +1475,7 @@ int main(int argc, char **argv)
     g_test_add_func("/client-daemon/options", test_options);
     g_test_add_func("/client-daemon/qemu72-sequence", test_qemu72_sequence);
     g_test_add_func("/client-daemon/memory-hotplug", test_memory_hotplug);
+    g_test_add_func("/client-daemon/memory-refusal-log", test_memory_refusal_log);
     g_test_add_func("/client-daemon/frontend-reconnect", test_frontend_reconnect);
     g_test_add_func("/client-daemon/server-restart", test_server_restart);
     g_test_add_func("/client-daemon/server-late", test_server_late);
