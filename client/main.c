@@ -88,6 +88,7 @@
 
 #include "vhost_user.h"
 #include "vhost_user_glib.h"
+#include "vp_log_glib.h"
 #include "vp_wire.h"
 #include "vpclient.h"
 
@@ -184,35 +185,6 @@ struct daemon {
 };
 
 static struct daemon the_daemon;
-
-/* ------------------------------ logging ------------------------------ */
-
-static GLogLevelFlags log_threshold = G_LOG_LEVEL_INFO;
-
-static GLogWriterOutput log_writer(GLogLevelFlags level, const GLogField *fields, gsize n,
-                                   gpointer data)
-{
-    GLogLevelFlags l = level & G_LOG_LEVEL_MASK;
-    /* GLib's levels grow in value as they get less severe. */
-    if (l > log_threshold)
-        return G_LOG_WRITER_HANDLED;
-    return g_log_writer_standard_streams(level, fields, n, data);
-}
-
-static int set_log_level(const char *name)
-{
-    static const struct { const char *name; GLogLevelFlags level; } levels[] = {
-        { "error", G_LOG_LEVEL_CRITICAL }, { "warning", G_LOG_LEVEL_WARNING },
-        { "info", G_LOG_LEVEL_INFO }, { "debug", G_LOG_LEVEL_DEBUG },
-    };
-    for (size_t i = 0; i < G_N_ELEMENTS(levels); i++) {
-        if (strcmp(name, levels[i].name) == 0) {
-            log_threshold = levels[i].level;
-            return 0;
-        }
-    }
-    return -1;
-}
 
 /* ------------------------------ helpers ------------------------------ */
 
@@ -1363,7 +1335,7 @@ static int parse_options(struct daemon *d, int argc, char **argv)
     /* Defaults after parsing: GOption does not free a preset string it replaces. */
     if (!d->log_level)
         d->log_level = g_strdup("info");
-    if (set_log_level(d->log_level) < 0) {
+    if (vp_log_set_level(d->log_level) < 0) {
         fprintf(stderr, "vhost-pci-client: --log-level must be error, warning, info or debug\n");
         return 2;
     }
@@ -1451,7 +1423,7 @@ int main(int argc, char **argv)
         }
         return rc;
     }
-    g_log_set_writer_func(log_writer, NULL, NULL);
+    vp_log_install();
     signal(SIGPIPE, SIG_IGN);
 
     d->loop = g_main_loop_new(NULL, FALSE);

@@ -5,7 +5,8 @@
 
 VP_CORE_SRCS := protocol/vp_common.c protocol/vp_wire.c protocol/vp_controlq.c \
                 protocol/vp_vring.c protocol/vp_bar.c protocol/vp_localbus.c
-VP_SRCS      := $(VP_CORE_SRCS) protocol/vp_msg.c protocol/vp_validate.c
+VP_SRCS      := $(VP_CORE_SRCS) protocol/vp_msg.c protocol/vp_validate.c \
+                protocol/vp_log_glib.c
 
 VP_PB_C := $(B)/gen/vhost_pci.pb-c.c
 VP_PB_H := $(B)/gen/vhost_pci.pb-c.h

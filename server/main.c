@@ -15,6 +15,7 @@
 #include <glib-unix.h>
 
 #include "unix_listen.h"
+#include "vp_log_glib.h"
 
 /* Device hosts, by --device-host name. A host whose implementation is not linked
  * has a NULL ops (vp_devhost_qemu_ops is weak until devhost_qemu.c exists). */
@@ -25,34 +26,6 @@ static const struct {
     { "local", &vp_devhost_local_ops },
     { "qemu", &vp_devhost_qemu_ops },
 };
-
-static GLogLevelFlags log_threshold = G_LOG_LEVEL_INFO;
-
-static GLogWriterOutput log_writer(GLogLevelFlags level, const GLogField *fields, gsize n,
-                                   gpointer data)
-{
-    (void)data;
-    GLogLevelFlags l = level & G_LOG_LEVEL_MASK;
-    /* GLib's levels grow in value as they get less severe. */
-    if (l > log_threshold)
-        return G_LOG_WRITER_HANDLED;
-    return g_log_writer_standard_streams(level, fields, n, data);
-}
-
-static int set_log_level(const char *name)
-{
-    static const struct { const char *name; GLogLevelFlags level; } levels[] = {
-        { "error", G_LOG_LEVEL_CRITICAL }, { "warning", G_LOG_LEVEL_WARNING },
-        { "info", G_LOG_LEVEL_INFO }, { "debug", G_LOG_LEVEL_DEBUG },
-    };
-    for (size_t i = 0; i < G_N_ELEMENTS(levels); i++) {
-        if (strcmp(name, levels[i].name) == 0) {
-            log_threshold = levels[i].level;
-            return 0;
-        }
-    }
-    return -1;
-}
 
 static gboolean on_accept(gint fd, GIOCondition cond, gpointer data);
 
@@ -209,11 +182,11 @@ int main(int argc, char **argv)
     if (!srv->opt.log_level)
         srv->opt.log_level = g_strdup("info");
 
-    if (set_log_level(srv->opt.log_level) < 0) {
+    if (vp_log_set_level(srv->opt.log_level) < 0) {
         fprintf(stderr, "vhost-pci-server: --log-level must be error, warning, info or debug\n");
         return 2;
     }
-    g_log_set_writer_func(log_writer, NULL, NULL);
+    vp_log_install();
     if (!srv->opt.listen_path) {
         fprintf(stderr, "vhost-pci-server: --listen PATH is required (see --help)\n");
         return 2;
