@@ -38,6 +38,7 @@ struct gd_status {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int fd;
     int watch;
+    uint64_t timeout_ns;          /* whole exchange of one client, from accept to close */
     struct gd_status_client *clients[GD_STATUS_MAX_CLIENTS];
 };
 
@@ -130,11 +131,18 @@ static void client_close(struct gd_status_client *c)
     free(c);
 }
 
+/* The client's deadline for the whole exchange: a client that sends no request, or
+ * does not read its answer, gives its slot back (GD_STATUS_MAX_CLIENTS of them could
+ * otherwise keep the socket dead for ever). */
 static void client_timeout(void *opaque)
 {
     struct gd_status_client *c = opaque;
     c->timer = 0;
-    gd_debug("status: client sent no request in time");
+    if (c->writing)
+        gd_info("status: client did not read its answer in time (%zu of %zu bytes sent), "
+                "closing it", c->outpos, c->out.len);
+    else
+        gd_debug("status: client sent no request in time");
     client_close(c);
 }
 
@@ -159,10 +167,9 @@ static void client_flush(struct gd_status_client *c)
     client_close(c);
 }
 
+/* The deadline timer keeps running: it bounds the answer's delivery too. */
 static void client_answer(struct gd_status_client *c, bool ok)
 {
-    gd_loop_del_timer(c->st->loop, c->timer);
-    c->timer = 0;
     c->writing = true;
     if (ok) {
         gd_status_render(c->st->cp, &c->out);
@@ -229,7 +236,7 @@ static void on_accept(void *opaque, int fd, short revents)
     c->fd = cfd;
     gd_json_init(&c->out);
     c->watch = gd_loop_add_fd(st->loop, cfd, POLLIN, client_io, c);
-    c->timer = gd_loop_add_timer(st->loop, GD_STATUS_TIMEOUT_NS, client_timeout, c);
+    c->timer = gd_loop_add_timer(st->loop, st->timeout_ns, client_timeout, c);
     if (c->watch < 0 || c->timer < 0) {
         c->watch = c->watch < 0 ? 0 : c->watch;
         c->timer = c->timer < 0 ? 0 : c->timer;
@@ -255,6 +262,7 @@ struct gd_status *gd_status_new(struct gd_loop *loop, struct gd_cp *cp, const ch
     }
     st->loop = loop;
     st->cp = cp;
+    st->timeout_ns = GD_STATUS_TIMEOUT_NS;
     memcpy(st->path, sa.sun_path, sizeof(st->path));
     st->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (st->fd < 0) {
@@ -278,6 +286,11 @@ fail:
     vp_close_fd(&st->fd);
     free(st);
     return NULL;
+}
+
+void gd_status_set_timeout_ns(struct gd_status *st, uint64_t timeout_ns)
+{
+    st->timeout_ns = timeout_ns ? timeout_ns : GD_STATUS_TIMEOUT_NS;
 }
 
 void gd_status_free(struct gd_status *st)
