@@ -3,21 +3,27 @@
  * `status\n`, the server answers one JSON document (schema in the briefing,
  * "Server management socket") and closes.
  *
- * Security model: anyone who can connect may ask; the request is one short line read
- * into a bounded buffer (64 bytes) with a deadline (2 s), nothing else is parsed.
- * Unknown commands get {"error": "..."}, the command quoted after invalid UTF-8 was
- * replaced (the answer must stay one valid JSON document).
+ * Security model: anyone who can connect may ask; nothing a client does may stall
+ * the main loop or hold resources for long. The request is one short line read
+ * non-blocking into a bounded buffer (MGMT_LINE_MAX bytes; a longer line is answered
+ * as an unknown command); nothing else is parsed. Unknown commands get
+ * {"error": "..."}, the command quoted after invalid UTF-8 was replaced (the answer
+ * must stay one valid JSON document). The answer is rendered once into a buffer and
+ * written non-blocking from a G_IO_OUT watch, so a client that does not read costs
+ * the loop nothing. Each client has MGMT_DEADLINE_MS for the whole exchange (request
+ * and reading the answer), then it is closed; at most MGMT_MAX_CLIENTS are open at
+ * once, a further one is closed at accept (logged, rate-limited).
  */
 #include "server.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <glib-unix.h>
 #include <json-glib/json-glib.h>
 
+#include "mgmt.h"
 #include "unix_listen.h"
 
 struct srv_mgmt {
@@ -26,14 +32,19 @@ struct srv_mgmt {
     int fd;
     guint src;
     GList *conns;
+    guint nconns;
+    gint64 refused_log_us;      /* monotonic time of the last "refused" log line */
+    guint refused_quiet;        /* refusals since then that were not logged */
 };
 
 struct mgmt_conn {
     struct srv_mgmt *m;
     int fd;
     guint src, timer;
-    char buf[64];
+    char buf[MGMT_LINE_MAX];
     size_t len;
+    char *out;                  /* the answer (g_malloc), NULL while reading */
+    size_t outlen, outpos;
 };
 
 static void add_int(JsonBuilder *b, const char *name, gint64 v)
@@ -159,90 +170,138 @@ char *srv_mgmt_status_json(struct vp_server *srv)
 static void conn_free(struct mgmt_conn *c)
 {
     c->m->conns = g_list_remove(c->m->conns, c);
+    c->m->nconns--;
     if (c->src)
         g_source_remove(c->src);
     if (c->timer)
         g_source_remove(c->timer);
     vp_close_fd(&c->fd);
+    g_free(c->out);
     g_free(c);
 }
 
-/* Write all of @s (small) with a short poll-bounded loop; errors just end it. */
-static void write_all(int fd, const char *s, size_t len)
+static char *error_json(const char *line)
 {
-    while (len) {
-        ssize_t n = send(fd, s, len, MSG_NOSIGNAL);
-        if (n > 0) {
-            s += n;
-            len -= (size_t)n;
-        } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            struct pollfd p = { .fd = fd, .events = POLLOUT };
-            if (poll(&p, 1, 2000) <= 0)
-                return;
-        } else {
-            return;
-        }
-    }
+    JsonBuilder *b = json_builder_new();
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "error");
+    g_autofree char *valid = g_utf8_make_valid(line, -1);
+    char *e = g_strdup_printf("unknown command '%s' (known: status)", valid);
+    json_builder_add_string_value(b, e);
+    g_free(e);
+    json_builder_end_object(b);
+    JsonGenerator *g = json_generator_new();
+    JsonNode *root = json_builder_get_root(b);
+    json_generator_set_root(g, root);
+    char *out = json_generator_to_data(g, NULL);
+    json_node_unref(root);
+    g_object_unref(g);
+    g_object_unref(b);
+    return out;
 }
 
+/* Send what the socket takes now. Returns FALSE when the connection is done (all
+ * sent or a send error) and must be freed. */
+static gboolean conn_flush(struct mgmt_conn *c)
+{
+    while (c->outpos < c->outlen) {
+        ssize_t n = send(c->fd, c->out + c->outpos, c->outlen - c->outpos,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return TRUE;
+        if (n <= 0) {
+            g_debug("mgmt: client went away after %zu of %zu bytes: %s", c->outpos,
+                    c->outlen, n < 0 ? g_strerror(errno) : "no progress");
+            return FALSE;
+        }
+        c->outpos += (size_t)n;
+    }
+    return FALSE;
+}
+
+static gboolean conn_writable(gint fd, GIOCondition cond, gpointer data)
+{
+    struct mgmt_conn *c = data;
+    (void)fd;
+    (void)cond;
+    if (conn_flush(c))
+        return G_SOURCE_CONTINUE;
+    c->src = 0;
+    conn_free(c);
+    return G_SOURCE_REMOVE;
+}
+
+/* Render the answer to the request line c->buf[0..len) and start sending it. The
+ * read watch is replaced by a write watch (from the caller's G_SOURCE_REMOVE). */
 static void answer(struct mgmt_conn *c)
 {
     char *line = c->buf;
     line[c->len] = 0;
     g_strstrip(line);
-    char *out;
-    if (strcmp(line, "status") == 0) {
-        out = srv_mgmt_status_json(c->m->srv);
-    } else {
-        JsonBuilder *b = json_builder_new();
-        json_builder_begin_object(b);
-        json_builder_set_member_name(b, "error");
-        g_autofree char *valid = g_utf8_make_valid(line, -1);
-        char *e = g_strdup_printf("unknown command '%s' (known: status)", valid);
-        json_builder_add_string_value(b, e);
-        g_free(e);
-        json_builder_end_object(b);
-        JsonGenerator *g = json_generator_new();
-        JsonNode *root = json_builder_get_root(b);
-        json_generator_set_root(g, root);
-        out = json_generator_to_data(g, NULL);
-        json_node_unref(root);
-        g_object_unref(g);
-        g_object_unref(b);
+    char *doc = strcmp(line, "status") == 0 ? srv_mgmt_status_json(c->m->srv)
+                                            : error_json(line);
+    c->out = g_strconcat(doc, "\n", NULL);
+    c->outlen = strlen(c->out);
+    g_free(doc);
+    if (!conn_flush(c)) {
+        conn_free(c);
+        return;
     }
-    write_all(c->fd, out, strlen(out));
-    write_all(c->fd, "\n", 1);
-    g_free(out);
+    c->src = g_unix_fd_add(c->fd, G_IO_OUT | G_IO_HUP | G_IO_ERR, conn_writable, c);
 }
 
 static gboolean conn_readable(gint fd, GIOCondition cond, gpointer data)
 {
     struct mgmt_conn *c = data;
     (void)cond;
-    ssize_t n = recv(fd, c->buf + c->len, sizeof(c->buf) - 1 - c->len, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    ssize_t n = recv(fd, c->buf + c->len, sizeof(c->buf) - 1 - c->len, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return G_SOURCE_CONTINUE;
     if (n > 0)
         c->len += (size_t)n;
-    if (n <= 0 || memchr(c->buf, '\n', c->len) || c->len >= sizeof(c->buf) - 1) {
-        char *nl = memchr(c->buf, '\n', c->len);
-        if (nl)
-            c->len = (size_t)(nl - c->buf);
-        if (c->len)
-            answer(c);
-        c->src = 0;
+    char *nl = memchr(c->buf, '\n', c->len);
+    if (n > 0 && !nl && c->len < sizeof(c->buf) - 1)
+        return G_SOURCE_CONTINUE;
+    /* A whole line, a full buffer, EOF or an error: answer what there is. */
+    if (nl)
+        c->len = (size_t)(nl - c->buf);
+    c->src = 0;
+    if (c->len && n >= 0)
+        answer(c);
+    else
         conn_free(c);
-        return G_SOURCE_REMOVE;
-    }
-    return G_SOURCE_CONTINUE;
+    return G_SOURCE_REMOVE;
 }
 
 static gboolean conn_timeout(gpointer data)
 {
     struct mgmt_conn *c = data;
     c->timer = 0;
+    if (c->out)
+        g_message("mgmt: client did not read its answer within %d ms (%zu of %zu bytes "
+                  "sent), closing it", MGMT_DEADLINE_MS, c->outpos, c->outlen);
+    else
+        g_debug("mgmt: client sent no request line within %d ms, closing it",
+                MGMT_DEADLINE_MS);
     conn_free(c);
     return G_SOURCE_REMOVE;
+}
+
+/* A client beyond MGMT_MAX_CLIENTS: close it; one log line per second at most. */
+static void refuse(struct srv_mgmt *m, int cfd)
+{
+    vp_close_fd(&cfd);
+    gint64 now = g_get_monotonic_time();
+    if (m->refused_log_us && now - m->refused_log_us < G_USEC_PER_SEC) {
+        m->refused_quiet++;
+        return;
+    }
+    g_message("mgmt: %u clients open (the most allowed), refusing a new one "
+              "(%u more refused since the last such line)", m->nconns, m->refused_quiet);
+    m->refused_log_us = now;
+    m->refused_quiet = 0;
 }
 
 static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
@@ -252,12 +311,17 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
     int cfd = srv_unix_accept(fd);
     if (cfd < 0)
         return G_SOURCE_CONTINUE;
+    if (m->nconns >= MGMT_MAX_CLIENTS) {
+        refuse(m, cfd);
+        return G_SOURCE_CONTINUE;
+    }
     struct mgmt_conn *c = g_new0(struct mgmt_conn, 1);
     c->m = m;
     c->fd = cfd;
     c->src = g_unix_fd_add(cfd, G_IO_IN | G_IO_HUP | G_IO_ERR, conn_readable, c);
-    c->timer = g_timeout_add(2000, conn_timeout, c);
+    c->timer = g_timeout_add(MGMT_DEADLINE_MS, conn_timeout, c);
     m->conns = g_list_prepend(m->conns, c);
+    m->nconns++;
     return G_SOURCE_CONTINUE;
 }
 
