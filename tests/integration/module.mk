@@ -51,3 +51,15 @@ $(H11_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration
 $(H11_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd %/vhost-pci-ctl %/vhost-pci-client,$(BINS))
 TESTS += $(H11_ITEST)
 # ---- end of h11 block ----
+
+# ---- h15: the server's mgmt socket against clients that do not read or crowd it
+# (tests/integration/test-mgmt-clients.c; reads the limits from server/mgmt.h) ----
+H15_ITEST := $(B)/tests/integration/test-mgmt-clients
+$(H15_ITEST): $(B)/tests/integration/test-mgmt-clients.o $(B)/tests/integration/itest.o \
+              $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+$(H15_ITEST).o: | $(VP_PB_H)
+$(H15_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Iserver
+$(H15_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
+TESTS += $(H15_ITEST)
+# ---- end of h15 block ----
