@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "controlplane.h"
 #include "log.h"
@@ -754,6 +755,47 @@ static void format_uuid(const uint8_t u[16], char out[37])
     *p = 0;
 }
 
+/* How long a reset waits for the server to let go of the old rings. */
+#define GD_RESET_WAIT_NS (2ULL * 1000 * 1000 * 1000)
+
+/* A control area a previous driver used (it crashed or was restarted: device_status
+ * is not 0, or its reset was never answered) is reset before anything else
+ * (protocol/vp_ctrlarea.h, reset handshake): status 0, reset_req bumped, doorbell,
+ * then a bounded wait until the server answers in reset_done, so the server no
+ * longer writes into the rings we are about to initialise. A server that does not
+ * answer in time is logged and the handshake goes on (it re-attaches at DRIVER_OK). */
+static void reset_if_used(struct gd_device *dev)
+{
+    uint8_t *ca = dev->ca;
+    uint32_t st = gd_ca_get_status(ca);
+    uint32_t req = vp_get_le32(ca + VP_CA_OFF_RESET_REQ);
+    uint32_t done = vp_get_le32(ca + VP_CA_OFF_RESET_DONE);
+    if (st == 0 && req == done)
+        return; /* a fresh area */
+    uint32_t want = done + 1;
+    gd_info("slot %u: control area left with status 0x%x by a previous driver: resetting it",
+            dev->slot, st);
+    gd_ca_set_status(ca, 0);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* status 0 before the request */
+    vp_put_le32(ca + VP_CA_OFF_RESET_REQ, want);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    kick_server(dev, VP_VEC_RECEIVEQ_KICK);
+    uint64_t deadline = gd_now_ns() + GD_RESET_WAIT_NS;
+    for (;;) {
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (vp_get_le32(ca + VP_CA_OFF_RESET_DONE) == want)
+            break;
+        if (gd_now_ns() >= deadline) {
+            gd_warn("slot %u: the server did not confirm the reset within %llu ms; going on",
+                    dev->slot, (unsigned long long)(GD_RESET_WAIT_NS / 1000000));
+            break;
+        }
+        struct timespec ts = { 0, 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+}
+
 struct gd_device *gd_device_new(struct gd_cp *cp, unsigned slot)
 {
     struct gd_device *dev = calloc(1, sizeof(*dev));
@@ -781,6 +823,7 @@ struct gd_device *gd_device_new(struct gd_cp *cp, unsigned slot)
     }
     dev->ca = ca;
     dev->ca_size = ca_size;
+    reset_if_used(dev);
 
     /* Status handshake (virtio 1.0 3.1.1): ACKNOWLEDGE, DRIVER, features, FEATURES_OK. */
     dev->status = 0;

@@ -44,7 +44,17 @@
 #define   VP_CA_Q_USED_OFF 24
 #define VP_CA_OFF_BUF_OFF (VP_CA_OFF_QUEUE + 2 * VP_CA_QUEUE_SIZE)  /* 0x380 le64 */
 #define VP_CA_OFF_BUF_SIZE (VP_CA_OFF_BUF_OFF + 8)                  /* le64 */
-#define VP_CA_HEADER_END (VP_CA_OFF_BUF_SIZE + 8)
+/* Driver reset handshake (added for guest-driver restarts): a driver that takes
+ * over a control area it did not initialise itself (device_status != 0, or
+ * reset_req != reset_done) resets it first: device_status 0, reset_req =
+ * reset_done + 1 (wrapping), doorbell id 0 vector 0, then it waits (bounded) until
+ * the server has copied reset_req into reset_done. The server does so once it has
+ * stopped using the old rings (it drops its device-side ring state and re-attaches
+ * at the next DRIVER_OK, replaying the device state on the controlq). Only then does
+ * the driver initialise the rings and run the status handshake. */
+#define VP_CA_OFF_RESET_REQ (VP_CA_OFF_BUF_SIZE + 8)   /* 0x390 le32 (driver writes) */
+#define VP_CA_OFF_RESET_DONE (VP_CA_OFF_RESET_REQ + 4) /* 0x394 le32 (server writes) */
+#define VP_CA_HEADER_END (VP_CA_OFF_RESET_DONE + 4)
 
 /* Queues of the control area (spec 1.2). */
 #define VP_CQ_RECEIVEQ 0    /* driver -> device: the driver's ACKs */
