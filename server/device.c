@@ -663,6 +663,58 @@ static void handle_ack(struct srv_device *dev, const struct vp_cq_msg *m)
     g_free(op);
 }
 
+/* seq order of two controlq ops (GCompareFunc). */
+static gint op_seq_cmp(gconstpointer a, gconstpointer b)
+{
+    const struct srv_cq_op *x = a, *y = b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* The guest driver reset the device (asked with reset_req, or wrote a status without
+ * DRIVER_OK / without our NEEDS_RESET): forget the device side of the old rings and
+ * wait for its next DRIVER_OK. Messages the old driver never answered are sent again
+ * to the new one, after the state replay (srv_req_replay), in their original order,
+ * so every client request still gets exactly one answer and sees the effect it asked
+ * for: the replay is built from the server's table, which already holds the effect
+ * of an ADD in flight (an identical region or frontend again is harmless to the
+ * driver) and not yet that of a DEL or FEATURE_BITS in flight (sent again, it is
+ * applied on top). Failing them instead would roll back table entries the replay has
+ * just handed to the new driver. */
+static void driver_reset(struct srv_device *dev, const char *why)
+{
+    unsigned resend = g_hash_table_size(dev->cq_pending);
+    bool had_state = dev->driver_ok || dev->broken || dev->replay_due;
+    if (dev->driver_ok || dev->broken)
+        dev->counters.resets++;  /* one per driver that went away (not per signal of it) */
+    g_message("device %s: guest driver reset the device (%s)%s; %u unanswered controlq "
+              "message(s) go to the next driver", dev->uuid_str, why,
+              dev->broken ? ", leaving NEEDS_RESET" : "", resend + g_queue_get_length(&dev->cq_out));
+    dev->driver_ok = false;
+    dev->broken = false;
+    dev->broken_reason[0] = 0;
+    dev->replay_due = had_state;
+    /* Sent but unanswered ones first (they went out before the queued ones). */
+    GList *sent = g_hash_table_get_values(dev->cq_pending);
+    g_hash_table_steal_all(dev->cq_pending);
+    sent = g_list_sort(sent, op_seq_cmp);
+    for (GList *l = g_list_last(sent); l; l = l->prev)
+        g_queue_push_head(&dev->cq_out, l->data);
+    g_list_free(sent);
+    /* A replay the old driver did not finish is superseded by the next one (so a
+     * driver that keeps resetting cannot make the queue grow). */
+    GList *stale = NULL;
+    for (GList *l = dev->cq_out.head; l; l = l->next)
+        if (((struct srv_cq_op *)l->data)->replay)
+            stale = g_list_prepend(stale, l->data);
+    for (GList *l = stale; l; l = l->next) {
+        struct srv_cq_op *op = l->data;
+        g_queue_remove(&dev->cq_out, op);
+        op->done(dev, op->opaque, NULL, "superseded by the replay after the next reset");
+        g_free(op);
+    }
+    g_list_free(stale);
+}
+
 static void attach_rings(struct srv_device *dev)
 {
     struct vp_vring_mem m0 = { dev->ca + CA_Q0_DESC, dev->ca + CA_Q0_AVAIL,
@@ -677,6 +729,21 @@ static void attach_rings(struct srv_device *dev)
     vp_vring_dev_set_notify(&dev->rxq, true);
     vp_vring_dev_set_notify(&dev->txq, true);
     g_info("device %s: guest driver is DRIVER_OK (status 0x%x)", dev->uuid_str, dev->status);
+    if (dev->replay_due) {
+        /* After a reset: the state replay goes ahead of the messages held back. */
+        dev->replay_due = false;
+        GQueue held = G_QUEUE_INIT;
+        struct srv_cq_op *op;
+        while ((op = g_queue_pop_head(&dev->cq_out)))
+            g_queue_push_tail(&held, op);
+        dev->replaying = true;
+        srv_req_replay(dev);
+        dev->replaying = false;
+        while ((op = g_queue_pop_head(&held)))
+            g_queue_push_tail(&dev->cq_out, op);
+        g_message("device %s: new guest driver is DRIVER_OK: device state replayed on the "
+                  "controlq", dev->uuid_str);
+    }
     if (dev->on_driver_ok) {
         void (*cb)(struct srv_device *, void *) = dev->on_driver_ok;
         dev->on_driver_ok = NULL;
@@ -686,10 +753,28 @@ static void attach_rings(struct srv_device *dev)
 
 static void read_status(struct srv_device *dev)
 {
+    uint32_t req = vp_get_le32(dev->ca + VP_CA_OFF_RESET_REQ);  /* read once */
+    if (req != dev->reset_seen) {
+        driver_reset(dev, "it asked for a reset");
+        dev->reset_seen = req;
+        /* Stop touching the old rings before saying so. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        vp_put_le32(dev->ca + VP_CA_OFF_RESET_DONE, req);
+        ring_irq(dev);
+    }
+    /* Read after the reset answer: the driver may have gone on meanwhile. */
     uint32_t st = vp_get_le32(dev->ca + VP_CA_OFF_STATUS);  /* read once */
     if (st != dev->status)
         g_debug("device %s: device_status 0x%x", dev->uuid_str, st);
     dev->status = st;
+    if (dev->broken) {
+        if (st & (VP_STATUS_NEEDS_RESET | VP_STATUS_FAILED))
+            return;  /* still broken: the driver has not reset it */
+        /* The driver wrote over our NEEDS_RESET: it is starting afresh. */
+        char why[64];
+        g_snprintf(why, sizeof(why), "status 0x%x after NEEDS_RESET", st);
+        driver_reset(dev, why);
+    }
     if (st & VP_STATUS_FAILED) {
         srv_device_break(dev, "guest driver set FAILED (status 0x%x)", st);
         return;
@@ -704,7 +789,9 @@ static void read_status(struct srv_device *dev)
             attach_rings(dev);
         }
     } else if (!(st & VP_STATUS_DRIVER_OK)) {
-        srv_device_break(dev, "guest driver reset the device (status 0x%x)", st);
+        char why[64];
+        g_snprintf(why, sizeof(why), "status 0x%x without DRIVER_OK", st);
+        driver_reset(dev, why);
     } else if (st & VP_STATUS_NEEDS_RESET) {
         srv_device_break(dev, "guest driver set NEEDS_RESET (status 0x%x)", st);
     }
@@ -830,6 +917,8 @@ static void service(struct srv_device *dev)
     if (dev->dead)
         return;
     srv_device_ref(dev);
+    if (dev->broken && dev->ca)
+        read_status(dev);  /* a driver reset takes the device back */
     if (dev->broken) {
         char why[320];
         g_snprintf(why, sizeof(why), "vhost-pci device needs reset: %s", dev->broken_reason);
@@ -867,6 +956,7 @@ uint64_t srv_cq_submit(struct srv_device *dev, struct vp_cq_msg *m, srv_cq_done_
     op->seq = ++dev->next_cq_seq;
     op->done = done;
     op->opaque = opaque;
+    op->replay = dev->replaying;
     op->type = m->type;
     op->device_type = m->device_type;
     op->device_id = m->device_id;

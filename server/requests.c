@@ -1478,3 +1478,69 @@ void srv_req_session_closed(struct vp_server *srv, uint64_t session_id, const ui
     job_enqueue(job_new(dev, JOB_DESTROY, 0, 0));
     dev->closing_timer = g_timeout_add(srv->timeout_ms + 100, closing_deadline, dev);
 }
+
+/* ------------------------------ driver reset replay ------------------------------ */
+
+/* Where the driver VM's used ring of @q says its device side stopped: used->idx,
+ * read from the peer memory through the window file (the driver VM's ring: a new
+ * guest driver resumes there, as vp_vring_dev_init resumes the used index). Returns
+ * false when the ring is not inside the table or cannot be read. */
+static bool read_used_idx(struct srv_device *dev, const struct vp_virtq *q, uint16_t *out)
+{
+    uint64_t gpa = q->used + 2;  /* struct vring_used { le16 flags; le16 idx; ... } */
+    if (gpa < q->used)
+        return false;
+    for (unsigned i = 0; i < dev->nregions; i++) {
+        const struct srv_region *r = &dev->regions[i];
+        if (gpa < r->gpa || !vp_range_ok(gpa - r->gpa, 2, r->size))
+            continue;
+        int fd = dev->wins[r->win].fd;
+        uint64_t off = r->mmap_offset + (gpa - r->gpa);
+        uint8_t b[2];
+        if (fd < 0 || off > (uint64_t)INT64_MAX || pread(fd, b, 2, (off_t)off) != 2)
+            return false;
+        *out = vp_get_le16(b);
+        return true;
+    }
+    return false;
+}
+
+static void replay_acked(struct srv_device *dev, void *opaque, const struct vp_cq_msg *ack,
+                         const char *fail)
+{
+    (void)opaque;
+    if (fail)
+        g_info("device %s: state replay after a driver reset not delivered: %s",
+               dev->uuid_str, fail);
+    else if (ack->type != VP_MSG_FEATURE_BITS_ACK && ack->u.ack.result != VP_ACK_ADD_DONE)
+        g_warning("device %s: new guest driver refused the replayed %s: %s", dev->uuid_str,
+                  vp_msg_type_name(ack->type - 1), driver_reason(ack, "ADD_FAIL"));
+}
+
+void srv_req_replay(struct srv_device *dev)
+{
+    if (dev->nregions) {
+        struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1);
+        cq_mem_msg(m, VP_OP_ADD);
+        for (unsigned i = 0; i < dev->nregions; i++)
+            cq_add_region(dev, m, &dev->regions[i]);
+        srv_cq_submit(dev, m, replay_acked, NULL);
+        g_free(m);
+    }
+    if (dev->feat_state != FEAT_NONE)
+        cq_features_submit(dev, dev->features_accepted, replay_acked, NULL);
+    for (guint i = 0; i < dev->frontends->len; i++) {
+        struct srv_frontend *fe = g_ptr_array_index(dev->frontends, i);
+        /* The old driver died without DEL: its positions are the used indexes it
+         * published (chains it took but never gave back are served again). */
+        for (uint32_t q = 0; q < fe->nvirtqs; q++) {
+            uint16_t idx;
+            if (read_used_idx(dev, &fe->virtqs[q], &idx))
+                fe->virtqs[q].last_avail_idx = idx;
+        }
+        g_info("device %s: replaying %s frontend %" PRIu64 " (%u virtqueue(s), queue 0 at %u)",
+               dev->uuid_str, vp_device_type_name(fe->device_type), fe->device_id, fe->nvirtqs,
+               fe->nvirtqs ? fe->virtqs[0].last_avail_idx : 0);
+        cq_dev_submit(dev, fe, VP_OP_ADD, replay_acked, NULL);
+    }
+}

@@ -167,6 +167,7 @@ struct srv_cq_op {
     size_t len;
     srv_cq_done_fn done;
     void *opaque;
+    bool replay;                         /* part of a state replay after a driver reset */
 };
 
 enum srv_feat_state { FEAT_NONE, FEAT_SETTLED, FEAT_RENEGOTIATING };
@@ -213,6 +214,9 @@ struct srv_device {
     uint64_t next_cq_seq;
     GQueue cq_out;                       /* struct srv_cq_op* waiting for a buffer */
     GHashTable *cq_pending;              /* guint64* seq -> struct srv_cq_op* */
+    uint32_t reset_seen;                 /* last reset_req answered (reset_done) */
+    bool replay_due;                     /* driver reset: replay the state at DRIVER_OK */
+    bool replaying;                      /* srv_cq_submit marks ops as replay ops */
     void (*on_driver_ok)(struct srv_device *dev, void *opaque);  /* clone hook */
     void *on_driver_ok_opaque;
 
@@ -225,6 +229,7 @@ struct srv_device {
 
     struct {
         uint64_t controlq_tx, controlq_rx, acks_ok, acks_fail, clones, bad_acks;
+        uint64_t resets;                 /* guest driver resets taken back (mgmt "resets") */
     } counters;
 };
 
@@ -302,6 +307,12 @@ void srv_req_session_closed(struct vp_server *srv, uint64_t session_id, const ui
 void srv_jobs_fail_all(struct srv_device *dev, const char *why);
 /** Whether the head job waits for a FEATURE_BITS_ACK (renegotiation). */
 bool srv_jobs_waiting_reneg(struct srv_device *dev);
+
+/** The guest driver of @dev reset the device and reached DRIVER_OK again: queue on
+ *  its controlq what a fresh driver must learn, as cloning does (MEMORY_INFO(ADD) of
+ *  every region, FEATURE_BITS of the settled bits, DEVICE_INFO(ADD) per frontend at
+ *  the best known queue positions). No socket traffic. */
+void srv_req_replay(struct srv_device *dev);
 
 /* ------------------------------ mgmt ------------------------------ */
 
