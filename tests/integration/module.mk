@@ -63,3 +63,15 @@ $(H15_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Iserver
 $(H15_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
 TESTS += $(H15_ITEST)
 # ---- end of h15 block ----
+
+# ---- h14: a guest driver that is killed or breaks and is replaced
+# (tests/integration/test-driver-reset.c: restart, data path, NEEDS_RESET) ----
+H14_ITEST := $(B)/tests/integration/test-driver-reset
+$(H14_ITEST): $(B)/tests/integration/test-driver-reset.o $(ITEST_HELPER) $(VNET_FE_OBJ) \
+              $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+$(H14_ITEST).o: | $(VP_PB_H)
+$(H14_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Itools/vnet-frontend
+$(H14_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
+TESTS += $(H14_ITEST)
+# ---- end of h14 block ----

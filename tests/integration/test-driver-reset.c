@@ -1,0 +1,635 @@
+/*
+ * test-driver-reset.c - a guest driver that goes away and comes back, with real
+ * processes: libvhostpci-client (or the userspace virtio-net frontend of
+ * tools/vnet-frontend) -> vhost-pci-server (--device-host local) ->
+ * vhost-pci-guestd (--bus local), and a fake guestd in a thread that breaks the
+ * device on purpose.
+ *
+ * What must hold when the device VM's guest driver is killed and a new one connects
+ * to the same local bus (nothing done on the driver VM's side):
+ *  - the local device host replays the control function and windows to it, the new
+ *    guestd resets the control area its predecessor left (status 0, reset request,
+ *    then the handshake), the server re-attaches its controlq and replays the memory
+ *    table, the features and every frontend (mgmt: driver_ok, not needs_reset, one
+ *    reset counted); later requests complete as before;
+ *  - traffic through guestd's loopback endpoint flows again from where it stopped,
+ *    every frame checked byte for byte;
+ *  - a device in NEEDS_RESET (a guestd that put garbage on the controlq) recovers
+ *    when a good guestd replaces the bad one;
+ *  - the server holds the same number of fds afterwards.
+ */
+#include <poll.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "itest.h"
+#include "vnet_frontend.h"
+#include "vp_controlq.h"
+#include "vp_ctrlarea.h"
+#include "vp_localbus.h"
+#include "vp_vring.h"
+#include "vp_wire.h"
+
+#define MiB (1ULL << 20)
+#define TMO ITEST_TIMEOUT_MS
+#define RING_GPA 0x10000ULL
+#define STATUS_ALL (VP_STATUS_ACKNOWLEDGE | VP_STATUS_DRIVER | VP_STATUS_FEATURES_OK | \
+                    VP_STATUS_DRIVER_OK)
+
+/* ------------------------------ expectations ------------------------------ */
+
+/* The device of @uuid is back: server driver_ok and not needs_reset with @resets
+ * resets counted (when the mgmt document has the counter), guestd shows the device
+ * at the server's slot with full status, @regions regions and @frontends frontends. */
+typedef struct {
+    const char *uuid;
+    gint64 resets;
+    guint regions, frontends;
+} Back;
+
+static gboolean has_member(JsonObject *o, const char *dotted)
+{
+    gchar **p = g_strsplit(dotted, ".", -1);
+    gboolean ok = TRUE;
+    for (guint i = 0; p[i] && ok; i++) {
+        if (!json_object_has_member(o, p[i]))
+            ok = FALSE;
+        else if (p[i + 1])
+            o = json_object_get_object_member(o, p[i]);
+    }
+    g_strfreev(p);
+    return ok;
+}
+
+static gboolean device_back(JsonNode *s, JsonNode *g, gpointer data)
+{
+    const Back *b = data;
+    JsonObject *sd = itest_server_device(s, b->uuid);
+    if (!sd || !itest_bool(sd, "driver_ok") || itest_bool(sd, "needs_reset"))
+        return FALSE;
+    if (has_member(sd, "counters.resets") && itest_int(sd, "counters.resets") != b->resets)
+        return FALSE;
+    if (itest_len(sd, "regions") != b->regions || itest_len(sd, "frontends") != b->frontends)
+        return FALSE;
+    JsonObject *gd = g ? itest_guestd_device(g, itest_int(sd, "slot")) : NULL;
+    if (!gd || itest_bool(gd, "broken") || itest_int(gd, "status") != STATUS_ALL)
+        return FALSE;
+    return itest_len(gd, "regions") == b->regions && itest_len(gd, "frontends") == b->frontends;
+}
+
+static gboolean device_needs_reset(JsonNode *s, JsonNode *g, gpointer data)
+{
+    (void)g;
+    JsonObject *sd = itest_server_device(s, data);
+    return sd && itest_bool(sd, "needs_reset");
+}
+
+/* How many lines of the server's log contain @needle. */
+static guint server_log_count(ITestEnv *env, const char *needle)
+{
+    gchar *text = NULL;
+    g_assert_true(g_file_get_contents(env->server_log, &text, NULL, NULL));
+    guint n = 0;
+    for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    g_free(text);
+    return n;
+}
+
+static void assert_resets(ITestEnv *env, const char *uuid, gint64 want)
+{
+    JsonNode *s = itest_server_status(env);
+    JsonObject *sd = itest_server_device(s, uuid);
+    g_assert_nonnull(sd);
+    if (has_member(sd, "counters.resets"))
+        g_assert_cmpint(itest_int(sd, "counters.resets"), ==, want);
+    else
+        g_test_message("mgmt has no counters.resets yet: checked through the log only");
+    g_assert_cmpstr(json_object_get_string_member(sd, "reason"), ==, "");
+    json_node_unref(s);
+    g_assert_cmpuint(server_log_count(env, "guest driver reset the device"), ==, (guint)want);
+}
+
+/* ------------------------------ a pretend driver VM ------------------------------ */
+
+typedef struct {
+    VpClient *c;
+    char uuid[37];
+    int ram_fd;
+    void *ram;
+    int efds[4];
+} Vm;
+
+static void vm_open(ITestEnv *env, Vm *vm)
+{
+    memset(vm, 0, sizeof(*vm));
+    vm->c = itest_client(env, NULL);
+    itest_uuid(vm->c, vm->uuid);
+    vm->ram_fd = itest_memfd(MiB, &vm->ram);
+    itest_eventfds(vm->efds);
+}
+
+static void vm_close(Vm *vm)
+{
+    vp_client_close(vm->c);
+    vp_client_unref(vm->c);
+    munmap(vm->ram, MiB);
+    vp_close_fd(&vm->ram_fd);
+    vp_close_fds(vm->efds, 4);
+}
+
+static void vm_net(Vm *vm, struct vp_device_info *di, guint16 num0)
+{
+    itest_net_device(di, 1, RING_GPA, 0, 0, vm->efds);
+    di->virtqs[0].num = num0;
+}
+
+static void vm_handshake(Vm *vm)
+{
+    struct vp_region r = { .gpa = 0, .size = MiB, .mmap_offset = 0, .fd = vm->ram_fd };
+    struct vp_device_info di;
+    vm_net(vm, &di, 256);
+    VpClientHandshake res;
+    GError *e = NULL;
+    gboolean ok = vp_client_handshake_sync(vm->c, &r, 1, VP_NET_FEATURES, &di, TMO, NULL, NULL,
+                                           &res, &e);
+    g_assert_no_error(e);
+    g_assert_true(ok);
+    g_assert_cmpuint(res.memory.ack.result, ==, VP_ACK_ADD_DONE);
+    g_assert_cmphex(res.features.ack.feature_bits, ==, VP_NET_FEATURES);
+    g_assert_cmpuint(res.device.ack.result, ==, VP_ACK_ADD_DONE);
+}
+
+/* A DEVICE_INFO update (queue 0 resized to @num0): expect ADD_DONE. */
+static void vm_update(Vm *vm, guint16 num0)
+{
+    struct vp_device_info di;
+    vm_net(vm, &di, num0);
+    VpClientReply rep;
+    GError *e = NULL;
+    gboolean ok = vp_client_device_add_sync(vm->c, &di, TMO, &rep, &e);
+    g_assert_no_error(e);
+    g_assert_true(ok);
+    g_assert_cmpuint(rep.type, ==, VP_MSG_DEVICE_INFO_ACK);
+    g_assert_cmpuint(rep.ack.result, ==, VP_ACK_ADD_DONE);
+    g_assert_cmpstr(rep.ack.reason, ==, "");
+}
+
+static gboolean guestd_queue0_num(JsonNode *s, JsonNode *g, gpointer data)
+{
+    (void)s;
+    JsonObject *gd = g && itest_ndevices(g) == 1 ? itest_elem(json_node_get_object(g),
+                                                               "devices", 0) : NULL;
+    if (!gd || itest_len(gd, "frontends") != 1)
+        return FALSE;
+    JsonObject *fe = itest_elem(gd, "frontends", 0);
+    return itest_len(fe, "queues") == 2 &&
+           itest_int(itest_elem(fe, "queues", 0), "num") == GPOINTER_TO_INT(data);
+}
+
+/* ------------------------------ (a) restart ------------------------------ */
+
+/* SIGKILL guestd after the handshake, start a new one on the same local bus: the
+ * device comes back with its memory table and frontend, and the next request of the
+ * driver VM completes. */
+static void test_restart(void)
+{
+    ITestEnv env;
+    itest_env_start(&env, NULL);
+    Vm vm;
+    vm_open(&env, &vm);
+    vm_handshake(&vm);
+    Back back = { .uuid = vm.uuid, .resets = 0, .regions = 1, .frontends = 1 };
+    itest_wait_for(&env, device_back, &back, TMO, "device after the handshake");
+    int fds = itest_count_fds(env.server_pid);
+
+    for (gint64 round = 1; round <= 2; round++) {
+        itest_kill_guestd(&env);
+        itest_start_guestd(&env);
+        back.resets = round;
+        itest_wait_for(&env, device_back, &back, TMO, "device back after a guestd restart");
+        assert_resets(&env, vm.uuid, round);
+        /* The driver VM's next request completes and reaches the new guestd. */
+        guint16 num = round == 1 ? 128 : 64;
+        vm_update(&vm, num);
+        itest_wait_for(&env, guestd_queue0_num, GINT_TO_POINTER(num), TMO,
+                       "the update in the new guestd");
+        itest_wait_fds(env.server_pid, fds, TMO, "server after a guestd restart");
+    }
+    vm_close(&vm);
+    itest_env_stop(&env);
+}
+
+/* ------------------------------ (b) data path ------------------------------ */
+
+/* A frame of @len bytes whose every byte follows from @seq. */
+static void frame_fill(guint8 *f, gsize len, guint64 seq)
+{
+    static const guint8 hdr[14] = { 0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xb5 };
+    guint64 x = seq * 0x9e3779b97f4a7c15ULL + 1;
+    for (gsize i = 0; i < len; i++) {
+        if (i < 14) {
+            f[i] = hdr[i];
+        } else if (i < 22) {
+            f[i] = (guint8)(seq >> (8 * (i - 14)));
+        } else {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            f[i] = (guint8)x;
+        }
+    }
+}
+
+static gsize frame_len(guint64 seq)
+{
+    static const gsize sizes[] = { 60, 1514, 9000 };
+    return sizes[seq % 3];
+}
+
+/* Send frames [first, first + n) through guestd's loopback and check each one comes
+ * back, in order, byte for byte (at most @window in flight; bounded). */
+static void loop_traffic(VnetFe *fe, guint64 first, guint64 n, guint window)
+{
+    static guint8 tx[65536], rx[65536], want[65536];
+    GError *e = NULL;
+    guint64 sent = 0, got = 0;
+    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+    while (got < n) {
+        int work = 0;
+        while (sent < n && sent - got < window) {
+            gsize len = frame_len(first + sent);
+            frame_fill(tx, len, first + sent);
+            int r = vnet_fe_try_send(fe, tx, len, &e);
+            g_assert_no_error(e);
+            if (r == 0)
+                break;
+            sent++;
+            work++;
+        }
+        for (;;) {
+            gsize len = 0;
+            int r = vnet_fe_try_recv(fe, rx, sizeof(rx), &len, &e);
+            g_assert_no_error(e);
+            if (r == 0)
+                break;
+            guint64 seq = first + got;
+            g_assert_cmpuint(len, ==, frame_len(seq));
+            frame_fill(want, len, seq);
+            if (memcmp(rx, want, len) != 0)
+                g_error("loopback: frame %" G_GUINT64_FORMAT " differs", seq);
+            got++;
+            work++;
+        }
+        if (!work) {
+            if (g_get_monotonic_time() > deadline)
+                g_error("loopback: %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
+                        " frames back, %" G_GUINT64_FORMAT " sent", got, n, sent);
+            vnet_fe_wait(fe, 0, 5);
+        }
+    }
+}
+
+/* guestd's receive queue of its only frontend has carried @data packets. */
+static gboolean guestd_rx_packets(JsonNode *s, JsonNode *g, gpointer data)
+{
+    (void)s;
+    JsonObject *gd = g && itest_ndevices(g) == 1 ? itest_elem(json_node_get_object(g),
+                                                               "devices", 0) : NULL;
+    if (!gd || itest_len(gd, "frontends") != 1)
+        return FALSE;
+    JsonObject *fe = itest_elem(gd, "frontends", 0);
+    return itest_int(itest_elem(fe, "queues", 0), "packets") >= GPOINTER_TO_INT(data);
+}
+
+/* Traffic through guestd --endpoint loopback before the kill and again once the new
+ * guestd took over: the frontend resumes where the old guestd's used rings stopped. */
+static void test_datapath(void)
+{
+    GError *e = NULL;
+    char *tmp = g_dir_make_tmp("vp-reset-XXXXXX", &e);
+    g_assert_no_error(e);
+    char *real = itest_bin("guestd");
+    char *wrapper = g_build_filename(tmp, "guestd", NULL);
+    char *script = g_strdup_printf("#!/bin/sh\nexec '%s' \"$@\" --endpoint loopback\n", real);
+    g_assert_true(g_file_set_contents(wrapper, script, -1, NULL));
+    g_assert_cmpint(chmod(wrapper, 0755), ==, 0);
+    g_setenv("VP_GUESTD_BIN", wrapper, TRUE);
+
+    ITestEnv env;
+    itest_env_start(&env, NULL);
+    VnetVm *vm = vnet_vm_new(env.sock, NULL, 4 * MiB, &e);
+    g_assert_no_error(e);
+    VnetFe *fe = vnet_fe_new(vm, &(VnetFeConfig){ .device_id = 1 }, &e);
+    g_assert_no_error(e);
+    g_assert_nonnull(fe);
+    char uuid[37];
+    itest_uuid(vm->client, uuid);
+    loop_traffic(fe, 0, 600, 32);
+    Back back = { .uuid = uuid, .resets = 0, .regions = 1, .frontends = 1 };
+    itest_wait_for(&env, device_back, &back, TMO, "device with traffic");
+    int fds = itest_count_fds(env.server_pid);
+
+    /* Frames in flight when it dies: looped back by the old guestd into the receive
+     * ring but not yet taken by the frontend. */
+    static guint8 tx[65536];
+    for (guint64 s = 600; s < 608; s++) {
+        frame_fill(tx, frame_len(s), s);
+        g_assert_cmpint(vnet_fe_send(fe, tx, frame_len(s), TMO, &e), ==, 1);
+        g_assert_no_error(e);
+    }
+    itest_wait_for(&env, guestd_rx_packets, GINT_TO_POINTER(608), TMO,
+                   "the old guestd looped 608 frames back");
+    itest_kill_guestd(&env);
+    guint16 used_rx = vp_get_le16((guint8 *)fe->q[0].vr.mem.used + 2);
+    guint16 used_tx = vp_get_le16((guint8 *)fe->q[1].vr.mem.used + 2);
+    itest_start_guestd(&env);
+    back.resets = 1;
+    itest_wait_for(&env, device_back, &back, TMO, "device back after the guestd restart");
+    assert_resets(&env, uuid, 1);
+    /* The new guestd resumed at the used indexes its predecessor published. */
+    JsonNode *g = itest_guestd_status(&env);
+    JsonObject *gfe = itest_elem(itest_elem(json_node_get_object(g), "devices", 0),
+                                 "frontends", 0);
+    g_assert_cmpint(itest_int(itest_elem(gfe, "queues", 0), "last_avail_idx"), ==, used_rx);
+    g_assert_cmpint(itest_int(itest_elem(gfe, "queues", 1), "last_avail_idx"), ==, used_tx);
+    json_node_unref(g);
+
+    /* 600..607 are still there, once each, in order. */
+    static guint8 rx[65536], want[65536];
+    for (guint64 seq = 600; seq < 608; seq++) {
+        gsize len = 0;
+        int r = vnet_fe_recv(fe, rx, sizeof(rx), &len, TMO, &e);
+        g_assert_no_error(e);
+        g_assert_cmpint(r, ==, 1);
+        g_assert_cmpuint(len, ==, frame_len(seq));
+        frame_fill(want, len, seq);
+        if (memcmp(rx, want, len) != 0)
+            g_error("after the restart: frame %" G_GUINT64_FORMAT " differs", seq);
+    }
+    gsize extra = 0;
+    g_assert_cmpint(vnet_fe_try_recv(fe, rx, sizeof(rx), &extra, &e), ==, 0);
+    g_assert_no_error(e);
+    vnet_fe_reclaim(fe, &e);
+    g_assert_no_error(e);
+    loop_traffic(fe, 1000, 900, 32);
+    itest_wait_fds(env.server_pid, fds, TMO, "server after the guestd restart");
+
+    vnet_fe_free(fe);
+    vnet_vm_free(vm);
+    itest_env_stop(&env);
+    g_unsetenv("VP_GUESTD_BIN");
+    unlink(wrapper);
+    rmdir(tmp);
+    g_free(real);
+    g_free(wrapper);
+    g_free(script);
+    g_free(tmp);
+}
+
+/* ------------------------------ (c) NEEDS_RESET ------------------------------ */
+
+/*
+ * A guestd on the local bus that does the status handshake, answers every controlq
+ * message with a success ACK and, once told to, puts garbage on the control
+ * receiveq (the server must mark the device NEEDS_RESET). It leaves when told to,
+ * closing its connection.
+ */
+typedef struct {
+    const char *path;
+    volatile gint garbage, stop, garbage_sent;
+    char failure[256];
+} BadGuest;
+
+typedef struct {
+    guint8 *ca;
+    gsize ca_size;
+    int fds[4];
+    struct vp_vring_drv rx, tx;
+    guint64 buf_off;
+    unsigned ntx, nrx, rx_next;
+    gboolean ready;
+} BadDev;
+
+static gboolean bg_fail(BadGuest *bg, const char *what)
+{
+    g_strlcpy(bg->failure, what, sizeof(bg->failure));
+    return FALSE;
+}
+
+static void bg_kick(int efd)
+{
+    guint64 one = 1;
+    g_assert_cmpint(write(efd, &one, 8), ==, 8);
+}
+
+static gboolean bg_plug(BadGuest *bg, BadDev *d, const struct vp_lb_msg *m, int *fds)
+{
+    memcpy(d->fds, fds, sizeof(d->fds));
+    d->ca_size = m->size;
+    d->ca = mmap(NULL, d->ca_size, PROT_READ | PROT_WRITE, MAP_SHARED, d->fds[0], 0);
+    if (d->ca == MAP_FAILED)
+        return bg_fail(bg, "mmap control area");
+    vp_put_le32(d->ca + VP_CA_OFF_STATUS, VP_STATUS_ACKNOWLEDGE | VP_STATUS_DRIVER |
+                                              VP_STATUS_FEATURES_OK);
+    struct vp_vring_drv *qs[2] = { &d->rx, &d->tx };
+    for (int q = 0; q < 2; q++) {
+        const guint8 *e = d->ca + VP_CA_OFF_QUEUE + q * VP_CA_QUEUE_SIZE;
+        struct vp_vring_mem mem = {
+            .desc = d->ca + vp_get_le64(e + VP_CA_Q_DESC_OFF),
+            .avail = d->ca + vp_get_le64(e + VP_CA_Q_AVAIL_OFF),
+            .used = d->ca + vp_get_le64(e + VP_CA_Q_USED_OFF),
+            .num = vp_get_le16(e + VP_CA_Q_SIZE),
+        };
+        if (vp_vring_drv_init(qs[q], &mem, true) < 0)
+            return bg_fail(bg, "vring init");
+    }
+    d->buf_off = vp_get_le64(d->ca + VP_CA_OFF_BUF_OFF);
+    d->ntx = MIN(d->tx.mem.num, VP_CA_QUEUE_NUM);
+    d->nrx = MIN((guint64)VP_CA_QUEUE_NUM,
+                 vp_get_le64(d->ca + VP_CA_OFF_BUF_SIZE) / VP_CA_BUF_SLOT - d->ntx);
+    for (unsigned i = 0; i < d->ntx; i++) {
+        struct vp_vring_seg seg = { .addr = d->buf_off + (guint64)i * VP_CA_BUF_SLOT,
+                                    .len = VP_CA_BUF_SLOT, .write = true };
+        if (vp_vring_drv_add(&d->tx, &seg, 0, 1, GUINT_TO_POINTER(i + 1)) < 0)
+            return bg_fail(bg, "post transmitq buffer");
+    }
+    vp_vring_drv_kick_prepare(&d->tx);
+    vp_put_le32(d->ca + VP_CA_OFF_STATUS, STATUS_ALL);
+    bg_kick(d->fds[1]);
+    d->ready = TRUE;
+    return TRUE;
+}
+
+/* Put @len bytes at @msg on the receiveq and kick. */
+static gboolean bg_put(BadGuest *bg, BadDev *d, const void *msg, size_t len)
+{
+    void *tok;
+    guint32 ulen;
+    while (vp_vring_drv_get_used(&d->rx, &tok, &ulen) == 1)
+        ;
+    unsigned slot = d->rx_next++ % d->nrx;
+    guint64 off = d->buf_off + (guint64)(d->ntx + slot) * VP_CA_BUF_SLOT;
+    memcpy(d->ca + off, msg, len);
+    struct vp_vring_seg seg = { .addr = off, .len = (guint32)len };
+    if (vp_vring_drv_add(&d->rx, &seg, 1, 0, GUINT_TO_POINTER(slot + 1)) < 0)
+        return bg_fail(bg, "add to receiveq");
+    vp_vring_drv_kick_prepare(&d->rx);
+    bg_kick(d->fds[1]);
+    return TRUE;
+}
+
+static gboolean bg_service(BadGuest *bg, BadDev *d)
+{
+    void *tok;
+    guint32 len;
+    int ret;
+    if (g_atomic_int_get(&bg->garbage) && !g_atomic_int_get(&bg->garbage_sent)) {
+        guint8 junk[64];
+        memset(junk, 0xa5, sizeof(junk));
+        if (!bg_put(bg, d, junk, sizeof(junk)))
+            return FALSE;
+        g_atomic_int_set(&bg->garbage_sent, 1);
+    }
+    while ((ret = vp_vring_drv_get_used(&d->tx, &tok, &len)) == 1) {
+        unsigned slot = GPOINTER_TO_UINT(tok) - 1;
+        guint8 buf[VP_CA_BUF_SLOT], out[VP_CA_BUF_SLOT];
+        len = MIN(len, VP_CA_BUF_SLOT);
+        memcpy(buf, d->ca + d->buf_off + (guint64)slot * VP_CA_BUF_SLOT, len);
+        struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1), *ack = g_new0(struct vp_cq_msg, 1);
+        vp_error err = { { 0 } };
+        gboolean ok = vp_cq_decode(buf, len, m, &err) == 0;
+        if (ok) {
+            gboolean del = (m->type == VP_MSG_MEMORY_INFO && m->u.mem.op == VP_OP_DEL) ||
+                           (m->type == VP_MSG_DEVICE_INFO && m->u.dev.op == VP_OP_DEL);
+            vp_cq_make_ack(ack, m, del ? VP_ACK_DEL_DONE : VP_ACK_ADD_DONE, NULL);
+            if (m->type == VP_MSG_FEATURE_BITS)
+                ack->u.ack.features = m->u.features & VP_NET_FEATURES;
+            int n = vp_cq_encode(ack, out, sizeof(out));
+            ok = n > 0 && bg_put(bg, d, out, (size_t)n);
+        }
+        g_free(m);
+        g_free(ack);
+        if (!ok)
+            return bg_fail(bg, err.msg[0] ? err.msg : "answering a controlq message");
+        struct vp_vring_seg seg = { .addr = d->buf_off + (guint64)slot * VP_CA_BUF_SLOT,
+                                    .len = VP_CA_BUF_SLOT, .write = true };
+        if (vp_vring_drv_add(&d->tx, &seg, 0, 1, GUINT_TO_POINTER(slot + 1)) < 0)
+            return bg_fail(bg, "repost transmitq buffer");
+        vp_vring_drv_kick_prepare(&d->tx);
+        bg_kick(d->fds[2]);
+    }
+    return ret < 0 ? bg_fail(bg, "transmitq broken") : TRUE;
+}
+
+static gpointer bad_guestd(gpointer data)
+{
+    BadGuest *bg = data;
+    BadDev d = { .fds = { -1, -1, -1, -1 } };
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_strlcpy(sa.sun_path, bg->path, sizeof(sa.sun_path));
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct vp_lb_msg hello = { .type = VP_LB_HELLO };
+    if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 || vp_lb_send(s, &hello, NULL, 0) < 0) {
+        bg_fail(bg, "connect to the local bus");
+        goto out;
+    }
+    while (!g_atomic_int_get(&bg->stop)) {
+        struct pollfd p = { .fd = s, .events = POLLIN };
+        if (poll(&p, 1, 2) > 0) {
+            struct vp_lb_msg m;
+            int fds[VP_LB_MAX_FDS];
+            unsigned nfds = 0;
+            vp_error err = { { 0 } };
+            if (vp_lb_recv(s, &m, fds, VP_LB_MAX_FDS, &nfds, &err) < 0) {
+                bg_fail(bg, err.msg);
+                break;
+            }
+            if (m.type == VP_LB_PLUG_CONTROL && !d.ready && nfds == 4) {
+                if (!bg_plug(bg, &d, &m, fds))
+                    break;
+                nfds = 0; /* kept */
+            }
+            vp_close_fds(fds, nfds);
+        }
+        if (d.ready && !bg_service(bg, &d))
+            break;
+    }
+out:
+    if (d.ready) {
+        vp_vring_drv_destroy(&d.rx);
+        vp_vring_drv_destroy(&d.tx);
+    }
+    if (d.ca && d.ca != MAP_FAILED)
+        munmap(d.ca, d.ca_size);
+    vp_close_fds(d.fds, 4);
+    vp_close_fd(&s);
+    return NULL;
+}
+
+static gboolean server_sees_no_guestd(JsonNode *s, JsonNode *g, gpointer data)
+{
+    (void)s;
+    (void)g;
+    ITestEnv *env = data;
+    return server_log_count(env, "vhost-pci-guestd disconnected") >= 1;
+}
+
+/* A guestd that puts garbage on the controlq (NEEDS_RESET: requests fail with the
+ * reason) is replaced by a good one: the device recovers and serves requests. */
+static void test_needs_reset(void)
+{
+    ITestEnv env;
+    ITestOpts opts = { .no_guestd = TRUE };
+    itest_env_start(&env, &opts);
+    BadGuest bg = { .path = env.local_bus };
+    GThread *t = g_thread_new("bad-guestd", bad_guestd, &bg);
+    Vm vm;
+    vm_open(&env, &vm);
+    vm_handshake(&vm);
+    if (bg.failure[0])
+        g_error("bad guestd: %s", bg.failure);
+    int fds = itest_count_fds(env.server_pid);
+
+    g_atomic_int_set(&bg.garbage, 1);
+    itest_wait_for(&env, device_needs_reset, vm.uuid, TMO, "NEEDS_RESET after garbage");
+    struct vp_device_info di;
+    vm_net(&vm, &di, 128);
+    VpClientReply rep;
+    GError *e = NULL;
+    g_assert_false(vp_client_device_add_sync(vm.c, &di, TMO, &rep, &e));
+    g_clear_error(&e);
+    g_assert_cmpuint(rep.type, ==, VP_MSG_DEVICE_INFO_ACK);
+    g_assert_cmpuint(rep.ack.result, ==, VP_ACK_ADD_FAIL);
+    g_assert_nonnull(strstr(rep.ack.reason, "needs reset"));
+    g_assert_nonnull(strstr(rep.ack.reason, "malformed controlq message"));
+
+    g_atomic_int_set(&bg.stop, 1);
+    g_thread_join(t);
+    if (bg.failure[0])
+        g_error("bad guestd: %s", bg.failure);
+    itest_wait_for(&env, server_sees_no_guestd, &env, TMO, "the bad guestd gone");
+    itest_start_guestd(&env);
+    Back back = { .uuid = vm.uuid, .resets = 1, .regions = 1, .frontends = 1 };
+    itest_wait_for(&env, device_back, &back, TMO, "device back after NEEDS_RESET");
+    assert_resets(&env, vm.uuid, 1);
+    vm_update(&vm, 128);
+    itest_wait_for(&env, guestd_queue0_num, GINT_TO_POINTER(128), TMO,
+                   "the update in the new guestd");
+    itest_wait_fds(env.server_pid, fds, TMO, "server after NEEDS_RESET and a new guestd");
+    vm_close(&vm);
+    itest_env_stop(&env);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/driver-reset/restart", test_restart);
+    g_test_add_func("/driver-reset/datapath", test_datapath);
+    g_test_add_func("/driver-reset/needs-reset", test_needs_reset);
+    return g_test_run();
+}
