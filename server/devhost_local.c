@@ -13,7 +13,8 @@
  * Security model: guestd is another process. Its messages go through vp_lb_recv()
  * (fixed size, type and fd-count checked); only HELLO and EJECTED are accepted,
  * anything else, and any socket error, closes that connection (after closing every
- * received fd). A second guestd while one is connected is refused.
+ * received fd). A second guestd while one is connected is refused, unless the first
+ * one has already hung up (a restart): then the registry is replayed to the new one.
  */
 #define G_LOG_DOMAIN "vp-server"
 #include <glib.h>
@@ -22,6 +23,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <stdbool.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -256,6 +259,19 @@ static gboolean on_conn(gint fd, GIOCondition cond, gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+/* Has the peer of connection @fd gone (hung up, or EOF pending)? A guestd that was
+ * killed can be followed by its successor before its EOF was handled. */
+static bool conn_gone(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+    if (poll(&p, 1, 0) <= 0)
+        return false;
+    if (p.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL))
+        return true;
+    char c;
+    return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
 {
     struct lb_host *h = data;
@@ -263,6 +279,8 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
     int c = srv_unix_accept(fd);
     if (c < 0)
         return G_SOURCE_CONTINUE;
+    if (h->conn_fd >= 0 && conn_gone(h->conn_fd))
+        disconnect(h, "EOF, seen when a new one connected");  /* a restart: take the new one */
     if (h->conn_fd >= 0) {
         g_warning("local bus: a second vhost-pci-guestd connected; refusing it");
         close(c);
