@@ -123,6 +123,7 @@ static void device_json(JsonBuilder *b, struct srv_device *dev)
     add_int(b, "acks_ok", (gint64)dev->counters.acks_ok);
     add_int(b, "acks_fail", (gint64)dev->counters.acks_fail);
     add_int(b, "clones", (gint64)dev->counters.clones);
+    add_int(b, "resets", (gint64)dev->counters.resets);
     add_int(b, "bad_acks", (gint64)dev->counters.bad_acks);
     json_builder_end_object(b);
     json_builder_end_object(b);
@@ -290,18 +291,19 @@ static gboolean conn_timeout(gpointer data)
 }
 
 /* A client beyond MGMT_MAX_CLIENTS: close it; one log line per second at most. */
+/* Log first, then close: whoever sees the close may look for the line at once. */
 static void refuse(struct srv_mgmt *m, int cfd)
 {
-    vp_close_fd(&cfd);
     gint64 now = g_get_monotonic_time();
     if (m->refused_log_us && now - m->refused_log_us < G_USEC_PER_SEC) {
         m->refused_quiet++;
-        return;
+    } else {
+        g_message("mgmt: %u clients open (the most allowed), refusing a new one "
+                  "(%u more refused since the last such line)", m->nconns, m->refused_quiet);
+        m->refused_log_us = now;
+        m->refused_quiet = 0;
     }
-    g_message("mgmt: %u clients open (the most allowed), refusing a new one "
-              "(%u more refused since the last such line)", m->nconns, m->refused_quiet);
-    m->refused_log_us = now;
-    m->refused_quiet = 0;
+    vp_close_fd(&cfd);
 }
 
 static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)

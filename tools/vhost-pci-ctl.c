@@ -151,9 +151,10 @@ static void print_status(JsonObject *root)
                iget(d, "bar_size"), iget(d, "generation"), iget(f, "offered"),
                iget(f, "accepted"));
         printf("    controlq tx %" G_GINT64_FORMAT " rx %" G_GINT64_FORMAT "   acks ok %"
-               G_GINT64_FORMAT " fail %" G_GINT64_FORMAT "   clones %" G_GINT64_FORMAT "\n",
+               G_GINT64_FORMAT " fail %" G_GINT64_FORMAT "   clones %" G_GINT64_FORMAT
+               "   resets %" G_GINT64_FORMAT "\n",
                iget(dc, "controlq_tx"), iget(dc, "controlq_rx"), iget(dc, "acks_ok"),
-               iget(dc, "acks_fail"), iget(dc, "clones"));
+               iget(dc, "acks_fail"), iget(dc, "clones"), iget(dc, "resets"));
         JsonArray *a = aget(d, "windows");
         guint m = a ? json_array_get_length(a) : 0;
         printf("    windows (%u):\n", m);
