@@ -47,6 +47,7 @@ all:
 
 # Keep every intermediate file (objects of test programs): make would otherwise
 # delete them after the run and print "rm ..." after the test summary line.
+# Never give .SECONDARY prerequisites in a module.mk: that turns this off.
 .SECONDARY:
 
 include protocol/module.mk

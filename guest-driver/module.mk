@@ -30,5 +30,4 @@ $(B)/tests/unit/test-guestd-%: $(B)/tests/unit/test-guestd-%.o $(B)/tests/testut
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 
 $(B)/tests/unit/test-guestd-%.o: CFLAGS_HOST += -Iguest-driver
-# Only reached through the pattern above: keep make from deleting them as intermediates.
-.SECONDARY: $(GUESTD_HOBJS)
+# (The top-level Makefile's .SECONDARY: keeps these objects from being deleted.)
