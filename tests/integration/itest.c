@@ -325,6 +325,30 @@ void itest_env_stop(ITestEnv *env)
 
 /* ------------------------------ status ------------------------------ */
 
+GString *itest_read_to_eof(int fd, int timeout_ms, gboolean *eof)
+{
+    GString *s = g_string_new(NULL);
+    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
+    *eof = FALSE;
+    while (!*eof) {
+        gint64 left = (deadline - g_get_monotonic_time()) / 1000;
+        if (left <= 0)
+            break;
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        if (poll(&p, 1, (int)left) <= 0)
+            continue;
+        char buf[65536];
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n > 0)
+            g_string_append_len(s, buf, n);
+        else
+            *eof = TRUE;
+    }
+    return s;
+}
+
 JsonNode *itest_socket_query(const char *path, const char *request, gsize len)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -339,25 +363,8 @@ JsonNode *itest_socket_query(const char *path, const char *request, gsize len)
         close(fd);
         return NULL;
     }
-    GString *s = g_string_new(NULL);
-    gint64 deadline = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
-    gboolean eof = FALSE;
-    while (!eof) {
-        gint64 left = (deadline - g_get_monotonic_time()) / 1000;
-        if (left <= 0)
-            break;
-        struct pollfd p = { .fd = fd, .events = POLLIN };
-        if (poll(&p, 1, (int)left) <= 0)
-            continue;
-        char buf[4096];
-        ssize_t n = read(fd, buf, sizeof(buf));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            eof = TRUE;
-        else
-            g_string_append_len(s, buf, n);
-    }
+    gboolean eof;
+    GString *s = itest_read_to_eof(fd, 2000, &eof);
     close(fd);
     if (!eof || s->len == 0) {
         g_string_free(s, TRUE);

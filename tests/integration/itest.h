@@ -67,6 +67,11 @@ char *itest_bin(const char *which);
 
 /* ---- status documents ---- */
 
+/** Read @fd to EOF (a read error such as a reset counts as EOF: the peer closed with
+ *  our request unread), at most @timeout_ms milliseconds. Returns what came (free
+ *  with g_string_free()); *@eof says whether it ended. @fd stays the caller's. */
+GString *itest_read_to_eof(int fd, int timeout_ms, gboolean *eof);
+
 /** Connect to the status-style socket @path, send request[0..len), read to EOF (2 s
  *  bound) and parse one JSON object. NULL when there is no answer or it is not a JSON
  *  object. Free with json_node_unref(). */

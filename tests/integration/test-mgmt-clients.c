@@ -13,7 +13,6 @@
  *                are closed and a new client is answered.
  * Both end with the server holding exactly the fds it held before.
  */
-#include <errno.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -40,32 +39,6 @@ static int mgmt_connect(ITestEnv *env)
     g_strlcpy(sa.sun_path, env->mgmt, sizeof(sa.sun_path));
     g_assert_cmpint(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
     return fd;
-}
-
-/* Read @fd to EOF (a reset counts as EOF: the server closed with our request
- * unread), at most @timeout_ms. Returns what came; *@eof says whether it ended. */
-static GString *read_to_eof(int fd, int timeout_ms, gboolean *eof)
-{
-    GString *s = g_string_new(NULL);
-    gint64 deadline = g_get_monotonic_time() + timeout_ms * 1000LL;
-    *eof = FALSE;
-    while (!*eof) {
-        gint64 left = (deadline - g_get_monotonic_time()) / 1000;
-        if (left <= 0)
-            break;
-        struct pollfd p = { .fd = fd, .events = POLLIN };
-        if (poll(&p, 1, (int)left) <= 0)
-            continue;
-        char buf[65536];
-        ssize_t n = read(fd, buf, sizeof(buf));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n > 0)
-            g_string_append_len(s, buf, n);
-        else
-            *eof = TRUE;
-    }
-    return s;
 }
 
 static int queued(int fd)
@@ -109,7 +82,7 @@ static void assert_prompt_status(ITestEnv *env, guint ndevices)
     int fd = mgmt_connect(env);
     g_assert_cmpint(send(fd, "status\n", 7, MSG_NOSIGNAL), ==, 7);
     gboolean eof;
-    GString *s = read_to_eof(fd, PROMPT_MS, &eof);
+    GString *s = itest_read_to_eof(fd, PROMPT_MS, &eof);
     gint64 ms = (g_get_monotonic_time() - t0) / 1000;
     close(fd);
     g_test_message("status query: %zu bytes in %" G_GINT64_FORMAT " ms", s->len, ms);
@@ -205,7 +178,7 @@ static void test_stuck_reader(void)
         int fd = mgmt_connect(&env);
         g_assert_cmpint(send(fd, "status\n", 7, MSG_NOSIGNAL), ==, 7);
         gboolean eof;
-        GString *s = read_to_eof(fd, PROMPT_MS, &eof);
+        GString *s = itest_read_to_eof(fd, PROMPT_MS, &eof);
         g_assert_true(eof);
         doc_len = s->len;
         g_string_free(s, TRUE);
@@ -264,7 +237,7 @@ static void test_too_many(void)
     int extra = mgmt_connect(&env);
     g_assert_cmpint(send(extra, "status\n", 7, MSG_NOSIGNAL), ==, 7);
     gboolean eof;
-    GString *s = read_to_eof(extra, PROMPT_MS, &eof);
+    GString *s = itest_read_to_eof(extra, PROMPT_MS, &eof);
     g_assert_true(eof);
     g_assert_cmpuint(s->len, ==, 0);
     g_string_free(s, TRUE);
