@@ -163,15 +163,22 @@ static void vm_update(Vm *vm, guint16 num0)
     g_assert_cmpstr(rep.ack.reason, ==, "");
 }
 
-static gboolean guestd_queue0_num(JsonNode *s, JsonNode *g, gpointer data)
+/* The only frontend of guestd's only device, or NULL while there is not exactly one
+ * of each (or guestd is not running). */
+static JsonObject *guestd_only_frontend(JsonNode *g)
 {
-    (void)s;
     JsonObject *gd = g && itest_ndevices(g) == 1 ? itest_elem(json_node_get_object(g),
                                                                "devices", 0) : NULL;
     if (!gd || itest_len(gd, "frontends") != 1)
-        return FALSE;
-    JsonObject *fe = itest_elem(gd, "frontends", 0);
-    return itest_len(fe, "queues") == 2 &&
+        return NULL;
+    return itest_elem(gd, "frontends", 0);
+}
+
+static gboolean guestd_queue0_num(JsonNode *s, JsonNode *g, gpointer data)
+{
+    (void)s;
+    JsonObject *fe = guestd_only_frontend(g);
+    return fe && itest_len(fe, "queues") == 2 &&
            itest_int(itest_elem(fe, "queues", 0), "num") == GPOINTER_TO_INT(data);
 }
 
@@ -289,12 +296,8 @@ static void loop_traffic(VnetFe *fe, guint64 first, guint64 n, guint window)
 static gboolean guestd_rx_packets(JsonNode *s, JsonNode *g, gpointer data)
 {
     (void)s;
-    JsonObject *gd = g && itest_ndevices(g) == 1 ? itest_elem(json_node_get_object(g),
-                                                               "devices", 0) : NULL;
-    if (!gd || itest_len(gd, "frontends") != 1)
-        return FALSE;
-    JsonObject *fe = itest_elem(gd, "frontends", 0);
-    return itest_int(itest_elem(fe, "queues", 0), "packets") >= GPOINTER_TO_INT(data);
+    JsonObject *fe = guestd_only_frontend(g);
+    return fe && itest_int(itest_elem(fe, "queues", 0), "packets") >= GPOINTER_TO_INT(data);
 }
 
 /* Traffic through guestd --endpoint loopback before the kill and again once the new
