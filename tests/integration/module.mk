@@ -3,13 +3,15 @@
 #   test-control-plane   client library + vhost-pci-server (--device-host local) +
 #                        vhost-pci-guestd (--bus local): spec 1.5/1.6 sequences
 #   test-bad-input       malformed and hostile socket input against the same pair
-# Helpers: itest.{c,h} (temp dir, child processes, status JSON, memory, devices).
+# Helpers: itest.{c,h} (temp dir, child processes, status JSON, memory, devices),
+#          itest_fakegd.{c,h} (a pretend guestd in a thread on the local bus).
 # Other owners may add their own tests here through tests/integration/vu*.mk.
 
 ITEST_NAMES  := test-client-lib test-control-plane test-bad-input
 ITEST_NAMES  := $(foreach n,$(ITEST_NAMES),$(if $(wildcard tests/integration/$(n).c),$(n)))
 ITESTS       := $(ITEST_NAMES:%=$(B)/tests/integration/%)
-ITEST_HELPER := $(if $(wildcard tests/integration/itest.c),$(B)/tests/integration/itest.o)
+ITEST_HELPER := $(if $(wildcard tests/integration/itest.c),$(B)/tests/integration/itest.o \
+                  $(B)/tests/integration/itest_fakegd.o)
 
 $(ITESTS): $(B)/tests/integration/%: $(B)/tests/integration/%.o $(ITEST_HELPER) \
            $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a

@@ -18,21 +18,16 @@
  *    when a good guestd replaces the bad one;
  *  - the server holds the same number of fds afterwards.
  */
-#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "itest.h"
+#include "itest_fakegd.h"
 #include "vnet_frontend.h"
-#include "vp_controlq.h"
 #include "vp_ctrlarea.h"
-#include "vp_localbus.h"
-#include "vp_vring.h"
 #include "vp_wire.h"
 
 #define MiB (1ULL << 20)
@@ -387,183 +382,10 @@ static void test_datapath(void)
 
 /* ------------------------------ (c) NEEDS_RESET ------------------------------ */
 
-/*
- * A guestd on the local bus that does the status handshake, answers every controlq
- * message with a success ACK and, once told to, puts garbage on the control
- * receiveq (the server must mark the device NEEDS_RESET). It leaves when told to,
- * closing its connection.
- */
-typedef struct {
-    const char *path;
-    volatile gint garbage, stop, garbage_sent;
-    char failure[256];
-} BadGuest;
-
-typedef struct {
-    guint8 *ca;
-    gsize ca_size;
-    int fds[4];
-    struct vp_vring_drv rx, tx;
-    guint64 buf_off;
-    unsigned ntx, nrx, rx_next;
-    gboolean ready;
-} BadDev;
-
-static gboolean bg_fail(BadGuest *bg, const char *what)
-{
-    g_strlcpy(bg->failure, what, sizeof(bg->failure));
-    return FALSE;
-}
-
-static void bg_kick(int efd)
-{
-    guint64 one = 1;
-    g_assert_cmpint(write(efd, &one, 8), ==, 8);
-}
-
-static gboolean bg_plug(BadGuest *bg, BadDev *d, const struct vp_lb_msg *m, int *fds)
-{
-    memcpy(d->fds, fds, sizeof(d->fds));
-    d->ca_size = m->size;
-    d->ca = mmap(NULL, d->ca_size, PROT_READ | PROT_WRITE, MAP_SHARED, d->fds[0], 0);
-    if (d->ca == MAP_FAILED)
-        return bg_fail(bg, "mmap control area");
-    vp_put_le32(d->ca + VP_CA_OFF_STATUS, VP_STATUS_ACKNOWLEDGE | VP_STATUS_DRIVER |
-                                              VP_STATUS_FEATURES_OK);
-    struct vp_vring_drv *qs[2] = { &d->rx, &d->tx };
-    for (int q = 0; q < 2; q++) {
-        const guint8 *e = d->ca + VP_CA_OFF_QUEUE + q * VP_CA_QUEUE_SIZE;
-        struct vp_vring_mem mem = {
-            .desc = d->ca + vp_get_le64(e + VP_CA_Q_DESC_OFF),
-            .avail = d->ca + vp_get_le64(e + VP_CA_Q_AVAIL_OFF),
-            .used = d->ca + vp_get_le64(e + VP_CA_Q_USED_OFF),
-            .num = vp_get_le16(e + VP_CA_Q_SIZE),
-        };
-        if (vp_vring_drv_init(qs[q], &mem, true) < 0)
-            return bg_fail(bg, "vring init");
-    }
-    d->buf_off = vp_get_le64(d->ca + VP_CA_OFF_BUF_OFF);
-    d->ntx = MIN(d->tx.mem.num, VP_CA_QUEUE_NUM);
-    d->nrx = MIN((guint64)VP_CA_QUEUE_NUM,
-                 vp_get_le64(d->ca + VP_CA_OFF_BUF_SIZE) / VP_CA_BUF_SLOT - d->ntx);
-    for (unsigned i = 0; i < d->ntx; i++) {
-        struct vp_vring_seg seg = { .addr = d->buf_off + (guint64)i * VP_CA_BUF_SLOT,
-                                    .len = VP_CA_BUF_SLOT, .write = true };
-        if (vp_vring_drv_add(&d->tx, &seg, 0, 1, GUINT_TO_POINTER(i + 1)) < 0)
-            return bg_fail(bg, "post transmitq buffer");
-    }
-    vp_vring_drv_kick_prepare(&d->tx);
-    vp_put_le32(d->ca + VP_CA_OFF_STATUS, STATUS_ALL);
-    bg_kick(d->fds[1]);
-    d->ready = TRUE;
-    return TRUE;
-}
-
-/* Put @len bytes at @msg on the receiveq and kick. */
-static gboolean bg_put(BadGuest *bg, BadDev *d, const void *msg, size_t len)
-{
-    void *tok;
-    guint32 ulen;
-    while (vp_vring_drv_get_used(&d->rx, &tok, &ulen) == 1)
-        ;
-    unsigned slot = d->rx_next++ % d->nrx;
-    guint64 off = d->buf_off + (guint64)(d->ntx + slot) * VP_CA_BUF_SLOT;
-    memcpy(d->ca + off, msg, len);
-    struct vp_vring_seg seg = { .addr = off, .len = (guint32)len };
-    if (vp_vring_drv_add(&d->rx, &seg, 1, 0, GUINT_TO_POINTER(slot + 1)) < 0)
-        return bg_fail(bg, "add to receiveq");
-    vp_vring_drv_kick_prepare(&d->rx);
-    bg_kick(d->fds[1]);
-    return TRUE;
-}
-
-static gboolean bg_service(BadGuest *bg, BadDev *d)
-{
-    void *tok;
-    guint32 len;
-    int ret;
-    if (g_atomic_int_get(&bg->garbage) && !g_atomic_int_get(&bg->garbage_sent)) {
-        guint8 junk[64];
-        memset(junk, 0xa5, sizeof(junk));
-        if (!bg_put(bg, d, junk, sizeof(junk)))
-            return FALSE;
-        g_atomic_int_set(&bg->garbage_sent, 1);
-    }
-    while ((ret = vp_vring_drv_get_used(&d->tx, &tok, &len)) == 1) {
-        unsigned slot = GPOINTER_TO_UINT(tok) - 1;
-        guint8 buf[VP_CA_BUF_SLOT], out[VP_CA_BUF_SLOT];
-        len = MIN(len, VP_CA_BUF_SLOT);
-        memcpy(buf, d->ca + d->buf_off + (guint64)slot * VP_CA_BUF_SLOT, len);
-        struct vp_cq_msg *m = g_new0(struct vp_cq_msg, 1), *ack = g_new0(struct vp_cq_msg, 1);
-        vp_error err = { { 0 } };
-        gboolean ok = vp_cq_decode(buf, len, m, &err) == 0;
-        if (ok) {
-            gboolean del = (m->type == VP_MSG_MEMORY_INFO && m->u.mem.op == VP_OP_DEL) ||
-                           (m->type == VP_MSG_DEVICE_INFO && m->u.dev.op == VP_OP_DEL);
-            vp_cq_make_ack(ack, m, del ? VP_ACK_DEL_DONE : VP_ACK_ADD_DONE, NULL);
-            if (m->type == VP_MSG_FEATURE_BITS)
-                ack->u.ack.features = m->u.features & VP_NET_FEATURES;
-            int n = vp_cq_encode(ack, out, sizeof(out));
-            ok = n > 0 && bg_put(bg, d, out, (size_t)n);
-        }
-        g_free(m);
-        g_free(ack);
-        if (!ok)
-            return bg_fail(bg, err.msg[0] ? err.msg : "answering a controlq message");
-        struct vp_vring_seg seg = { .addr = d->buf_off + (guint64)slot * VP_CA_BUF_SLOT,
-                                    .len = VP_CA_BUF_SLOT, .write = true };
-        if (vp_vring_drv_add(&d->tx, &seg, 0, 1, GUINT_TO_POINTER(slot + 1)) < 0)
-            return bg_fail(bg, "repost transmitq buffer");
-        vp_vring_drv_kick_prepare(&d->tx);
-        bg_kick(d->fds[2]);
-    }
-    return ret < 0 ? bg_fail(bg, "transmitq broken") : TRUE;
-}
-
-static gpointer bad_guestd(gpointer data)
-{
-    BadGuest *bg = data;
-    BadDev d = { .fds = { -1, -1, -1, -1 } };
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    g_strlcpy(sa.sun_path, bg->path, sizeof(sa.sun_path));
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct vp_lb_msg hello = { .type = VP_LB_HELLO };
-    if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 || vp_lb_send(s, &hello, NULL, 0) < 0) {
-        bg_fail(bg, "connect to the local bus");
-        goto out;
-    }
-    while (!g_atomic_int_get(&bg->stop)) {
-        struct pollfd p = { .fd = s, .events = POLLIN };
-        if (poll(&p, 1, 2) > 0) {
-            struct vp_lb_msg m;
-            int fds[VP_LB_MAX_FDS];
-            unsigned nfds = 0;
-            vp_error err = { { 0 } };
-            if (vp_lb_recv(s, &m, fds, VP_LB_MAX_FDS, &nfds, &err) < 0) {
-                bg_fail(bg, err.msg);
-                break;
-            }
-            if (m.type == VP_LB_PLUG_CONTROL && !d.ready && nfds == 4) {
-                if (!bg_plug(bg, &d, &m, fds))
-                    break;
-                nfds = 0; /* kept */
-            }
-            vp_close_fds(fds, nfds);
-        }
-        if (d.ready && !bg_service(bg, &d))
-            break;
-    }
-out:
-    if (d.ready) {
-        vp_vring_drv_destroy(&d.rx);
-        vp_vring_drv_destroy(&d.tx);
-    }
-    if (d.ca && d.ca != MAP_FAILED)
-        munmap(d.ca, d.ca_size);
-    vp_close_fds(d.fds, 4);
-    vp_close_fd(&s);
-    return NULL;
-}
+/* The bad guestd is an itest_fakegd.h fake guestd on the local bus: it does the
+ * status handshake, answers every controlq message with a success ACK and, once told
+ * to (garbage), puts garbage on the control receiveq (the server must mark the device
+ * NEEDS_RESET). It leaves when told to, closing its connection. */
 
 static gboolean server_sees_no_guestd(JsonNode *s, JsonNode *g, gpointer data)
 {
@@ -580,13 +402,12 @@ static void test_needs_reset(void)
     ITestEnv env;
     ITestOpts opts = { .no_guestd = TRUE };
     itest_env_start(&env, &opts);
-    BadGuest bg = { .path = env.local_bus };
-    GThread *t = g_thread_new("bad-guestd", bad_guestd, &bg);
+    ITestFakeGd bg = { .path = env.local_bus };
+    itest_fakegd_start(&bg, "bad-guestd");
     Vm vm;
     vm_open(&env, &vm);
     vm_handshake(&vm);
-    if (bg.failure[0])
-        g_error("bad guestd: %s", bg.failure);
+    itest_fakegd_check(&bg);
     int fds = itest_count_fds(env.server_pid);
 
     g_atomic_int_set(&bg.garbage, 1);
@@ -602,10 +423,7 @@ static void test_needs_reset(void)
     g_assert_nonnull(strstr(rep.ack.reason, "needs reset"));
     g_assert_nonnull(strstr(rep.ack.reason, "malformed controlq message"));
 
-    g_atomic_int_set(&bg.stop, 1);
-    g_thread_join(t);
-    if (bg.failure[0])
-        g_error("bad guestd: %s", bg.failure);
+    itest_fakegd_stop(&bg);
     itest_wait_for(&env, server_sees_no_guestd, &env, TMO, "the bad guestd gone");
     itest_start_guestd(&env);
     Back back = { .uuid = vm.uuid, .resets = 1, .regions = 1, .frontends = 1 };
