@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -94,6 +95,19 @@ char *itest_bin(const char *which)
     g_free(d2);
     g_free(b);
     return path;
+}
+
+char *itest_guestd_endpoint_wrapper(const char *dir, const char *endpoint)
+{
+    char *real = itest_bin("guestd");
+    char *wrapper = g_build_filename(dir, "guestd", NULL);
+    char *script = g_strdup_printf("#!/bin/sh\nexec '%s' \"$@\" --endpoint '%s'\n", real,
+                                   endpoint);
+    g_assert_true(g_file_set_contents(wrapper, script, -1, NULL));
+    g_assert_cmpint(chmod(wrapper, 0755), ==, 0);
+    g_free(real);
+    g_free(script);
+    return wrapper;
 }
 
 static GPid spawn(ITestEnv *env, char **argv, const char *log)

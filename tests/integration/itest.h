@@ -65,6 +65,12 @@ void itest_dump_logs(ITestEnv *env);
 /** Path of a program: "server", "guestd" or "ctl". */
 char *itest_bin(const char *which);
 
+/** Write an executable script @dir/guestd that runs the guestd of itest_bin("guestd")
+ *  with the arguments it gets plus --endpoint @endpoint (in single quotes). Returns
+ *  its path (g_free(); the caller removes the file). Point VP_GUESTD_BIN at it
+ *  before itest_env_start() to give the guestd a data path endpoint. */
+char *itest_guestd_endpoint_wrapper(const char *dir, const char *endpoint);
+
 /* ---- status documents ---- */
 
 /** Read @fd to EOF (a read error such as a reset counts as EOF: the peer closed with

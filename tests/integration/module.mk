@@ -4,7 +4,9 @@
 #                        vhost-pci-guestd (--bus local): spec 1.5/1.6 sequences
 #   test-bad-input       malformed and hostile socket input against the same pair
 # Helpers: itest.{c,h} (temp dir, child processes, status JSON, memory, devices),
-#          itest_fakegd.{c,h} (a pretend guestd in a thread on the local bus).
+#          itest_fakegd.{c,h} (a pretend guestd in a thread on the local bus),
+#          itest_frames.{c,h} (checked frames, loopback traffic through tools/vnet-frontend:
+#          ITEST_FRAMES, for the tests that also link $(VNET_FE_OBJ)).
 # Other owners may add their own tests here through tests/integration/vu*.mk.
 
 ITEST_NAMES  := test-client-lib test-control-plane test-bad-input
@@ -20,6 +22,10 @@ $(ITESTS): $(B)/tests/integration/%: $(B)/tests/integration/%.o $(ITEST_HELPER) 
 $(ITESTS:%=%.o) $(ITEST_HELPER): | $(VP_PB_H)
 $(ITESTS:%=%.o) $(ITEST_HELPER): CFLAGS_HOST += -Iclient -Itests -Itests/integration
 
+ITEST_FRAMES := $(B)/tests/integration/itest_frames.o
+$(ITEST_FRAMES): | $(VP_PB_H)
+$(ITEST_FRAMES): CFLAGS_HOST += -Iclient -Itests -Itests/integration -Itools/vnet-frontend
+
 # The programs the tests start (built first when their module exists).
 $(filter-out %/test-client-lib,$(ITESTS)): | $(filter %/vhost-pci-server %/vhost-pci-guestd %/vhost-pci-ctl,$(BINS))
 
@@ -32,7 +38,7 @@ TESTS += $(ITESTS)
 #                            userspace virtio-net frontend (tools/vnet-frontend) in the test
 #   test-datapath-netns.sh   two TAPs in two network namespaces, ping + TCP across
 DP_ITEST := $(B)/tests/integration/test-datapath
-$(DP_ITEST): $(B)/tests/integration/test-datapath.o $(ITEST_HELPER) $(VNET_FE_OBJ) \
+$(DP_ITEST): $(B)/tests/integration/test-datapath.o $(ITEST_HELPER) $(ITEST_FRAMES) $(VNET_FE_OBJ) \
              $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 $(DP_ITEST).o: | $(VP_PB_H)
@@ -69,8 +75,8 @@ TESTS += $(H15_ITEST)
 # ---- h14: a guest driver that is killed or breaks and is replaced
 # (tests/integration/test-driver-reset.c: restart, data path, NEEDS_RESET) ----
 H14_ITEST := $(B)/tests/integration/test-driver-reset
-$(H14_ITEST): $(B)/tests/integration/test-driver-reset.o $(ITEST_HELPER) $(VNET_FE_OBJ) \
-              $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+$(H14_ITEST): $(B)/tests/integration/test-driver-reset.o $(ITEST_HELPER) $(ITEST_FRAMES) \
+              $(VNET_FE_OBJ) $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 $(H14_ITEST).o: | $(VP_PB_H)
 $(H14_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Itools/vnet-frontend

@@ -25,17 +25,18 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "itest.h"
+#include "itest_frames.h"
 #include "vnet_frontend.h"
 #include "vp_wire.h"
 
 #define MiB (1ULL << 20)
 #define GiB (1ULL << 30)
 #define TMO ITEST_TIMEOUT_MS
+#define LOOP_S 60                 /* bound of one loopback run (seconds) */
 #define EP_HDR 24                 /* unix endpoint port header: uuid + le64 device_id */
 
 /* ------------------------------- fixture ------------------------------- */
@@ -61,17 +62,11 @@ static void dp_start(Dp *d, const char *endpoint)
     } else {
         spec = g_strdup(endpoint);
     }
-    char *real = itest_bin("guestd");
-    char *wrapper = g_build_filename(d->tmp, "guestd", NULL);
-    char *script = g_strdup_printf("#!/bin/sh\nexec '%s' \"$@\" --endpoint '%s'\n", real, spec);
-    g_assert_true(g_file_set_contents(wrapper, script, -1, NULL));
-    g_assert_cmpint(chmod(wrapper, 0755), ==, 0);
+    char *wrapper = itest_guestd_endpoint_wrapper(d->tmp, spec);
     g_setenv("VP_GUESTD_BIN", wrapper, TRUE);
     itest_env_start(&d->env, NULL);
     g_unsetenv("VP_GUESTD_BIN");
-    g_free(real);
     g_free(wrapper);
-    g_free(script);
     g_free(spec);
     if (d->ep_path) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -121,118 +116,7 @@ static gboolean guestd_log_has(Dp *d, const char *a, const char *b)
     return found;
 }
 
-static VnetVm *vm_new(Dp *d, gsize ram)
-{
-    GError *e = NULL;
-    VnetVm *vm = vnet_vm_new(d->env.sock, NULL, ram, &e);
-    g_assert_no_error(e);
-    return vm;
-}
-
-static VnetFe *fe_new(VnetVm *vm, const VnetFeConfig *cfg)
-{
-    GError *e = NULL;
-    VnetFe *fe = vnet_fe_new(vm, cfg, &e);
-    g_assert_no_error(e);
-    g_assert_nonnull(fe);
-    return fe;
-}
-
-/* --------------------------------- frames --------------------------------- */
-
-/* A frame of @len bytes whose every byte follows from @seq and @tag. */
-static void frame_fill(guint8 *f, gsize len, guint64 seq, guint8 tag)
-{
-    static const guint8 hdr[14] = { 0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xb5 };
-    guint64 x = seq * 0x9e3779b97f4a7c15ULL + tag + 1;
-    for (gsize i = 0; i < len; i++) {
-        if (i < 14) {
-            f[i] = hdr[i];
-        } else if (i < 22) {
-            f[i] = (guint8)(seq >> (8 * (i - 14)));
-        } else if (i == 22) {
-            f[i] = tag;
-        } else {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            f[i] = (guint8)x;
-        }
-    }
-}
-
-static guint64 frame_seq(const guint8 *f)
-{
-    guint64 s = 0;
-    for (int i = 0; i < 8; i++)
-        s |= (guint64)f[14 + i] << (8 * i);
-    return s;
-}
-
-static void frame_check(const guint8 *got, gsize len, gsize want_len, guint64 seq, guint8 tag,
-                        const char *what)
-{
-    static guint8 want[65536];
-    if (len != want_len)
-        g_error("%s: frame %" G_GUINT64_FORMAT " is %zu bytes, want %zu", what, seq, len, want_len);
-    frame_fill(want, want_len, seq, tag);
-    if (memcmp(got, want, len) != 0) {
-        gsize i = 0;
-        while (got[i] == want[i])
-            i++;
-        g_error("%s: frame %" G_GUINT64_FORMAT " (%zu bytes, seq in it %" G_GUINT64_FORMAT
-                ") differs at byte %zu: 0x%02x, want 0x%02x",
-                what, seq, len, frame_seq(got), i, got[i], want[i]);
-    }
-}
-
-/* Size of frame @seq for a mix (cycles through @sizes). */
-static gsize mix_size(const gsize *sizes, guint n, guint64 seq) { return sizes[seq % n]; }
-
-/* ---------------------------- traffic helpers ---------------------------- */
-
-/*
- * Loopback: send @n frames (sizes from @sizes) through guestd and back, at most
- * @window in flight, checking each. Returns when all came back (bounded).
- */
-static void loop_traffic(VnetFe *fe, guint64 first, guint64 n, const gsize *sizes, guint nsizes,
-                         guint window, guint8 tag)
-{
-    static guint8 tx[65536], rx[65536];
-    GError *e = NULL;
-    guint64 sent = 0, got = 0;
-    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
-    while (got < n) {
-        int work = 0;
-        while (sent < n && sent - got < window) {
-            gsize len = mix_size(sizes, nsizes, first + sent);
-            frame_fill(tx, len, first + sent, tag);
-            int r = vnet_fe_try_send(fe, tx, len, &e);
-            g_assert_no_error(e);
-            if (r == 0)
-                break;
-            sent++;
-            work++;
-        }
-        for (;;) {
-            gsize len = 0;
-            int r = vnet_fe_try_recv(fe, rx, sizeof(rx), &len, &e);
-            g_assert_no_error(e);
-            if (r == 0)
-                break;
-            frame_check(rx, len, mix_size(sizes, nsizes, first + got), first + got, tag,
-                        "loopback");
-            got++;
-            work++;
-        }
-        if (!work) {
-            if (g_get_monotonic_time() > deadline)
-                g_error("loopback: %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
-                        " frames back, %" G_GUINT64_FORMAT " sent", got, n, sent);
-            vnet_fe_wait(fe, 0, 5);
-        }
-    }
-}
+/* ------------------- traffic helpers (loopback: itest_frames.h) ------------------- */
 
 /* The unix endpoint's port header of @fe. */
 static void ep_hdr(guint8 *h, VnetFe *fe)
@@ -256,8 +140,8 @@ static void tx_traffic(Dp *d, VnetFe *fe, guint64 n, const gsize *sizes, guint n
     while (got < n) {
         int work = 0;
         while (sent < n) {
-            gsize len = mix_size(sizes, nsizes, sent);
-            frame_fill(tx, len, sent, tag);
+            gsize len = itest_frame_size(sizes, nsizes, sent);
+            itest_frame_fill(tx, len, sent, tag);
             int r = vnet_fe_try_send(fe, tx, len, &e);
             g_assert_no_error(e);
             if (r == 0)
@@ -273,8 +157,8 @@ static void tx_traffic(Dp *d, VnetFe *fe, guint64 n, const gsize *sizes, guint n
             }
             g_assert_cmpint(r, >=, EP_HDR);
             g_assert_cmpmem(rx, EP_HDR, want_hdr, EP_HDR);
-            frame_check(rx + EP_HDR, (gsize)r - EP_HDR, mix_size(sizes, nsizes, got), got, tag,
-                        "driver VM -> device VM");
+            itest_frame_check(rx + EP_HDR, (gsize)r - EP_HDR, itest_frame_size(sizes, nsizes, got),
+                              got, tag, "driver VM -> device VM");
             got++;
             work++;
         }
@@ -301,8 +185,8 @@ static void rx_traffic(Dp *d, VnetFe *fe, guint64 n, const gsize *sizes, guint n
     while (got < n) {
         int work = 0;
         while (sent < n && sent - got < 256) {
-            gsize len = mix_size(sizes, nsizes, sent);
-            frame_fill(tx + EP_HDR, len, sent, tag);
+            gsize len = itest_frame_size(sizes, nsizes, sent);
+            itest_frame_fill(tx + EP_HDR, len, sent, tag);
             gssize r = send(d->ep, tx, EP_HDR + len, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (r < 0) {
                 g_assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
@@ -318,7 +202,8 @@ static void rx_traffic(Dp *d, VnetFe *fe, guint64 n, const gsize *sizes, guint n
             g_assert_no_error(e);
             if (r == 0)
                 break;
-            frame_check(rx, len, mix_size(sizes, nsizes, got), got, tag, "device VM -> driver VM");
+            itest_frame_check(rx, len, itest_frame_size(sizes, nsizes, got), got, tag,
+                              "device VM -> driver VM");
             got++;
             work++;
         }
@@ -406,24 +291,24 @@ static void test_loopback_sizes(void)
 {
     Dp d;
     dp_start(&d, "loopback");
-    VnetVm *vm = vm_new(&d, 4 * MiB);
-    VnetFe *a = fe_new(vm, &(VnetFeConfig){ .device_id = 1 });
+    VnetVm *vm = itest_vnet_vm(&d.env, 4 * MiB);
+    VnetFe *a = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 1 });
     g_assert_true(a->mrg);
     g_assert_cmpuint(a->hdr_len, ==, 12);
     for (guint s = 0; s < 3; s++)
-        loop_traffic(a, 0, 300, &SIZES3[s], 1, 32, (guint8)s);
-    loop_traffic(a, 0, 3000, SIZES3, 3, 64, 7);
+        itest_loop_traffic(a, 0, 300, &SIZES3[s], 1, 32, (guint8)s, LOOP_S);
+    itest_loop_traffic(a, 0, 3000, SIZES3, 3, 64, 7, LOOP_S);
     QState tq = dp_wait_packets(&d, vm, 1, 1, 3900);
     g_assert_cmpint(tq.packets, ==, 3900);
     g_assert_false(tq.broken);
     QState rq = dp_queue(&d, vm, 1, 0);
     g_assert_cmpint(rq.packets, ==, 3900);
 
-    VnetFe *b = fe_new(vm, &(VnetFeConfig){ .device_id = 2, .rx_buf_size = 512 });
-    loop_traffic(b, 0, 2000, SIZES3, 3, 16, 9);
+    VnetFe *b = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 2, .rx_buf_size = 512 });
+    itest_loop_traffic(b, 0, 2000, SIZES3, 3, 16, 9, LOOP_S);
     /* 60 -> 1 buffer, 1514 -> 3, 9000 -> 18: the receive ring moved that far. */
     g_assert_cmpuint(b->q[0].vr.last_used_idx, ==, (guint16)(667 * 1 + 667 * 3 + 666 * 18));
-    loop_traffic(a, 5000, 100, SIZES3, 3, 8, 3); /* the first one still works */
+    itest_loop_traffic(a, 5000, 100, SIZES3, 3, 8, 3, LOOP_S); /* the first one still works */
     vnet_fe_free(b);
     vnet_fe_free(a);
     vnet_vm_free(vm);
@@ -459,8 +344,8 @@ static void test_unix_directions(void)
     dp_start(&d, "unix");
     for (guint i = 0; i < G_N_ELEMENTS(sets); i++) {
         g_test_message("feature set: %s", sets[i].name);
-        VnetVm *vm = vm_new(&d, 4 * MiB);
-        VnetFe *fe = fe_new(vm, &sets[i].cfg);
+        VnetVm *vm = itest_vnet_vm(&d.env, 4 * MiB);
+        VnetFe *fe = itest_vnet_fe(vm, &sets[i].cfg);
         g_assert_cmpuint(fe->hdr_len, ==, sets[i].hdr_len);
         tx_traffic(&d, fe, 600, SIZES3, 3, (guint8)i);
         rx_traffic(&d, fe, 600, SIZES3, 3, (guint8)(i + 100));
@@ -486,9 +371,9 @@ static void test_wrap(void)
     const guint64 n = 3 * 65536 + 4321;
     Dp d;
     dp_start(&d, "loopback");
-    VnetVm *vm = vm_new(&d, 4 * MiB);
-    VnetFe *fe = fe_new(vm, &(VnetFeConfig){ .device_id = 7 });
-    loop_traffic(fe, 0, n, mix, G_N_ELEMENTS(mix), 128, 5);
+    VnetVm *vm = itest_vnet_vm(&d.env, 4 * MiB);
+    VnetFe *fe = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 7 });
+    itest_loop_traffic(fe, 0, n, mix, G_N_ELEMENTS(mix), 128, 5, LOOP_S);
     /* TX: one chain per frame; RX: 60 and 1514 take one 2048-byte buffer, 9000 five. */
     guint64 rx_chains = n / 8 * 12 + 0;
     for (guint64 k = n / 8 * 8; k < n; k++)
@@ -530,8 +415,8 @@ static guint64 fill_up(VnetFe *fe, guint64 first, const gsize *sizes, guint nsiz
     gint64 quiet_since = g_get_monotonic_time();
     /* Keep sending until the ring stays full for 50 ms (guestd stopped taking). */
     while (g_get_monotonic_time() - quiet_since < 50000) {
-        gsize len = mix_size(sizes, nsizes, first + n);
-        frame_fill(tx, len, first + n, tag);
+        gsize len = itest_frame_size(sizes, nsizes, first + n);
+        itest_frame_fill(tx, len, first + n, tag);
         int r = vnet_fe_try_send(fe, tx, len, &e);
         g_assert_no_error(e);
         if (r == 1) {
@@ -563,10 +448,10 @@ static void test_memory_hotplug(void)
     GError *e = NULL;
     Dp d;
     dp_start(&d, "loopback");
-    VnetVm *vm = vm_new(&d, 4 * MiB);
-    VnetFe *fe = fe_new(vm, &(VnetFeConfig){ .device_id = 1 });
+    VnetVm *vm = itest_vnet_vm(&d.env, 4 * MiB);
+    VnetFe *fe = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 1 });
     guint64 seq = 0;
-    loop_traffic(fe, seq, 1000, mix, nmix, 64, 1);
+    itest_loop_traffic(fe, seq, 1000, mix, nmix, 64, 1, LOOP_S);
     seq += 1000;
 
     /* Hot-add 1 MiB at 4 GiB with frames held, then move the transmit buffers there. */
@@ -574,25 +459,25 @@ static void test_memory_hotplug(void)
     g_assert_cmpuint(held, >, 0);
     int r2 = vnet_vm_add_memory(vm, 4 * GiB, 1 * MiB, &e);
     g_assert_no_error(e);
-    loop_traffic(fe, seq, held, mix, nmix, 0, 1); /* window 0: only receive */
+    itest_loop_traffic(fe, seq, held, mix, nmix, 0, 1, LOOP_S); /* window 0: only receive */
     seq += held;
     g_assert_true(vnet_fe_move_tx(fe, (guint)r2, TMO, &e));
     g_assert_no_error(e);
     g_assert_cmpuint(fe->tx_gpa, >=, 4 * GiB);
-    loop_traffic(fe, seq, 1000, mix, nmix, 64, 1);
+    itest_loop_traffic(fe, seq, 1000, mix, nmix, 64, 1, LOOP_S);
     seq += 1000;
 
     /* Hot-add 1 MiB at 5 GiB, then hot-remove it (no buffer uses it) with frames held. */
     int r3 = vnet_vm_add_memory(vm, 5 * GiB, 1 * MiB, &e);
     g_assert_no_error(e);
-    loop_traffic(fe, seq, 500, mix, nmix, 64, 1);
+    itest_loop_traffic(fe, seq, 500, mix, nmix, 64, 1, LOOP_S);
     seq += 500;
     held = fill_up(fe, seq, mix, nmix, 1);
     g_assert_true(vnet_vm_del_memory(vm, (guint)r3, &e));
     g_assert_no_error(e);
-    loop_traffic(fe, seq, held, mix, nmix, 0, 1);
+    itest_loop_traffic(fe, seq, held, mix, nmix, 0, 1, LOOP_S);
     seq += held;
-    loop_traffic(fe, seq, 1000, mix, nmix, 64, 1);
+    itest_loop_traffic(fe, seq, 1000, mix, nmix, 64, 1, LOOP_S);
     seq += 1000;
 
     /* 4 MiB more cannot fit the 8 MiB logical BAR: the server clones the device
@@ -604,9 +489,9 @@ static void test_memory_hotplug(void)
     g_assert_cmpint(r4, >, 0);
     struct { const char *uuid; gint64 want; } w = { vm->uuid, 1 };
     itest_wait_for(&d.env, server_clones_is, &w, TMO, "one clone");
-    loop_traffic(fe, seq, held, mix, nmix, 0, 1);
+    itest_loop_traffic(fe, seq, held, mix, nmix, 0, 1, LOOP_S);
     seq += held;
-    loop_traffic(fe, seq, 2000, mix, nmix, 64, 1);
+    itest_loop_traffic(fe, seq, 2000, mix, nmix, 64, 1, LOOP_S);
     seq += 2000;
     QState tq = dp_wait_packets(&d, vm, 1, 1, 1);
     g_assert_false(tq.broken);
@@ -631,7 +516,7 @@ static void ep_inject(Dp *d, VnetFe *fe, guint64 seq, gsize len, guint8 tag)
 {
     static guint8 pkt[EP_HDR + 65536];
     ep_hdr(pkt, fe);
-    frame_fill(pkt + EP_HDR, len, seq, tag);
+    itest_frame_fill(pkt + EP_HDR, len, seq, tag);
     g_assert_cmpint(send(d->ep, pkt, EP_HDR + len, MSG_NOSIGNAL), ==, (gssize)(EP_HDR + len));
 }
 
@@ -665,11 +550,11 @@ static void test_notifications(void)
     static guint8 buf[65536];
     gsize len = 0;
     for (guint variant = 0; variant < 2; variant++) {
-        VnetVm *vm = vm_new(&d, 4 * MiB);
+        VnetVm *vm = itest_vnet_vm(&d.env, 4 * MiB);
         VnetFeConfig cfg = { .device_id = 1 };
         if (variant == 1)
             cfg.features = (1ULL << VP_VIRTIO_F_VERSION_1) | (1ULL << VP_VIRTIO_NET_F_MRG_RXBUF);
-        VnetFe *fe = fe_new(vm, &cfg);
+        VnetFe *fe = itest_vnet_fe(vm, &cfg);
         g_assert_cmpint(fe->q[0].vr.event_idx, ==, variant == 0);
         take_irqs(fe, 0);
         /* Asked for: one interrupt. */
@@ -688,7 +573,7 @@ static void test_notifications(void)
         g_assert_cmpuint(take_irqs(fe, 0), ==, 0);
         for (guint i = 0; i <= 20; i++) {
             g_assert_cmpint(vnet_fe_try_recv(fe, buf, sizeof(buf), &len, &e), ==, 1);
-            frame_check(buf, len, i ? 1514 : 60, i, 1, "notifications");
+            itest_frame_check(buf, len, i ? 1514 : 60, i, 1, "notifications");
         }
         /* Asked for again: one more. */
         g_assert_false(vp_vring_drv_set_notify(&fe->q[0].vr, true));
@@ -696,7 +581,7 @@ static void test_notifications(void)
         g_assert_cmpint(poll(&p, 1, TMO), ==, 1);
         g_assert_cmpuint(take_irqs(fe, 0), >=, 1);
         g_assert_cmpint(vnet_fe_recv(fe, buf, sizeof(buf), &len, TMO, &e), ==, 1);
-        frame_check(buf, len, 9000, 21, 1, "notifications");
+        itest_frame_check(buf, len, 9000, 21, 1, "notifications");
         vnet_fe_free(fe);
         vnet_vm_free(vm);
     }
@@ -712,8 +597,8 @@ static void test_oversize(void)
     GError *e = NULL;
     static guint8 buf[65536];
     gsize len = 0;
-    VnetVm *vm = vm_new(&d, 4 * MiB);
-    VnetFe *fe = fe_new(vm, &(VnetFeConfig){
+    VnetVm *vm = itest_vnet_vm(&d.env, 4 * MiB);
+    VnetFe *fe = itest_vnet_fe(vm, &(VnetFeConfig){
         .device_id = 1, .rx_buf_size = 2048, .rx_bufs = 16,
         .features = (1ULL << VP_VIRTIO_F_VERSION_1) | (1ULL << VP_VIRTIO_F_RING_EVENT_IDX) });
     g_assert_false(fe->mrg);
@@ -723,9 +608,9 @@ static void test_oversize(void)
     ep_inject(&d, fe, 2, 2049, 2);   /* one byte too many: dropped */
     ep_inject(&d, fe, 3, 60, 2);
     g_assert_cmpint(vnet_fe_recv(fe, buf, sizeof(buf), &len, TMO, &e), ==, 1);
-    frame_check(buf, len, 2048, 1, 2, "oversize");
+    itest_frame_check(buf, len, 2048, 1, 2, "oversize");
     g_assert_cmpint(vnet_fe_recv(fe, buf, sizeof(buf), &len, TMO, &e), ==, 1);
-    frame_check(buf, len, 60, 3, 2, "oversize");
+    itest_frame_check(buf, len, 60, 3, 2, "oversize");
     g_assert_no_error(e);
     QState rq = dp_queue(&d, vm, 1, 0);
     g_assert_cmpint(rq.packets, ==, 2);
@@ -743,23 +628,23 @@ static void test_park_resume(void)
     GError *e = NULL;
     Dp d;
     dp_start(&d, "loopback");
-    VnetVm *vm = vm_new(&d, 4 * MiB);
-    VnetFe *fe = fe_new(vm, &(VnetFeConfig){ .device_id = 3 });
-    loop_traffic(fe, 0, 3000, SIZES3, 3, 64, 4);
+    VnetVm *vm = itest_vnet_vm(&d.env, 4 * MiB);
+    VnetFe *fe = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 3 });
+    itest_loop_traffic(fe, 0, 3000, SIZES3, 3, 64, 4, LOOP_S);
     g_assert_true(vnet_vm_del_memory(vm, 0, &e));
     g_assert_no_error(e);
     g_assert_true(guestd_log_has(&d, "net 3: virtqueue 0 parked at", ""));
     g_assert_true(guestd_log_has(&d, "net 3: virtqueue 1 parked at 3000", ""));
     /* Nothing moves while parked. */
     static guint8 f[100];
-    frame_fill(f, 60, 3000, 4);
+    itest_frame_fill(f, 60, 3000, 4);
     g_assert_cmpint(vnet_fe_try_send(fe, f, 60, &e), ==, 1);
     g_usleep(50000);
     g_assert_cmpuint(used_idx(fe, 1), ==, 3000);
     g_assert_true(vnet_vm_readd_memory(vm, 0, &e));
     g_assert_no_error(e);
-    loop_traffic(fe, 3000, 1, SIZES3, 3, 0, 4); /* the frame sent while parked */
-    loop_traffic(fe, 3001, 3000, SIZES3, 3, 64, 4);
+    itest_loop_traffic(fe, 3000, 1, SIZES3, 3, 0, 4, LOOP_S); /* the frame sent while parked */
+    itest_loop_traffic(fe, 3001, 3000, SIZES3, 3, 64, 4, LOOP_S);
     g_assert_false(dp_queue(&d, vm, 3, 0).broken || dp_queue(&d, vm, 3, 1).broken);
     vnet_fe_free(fe);
     vnet_vm_free(vm);
@@ -887,23 +772,23 @@ static void test_hostile(void)
     dp_start(&d, "unix");
     /* Good frontends: one in the same driver VM (same vhost-pci device) as the hostile
      * ones, one in another driver VM. */
-    VnetVm *vm = vm_new(&d, RAMB), *other = vm_new(&d, 4 * MiB);
-    VnetFe *good = fe_new(vm, &(VnetFeConfig){ .device_id = 1 });
-    VnetFe *good2 = fe_new(other, &(VnetFeConfig){ .device_id = 1 });
+    VnetVm *vm = itest_vnet_vm(&d.env, RAMB), *other = itest_vnet_vm(&d.env, 4 * MiB);
+    VnetFe *good = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 1 });
+    VnetFe *good2 = itest_vnet_fe(other, &(VnetFeConfig){ .device_id = 1 });
     tx_traffic(&d, good, 100, SIZES3, 3, 1);
     rx_traffic(&d, good2, 100, SIZES3, 3, 1);
     for (guint i = 0; i < G_N_ELEMENTS(attacks); i++) {
         const Attack *a = &attacks[i];
         guint64 id = 100 + i;
         g_test_message("attack: %s", a->name);
-        VnetFe *evil = fe_new(vm, &(VnetFeConfig){ .device_id = id, .qsize = 256,
+        VnetFe *evil = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = id, .qsize = 256,
                                                    .rx_bufs = 16, .rx_buf_size = 2048 });
         a->attack(evil);
         if (a->qi == 0) {
             /* Receive buffers are taken when a frame arrives: send one. */
             guint8 pkt[EP_HDR + 60];
             ep_hdr(pkt, evil);
-            frame_fill(pkt + EP_HDR, 60, 0, 0);
+            itest_frame_fill(pkt + EP_HDR, 60, 0, 0);
             g_assert_cmpint(send(d.ep, pkt, sizeof(pkt), MSG_NOSIGNAL), ==, (gssize)sizeof(pkt));
         }
         /* The attacked queue breaks, with the reason in guestd's log. */

@@ -21,12 +21,11 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "itest.h"
 #include "itest_fakegd.h"
-#include "vnet_frontend.h"
+#include "itest_frames.h"
 #include "vp_ctrlarea.h"
 #include "vp_wire.h"
 
@@ -219,72 +218,19 @@ static void test_restart(void)
 
 /* ------------------------------ (b) data path ------------------------------ */
 
-/* A frame of @len bytes whose every byte follows from @seq. */
-static void frame_fill(guint8 *f, gsize len, guint64 seq)
-{
-    static const guint8 hdr[14] = { 0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xb5 };
-    guint64 x = seq * 0x9e3779b97f4a7c15ULL + 1;
-    for (gsize i = 0; i < len; i++) {
-        if (i < 14) {
-            f[i] = hdr[i];
-        } else if (i < 22) {
-            f[i] = (guint8)(seq >> (8 * (i - 14)));
-        } else {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            f[i] = (guint8)x;
-        }
-    }
-}
+/* Frames (itest_frames.h): stream 0, sizes cycling through FRAME_SIZES. */
+static const gsize FRAME_SIZES[] = { 60, 1514, 9000 };
 
 static gsize frame_len(guint64 seq)
 {
-    static const gsize sizes[] = { 60, 1514, 9000 };
-    return sizes[seq % 3];
+    return itest_frame_size(FRAME_SIZES, G_N_ELEMENTS(FRAME_SIZES), seq);
 }
 
 /* Send frames [first, first + n) through guestd's loopback and check each one comes
- * back, in order, byte for byte (at most @window in flight; bounded). */
+ * back, in order, byte for byte (at most @window in flight; 30 s bound). */
 static void loop_traffic(VnetFe *fe, guint64 first, guint64 n, guint window)
 {
-    static guint8 tx[65536], rx[65536], want[65536];
-    GError *e = NULL;
-    guint64 sent = 0, got = 0;
-    gint64 deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
-    while (got < n) {
-        int work = 0;
-        while (sent < n && sent - got < window) {
-            gsize len = frame_len(first + sent);
-            frame_fill(tx, len, first + sent);
-            int r = vnet_fe_try_send(fe, tx, len, &e);
-            g_assert_no_error(e);
-            if (r == 0)
-                break;
-            sent++;
-            work++;
-        }
-        for (;;) {
-            gsize len = 0;
-            int r = vnet_fe_try_recv(fe, rx, sizeof(rx), &len, &e);
-            g_assert_no_error(e);
-            if (r == 0)
-                break;
-            guint64 seq = first + got;
-            g_assert_cmpuint(len, ==, frame_len(seq));
-            frame_fill(want, len, seq);
-            if (memcmp(rx, want, len) != 0)
-                g_error("loopback: frame %" G_GUINT64_FORMAT " differs", seq);
-            got++;
-            work++;
-        }
-        if (!work) {
-            if (g_get_monotonic_time() > deadline)
-                g_error("loopback: %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
-                        " frames back, %" G_GUINT64_FORMAT " sent", got, n, sent);
-            vnet_fe_wait(fe, 0, 5);
-        }
-    }
+    itest_loop_traffic(fe, first, n, FRAME_SIZES, G_N_ELEMENTS(FRAME_SIZES), window, 0, 30);
 }
 
 /* guestd's receive queue of its only frontend has carried @data packets. */
@@ -302,20 +248,13 @@ static void test_datapath(void)
     GError *e = NULL;
     char *tmp = g_dir_make_tmp("vp-reset-XXXXXX", &e);
     g_assert_no_error(e);
-    char *real = itest_bin("guestd");
-    char *wrapper = g_build_filename(tmp, "guestd", NULL);
-    char *script = g_strdup_printf("#!/bin/sh\nexec '%s' \"$@\" --endpoint loopback\n", real);
-    g_assert_true(g_file_set_contents(wrapper, script, -1, NULL));
-    g_assert_cmpint(chmod(wrapper, 0755), ==, 0);
+    char *wrapper = itest_guestd_endpoint_wrapper(tmp, "loopback");
     g_setenv("VP_GUESTD_BIN", wrapper, TRUE);
 
     ITestEnv env;
     itest_env_start(&env, NULL);
-    VnetVm *vm = vnet_vm_new(env.sock, NULL, 4 * MiB, &e);
-    g_assert_no_error(e);
-    VnetFe *fe = vnet_fe_new(vm, &(VnetFeConfig){ .device_id = 1 }, &e);
-    g_assert_no_error(e);
-    g_assert_nonnull(fe);
+    VnetVm *vm = itest_vnet_vm(&env, 4 * MiB);
+    VnetFe *fe = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 1 });
     char uuid[37];
     itest_uuid(vm->client, uuid);
     loop_traffic(fe, 0, 600, 32);
@@ -327,7 +266,7 @@ static void test_datapath(void)
      * ring but not yet taken by the frontend. */
     static guint8 tx[65536];
     for (guint64 s = 600; s < 608; s++) {
-        frame_fill(tx, frame_len(s), s);
+        itest_frame_fill(tx, frame_len(s), s, 0);
         g_assert_cmpint(vnet_fe_send(fe, tx, frame_len(s), TMO, &e), ==, 1);
         g_assert_no_error(e);
     }
@@ -349,16 +288,13 @@ static void test_datapath(void)
     json_node_unref(g);
 
     /* 600..607 are still there, once each, in order. */
-    static guint8 rx[65536], want[65536];
+    static guint8 rx[65536];
     for (guint64 seq = 600; seq < 608; seq++) {
         gsize len = 0;
         int r = vnet_fe_recv(fe, rx, sizeof(rx), &len, TMO, &e);
         g_assert_no_error(e);
         g_assert_cmpint(r, ==, 1);
-        g_assert_cmpuint(len, ==, frame_len(seq));
-        frame_fill(want, len, seq);
-        if (memcmp(rx, want, len) != 0)
-            g_error("after the restart: frame %" G_GUINT64_FORMAT " differs", seq);
+        itest_frame_check(rx, len, frame_len(seq), seq, 0, "after the restart");
     }
     gsize extra = 0;
     g_assert_cmpint(vnet_fe_try_recv(fe, rx, sizeof(rx), &extra, &e), ==, 0);
@@ -374,9 +310,7 @@ static void test_datapath(void)
     g_unsetenv("VP_GUESTD_BIN");
     unlink(wrapper);
     rmdir(tmp);
-    g_free(real);
     g_free(wrapper);
-    g_free(script);
     g_free(tmp);
 }
 
