@@ -69,36 +69,53 @@ VnetFe *itest_vnet_fe(VnetVm *vm, const VnetFeConfig *cfg)
     return fe;
 }
 
+guint itest_fe_send_frames(VnetFe *fe, guint64 first, guint64 n, guint64 *sent, guint64 got,
+                           guint64 window, const gsize *sizes, guint nsizes, guint8 tag)
+{
+    static guint8 tx[65536];
+    GError *e = NULL;
+    guint done = 0;
+    while (*sent < n && *sent - got < window) {
+        gsize len = itest_frame_size(sizes, nsizes, first + *sent);
+        itest_frame_fill(tx, len, first + *sent, tag);
+        int r = vnet_fe_try_send(fe, tx, len, &e);
+        g_assert_no_error(e);
+        if (r == 0)
+            break;
+        (*sent)++;
+        done++;
+    }
+    return done;
+}
+
+guint itest_fe_recv_frames(VnetFe *fe, guint64 first, guint64 *got, const gsize *sizes,
+                           guint nsizes, guint8 tag, const char *what)
+{
+    static guint8 rx[65536];
+    GError *e = NULL;
+    guint done = 0;
+    for (;;) {
+        gsize len = 0;
+        int r = vnet_fe_try_recv(fe, rx, sizeof(rx), &len, &e);
+        g_assert_no_error(e);
+        if (r == 0)
+            break;
+        itest_frame_check(rx, len, itest_frame_size(sizes, nsizes, first + *got), first + *got,
+                          tag, what);
+        (*got)++;
+        done++;
+    }
+    return done;
+}
+
 void itest_loop_traffic(VnetFe *fe, guint64 first, guint64 n, const gsize *sizes, guint nsizes,
                         guint window, guint8 tag, int timeout_s)
 {
-    static guint8 tx[65536], rx[65536];
-    GError *e = NULL;
     guint64 sent = 0, got = 0;
     gint64 deadline = g_get_monotonic_time() + (gint64)timeout_s * G_USEC_PER_SEC;
     while (got < n) {
-        int work = 0;
-        while (sent < n && sent - got < window) {
-            gsize len = itest_frame_size(sizes, nsizes, first + sent);
-            itest_frame_fill(tx, len, first + sent, tag);
-            int r = vnet_fe_try_send(fe, tx, len, &e);
-            g_assert_no_error(e);
-            if (r == 0)
-                break;
-            sent++;
-            work++;
-        }
-        for (;;) {
-            gsize len = 0;
-            int r = vnet_fe_try_recv(fe, rx, sizeof(rx), &len, &e);
-            g_assert_no_error(e);
-            if (r == 0)
-                break;
-            itest_frame_check(rx, len, itest_frame_size(sizes, nsizes, first + got), first + got,
-                              tag, "loopback");
-            got++;
-            work++;
-        }
+        guint work = itest_fe_send_frames(fe, first, n, &sent, got, window, sizes, nsizes, tag);
+        work += itest_fe_recv_frames(fe, first, &got, sizes, nsizes, tag, "loopback");
         if (!work) {
             if (g_get_monotonic_time() > deadline)
                 g_error("loopback: %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT

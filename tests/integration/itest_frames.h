@@ -40,6 +40,19 @@ VnetVm *itest_vnet_vm(ITestEnv *env, gsize ram);
  *  failure). Free with vnet_fe_free(). */
 VnetFe *itest_vnet_fe(VnetVm *vm, const VnetFeConfig *cfg);
 
+/** Frontend -> guestd: send frames first + *sent, ... of stream @tag (sizes:
+ *  itest_frame_size(sizes, nsizes, first + i)) while *@sent < @n and fewer than
+ *  @window are in flight (*@sent - @got; G_MAXUINT64: no window), until the transmit
+ *  queue is full. Advances *@sent; returns how many it sent. */
+guint itest_fe_send_frames(VnetFe *fe, guint64 first, guint64 n, guint64 *sent, guint64 got,
+                           guint64 window, const gsize *sizes, guint nsizes, guint8 tag);
+
+/** guestd -> frontend: take every frame the receive queue holds and check each is the
+ *  next one, frame first + *@got of stream @tag (itest_frame_check(), naming @what).
+ *  Advances *@got; returns how many it took. */
+guint itest_fe_recv_frames(VnetFe *fe, guint64 first, guint64 *got, const gsize *sizes,
+                           guint nsizes, guint8 tag, const char *what);
+
 /** Loopback (guestd --endpoint loopback): send frames [first, first + n) of stream
  *  @tag (sizes: itest_frame_size(sizes, nsizes, seq)) with at most @window in flight
  *  (0: only receive) and check each one comes back, in order, byte for byte. Aborts

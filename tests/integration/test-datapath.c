@@ -131,24 +131,14 @@ static void ep_hdr(guint8 *h, VnetFe *fe)
  */
 static void tx_traffic(Dp *d, VnetFe *fe, guint64 n, const gsize *sizes, guint nsizes, guint8 tag)
 {
-    static guint8 tx[65536], rx[EP_HDR + 65536];
+    static guint8 rx[EP_HDR + 65536];
     guint8 want_hdr[EP_HDR];
     ep_hdr(want_hdr, fe);
     GError *e = NULL;
     guint64 sent = 0, got = 0;
     gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
     while (got < n) {
-        int work = 0;
-        while (sent < n) {
-            gsize len = itest_frame_size(sizes, nsizes, sent);
-            itest_frame_fill(tx, len, sent, tag);
-            int r = vnet_fe_try_send(fe, tx, len, &e);
-            g_assert_no_error(e);
-            if (r == 0)
-                break;
-            sent++;
-            work++;
-        }
+        guint work = itest_fe_send_frames(fe, 0, n, &sent, got, G_MAXUINT64, sizes, nsizes, tag);
         for (;;) {
             gssize r = recv(d->ep, rx, sizeof(rx), MSG_DONTWAIT);
             if (r < 0) {
@@ -177,13 +167,12 @@ static void tx_traffic(Dp *d, VnetFe *fe, guint64 n, const gsize *sizes, guint n
 /* Unix endpoint -> guestd -> frontend: @n frames, each checked in order. */
 static void rx_traffic(Dp *d, VnetFe *fe, guint64 n, const gsize *sizes, guint nsizes, guint8 tag)
 {
-    static guint8 tx[EP_HDR + 65536], rx[65536];
-    GError *e = NULL;
+    static guint8 tx[EP_HDR + 65536];
     guint64 sent = 0, got = 0;
     gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
     ep_hdr(tx, fe);
     while (got < n) {
-        int work = 0;
+        guint work = 0;
         while (sent < n && sent - got < 256) {
             gsize len = itest_frame_size(sizes, nsizes, sent);
             itest_frame_fill(tx + EP_HDR, len, sent, tag);
@@ -196,17 +185,7 @@ static void rx_traffic(Dp *d, VnetFe *fe, guint64 n, const gsize *sizes, guint n
             sent++;
             work++;
         }
-        for (;;) {
-            gsize len = 0;
-            int r = vnet_fe_try_recv(fe, rx, sizeof(rx), &len, &e);
-            g_assert_no_error(e);
-            if (r == 0)
-                break;
-            itest_frame_check(rx, len, itest_frame_size(sizes, nsizes, got), got, tag,
-                              "device VM -> driver VM");
-            got++;
-            work++;
-        }
+        work += itest_fe_recv_frames(fe, 0, &got, sizes, nsizes, tag, "device VM -> driver VM");
         if (!work) {
             if (g_get_monotonic_time() > deadline)
                 g_error("rx: %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " frames arrived",
@@ -409,22 +388,14 @@ static void test_wrap(void)
  * many frames were queued. */
 static guint64 fill_up(VnetFe *fe, guint64 first, const gsize *sizes, guint nsizes, guint8 tag)
 {
-    static guint8 tx[65536];
-    GError *e = NULL;
     guint64 n = 0;
     gint64 quiet_since = g_get_monotonic_time();
     /* Keep sending until the ring stays full for 50 ms (guestd stopped taking). */
     while (g_get_monotonic_time() - quiet_since < 50000) {
-        gsize len = itest_frame_size(sizes, nsizes, first + n);
-        itest_frame_fill(tx, len, first + n, tag);
-        int r = vnet_fe_try_send(fe, tx, len, &e);
-        g_assert_no_error(e);
-        if (r == 1) {
-            n++;
+        if (itest_fe_send_frames(fe, first, G_MAXUINT64, &n, 0, G_MAXUINT64, sizes, nsizes, tag))
             quiet_since = g_get_monotonic_time();
-        } else {
+        else
             g_usleep(1000);
-        }
     }
     return n;
 }
