@@ -23,13 +23,9 @@ img=$B/guest
 ready_timeout=${VP_E2E_READY_TIMEOUT:-120}
 vpg=tools/vp-guest
 
-plan=12
-echo "1..$plan"
-n=0
-ok()     { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
-skip_rest() { while [ "$n" -lt "$plan" ]; do n=$((n + 1)); echo "ok $n # SKIP $1"; done; exit 0; }
-fail_rest() { while [ "$n" -lt "$plan" ]; do not_ok "$1"; done; exit 1; }
+# shellcheck source=../tap.sh
+. tests/tap.sh
+tap_plan 12
 
 server=$B/server/vhost-pci-server guestd=$B/guest-driver/vhost-pci-guestd
 ctl=$B/tools/vhost-pci-ctl client=$B/client/vhost-pci-client

@@ -19,13 +19,9 @@ img=$B/guest
 ready_timeout=${VP_E2E_READY_TIMEOUT:-90}
 vpg=tools/vp-guest
 
-plan=12
-echo "1..$plan"
-n=0
-ok()     { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
-check()  { local name=$1; shift; if "$@"; then ok "$name"; else not_ok "$name"; fi; }
-skip_rest() { while [ "$n" -lt "$plan" ]; do n=$((n + 1)); echo "ok $n # SKIP $1"; done; exit 0; }
+# shellcheck source=../tap.sh
+. tests/tap.sh
+tap_plan 12
 diag()   { sed 's/^/# /'; }
 
 run=$(mktemp -d /tmp/vp-e2e-boot.XXXXXX)

@@ -29,11 +29,9 @@ export VP_B=$B
 T=${VP_E2E_STEP_TIMEOUT:-120}
 ctl=$B/tools/vhost-pci-ctl
 
-plan=14
-echo "1..$plan"
-n=0
-ok()     { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do printf '%s\n' "$l" | sed 's/^/# /'; done; }
+# shellcheck source=../tap.sh
+. tests/tap.sh
+tap_plan 14
 # Cases that depend on a failed step: not ok, with the reason.
 blocked=
 need_pair() { [ -z "$blocked" ] && return 0; not_ok "$1" "not run: $blocked"; return 1; }
