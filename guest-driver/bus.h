@@ -113,6 +113,14 @@ struct gd_bus *gd_bus_local_new(struct gd_loop *loop, const char *path,
                                 const struct gd_bus_events *ev, void *opaque, vp_error *err);
 
 /**
+ * Set how many fds the `local` bus @bus may hold for its control functions
+ * (eventfds, driver VM vectors, window files); a message that would take it over is
+ * refused on its own. Default: RLIMIT_NOFILE at creation minus a reserve of 64 for
+ * everything else (status clients, endpoints). For tests and tuning.
+ */
+void gd_bus_local_set_fd_budget(struct gd_bus *bus, unsigned max);
+
+/**
  * The `pci` bus over the sysfs tree at @sysfs_root (normally "/sys"; tests pass a
  * fake tree of regular files). Rescans every @rescan_ms (0: only on gd_bus_sync()).
  * Returns NULL with a reason in @err.

@@ -11,17 +11,35 @@
  * A protocol violation closes the connection (after closing every received fd) and
  * unplugs everything; a bad but well-formed plug is refused with a warning.
  *
+ * Doorbell fds (the server's kick and interrupt eventfds, the driver VM's call fds)
+ * come from other processes: the call fds travel from the driver VM's VMM through
+ * the client daemon and the server unchecked (issue 12.1). A doorbell must never
+ * stall guestd, so only eventfds, FIFOs and sockets are kept, each is made
+ * O_NONBLOCK when it arrives, and every doorbell first asks poll(2) whether a write
+ * would block (a process sharing the file description could clear O_NONBLOCK
+ * again): a full eventfd counter, a full pipe or socket buffer means the reader has
+ * an unread notification, so the doorbell counts as rung. Any other kind of fd is
+ * refused at plug time; its vector fails every doorbell with -EBADF.
+ *
+ * File descriptors are budgeted (issue 12.4): the bus keeps what it holds below
+ * RLIMIT_NOFILE minus a reserve for the status socket and the endpoints. A message
+ * whose fds would exceed the budget, or whose fds the kernel could not install
+ * (MSG_CTRUNC: out of fds), is refused on its own with an error line naming the
+ * message and the limit; the connection and every other device carry on.
+ *
  * Ownership: every fd received belongs to this file until the matching unplug (the
  * control area memfd is closed right after mmap). libc only.
  */
 #include "bus.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -37,6 +55,7 @@
 #define LB_MAX_WINDOWS_PER_SLOT VP_MAX_WINDOWS
 #define LB_CONTROL_FDS 4                   /* memfd + 3 eventfds */
 #define LB_NEFD 3                          /* id0 v0, id0 v1, id1 v0 */
+#define LB_FD_RESERVE 64                   /* fds kept free for everything but the bus */
 
 struct lb_window {
     bool used;
@@ -61,6 +80,7 @@ struct gd_bus_local {
     int watch;
     bool lost;
     bool in_dispatch;             /* guards sync() against re-entry from callbacks */
+    unsigned fd_budget;           /* fds the controls may hold (RLIMIT_NOFILE - reserve) */
     struct lb_control *ctl[VP_LB_MAX_SLOTS];
 };
 
@@ -69,6 +89,71 @@ static struct gd_bus_local *to_lb(struct gd_bus *bus) { return (struct gd_bus_lo
 static struct lb_control *get_ctl(struct gd_bus_local *lb, unsigned slot)
 {
     return slot < VP_LB_MAX_SLOTS ? lb->ctl[slot] : NULL;
+}
+
+/* fds held by every control function (eventfds, vectors, windows). */
+static unsigned fds_held(const struct gd_bus_local *lb)
+{
+    unsigned n = 0;
+    for (unsigned s = 0; s < VP_LB_MAX_SLOTS; s++) {
+        const struct lb_control *c = lb->ctl[s];
+        if (!c)
+            continue;
+        for (unsigned i = 0; i < LB_NEFD; i++)
+            n += c->efd[i] >= 0;
+        for (unsigned i = 0; i < c->npeer; i++)
+            n += c->peer_efd[i] >= 0;
+        for (unsigned i = 0; i < LB_MAX_WINDOWS_PER_SLOT; i++)
+            n += c->win[i].used;
+    }
+    return n;
+}
+
+/* Whether @more fds (replacing @less held ones) fit the budget; else a reason. */
+static bool fds_fit(const struct gd_bus_local *lb, unsigned more, unsigned less, char *why,
+                    size_t len)
+{
+    unsigned held = fds_held(lb);
+    if (held - less + more <= lb->fd_budget)
+        return true;
+    snprintf(why, len, "the bus would hold %u file descriptors, over its budget of %u "
+             "(RLIMIT_NOFILE minus a reserve for other uses): raise the limit",
+             held - less + more, lb->fd_budget);
+    return false;
+}
+
+/*
+ * Keep @fd as a doorbell (file comment): an eventfd, FIFO or socket, made
+ * O_NONBLOCK. Returns 0, or -EBADF with the reason in @why (the caller closes it).
+ */
+static int adopt_doorbell(int fd, char *why, size_t len)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        snprintf(why, len, "fstat: %s", strerror(errno));
+        return -EBADF;
+    }
+    bool ok = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode);
+    if (!ok) {
+        /* An eventfd is an anonymous inode: only its /proc link names its kind. */
+        char path[64], link[64] = "";
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, link, sizeof(link) - 1);
+        if (n > 0)
+            link[n] = 0;
+        ok = !strcmp(link, "anon_inode:[eventfd]");
+        if (!ok) {
+            snprintf(why, len, "not an eventfd, FIFO or socket (%s)",
+                     link[0] ? link : S_ISREG(st.st_mode) ? "a regular file" : "unknown kind");
+            return -EBADF;
+        }
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
+        snprintf(why, len, "cannot make it non-blocking: %s", strerror(errno));
+        return -EBADF;
+    }
+    return 0;
 }
 
 static void free_control(struct lb_control *c)
@@ -160,6 +245,17 @@ static void on_plug_control(struct gd_bus_local *lb, const struct vp_lb_msg *m, 
         gd_warn("local bus: PLUG_CONTROL slot %u: control area: %s: ignored", slot, err.msg);
         goto fail;
     }
+    char why[200];
+    for (unsigned i = 0; i < LB_NEFD; i++) {
+        if (adopt_doorbell(fds[1 + i], why, sizeof(why)) < 0) {
+            gd_warn("local bus: PLUG_CONTROL slot %u: eventfd %u: %s: ignored", slot, i, why);
+            goto fail;
+        }
+    }
+    if (!fds_fit(lb, LB_NEFD, 0, why, sizeof(why))) {
+        gd_error("local bus: PLUG_CONTROL slot %u refused: %s", slot, why);
+        goto fail;
+    }
     c = calloc(1, sizeof(*c));
     if (!c) {
         gd_warn("local bus: PLUG_CONTROL slot %u: out of memory", slot);
@@ -201,6 +297,19 @@ static void on_peer_vectors(struct gd_bus_local *lb, const struct vp_lb_msg *m, 
         vp_close_fds(fds, nfds);
         return;
     }
+    unsigned old_held = 0;
+    for (unsigned i = 0; i < c->npeer; i++)
+        old_held += c->peer_efd[i] >= 0;
+    char why[200];
+    if (!fds_fit(lb, nfds, old_held, why, sizeof(why))) {
+        /* The old list stays: vector numbers are only ever appended (DESIGN 3), so
+         * the queues already started keep their doorbells; a queue that names a new
+         * vector gets -ERANGE from its doorbell (logged once by the data path). */
+        gd_error("local bus: PEER_VECTORS slot %u (%u vectors) refused: %s; the %u "
+                 "vectors announced before stay", m->slot, nfds, why, c->npeer);
+        vp_close_fds(fds, nfds);
+        return;
+    }
     int *list = NULL;
     if (nfds) {
         list = malloc(nfds * sizeof(*list));
@@ -213,12 +322,22 @@ static void on_peer_vectors(struct gd_bus_local *lb, const struct vp_lb_msg *m, 
     for (unsigned i = 0; i < c->npeer; i++)
         vp_close_fd(&c->peer_efd[i]);
     free(c->peer_efd);
+    unsigned refused = 0;
     for (unsigned i = 0; i < nfds; i++) {
+        if (adopt_doorbell(fds[i], why, sizeof(why)) < 0) {
+            if (!refused++)
+                gd_warn("local bus: slot %u: driver VM vector %u refused: %s (its doorbell "
+                        "will fail)", m->slot, i, why);
+            vp_close_fd(&fds[i]);
+        }
         list[i] = fds[i];
         fds[i] = -1;
     }
     c->peer_efd = list;
     c->npeer = nfds;
+    if (refused > 1)
+        gd_warn("local bus: slot %u: %u of %u driver VM vectors refused", m->slot, refused,
+                nfds);
     gd_debug("local bus: slot %u: driver VM has %u vectors", m->slot, nfds);
 }
 
@@ -255,6 +374,9 @@ static void on_plug_window(struct gd_bus_local *lb, const struct vp_lb_msg *m, i
     }
     if (!why && !w)
         why = "too many windows";
+    char budget[200];
+    if (!why && !fds_fit(lb, 1, 0, budget, sizeof(budget)))
+        why = budget;
     if (why) {
         gd_warn("local bus: PLUG_WINDOW slot %u devfn 0x%x refused: %s", m->slot, m->devfn,
                 why);
@@ -301,6 +423,18 @@ static int handle_one(struct gd_bus_local *lb)
     unsigned nfds = 0;
     vp_error err = { { 0 } };
     int r = vp_lb_recv(lb->sock, &m, fds, VP_LB_MAX_FDS, &nfds, &err);
+    if (r == -ENOBUFS) {
+        /* Out of fds: this one message is refused, the bus and the devices carry on
+         * (a control function that was not plugged is never used; a window that did
+         * not arrive fails the MEMORY_INFO that needs it; a vector list that did not
+         * arrive leaves the old one, see on_peer_vectors). */
+        struct rlimit rl = { 0 };
+        getrlimit(RLIMIT_NOFILE, &rl);
+        gd_error("%s: refused (out of file descriptors: this process may open %llu, the "
+                 "bus holds %u; raise RLIMIT_NOFILE)", err.msg,
+                 (unsigned long long)rl.rlim_cur, fds_held(lb));
+        return 0;
+    }
     if (r < 0) {
         char why[300];
         if (r == -ECONNRESET)
@@ -437,10 +571,17 @@ static int lb_doorbell(struct gd_bus *bus, unsigned slot, uint16_t peer, uint16_
     else if (peer == VP_ID_DRIVER_VM && vector < c->npeer)
         fd = c->peer_efd[vector];
     if (fd < 0)
-        return -ERANGE;
+        return peer == VP_ID_DRIVER_VM && vector < c->npeer ? -EBADF : -ERANGE;
+    /* Never block (file comment): ask first, then write non-blocking. */
+    struct pollfd p = { .fd = fd, .events = POLLOUT };
+    int n = poll(&p, 1, 0);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    if (n == 0)
+        return 0; /* full: the reader has a notification it has not read yet */
     uint64_t one = 1;
-    if (write(fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-        return -errno; /* EAGAIN: counter saturated, the peer is notified anyway */
+    if (write(fd, &one, sizeof(one)) < 0 && errno != EAGAIN && errno != EINTR)
+        return -errno; /* EAGAIN: counter or buffer full, the peer is notified anyway */
     return 0;
 }
 
@@ -509,6 +650,8 @@ static const struct gd_bus_ops local_ops = {
     .destroy = lb_destroy,
 };
 
+void gd_bus_local_set_fd_budget(struct gd_bus *bus, unsigned max) { to_lb(bus)->fd_budget = max; }
+
 struct gd_bus *gd_bus_local_new(struct gd_loop *loop, const char *path,
                                 unsigned connect_timeout_ms,
                                 const struct gd_bus_events *ev, void *opaque, vp_error *err)
@@ -527,6 +670,11 @@ struct gd_bus *gd_bus_local_new(struct gd_loop *loop, const char *path,
     lb->base = (struct gd_bus){ .ops = &local_ops, .loop = loop, .ev = ev, .ev_opaque = opaque };
     memcpy(lb->path, sa.sun_path, sizeof(lb->path));
     lb->sock = -1;
+    struct rlimit rl;
+    rlim_t lim = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+    if (lim == RLIM_INFINITY || lim > UINT32_MAX)
+        lim = UINT32_MAX;
+    lb->fd_budget = lim > 2 * LB_FD_RESERVE ? (unsigned)(lim - LB_FD_RESERVE) : (unsigned)lim / 2;
 
     uint64_t deadline = gd_now_ns() + (uint64_t)connect_timeout_ms * 1000000ULL;
     for (;;) {

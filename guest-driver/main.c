@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -161,6 +162,22 @@ static int parse_args(int argc, char **argv, struct opts *o)
     return 0;
 }
 
+/* Every device holds eventfds, call fds and window files: raise the soft fd limit to
+ * the hard one (the local bus budgets its fds below it, issue 12.4). */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            gd_warn("raising the file descriptor limit from %llu to %llu: %s",
+                    (unsigned long long)was, (unsigned long long)rl.rlim_max, strerror(errno));
+    }
+}
+
 static void on_signal(void *opaque, int fd, short revents)
 {
     struct gd_loop *loop = opaque;
@@ -196,6 +213,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    raise_nofile();
     signal(SIGPIPE, SIG_IGN);
     sigset_t set;
     sigemptyset(&set);

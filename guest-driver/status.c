@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -106,6 +107,9 @@ void gd_status_render(struct gd_cp *cp, struct gd_json *j)
 {
     gd_json_begin_object(j, NULL);
     gd_json_string(j, "bus", cp->bus ? cp->bus->ops->name : "");
+    struct rlimit rl = { 0 };
+    getrlimit(RLIMIT_NOFILE, &rl);
+    gd_json_uint(j, "fd_limit", rl.rlim_cur);
     gd_json_begin_array(j, "devices");
     for (unsigned s = 0; s < GD_CP_MAX_SLOTS; s++) {
         if (cp->dev[s])

@@ -157,11 +157,6 @@ int vp_lb_recv(int sock, struct vp_lb_msg *m, int *fds, unsigned maxfds, unsigne
         done += (size_t)n;
     }
 
-    if (ctrunc) {
-        ret = vp_fail(err, -EPROTO, "local bus: control data truncated (MSG_CTRUNC), "
-                      "fds lost");
-        goto fail;
-    }
     if (overflow) {
         ret = vp_fail(err, -EPROTO, "local bus: more fds than the %u expected", maxfds);
         goto fail;
@@ -192,6 +187,15 @@ int vp_lb_recv(int sock, struct vp_lb_msg *m, int *fds, unsigned maxfds, unsigne
         ret = vp_fail(err, -EPROTO, "local bus %s: slot %u out of range (max %d)", ti->name,
                       m->slot, VP_LB_MAX_SLOTS - 1);
         goto fail;
+    }
+    if (ctrunc) {
+        /* The message arrived whole (the stream stays in step) but the kernel could
+         * not hand over its fds, typically because the receiver is at RLIMIT_NOFILE:
+         * the header is returned so that the receiver can refuse this one message. */
+        vp_close_fds(fds, *nfds);
+        *nfds = 0;
+        return vp_fail(err, -ENOBUFS, "local bus %s (slot %u): control data truncated "
+                       "(MSG_CTRUNC): its %u fds did not arrive", ti->name, m->slot, m->count);
     }
     uint64_t want = ti->nfds == FDS_FROM_COUNT ? m->count : (uint64_t)ti->nfds;
     if (*nfds != want) {

@@ -74,8 +74,11 @@ int vp_lb_send(int sock, const struct vp_lb_msg *m, const int *fds, unsigned nfd
  * within a few seconds (blocking or not), else -EPROTO "short message". On success
  * returns 0 and the received fds are owned by the caller (fds[0..*nfds), capacity
  * @maxfds). Returns -ECONNRESET on EOF, -EPROTO (short message, unknown type,
- * MSG_CTRUNC, fd count not the type's), or -errno; on error every fd received with
- * the message is closed and a reason is in @err.
+ * fd count not the type's), or -errno; on error every fd received with the message
+ * is closed and a reason is in @err. -ENOBUFS: a well-formed message whose fds the
+ * kernel could not install (MSG_CTRUNC, e.g. the receiver is at RLIMIT_NOFILE): *@m
+ * is decoded (type and slot checked), no fd is returned, and the stream is still in
+ * step, so the receiver may refuse just that message.
  */
 int vp_lb_recv(int sock, struct vp_lb_msg *m, int *fds, unsigned maxfds, unsigned *nfds,
                vp_error *err);

@@ -24,8 +24,13 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "itest.h"
@@ -48,7 +53,14 @@ typedef struct {
     int ep;                       /* connection to guestd's unix endpoint, or -1 */
 } Dp;
 
-static void dp_start(Dp *d, const char *endpoint)
+/* Start server and guestd with --endpoint @endpoint; @pre (NULL: none) is a shell
+ * line the guestd wrapper runs first (e.g. "ulimit -Sn 64"), @args (NULL: none) more
+ * guestd arguments. */
+static void dp_start_with(Dp *d, const char *endpoint, const char *pre, const char *args);
+
+static void dp_start(Dp *d, const char *endpoint) { dp_start_with(d, endpoint, NULL, NULL); }
+
+static void dp_start_with(Dp *d, const char *endpoint, const char *pre, const char *args)
 {
     memset(d, 0, sizeof(*d));
     d->ep = -1;
@@ -63,6 +75,18 @@ static void dp_start(Dp *d, const char *endpoint)
         spec = g_strdup(endpoint);
     }
     char *wrapper = itest_guestd_endpoint_wrapper(d->tmp, spec);
+    if (pre || args) {
+        char *text = NULL;
+        g_assert_true(g_file_get_contents(wrapper, &text, NULL, NULL));
+        g_assert_true(g_str_has_prefix(text, "#!/bin/sh\n") && g_str_has_suffix(text, "\n"));
+        text[strlen(text) - 1] = 0;
+        char *with = g_strdup_printf("#!/bin/sh\n%s\n%s %s\n", pre ? pre : "",
+                                     text + strlen("#!/bin/sh\n"), args ? args : "");
+        g_assert_true(g_file_set_contents(wrapper, with, -1, NULL));
+        g_assert_cmpint(chmod(wrapper, 0755), ==, 0);
+        g_free(with);
+        g_free(text);
+    }
     g_setenv("VP_GUESTD_BIN", wrapper, TRUE);
     itest_env_start(&d->env, NULL);
     g_unsetenv("VP_GUESTD_BIN");
@@ -807,6 +831,81 @@ static void test_hostile(void)
     dp_stop(&d);
 }
 
+/* Issue 12.1: a driver VM whose call fds are blocking eventfds with a full counter
+ * (the server passes any fd on). guestd's doorbell on them used to block for ever:
+ * every device's data path and controlq stopped, the status socket went silent, and
+ * SIGTERM did not end it. Now the other driver VM's traffic goes on, the status
+ * socket answers, the hostile frontend's own frames still come back, and SIGTERM
+ * ends guestd with status 0. */
+static void test_hostile_call_fds(void)
+{
+    Dp d;
+    dp_start(&d, "loopback");
+    int full = eventfd(0, EFD_CLOEXEC);               /* blocking */
+    uint64_t max = 0xfffffffffffffffeULL;
+    g_assert_cmpint(write(full, &max, 8), ==, 8);
+    VnetVm *evm = itest_vnet_vm(&d.env, 4 * MiB), *gvm = itest_vnet_vm(&d.env, 4 * MiB);
+    VnetFe *evil = itest_vnet_fe(evm, &(VnetFeConfig){ .device_id = 7, .custom_call = TRUE,
+                                                      .call_fd = { full, full } });
+    VnetFe *good = itest_vnet_fe(gvm, &(VnetFeConfig){ .device_id = 1 });
+    /* The hostile frontend's frames make guestd ring its (full) call fd. */
+    guint64 sent = 0, got = 0;
+    g_assert_cmpuint(itest_fe_send_frames(evil, 0, 32, &sent, 0, 32, SIZES3, 1, 4), ==, 32);
+    itest_loop_traffic(good, 0, 2000, SIZES3, 3, 32, 5, LOOP_S);
+    gint64 deadline = g_get_monotonic_time() + TMO * 1000;
+    while (got < sent) {
+        if (!itest_fe_recv_frames(evil, 0, &got, SIZES3, 1, 4, "hostile call fd")) {
+            g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+            g_usleep(1000);
+        }
+    }
+    JsonNode *g = itest_guestd_status(&d.env);
+    json_node_unref(g);
+    itest_loop_traffic(good, 2000, 500, SIZES3, 3, 32, 5, LOOP_S);
+    /* SIGTERM ends guestd, cleanly. */
+    GPid pid = d.env.guestd_pid;
+    g_assert_cmpint(kill(pid, SIGTERM), ==, 0);
+    int st = 0;
+    deadline = g_get_monotonic_time() + 3 * G_USEC_PER_SEC;
+    while (waitpid(pid, &st, WNOHANG) == 0) {
+        if (g_get_monotonic_time() > deadline)
+            g_error("guestd did not end within 3 s of SIGTERM");
+        g_usleep(10000);
+    }
+    g_assert_true(WIFEXITED(st));
+    g_assert_cmpint(WEXITSTATUS(st), ==, 0);
+    d.env.guestd_pid = 0;
+    vnet_fe_free(evil);
+    vnet_fe_free(good);
+    vnet_vm_free(evm);
+    vnet_vm_free(gvm);
+    vp_close_fd(&full);
+    dp_stop(&d);
+}
+
+/* Issue 12.4: guestd raises its own RLIMIT_NOFILE (soft) to the hard limit; started
+ * with a soft limit of 64 it reports the hard one. */
+static void test_fd_limit(void)
+{
+    struct rlimit rl;
+    g_assert_cmpint(getrlimit(RLIMIT_NOFILE, &rl), ==, 0);
+    if (rl.rlim_max <= 64) {
+        g_test_skip("the hard RLIMIT_NOFILE is 64 or less: nothing to raise");
+        return;
+    }
+    Dp d;
+    dp_start_with(&d, "loopback", "ulimit -Sn 64", NULL);
+    JsonNode *g = itest_guestd_status(&d.env);
+    g_assert_cmpint(itest_int(json_node_get_object(g), "fd_limit"), ==, (gint64)rl.rlim_max);
+    json_node_unref(g);
+    VnetVm *vm = itest_vnet_vm(&d.env, 4 * MiB);
+    VnetFe *fe = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 1 });
+    itest_loop_traffic(fe, 0, 100, SIZES3, 3, 16, 1, LOOP_S);
+    vnet_fe_free(fe);
+    vnet_vm_free(vm);
+    dp_stop(&d);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -818,5 +917,7 @@ int main(int argc, char **argv)
     g_test_add_func("/datapath/oversize", test_oversize);
     g_test_add_func("/datapath/park-resume", test_park_resume);
     g_test_add_func("/datapath/hostile-frontends", test_hostile);
+    g_test_add_func("/datapath/hostile-call-fds", test_hostile_call_fds);
+    g_test_add_func("/datapath/fd-limit", test_fd_limit);
     return g_test_run();
 }

@@ -11,12 +11,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
+#include <signal.h>
 #include <glib/gstdio.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -277,6 +279,225 @@ static void test_local_bus_protocol_error(void)
     vp_assert_fds(before);
 }
 
+/* Plug a good control function into @slot of @r (control area + three eventfds the
+ * test keeps in @e); returns the device. @fk is attached (the test can then send). */
+static struct gd_device *plug_control(struct lb_rig *r, unsigned slot, struct fk_dev *fk,
+                                      int *cafd, int e[3])
+{
+    *cafd = vp_test_memfd("ca", VP_CA_SIZE, TRUE);
+    fk->ca = mmap(NULL, VP_CA_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, *cafd, 0);
+    g_assert_true(fk->ca != MAP_FAILED);
+    fk_write_header(fk->ca, FK_BAR_SIZE);
+    for (int i = 0; i < 3; i++)
+        e[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int fds[4] = { *cafd, e[0], e[1], e[2] };
+    struct vp_lb_msg m = { .type = VP_LB_PLUG_CONTROL, .slot = slot, .count = 4,
+                           .size = VP_CA_SIZE };
+    g_assert_cmpint(vp_lb_send(r->srv, &m, fds, 4), ==, 0);
+    ITERATE_UNTIL(r->loop, gd_cp_device(r->cp, slot) != NULL);
+    struct gd_device *d = gd_cp_device(r->cp, slot);
+    g_assert_false(d->broken);
+    fk_attach(fk);
+    return d;
+}
+
+static void unplug_control(struct lb_rig *r, unsigned slot, struct fk_dev *fk, int *cafd,
+                           int e[3])
+{
+    struct vp_lb_msg m = { .type = VP_LB_UNPLUG_CONTROL, .slot = slot };
+    g_assert_cmpint(vp_lb_send(r->srv, &m, NULL, 0), ==, 0);
+    lb_expect(r->loop, r->srv, VP_LB_EJECTED, slot, VP_LB_CONTROL_DEVFN);
+    munmap(fk->ca, VP_CA_SIZE);
+    vp_close_fds(e, 3);
+    vp_close_fd(cafd);
+}
+
+static void set_blocking(int fd, bool blocking)
+{
+    int fl = fcntl(fd, F_GETFL);
+    g_assert_cmpint(fl, >=, 0);
+    fl = blocking ? fl & ~O_NONBLOCK : fl | O_NONBLOCK;
+    g_assert_cmpint(fcntl(fd, F_SETFL, fl), ==, 0);
+}
+
+static bool is_nonblocking(int fd) { return fcntl(fd, F_GETFL) & O_NONBLOCK; }
+
+/* Issue 12.1: the driver VM's call fds come from another process unchecked. A
+ * blocking eventfd whose counter is full or a blocking pipe nobody reads must never
+ * stall guestd (its doorbell returns at once), an fd of another kind is refused, and
+ * a process that shares the file description and clears O_NONBLOCK again does not
+ * stall it either. Without the fix the first doorbell below blocks for ever (the
+ * alarm then ends the test program). */
+static void test_local_bus_doorbell_never_blocks(void)
+{
+    gd_log_set_level(g_test_verbose() ? GD_LOG_DEBUG : GD_LOG_ERROR);
+    int before = vp_count_open_fds();
+    struct lb_rig rig;
+    lb_rig_up(&rig);
+    struct fk_dev fk = { 0 };
+    int cafd, e[3];
+    struct gd_device *d = plug_control(&rig, 3, &fk, &cafd, e);
+
+    int full = eventfd(0, EFD_CLOEXEC);          /* blocking, counter at its maximum */
+    uint64_t max = 0xfffffffffffffffeULL;
+    g_assert_cmpint(write(full, &max, 8), ==, 8);
+    int pp[2];
+    g_assert_cmpint(pipe2(pp, O_CLOEXEC | O_NONBLOCK), ==, 0);
+    char junk[4096] = { 0 };
+    while (write(pp[1], junk, sizeof(junk)) > 0)
+        ;                                        /* full pipe ... */
+    set_blocking(pp[1], true);                   /* ... in blocking mode */
+    int file = vp_test_memfd("not-an-eventfd", 4096, FALSE);
+    int good = eventfd(0, EFD_CLOEXEC);
+    int vec[4] = { full, pp[1], file, good };
+    struct vp_lb_msg m = { .type = VP_LB_PEER_VECTORS, .slot = 3, .count = 4,
+                           .arg = VP_ID_DRIVER_VM };
+    g_assert_cmpint(vp_lb_send(rig.srv, &m, vec, 4), ==, 0);
+    ITERATE_UNTIL(rig.loop, gd_bus_peer_vectors(rig.bus, 3, VP_ID_DRIVER_VM) == 4);
+    /* guestd made the descriptions it kept non-blocking (the test shares them). */
+    g_assert_true(is_nonblocking(full));
+    g_assert_true(is_nonblocking(pp[1]));
+    g_assert_true(is_nonblocking(good));
+
+    alarm(20); /* a blocked doorbell ends the program instead of hanging the suite */
+    g_assert_cmpint(gd_device_notify_peer(d, 0), ==, 0);      /* full counter: rung */
+    g_assert_cmpint(gd_device_notify_peer(d, 1), ==, 0);      /* full pipe: rung */
+    g_assert_cmpint(gd_device_notify_peer(d, 2), ==, -EBADF); /* refused at plug */
+    g_assert_cmpint(gd_device_notify_peer(d, 3), ==, 0);
+    uint64_t v = 0;
+    g_assert_cmpint(read(good, &v, 8), ==, 8);
+    g_assert_cmpuint(v, ==, 1);
+    /* Someone clears O_NONBLOCK again behind guestd's back: still never blocks. */
+    set_blocking(full, true);
+    set_blocking(pp[1], true);
+    for (int i = 0; i < 100; i++) {
+        g_assert_cmpint(gd_device_notify_peer(d, 0), ==, 0);
+        g_assert_cmpint(gd_device_notify_peer(d, 1), ==, 0);
+    }
+    /* Once the reader reads, the doorbell gets through again. */
+    g_assert_cmpint(read(full, &v, 8), ==, 8);
+    g_assert_cmpint(gd_device_notify_peer(d, 0), ==, 0);
+    g_assert_cmpint(read(full, &v, 8), ==, 8);
+    g_assert_cmpuint(v, ==, 1);
+    alarm(0);
+    /* The control plane went on: the controlq still answers. */
+    struct vp_cq_msg msg, ack;
+    fk_feature_msg(&msg, 1ULL << VP_VIRTIO_F_VERSION_1);
+    uint64_t seq = fk_send(&fk, &msg);
+    uint64_t one = 1;
+    g_assert_cmpint(write(e[2], &one, 8), ==, 8);
+    ITERATE_UNTIL(rig.loop, fk_recv_ack(&fk, &ack) == 1);
+    g_assert_cmpuint(ack.seq, ==, seq);
+    g_assert_false(lost);
+
+    unplug_control(&rig, 3, &fk, &cafd, e);
+    lb_rig_down(&rig);
+    vp_close_fd(&full);
+    vp_close_fds(pp, 2);
+    vp_close_fd(&file);
+    vp_close_fd(&good);
+    vp_assert_fds(before);
+}
+
+static int *new_eventfds(unsigned n)
+{
+    int *f = g_new(int, n);
+    for (unsigned i = 0; i < n; i++) {
+        f[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        g_assert_cmpint(f[i], >=, 0);
+    }
+    return f;
+}
+
+/* Issue 12.4: guestd out of fds. A message whose fds the kernel cannot install
+ * (MSG_CTRUNC) is refused on its own: the bus is not lost, the device and its
+ * vectors stay, and once fds are free again the next message is taken. Without the
+ * fix guestd lost the bus (and with it every device). Then the fd budget: a bus
+ * created under a low limit refuses a PEER_VECTORS that would eat the reserve. */
+static void test_local_bus_out_of_fds(void)
+{
+    gd_log_set_level(g_test_verbose() ? GD_LOG_DEBUG : GD_LOG_ERROR);
+    int before = vp_count_open_fds();
+    struct rlimit old;
+    g_assert_cmpint(getrlimit(RLIMIT_NOFILE, &old), ==, 0);
+    struct lb_rig rig;
+    lb_rig_up(&rig);
+    struct fk_dev fk = { 0 };
+    int cafd, e[3];
+    struct gd_device *d = plug_control(&rig, 3, &fk, &cafd, e);
+    int *two = new_eventfds(2);
+    struct vp_lb_msg m = { .type = VP_LB_PEER_VECTORS, .slot = 3, .count = 2,
+                           .arg = VP_ID_DRIVER_VM };
+    g_assert_cmpint(vp_lb_send(rig.srv, &m, two, 2), ==, 0);
+    ITERATE_UNTIL(rig.loop, gd_bus_peer_vectors(rig.bus, 3, VP_ID_DRIVER_VM) == 2);
+
+    enum { N = 40 };
+    int *many = new_eventfds(N);
+    m.count = N;
+    g_assert_cmpint(vp_lb_send(rig.srv, &m, many, N), ==, 0);
+    int wfd = vp_test_memfd("win", WIN_SIZE, TRUE);
+    struct vp_lb_msg w = { .type = VP_LB_PLUG_WINDOW, .slot = 3, .devfn = 0x10, .count = 1,
+                           .size = WIN_SIZE };
+    g_assert_cmpint(vp_lb_send(rig.srv, &w, &wfd, 1), ==, 0);
+    struct rlimit tight = old;
+    tight.rlim_cur = (rlim_t)vp_count_open_fds() + 8;
+    g_assert_cmpint(setrlimit(RLIMIT_NOFILE, &tight), ==, 0);
+    int fill[16];                                     /* every fd number taken */
+    unsigned nfill = 0;
+    while (nfill < G_N_ELEMENTS(fill) && (fill[nfill] = dup(0)) >= 0)
+        nfill++;
+    g_assert_cmpuint(nfill, <, G_N_ELEMENTS(fill));
+    for (int i = 0; i < 10; i++)
+        gd_loop_iterate(rig.loop, 1000000);
+    vp_close_fds(fill, nfill);
+    g_assert_cmpint(setrlimit(RLIMIT_NOFILE, &old), ==, 0);
+    g_assert_false(lost);
+    g_assert_true(gd_cp_device(rig.cp, 3) == d);
+    g_assert_cmpint(gd_bus_peer_vectors(rig.bus, 3, VP_ID_DRIVER_VM), ==, 2);
+    uint64_t size = 0;
+    g_assert_cmpint(gd_bus_window_query(rig.bus, 3, (struct gd_win_id){ .devfn = 0x10 },
+                                        &size), ==, -ENOENT);
+    g_assert_cmpint(gd_device_notify_peer(d, 1), ==, 0);
+    g_assert_cmpuint(drain_efd(two[1]), ==, 1);
+    /* fds are free again: the same messages now go through. */
+    g_assert_cmpint(vp_lb_send(rig.srv, &m, many, N), ==, 0);
+    g_assert_cmpint(vp_lb_send(rig.srv, &w, &wfd, 1), ==, 0);
+    ITERATE_UNTIL(rig.loop, gd_bus_peer_vectors(rig.bus, 3, VP_ID_DRIVER_VM) == N);
+    ITERATE_UNTIL(rig.loop, gd_bus_window_query(rig.bus, 3, (struct gd_win_id){ .devfn = 0x10 },
+                                                &size) == 0);
+    unplug_control(&rig, 3, &fk, &cafd, e);
+    lb_rig_down(&rig);
+
+    /* The budget: a bus that may hold 30 fds refuses a PEER_VECTORS that would take
+     * it over (the kernel could install them: the budget keeps a reserve). */
+    lb_rig_up(&rig);
+    gd_bus_local_set_fd_budget(rig.bus, 30);
+    d = plug_control(&rig, 4, &fk, &cafd, e);
+    m.slot = 4;
+    m.count = 20;
+    g_assert_cmpint(vp_lb_send(rig.srv, &m, many, 20), ==, 0);
+    ITERATE_UNTIL(rig.loop, gd_bus_peer_vectors(rig.bus, 4, VP_ID_DRIVER_VM) == 20);
+    m.count = 30;
+    g_assert_cmpint(vp_lb_send(rig.srv, &m, many, 30), ==, 0);
+    for (int i = 0; i < 10; i++)
+        gd_loop_iterate(rig.loop, 1000000);
+    g_assert_cmpint(gd_bus_peer_vectors(rig.bus, 4, VP_ID_DRIVER_VM), ==, 20); /* refused */
+    g_assert_false(lost);
+    g_assert_true(gd_cp_device(rig.cp, 4) == d);
+    m.count = 27; /* 3 eventfds + 27 vectors: exactly the budget */
+    g_assert_cmpint(vp_lb_send(rig.srv, &m, many, 27), ==, 0);
+    ITERATE_UNTIL(rig.loop, gd_bus_peer_vectors(rig.bus, 4, VP_ID_DRIVER_VM) == 27);
+    unplug_control(&rig, 4, &fk, &cafd, e);
+    lb_rig_down(&rig);
+
+    vp_close_fds(two, 2);
+    vp_close_fds(many, N);
+    g_free(two);
+    g_free(many);
+    vp_close_fd(&wfd);
+    vp_assert_fds(before);
+}
+
 /* ------------------------------- pci bus ------------------------------- */
 
 static char *mkfn(const char *root, const char *addr)
@@ -463,6 +684,9 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/guestd/bus/local", test_local_bus);
     g_test_add_func("/guestd/bus/local-protocol-error", test_local_bus_protocol_error);
+    g_test_add_func("/guestd/bus/local-doorbell-never-blocks",
+                    test_local_bus_doorbell_never_blocks);
+    g_test_add_func("/guestd/bus/local-out-of-fds", test_local_bus_out_of_fds);
     g_test_add_func("/guestd/bus/pci", test_pci_bus);
     return g_test_run();
 }

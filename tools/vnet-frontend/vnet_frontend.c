@@ -314,7 +314,8 @@ VnetFe *vnet_fe_new(VnetVm *vm, const VnetFeConfig *cfg, GError **error)
         q->avail_gpa = vnet_vm_alloc(vm, 0, vp_vring_avail_size(qs), 4096);
         q->used_gpa = vnet_vm_alloc(vm, 0, vp_vring_used_size(qs), 4096);
         q->kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        q->call_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        q->call_fd = c->custom_call ? fcntl(c->call_fd[i], F_DUPFD_CLOEXEC, 0)
+                                    : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     }
     fe->rx_gpa = vnet_vm_alloc(vm, 0, (guint64)c->rx_bufs * c->rx_buf_size, 64);
     fe->rx_hdr_gpa = vnet_vm_alloc(vm, 0, (guint64)c->rx_bufs * HDR_SLOT, 64);

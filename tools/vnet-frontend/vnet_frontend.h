@@ -109,6 +109,9 @@ typedef struct {
     guint32 rx_bufs;              /* receive chains posted [qsize] */
     guint32 tx_slot_size;         /* bytes per transmit descriptor [2048] */
     gboolean tx_hdr_separate;     /* header in a descriptor of its own */
+    gboolean custom_call;         /* announce dup(call_fd[i]) as queue i's call fd instead
+                                     of a fresh eventfd (tests: hostile call fds) */
+    int call_fd[2];               /* with custom_call: the caller's fds (it keeps them) */
 } VnetFeConfig;
 
 /** Per-queue driver side state (exposed for tests that corrupt rings on purpose). */
