@@ -14,6 +14,8 @@
  *    dropped before their region leaves the table (memory_del).
  *  - Frame bytes are copied, never interpreted; the transmit header is skipped
  *    unread (no offloads are offered), the receive header is written from a local.
+ *    Source and destination may overlap (a receive buffer posted over a transmit
+ *    buffer, memory shared between driver VMs): copies are memmove.
  *  - A violation breaks only that queue (gd_queue.broken, one log line); nothing
  *    aborts, other queues, ports and devices carry on.
  * libc only.
@@ -180,7 +182,9 @@ static int map_range(struct gd_device *dev, uint64_t addr, uint64_t len, struct 
     return 0;
 }
 
-/* Copy up to @len bytes from the cursor (*@i, *@off) over @src into @dst. */
+/* Copy up to @len bytes from the cursor (*@i, *@off) over @src into @dst. The two may
+ * overlap: a driver VM can post a receive buffer over the transmit buffer being
+ * looped back to it, or two driver VMs can share memory (issue 12.7), so memmove. */
 static size_t iov_pull(const struct iovec *src, unsigned nsrc, unsigned *i, size_t *off,
                        uint8_t *dst, size_t len)
 {
@@ -188,7 +192,7 @@ static size_t iov_pull(const struct iovec *src, unsigned nsrc, unsigned *i, size
     while (done < len && *i < nsrc) {
         size_t avail = src[*i].iov_len - *off;
         size_t n = avail < len - done ? avail : len - done;
-        memcpy(dst + done, (const uint8_t *)src[*i].iov_base + *off, n);
+        memmove(dst + done, (const uint8_t *)src[*i].iov_base + *off, n);
         done += n;
         *off += n;
         if (*off == src[*i].iov_len) {
