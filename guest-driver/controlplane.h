@@ -34,6 +34,9 @@ struct gd_cp;
 struct gd_cp_config {
     const char *tap;              /* --tap NAME for the data path, or NULL */
     uint64_t window_wait_ns;      /* 0: GD_CP_WINDOW_WAIT_NS */
+    uint64_t refuse_features;     /* remote feature bits never accepted, even when offered
+                                     and supported (--features / --refuse-features: lets
+                                     a test drive the renegotiation round, spec 1.5.1.1) */
     /** Called when the bus is lost for good (e.g. to quit the loop). */
     void (*bus_lost)(void *opaque, const char *why);
     void *opaque;

@@ -587,8 +587,9 @@ static enum gd_handled handle_feature_bits(struct gd_device *dev, const struct v
                                            struct vp_cq_msg *ack, bool last_try)
 {
     (void)last_try;
-    /* Never accept a bit that was not offered (spec 1.5.2). */
-    uint64_t accepted = m->u.features & VP_NET_FEATURES;
+    /* Never accept a bit that was not offered (spec 1.5.2), nor one the
+     * configuration refuses. */
+    uint64_t accepted = m->u.features & VP_NET_FEATURES & ~dev->cp->cfg.refuse_features;
     dev->features = accepted;
     if (dev->cp->dp && dev->cp->dp->features)
         dev->cp->dp->features(dev->cp->dp_opaque, dev, accepted);

@@ -21,6 +21,7 @@
 #include "loop.h"
 #include "net.h"
 #include "status.h"
+#include "vp_wire.h"
 
 struct opts {
     const char *bus;
@@ -29,6 +30,7 @@ struct opts {
     const char *tap;
     const char *endpoint;         /* --endpoint SPEC (vhost-pci-net, endpoint.h) */
     const char *sysfs;
+    uint64_t refuse_features;     /* --features / --refuse-features */
     unsigned connect_timeout_ms;
     unsigned window_wait_ms;
     unsigned rescan_ms;
@@ -52,13 +54,19 @@ static void usage(FILE *f)
             "                            loopback   back to the sending driver VM\n"
             "                            unix:PATH  SOCK_SEQPACKET socket (tests)\n"
             "                          without --tap/--endpoint frontends are only recorded\n"
+            "  --features MASK         accept at most these remote feature bits (hex or\n"
+            "                          decimal) of those offered; default: every bit the\n"
+            "                          vhost-pci-net data path supports (0x%llx)\n"
+            "  --refuse-features MASK  never accept these bits (with --features: both apply);\n"
+            "                          a frontend then goes through the renegotiation round\n"
             "  --log-level LEVEL       error|warn|info|debug (default: info)\n"
             "  --sysfs PATH            sysfs root for --bus pci (default: /sys)\n"
             "  --rescan-ms N           pci bus: rescan sysfs every N ms (default: 1000)\n"
             "  --connect-timeout-ms N  local bus: keep retrying connect for N ms (default: 5000)\n"
             "  --window-wait-ms N      how long a message may wait for a window to be\n"
             "                          plugged before it fails (default: 10000)\n"
-            "  -h, --help              this text\n");
+            "  -h, --help              this text\n",
+            (unsigned long long)VP_NET_FEATURES);
 }
 
 static int parse_uint(const char *s, unsigned *out)
@@ -72,16 +80,30 @@ static int parse_uint(const char *s, unsigned *out)
     return 0;
 }
 
+/* A feature mask: hex (0x...), octal or decimal, all 64 bits. */
+static int parse_mask(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (errno || end == s || *end || *s == '-')
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, struct opts *o)
 {
     enum { O_BUS = 256, O_LOCAL_BUS, O_STATUS, O_TAP, O_LOG, O_SYSFS, O_RESCAN, O_CONNECT,
-           O_WAIT, O_ENDPOINT };
+           O_WAIT, O_ENDPOINT, O_FEATURES, O_REFUSE };
     static const struct option longopts[] = {
         { "bus", required_argument, NULL, O_BUS },
         { "local-bus", required_argument, NULL, O_LOCAL_BUS },
         { "status", required_argument, NULL, O_STATUS },
         { "tap", required_argument, NULL, O_TAP },
         { "endpoint", required_argument, NULL, O_ENDPOINT },
+        { "features", required_argument, NULL, O_FEATURES },
+        { "refuse-features", required_argument, NULL, O_REFUSE },
         { "log-level", required_argument, NULL, O_LOG },
         { "sysfs", required_argument, NULL, O_SYSFS },
         { "rescan-ms", required_argument, NULL, O_RESCAN },
@@ -108,6 +130,17 @@ static int parse_args(int argc, char **argv, struct opts *o)
         case O_TAP: o->tap = optarg; break;
         case O_ENDPOINT: o->endpoint = optarg; break;
         case O_SYSFS: o->sysfs = optarg; break;
+        case O_FEATURES:
+        case O_REFUSE: {
+            uint64_t mask;
+            if (parse_mask(optarg, &mask) < 0) {
+                fprintf(stderr, "vhost-pci-guestd: bad feature mask %s (e.g. 0x%llx)\n", optarg,
+                        (unsigned long long)VP_NET_FEATURES);
+                return -1;
+            }
+            o->refuse_features |= c == O_FEATURES ? ~mask : mask;
+            break;
+        }
         case O_LOG:
             if (gd_log_parse_level(optarg, &lvl) < 0) {
                 fprintf(stderr, "vhost-pci-guestd: bad --log-level %s\n", optarg);
@@ -229,6 +262,7 @@ int main(int argc, char **argv)
     struct gd_cp_config cfg = {
         .tap = o.tap,
         .window_wait_ns = (uint64_t)o.window_wait_ms * 1000000ULL,
+        .refuse_features = o.refuse_features,
         .bus_lost = on_bus_lost,
         .opaque = loop,
     };
@@ -275,6 +309,10 @@ int main(int argc, char **argv)
         gd_error("%s", err.msg);
         goto out;
     }
+    if (o.refuse_features & VP_NET_FEATURES)
+        gd_info("feature bits refused: 0x%llx (accepting at most 0x%llx)",
+                (unsigned long long)(o.refuse_features & VP_NET_FEATURES),
+                (unsigned long long)(VP_NET_FEATURES & ~o.refuse_features));
     gd_info("running: bus %s%s%s%s%s", o.bus, o.local_bus ? " " : "",
             o.local_bus ? o.local_bus : "", o.status ? ", status " : "", o.status ? o.status : "");
 

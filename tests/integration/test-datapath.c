@@ -906,6 +906,42 @@ static void test_fd_limit(void)
     dp_stop(&d);
 }
 
+/* Issue 9 item 6: guestd told to accept fewer features than offered. The frontend
+ * offers VERSION_1 | MRG_RXBUF | EVENT_IDX; guestd accepts what its option leaves,
+ * the frontend goes through the renegotiation round, and traffic flows with the
+ * reduced set (no mergeable buffers: one 2048-byte buffer per frame). */
+static void test_refused_features(void)
+{
+    static const gsize sizes[] = { 60, 1514 };
+    const guint64 ver1 = 1ULL << VP_VIRTIO_F_VERSION_1, mrg = 1ULL << VP_VIRTIO_NET_F_MRG_RXBUF,
+                  ei = 1ULL << VP_VIRTIO_F_RING_EVENT_IDX;
+    static const struct {
+        const char *args;
+        guint64 refused;
+    } cases[] = {
+        { "--refuse-features 0x8000", 1ULL << VP_VIRTIO_NET_F_MRG_RXBUF },
+        { "--features 0x100000000", (1ULL << VP_VIRTIO_NET_F_MRG_RXBUF) |
+                                    (1ULL << VP_VIRTIO_F_RING_EVENT_IDX) },
+    };
+    for (guint c = 0; c < G_N_ELEMENTS(cases); c++) {
+        Dp d;
+        dp_start_with(&d, "loopback", NULL, cases[c].args);
+        VnetVm *vm = itest_vnet_vm(&d.env, 4 * MiB);
+        VnetFe *fe = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 1 });
+        g_assert_cmphex(fe->features, ==, (ver1 | mrg | ei) & ~cases[c].refused);
+        g_assert_false(fe->mrg);
+        JsonNode *g = itest_guestd_status(&d.env);
+        JsonObject *dev = json_array_get_object_element(
+            json_object_get_array_member(json_node_get_object(g), "devices"), 0);
+        g_assert_cmphex(itest_int(dev, "features"), ==, fe->features);
+        json_node_unref(g);
+        itest_loop_traffic(fe, 0, 1000, sizes, 2, 32, (guint8)c, LOOP_S);
+        vnet_fe_free(fe);
+        vnet_vm_free(vm);
+        dp_stop(&d);
+    }
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -919,5 +955,6 @@ int main(int argc, char **argv)
     g_test_add_func("/datapath/hostile-frontends", test_hostile);
     g_test_add_func("/datapath/hostile-call-fds", test_hostile_call_fds);
     g_test_add_func("/datapath/fd-limit", test_fd_limit);
+    g_test_add_func("/datapath/refused-features", test_refused_features);
     return g_test_run();
 }
