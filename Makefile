@@ -3,7 +3,10 @@
 #
 #   make                 build everything into build/
 #   make check           install missing deps, build, run every test (last line:
-#                        "N passed, N failed")
+#                        "N passed, N failed"); the e2e tests run on QEMU 7.2 and on
+#                        10.0 (fetched into build/qemu/ on first use)
+#   make check QEMU=SEL  the e2e tests on one QEMU only (7.2, 10.0 or a path); QEMU=SEL
+#                        also picks the QEMU of make demo and make bench
 #   make check SANITIZE=1  the same with ASan + UBSan, into build/san/
 #   make demo            boot the paired VMs and exchange packets
 #   make bench           benchmarks (print figures)
@@ -35,6 +38,12 @@ CFLAGS_GUEST  = $(BASE_CFLAGS) $(SANFLAGS)
 LDFLAGS_GUEST = $(if $(SANFLAGS),$(SANFLAGS),-static)
 
 Q := $(if $(V),,@)
+
+# The QEMU selector (tools/qemu-select): 7.2, 10.0 or a path; empty: the system's.
+# make check runs the e2e tests once per QEMU of CHECK_QEMUS.
+QEMU ?=
+export QEMU
+CHECK_QEMUS ?= $(if $(QEMU),$(QEMU),7.2 10.0)
 
 # Filled by the module.mk files.
 BINS :=
@@ -80,7 +89,7 @@ deps-quiet:
 	@tools/install-deps -q
 
 check: all
-	@tests/run $(TESTS) $(E2E_TESTS)
+	@tests/run $(TESTS) $(if $(strip $(E2E_TESTS)),--e2e-qemus "$(CHECK_QEMUS)" $(E2E_TESTS))
 
 bench: all
 	@tools/bench $(B)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# e2e: a real driver VM (QEMU 7.2, TCG) uses vhost-pci-client as the vhost-user backend
+# e2e: a real driver VM (QEMU 7.2 or 10.0, TCG) uses vhost-pci-client as the vhost-user backend
 # of its virtio-net NIC; the device side is vhost-pci-server --device-host local with
 # vhost-pci-guestd --bus local on the host (the controlq ACK path is the same as in a
 # device VM).
@@ -9,13 +9,16 @@
 # 2 virtqueues) and regions equal to what QEMU sent for its RAM (one 512 MiB memfd
 # window); the guest driver serves both queues, and the guest's frames come back to it
 # through guestd's loopback endpoint; a pc-dimm hot-add and hot-remove become
-# MEMORY_INFO(ADD/DEL); a daemon restart is replayed by QEMU (reconnect=1); QEMU
+# MEMORY_INFO(ADD/DEL); a daemon restart is replayed by QEMU (reconnect, 1 s); QEMU
 # quitting takes the frontend and the memory away; SIGTERM stops the daemon cleanly.
 # Prints TAP.
 #
 # Environment: VP_B (or B) build dir (default build); the guest image is $VP_B/guest
 # (tools/mkguest, cached). VP_E2E_READY_TIMEOUT (default 120 s). VP_E2E_KEEP=1 keeps the
-# run directory (logs of QEMU, the daemon, server and guestd).
+# run directory (logs of QEMU, the daemon, server and guestd). QEMU: which QEMU (7.2,
+# 10.0, a path; tools/qemu-select), default the system's; what depends on its version
+# (MSI-X or vectors=0 on virtio-net-pci, reconnect-ms or reconnect) is read from its QMP
+# greeting (tools/qemu-select --version / --features).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 B=${VP_B:-${B:-build}}
@@ -32,7 +35,9 @@ ctl=$B/tools/vhost-pci-ctl client=$B/client/vhost-pci-client
 for p in "$server" "$guestd" "$ctl" "$client"; do
     [ -x "$p" ] || skip_rest "$p not built"
 done
-command -v qemu-system-x86_64 >/dev/null || skip_rest "qemu-system-x86_64 not installed"
+qemu_bin=$(tools/qemu-select 2>&1) || fail_rest "no QEMU: $qemu_bin"
+qemu_ver=$(tools/qemu-select --version "$qemu_bin" 2>&1) || fail_rest "no QMP greeting: $qemu_ver"
+eval "$(tools/qemu-select --features "$qemu_ver")"
 command -v jq >/dev/null || skip_rest "jq not installed (tools/install-deps)"
 
 run=$(mktemp -d /tmp/vp-e2e-drv.XXXXXX)
@@ -114,7 +119,7 @@ fi
 # 3. the driver VM
 agent=$run/agent.sock qmp=$run/qmp.sock console=$run/console.log
 # shellcheck disable=SC2054  # commas belong to QEMU option values
-qemu=(qemu-system-x86_64 -name vp-e2e-drv,process=vp-e2e-drv
+qemu=("$qemu_bin" -name vp-e2e-drv,process=vp-e2e-drv
       -machine pc -accel tcg -m 512M,slots=4,maxmem=2G -smp 1
       -object memory-backend-memfd,id=mem0,size=512M,share=on -numa node,memdev=mem0
       -nodefaults -no-user-config -display none -no-reboot
@@ -123,9 +128,9 @@ qemu=(qemu-system-x86_64 -name vp-e2e-drv,process=vp-e2e-drv
       -serial "file:$console"
       -chardev "socket,id=agent,path=$agent,server=on,wait=off" -serial chardev:agent
       -qmp "unix:$qmp,server=on,wait=off"
-      -chardev "socket,id=vu,path=$run/vu.sock,reconnect=1"
+      -chardev "socket,id=vu,path=$run/vu.sock,$VP_QEMU_RECONNECT"
       -netdev vhost-user,id=n0,chardev=vu
-      -device virtio-net-pci,netdev=n0,vectors=0
+      -device "virtio-net-pci,netdev=n0$VP_QEMU_NET_VECTORS"
       -pidfile "$run/qemu.pid")
 echo "# ${qemu[*]}"
 t0=$(date +%s%N)
@@ -135,7 +140,7 @@ pids+=($qemu_pid)
 if ready=$($vpg wait-ready "$console" "$ready_timeout" --pid "$qemu_pid" 2>&1) &&
    wait_until 30 grep -aq "VP-NET-UP dev=eth0" "$console"; then
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-    ok "driver VM boots, its virtio-net (vhost-user, vectors=0) is up: $(grep -a VP-NET-UP "$console" | tr -d '\r') ($((ms / 1000)).$(( (ms % 1000) / 100 )) s)"
+    ok "driver VM boots (QEMU $qemu_ver), its virtio-net (vhost-user${VP_QEMU_NET_VECTORS:-, MSI-X}) is up: $(grep -a VP-NET-UP "$console" | tr -d '\r') ($((ms / 1000)).$(( (ms % 1000) / 100 )) s)"
 else
     not_ok "driver VM boots with eth0 up" "$ready" "$(diag_logs)"
     fail_rest "driver VM did not come up"
@@ -186,12 +191,20 @@ $vpg exec "$agent" --timeout 30 -- 'ping -c 3 -W 1 10.77.0.9 >/dev/null 2>&1; tr
 rx1=$(guest_rx)
 gp=$(echo status | socat -t 5 - "UNIX-CONNECT:$run/guestd.sock" 2>/dev/null |
      jq -c '[.devices[].frontends[] | select(.device_id == 1) | .queues[] | .packets]')
-if [[ "$rx0" =~ ^[0-9]+$ ]] && [[ "$rx1" =~ ^[0-9]+$ ]] && [ "$rx1" -gt "$rx0" ] &&
-   [ "$(jq '.[0] > 0 and .[1] > 0' <<<"$gp")" = true ]; then
-    ok "frames through the device side and back: guest eth0 rx_packets $rx0 -> $rx1, guestd queue packets $gp"
+# The interrupt mode the guest really uses: MSI-X gives per-queue vectors
+# ("virtioN-input.0" in /proc/interrupts), INTx (vectors=0) one shared "virtioN" line.
+irqs=$($vpg exec "$agent" --timeout 20 -- 'grep virtio /proc/interrupts' 2>/dev/null)
+if [ -z "$VP_QEMU_NET_VECTORS" ]; then
+    irq_ok() { grep -q 'virtio[0-9]*-input\.0' <<<"$irqs"; }; mode="MSI-X (per-queue vectors)"
 else
-    not_ok "frames go through the device side and back" "guest rx_packets $rx0 -> $rx1" \
-        "guestd packets $gp" "$(diag_logs)"
+    irq_ok() { [ -n "$irqs" ] && ! grep -q 'virtio[0-9]*-input' <<<"$irqs"; }; mode="INTx (vectors=0)"
+fi
+if [[ "$rx0" =~ ^[0-9]+$ ]] && [[ "$rx1" =~ ^[0-9]+$ ]] && [ "$rx1" -gt "$rx0" ] &&
+   [ "$(jq '.[0] > 0 and .[1] > 0' <<<"$gp")" = true ] && irq_ok; then
+    ok "frames through the device side and back: guest eth0 rx_packets $rx0 -> $rx1, guestd queue packets $gp, interrupts $mode on QEMU $qemu_ver"
+else
+    not_ok "frames go through the device side and back ($mode)" "guest rx_packets $rx0 -> $rx1" \
+        "guestd packets $gp" "guest /proc/interrupts: $irqs" "$(diag_logs)"
 fi
 
 # 8-9. memory hot-add and hot-remove (pc-dimm, onlined movable so it can go again)
@@ -221,7 +234,7 @@ else
     not_ok "pc-dimm hot-remove reaches the server" "qmp rc=$rc: $qmp_out" "$(diag_logs)" "$(status)"
 fi
 
-# 10. the daemon restarts: QEMU (reconnect=1) replays its whole sequence to the new
+# 10. the daemon restarts: QEMU ($VP_QEMU_RECONNECT) replays its whole sequence to the new
 # one, which registers the running device again
 kill "$client_pid"
 wait_until 20 bash -c "! kill -0 $client_pid 2>/dev/null"

@@ -11,6 +11,7 @@
 #
 # Environment: VP_B (or B) build dir (default build): the image goes to $VP_B/guest,
 # guestd is taken from $VP_B/guest-driver/vhost-pci-guestd when it exists.
+# QEMU: which QEMU (7.2, 10.0, a path; tools/qemu-select), default the system's.
 # VP_E2E_READY_TIMEOUT (default 90 s).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
@@ -23,6 +24,7 @@ vpg=tools/vp-guest
 . tests/tap.sh
 tap_plan 12
 diag()   { sed 's/^/# /'; }
+qemu_bin=$(tools/qemu-select 2>&1) || { echo "Bail out! $qemu_bin"; exit 1; }
 
 run=$(mktemp -d /tmp/vp-e2e-boot.XXXXXX)
 qemu_pid=
@@ -61,7 +63,7 @@ release=$(cat "$img/kernel-release")
 agent=$run/agent.sock qmp=$run/qmp.sock console=$run/console.log
 shm=/dev/shm/$(basename "$run").win
 # shellcheck disable=SC2054  # commas belong to QEMU option values
-qemu=(qemu-system-x86_64 -name vp-e2e-boot,process=vp-e2e-boot
+qemu=("$qemu_bin" -name vp-e2e-boot,process=vp-e2e-boot
       -accel tcg -machine pc -m 512M,slots=2,maxmem=1G -smp 1
       -nodefaults -no-user-config -display none -no-reboot
       -kernel "$kernel" -initrd "$img/initramfs.cpio.gz"
@@ -189,7 +191,7 @@ fi
 
 # 12. the unmodified bzImage boots as well (vp.probe=1: /init says VP-PROBE-OK, powers off)
 t0=$(date +%s%N)
-timeout -k 5 "$ready_timeout" qemu-system-x86_64 -name vp-e2e-probe,process=vp-e2e-probe \
+timeout -k 5 "$ready_timeout" "$qemu_bin" -name vp-e2e-probe,process=vp-e2e-probe \
     -accel tcg -machine pc -m 256M -smp 1 -nodefaults -no-user-config -display none \
     -no-reboot -kernel "$img/vmlinuz" -initrd "$img/initramfs.cpio.gz" \
     -append "console=ttyS0 quiet panic=-1 vp.probe=1" -serial "file:$run/probe.log" \

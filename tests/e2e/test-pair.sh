@@ -21,7 +21,8 @@
 #
 # Environment: VP_B (or B) build dir (default build); VP_E2E_STEP_TIMEOUT (default 120 s,
 # bound of each wait). The run dir is a fresh /tmp/vp-e2e-pair.XXXXXX; its logs are
-# copied to $VP_B/test-logs/pair/ at the end.
+# copied to $VP_B/test-logs/pair/ (pair-$VP_E2E_LABEL/ when tests/run sets that label,
+# e.g. qemu-10.0.2) at the end. QEMU: which QEMU (7.2, 10.0, a path; tools/qemu-select).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 B=${VP_B:-${B:-build}}
@@ -45,8 +46,9 @@ pair=(tools/vhost-pci-pair -q --dir "$run")
 cleanup() {
     "${pair[@]}" down >/dev/null 2>&1
     for p in $(pgrep -f -- "$run/" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-    mkdir -p "$B/test-logs/pair"
-    cp "$run"/*.log "$run"/*.console "$run"/*.cmdline "$B/test-logs/pair/" 2>/dev/null
+    local logs=$B/test-logs/pair${VP_E2E_LABEL:+-$VP_E2E_LABEL}
+    mkdir -p "$logs"
+    cp "$run"/*.log "$run"/*.console "$run"/*.cmdline "$logs/" 2>/dev/null
     rm -rf "$run"
 }
 trap cleanup EXIT
@@ -88,7 +90,7 @@ dev_functions() {
 # 1. up
 t0=$(now_ms)
 if out=$("${pair[@]}" up --timeout "$T" 2>&1); then
-    ok "pair up: device VM + server, client + driver VM, link answers ($(secs "$t0") s, accel $(. "$run/env"; echo "$PAIR_ACCEL"))"
+    ok "pair up: device VM + server, client + driver VM, link answers ($(secs "$t0") s, $(. "$run/env"; echo "QEMU $PAIR_QEMU_VERSION, accel $PAIR_ACCEL"))"
 else
     blocked="the pair did not come up (case 1)"
     not_ok "pair up" "$out"
