@@ -342,6 +342,8 @@ static int wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
  */
 static long wire_count_field(const uint8_t *buf, size_t len, unsigned field)
 {
+    if (len == 0)
+        return 0;                 /* an empty payload (buf may be NULL) */
     const uint8_t *p = buf, *end = buf + len;
     long count = 0;
     while (p < end) {
