@@ -12,3 +12,4 @@ TESTS += $(UNIT_TESTS)
 
 -include tests/integration/module.mk
 -include tests/e2e/module.mk
+-include tests/fuzz/module.mk
