@@ -7,6 +7,7 @@
  */
 #include "vp_bar.h"
 #include "vp_common.h"
+#include "vp_memtable.h"
 
 #include <errno.h>
 
@@ -27,17 +28,6 @@ uint64_t vp_bar_size_for(uint64_t total)
     return s < VP_BAR_MIN_SIZE ? VP_BAR_MIN_SIZE : s;
 }
 
-/* True when [off, off+size) and window @w overlap; cannot overflow. Empty ranges
- * overlap nothing. */
-static bool overlaps(uint64_t off, uint64_t size, const struct vp_bar_window *w)
-{
-    if (size == 0 || w->size == 0)
-        return false;
-    if (w->offset >= off)
-        return w->offset - off < size;
-    return off - w->offset < w->size;
-}
-
 int vp_bar_place(const struct vp_bar_window *used, unsigned n, uint64_t bar_size,
                  uint64_t size, uint64_t *offset)
 {
@@ -51,7 +41,7 @@ int vp_bar_place(const struct vp_bar_window *used, unsigned n, uint64_t bar_size
             return -ENOSPC;
         const struct vp_bar_window *hit = NULL;
         for (unsigned i = 0; i < n; i++) {
-            if (overlaps(off, size, &used[i])) {
+            if (vp_ranges_overlap(off, size, used[i].offset, used[i].size)) {
                 hit = &used[i];
                 break;
             }

@@ -7,8 +7,9 @@
  * that is re-checked here). Every value is checked before anything maps memory or
  * rings from it:
  *   - sizes are nonzero and ranges cannot wrap: the end of each range is only ever
- *     computed after checking `start <= UINT64_MAX - size`;
- *   - guest-physical ranges do not overlap (n <= 64, so the O(n^2) pair check is fine);
+ *     computed after checking `start <= UINT64_MAX - size` (vp_span_ok);
+ *   - guest-physical ranges do not overlap (the memory table's check, vp_memtable.h;
+ *     n <= 64, so the O(n^2) pair check is fine); ring layouts are vp_ring_check's;
  *   - each region lies inside its file as fstat() sees it now, and the file cannot
  *     shrink later (memfd with F_SEAL_SHRINK): a shrink under a live mapping would
  *     SIGBUS whoever maps it (the device VM's QEMU). Plain files have no seals, so
@@ -24,22 +25,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "vp_vring.h"
-
-/* True when [start, start + size) fits below 2^64 (its end is representable). */
-static bool range_fits(uint64_t start, uint64_t size)
-{
-    return start <= UINT64_MAX - size;
-}
-
-/* True when [a, a + asz) and [b, b + bsz) share a byte; never overflows, even for
- * ranges that would wrap. Empty ranges overlap nothing. */
-static bool ranges_overlap(uint64_t a, uint64_t asz, uint64_t b, uint64_t bsz)
-{
-    if (a <= b)
-        return b - a < asz && bsz > 0;
-    return a - b < bsz && asz > 0;
-}
+#include "vp_memtable.h"
 
 static const char *fd_kind(mode_t mode)
 {
@@ -105,12 +91,12 @@ int vp_validate_memory_info(const struct vp_memory_info *mi, unsigned flags, vp_
         const struct vp_region *rg = &mi->regions[i];
         if (rg->size == 0)
             return vp_fail(err, -EINVAL, "region %u: zero size", i);
-        if (!range_fits(rg->gpa, rg->size))
+        if (!vp_span_ok(rg->gpa, rg->size))
             return vp_fail(err, -EINVAL,
                            "region %u: guest-physical address 0x%llx + size 0x%llx "
                            "overflows", i, (unsigned long long)rg->gpa,
                            (unsigned long long)rg->size);
-        if (!range_fits(rg->mmap_offset, rg->size))
+        if (!vp_span_ok(rg->mmap_offset, rg->size))
             return vp_fail(err, -EINVAL,
                            "region %u: mmap_offset 0x%llx + size 0x%llx overflows", i,
                            (unsigned long long)rg->mmap_offset,
@@ -121,7 +107,13 @@ int vp_validate_memory_info(const struct vp_memory_info *mi, unsigned flags, vp_
     if (mi->op == VP_OP_DEL)
         return 0;
 
-    int ret = vp_validate_no_overlap(NULL, 0, mi->regions, mi->nregions, err);
+    /* No two regions overlap in guest-physical space (the memory table's check). */
+    struct vp_memtable empty;
+    struct vp_mt_region add[VP_MAX_REGIONS];
+    vp_mt_init(&empty, VP_MAX_REGIONS);
+    for (unsigned i = 0; i < mi->nregions; i++)
+        add[i] = (struct vp_mt_region){ .gpa = mi->regions[i].gpa, .size = mi->regions[i].size };
+    int ret = vp_mt_check_add(&empty, add, mi->nregions, 0, NULL, err);
     if (ret < 0)
         return ret;
     for (unsigned i = 0; i < mi->nregions; i++) {
@@ -147,31 +139,14 @@ int vp_validate_no_overlap(const struct vp_region *a, unsigned na,
 {
     for (unsigned i = 0; i < nb; i++) {
         for (unsigned j = 0; j < i; j++) {
-            if (ranges_overlap(b[i].gpa, b[i].size, b[j].gpa, b[j].size))
+            if (vp_ranges_overlap(b[i].gpa, b[i].size, b[j].gpa, b[j].size))
                 return overlap_fail(err, "region", i, &b[i], j, &b[j]);
         }
         for (unsigned j = 0; j < na; j++) {
-            if (ranges_overlap(b[i].gpa, b[i].size, a[j].gpa, a[j].size))
+            if (vp_ranges_overlap(b[i].gpa, b[i].size, a[j].gpa, a[j].size))
                 return overlap_fail(err, "existing region", i, &b[i], j, &a[j]);
         }
     }
-    return 0;
-}
-
-/* One ring part at @addr of @size bytes aligned to @align. */
-static int check_ring(unsigned i, const char *part, uint64_t addr, uint64_t size,
-                      uint64_t align, vp_error *err)
-{
-    if (addr == 0)
-        return vp_fail(err, -EINVAL, "virtqueue %u: %s address is zero", i, part);
-    if (addr & (align - 1))
-        return vp_fail(err, -EINVAL,
-                       "virtqueue %u: %s address 0x%llx not aligned to %llu bytes", i,
-                       part, (unsigned long long)addr, (unsigned long long)align);
-    if (!range_fits(addr, size))
-        return vp_fail(err, -EINVAL,
-                       "virtqueue %u: %s ring at 0x%llx + 0x%llx bytes overflows", i,
-                       part, (unsigned long long)addr, (unsigned long long)size);
     return 0;
 }
 
@@ -200,15 +175,8 @@ int vp_validate_device_info(const struct vp_device_info *di, vp_error *err)
                                "virtqueue %u: index %u already used by virtqueue %u", i,
                                q->index, j);
         }
-        if (q->num == 0 || q->num > VP_MAX_VRING_NUM || (q->num & (q->num - 1)))
-            return vp_fail(err, -EINVAL,
-                           "virtqueue %u: num %u is not a power of two in 1..%u", i,
-                           q->num, VP_MAX_VRING_NUM);
-        int ret = check_ring(i, "desc", q->desc, vp_vring_desc_size(q->num), 16, err);
-        if (ret == 0)
-            ret = check_ring(i, "avail", q->avail, vp_vring_avail_size(q->num), 2, err);
-        if (ret == 0)
-            ret = check_ring(i, "used", q->used, vp_vring_used_size(q->num), 4, err);
+        const struct vp_ring_layout rl = { i, q->num, q->desc, q->avail, q->used };
+        int ret = vp_ring_check(&rl, err);
         if (ret < 0)
             return ret;
     }
