@@ -54,11 +54,11 @@ static int check_one(unsigned i, const struct vp_mt_region *r, vp_error *err)
 
 /* New region @i against the table: -1 no conflict, else the outcome (0: a repeat,
  * <0: an overlap with its reason). */
-static int against_table(const struct vp_memtable *t, unsigned i, const struct vp_mt_region *r,
-                         unsigned flags, vp_error *err)
+static int against_table(const struct vp_mt_region *table, unsigned ntable, unsigned i,
+                         const struct vp_mt_region *r, unsigned flags, vp_error *err)
 {
-    for (unsigned k = 0; k < t->n; k++) {
-        const struct vp_mt_region *o = &t->r[k];
+    for (unsigned k = 0; k < ntable; k++) {
+        const struct vp_mt_region *o = &table[k];
         if ((flags & VP_MT_SKIP_SAME) && same(r, o))
             return 0;
         if (vp_ranges_overlap(r->gpa, r->size, o->gpa, o->size))
@@ -70,8 +70,9 @@ static int against_table(const struct vp_memtable *t, unsigned i, const struct v
     return -1;
 }
 
-int vp_mt_check_add(const struct vp_memtable *t, const struct vp_mt_region *add, unsigned n,
-                    unsigned flags, unsigned *fresh, vp_error *err)
+int vp_mt_check_regions(const struct vp_mt_region *table, unsigned ntable,
+                        const struct vp_mt_region *add, unsigned n, unsigned flags,
+                        unsigned *fresh, vp_error *err)
 {
     unsigned nfresh = 0;
     if (n > VP_MAX_REGIONS)
@@ -88,12 +89,24 @@ int vp_mt_check_add(const struct vp_memtable *t, const struct vp_mt_region *add,
                 vp_ranges_overlap(r->target, r->size, add[j].target, add[j].size))
                 return target_overlap_fail(err, i, r, "region", j);
         }
-        ret = against_table(t, i, r, flags, err);
+        ret = against_table(table, ntable, i, r, flags, err);
         if (ret < -1)
             return ret;
         if (ret == -1)
             nfresh++;
     }
+    if (fresh)
+        *fresh = nfresh;
+    return 0;
+}
+
+int vp_mt_check_add(const struct vp_memtable *t, const struct vp_mt_region *add, unsigned n,
+                    unsigned flags, unsigned *fresh, vp_error *err)
+{
+    unsigned nfresh = 0;
+    int ret = vp_mt_check_regions(t->r, t->n, add, n, flags, &nfresh, err);
+    if (ret < 0)
+        return ret;
     if (nfresh > t->max - (t->n < t->max ? t->n : t->max))
         return vp_fail(err, -ENOSPC, "%u new regions would exceed the limit of %u (%u in "
                        "the table)", nfresh, t->max, t->n);

@@ -87,6 +87,13 @@ void vp_mt_init(struct vp_memtable *t, unsigned max);
 int vp_mt_check_add(const struct vp_memtable *t, const struct vp_mt_region *add, unsigned n,
                     unsigned flags, unsigned *fresh, vp_error *err);
 
+/** The checks of vp_mt_check_add() on plain arrays, without the room check: @add
+ *  against each other and against @table[0..ntable) (entries of any shape, compared
+ *  overflow-proof). 0, or -EINVAL with the same reasons. */
+int vp_mt_check_regions(const struct vp_mt_region *table, unsigned ntable,
+                        const struct vp_mt_region *add, unsigned n, unsigned flags,
+                        unsigned *fresh, vp_error *err);
+
 /** vp_mt_check_add(), then append the new regions in order (repeats skipped). *@added
  *  (may be NULL) gets how many were appended: they are t->r[t->n - added ..]. */
 int vp_mt_add(struct vp_memtable *t, const struct vp_mt_region *add, unsigned n,

@@ -195,8 +195,9 @@ enum {
  */
 int vp_validate_memory_info(const struct vp_memory_info *mi, unsigned flags, vp_error *err);
 
-/** Check that @b's regions overlap neither each other nor any region of @a (used by
- *  the server to check a hot-add against the current table). 0 or -EINVAL. */
+/** Check that @b's regions overlap neither each other nor any region of @a: the
+ *  memory table's check (vp_mt_check_regions) on MEMORY_INFO regions; @b's regions
+ *  must be nonempty and must not wrap. At most VP_MAX_REGIONS each. 0 or -EINVAL. */
 int vp_validate_no_overlap(const struct vp_region *a, unsigned na,
                            const struct vp_region *b, unsigned nb, vp_error *err);
 

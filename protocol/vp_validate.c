@@ -124,30 +124,17 @@ int vp_validate_memory_info(const struct vp_memory_info *mi, unsigned flags, vp_
     return 0;
 }
 
-static int overlap_fail(vp_error *err, const char *what, unsigned i, const struct vp_region *x,
-                        unsigned j, const struct vp_region *y)
-{
-    return vp_fail(err, -EINVAL,
-                   "region %u [0x%llx, +0x%llx) overlaps %s %u [0x%llx, +0x%llx) in "
-                   "guest-physical space", i, (unsigned long long)x->gpa,
-                   (unsigned long long)x->size, what, j, (unsigned long long)y->gpa,
-                   (unsigned long long)y->size);
-}
-
 int vp_validate_no_overlap(const struct vp_region *a, unsigned na,
                            const struct vp_region *b, unsigned nb, vp_error *err)
 {
-    for (unsigned i = 0; i < nb; i++) {
-        for (unsigned j = 0; j < i; j++) {
-            if (vp_ranges_overlap(b[i].gpa, b[i].size, b[j].gpa, b[j].size))
-                return overlap_fail(err, "region", i, &b[i], j, &b[j]);
-        }
-        for (unsigned j = 0; j < na; j++) {
-            if (vp_ranges_overlap(b[i].gpa, b[i].size, a[j].gpa, a[j].size))
-                return overlap_fail(err, "existing region", i, &b[i], j, &a[j]);
-        }
-    }
-    return 0;
+    struct vp_mt_region ta[VP_MAX_REGIONS], tb[VP_MAX_REGIONS];
+    if (na > VP_MAX_REGIONS || nb > VP_MAX_REGIONS)
+        return vp_fail(err, -EINVAL, "more than %u regions", VP_MAX_REGIONS);
+    for (unsigned i = 0; i < na; i++)
+        ta[i] = (struct vp_mt_region){ .gpa = a[i].gpa, .size = a[i].size };
+    for (unsigned i = 0; i < nb; i++)
+        tb[i] = (struct vp_mt_region){ .gpa = b[i].gpa, .size = b[i].size };
+    return vp_mt_check_regions(ta, na, tb, nb, 0, NULL, err);
 }
 
 int vp_validate_device_info(const struct vp_device_info *di, vp_error *err)

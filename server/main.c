@@ -14,6 +14,9 @@
 #include <unistd.h>
 #include <glib-unix.h>
 
+#include "mgmt.h"
+#include "session.h"
+#include "tenant.h"
 #include "unix_listen.h"
 #include "vp_log_glib.h"
 
@@ -73,6 +76,15 @@ static void raise_fd_limit(void)
 
 static void shutdown_begin(struct vp_server *srv);
 
+/* Destroy every tenant's device (the tenants go with it: no connection is left). */
+static void destroy_all(struct vp_server *srv, const char *why)
+{
+    GList *ts = g_hash_table_get_values(srv->tenants);
+    for (GList *l = ts; l; l = l->next)
+        srv_tenant_destroy_device(l->data, why);
+    g_list_free(ts);
+}
+
 static gboolean on_signal(gpointer data)
 {
     struct vp_server *srv = data;
@@ -102,7 +114,7 @@ static gboolean shutdown_poll(gpointer data)
 
 static void shutdown_begin(struct vp_server *srv)
 {
-    g_message("shutting down: unplugging %u device(s)", g_hash_table_size(srv->devices));
+    g_message("shutting down: unplugging %u device(s)", g_hash_table_size(srv->tenants));
     srv->shutting_down = true;
     if (srv->listen_src)
         g_source_remove(srv->listen_src);
@@ -110,18 +122,8 @@ static void shutdown_begin(struct vp_server *srv)
     vp_close_fd(&srv->listen_fd);
     unlink(srv->opt.listen_path);
     /* Clients first (no implicit DELs while shutting down), then devices. */
-    GList *ss = g_hash_table_get_values(srv->sessions);
-    for (GList *l = ss; l; l = l->next)
-        srv_session_close(l->data, "server shutting down");
-    g_list_free(ss);
-    GList *ds = g_hash_table_get_values(srv->devices);
-    for (GList *l = ds; l; l = l->next)
-        srv_device_ref(l->data);
-    for (GList *l = ds; l; l = l->next) {
-        srv_device_destroy(l->data, "server shutting down");
-        srv_device_unref(l->data);
-    }
-    g_list_free(ds);
+    srv_sessions_close_all(srv, "server shutting down");
+    destroy_all(srv, "server shutting down");
     g_timeout_add(20, shutdown_poll, srv);
 }
 
@@ -227,9 +229,8 @@ int main(int argc, char **argv)
 
     raise_fd_limit();
     srv->loop = g_main_loop_new(NULL, FALSE);
-    srv->sessions = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, srv_session_free);
-    srv->devices = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                         (GDestroyNotify)srv_device_unref);
+    srv_sessions_init(srv);
+    srv->tenants = g_hash_table_new(g_str_hash, g_str_equal);
     int rc = 1;
     vp_error err = { "" };
     struct vp_devhost_config hc = { .local_bus = srv->opt.local_bus, .qmp = srv->opt.qmp,
@@ -271,19 +272,12 @@ out:
         unlink(srv->opt.listen_path);
     }
     srv_mgmt_free(srv->mgmt);
-    g_hash_table_destroy(srv->sessions);
+    srv_sessions_free(srv);
     /* Devices left (shutdown not begun, e.g. a second signal) are destroyed now. */
-    GList *ds = g_hash_table_get_values(srv->devices);
-    for (GList *l = ds; l; l = l->next)
-        srv_device_ref(l->data);
-    for (GList *l = ds; l; l = l->next) {
-        srv_device_destroy(l->data, "server exiting");
-        srv_device_unref(l->data);
-    }
-    g_list_free(ds);
+    destroy_all(srv, "server exiting");
     if (srv->host)
         srv->host_ops->destroy(srv->host);
-    g_hash_table_destroy(srv->devices);
+    g_hash_table_destroy(srv->tenants);
     if (srv->loop)
         g_main_loop_unref(srv->loop);
     g_free(srv->opt.listen_path);

@@ -14,7 +14,7 @@
  * and reading the answer), then it is closed; at most MGMT_MAX_CLIENTS are open at
  * once, a further one is closed at accept (logged, rate-limited).
  */
-#include "server.h"
+#include "mgmt.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,7 +23,8 @@
 #include <glib-unix.h>
 #include <json-glib/json-glib.h>
 
-#include "mgmt.h"
+#include "server.h"
+#include "tenant.h"
 #include "unix_listen.h"
 
 struct srv_mgmt {
@@ -53,33 +54,33 @@ static void add_int(JsonBuilder *b, const char *name, gint64 v)
     json_builder_add_int_value(b, v);
 }
 
-static void device_json(JsonBuilder *b, struct srv_device *dev)
+static void device_json(JsonBuilder *b, struct srv_tenant *t)
 {
-    struct vp_server *srv = dev->srv;
+    struct srv_device *dev = t->dev;
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "uuid");
     json_builder_add_string_value(b, dev->uuid_str);
     add_int(b, "slot", dev->devfn < 256 ? (gint64)dev->devfn : -1);
-    add_int(b, "status", dev->status | (dev->broken ? VP_STATUS_NEEDS_RESET : 0));
+    add_int(b, "status", dev->cq.status | (dev->cq.broken ? VP_STATUS_NEEDS_RESET : 0));
     json_builder_set_member_name(b, "driver_ok");
-    json_builder_add_boolean_value(b, dev->driver_ok);
+    json_builder_add_boolean_value(b, dev->cq.driver_ok);
     json_builder_set_member_name(b, "needs_reset");
-    json_builder_add_boolean_value(b, dev->broken);
+    json_builder_add_boolean_value(b, dev->cq.broken);
     json_builder_set_member_name(b, "reason");
-    json_builder_add_string_value(b, dev->broken ? dev->broken_reason : "");
-    add_int(b, "bar_size", (gint64)dev->bar_size);
-    add_int(b, "generation", dev->generation);
+    json_builder_add_string_value(b, dev->cq.broken ? dev->cq.broken_reason : "");
+    add_int(b, "bar_size", (gint64)dev->mem.bar_size);
+    add_int(b, "generation", dev->ca.generation);
     json_builder_set_member_name(b, "features");
     json_builder_begin_object(b);
     add_int(b, "offered", (gint64)dev->features_offered);
     add_int(b, "accepted", (gint64)dev->features_accepted);
     json_builder_end_object(b);
-    add_int(b, "connections", srv_sessions_of_uuid(srv, dev->uuid));
+    add_int(b, "connections", t->nconns);
 
     json_builder_set_member_name(b, "windows");
     json_builder_begin_array(b);
     for (int i = 0; i < VP_MAX_WINDOWS; i++) {
-        const struct srv_window *w = &dev->wins[i];
+        const struct srv_window *w = &dev->mem.wins[i];
         if (!w->used)
             continue;
         json_builder_begin_object(b);
@@ -92,13 +93,13 @@ static void device_json(JsonBuilder *b, struct srv_device *dev)
 
     json_builder_set_member_name(b, "regions");
     json_builder_begin_array(b);
-    for (unsigned i = 0; i < dev->nregions; i++) {
-        const struct srv_region *r = &dev->regions[i];
+    for (unsigned i = 0; i < dev->mem.table.n; i++) {
+        const struct vp_mt_region *r = &dev->mem.table.r[i];
         json_builder_begin_object(b);
         add_int(b, "gpa", (gint64)r->gpa);
         add_int(b, "size", (gint64)r->size);
-        add_int(b, "mmap_offset", (gint64)r->mmap_offset);
-        add_int(b, "bar_offset", (gint64)srv_region_bar_offset(dev, r));
+        add_int(b, "mmap_offset", (gint64)r->file_offset);
+        add_int(b, "bar_offset", (gint64)r->target);
         json_builder_end_object(b);
     }
     json_builder_end_array(b);
@@ -118,21 +119,15 @@ static void device_json(JsonBuilder *b, struct srv_device *dev)
 
     json_builder_set_member_name(b, "counters");
     json_builder_begin_object(b);
-    add_int(b, "controlq_tx", (gint64)dev->counters.controlq_tx);
-    add_int(b, "controlq_rx", (gint64)dev->counters.controlq_rx);
-    add_int(b, "acks_ok", (gint64)dev->counters.acks_ok);
-    add_int(b, "acks_fail", (gint64)dev->counters.acks_fail);
-    add_int(b, "clones", (gint64)dev->counters.clones);
-    add_int(b, "resets", (gint64)dev->counters.resets);
-    add_int(b, "bad_acks", (gint64)dev->counters.bad_acks);
+    add_int(b, "controlq_tx", (gint64)dev->cq.counters.tx);
+    add_int(b, "controlq_rx", (gint64)dev->cq.counters.rx);
+    add_int(b, "acks_ok", (gint64)dev->cq.counters.acks_ok);
+    add_int(b, "acks_fail", (gint64)dev->cq.counters.acks_fail);
+    add_int(b, "clones", (gint64)dev->clones);
+    add_int(b, "resets", (gint64)dev->cq.counters.resets);
+    add_int(b, "bad_acks", (gint64)dev->cq.counters.bad_acks);
     json_builder_end_object(b);
     json_builder_end_object(b);
-}
-
-static gint cmp_dev(gconstpointer a, gconstpointer b)
-{
-    const struct srv_device *x = a, *y = b;
-    return strcmp(x->uuid_str, y->uuid_str);
 }
 
 char *srv_mgmt_status_json(struct vp_server *srv)
@@ -150,10 +145,11 @@ char *srv_mgmt_status_json(struct vp_server *srv)
     json_builder_end_object(b);
     json_builder_set_member_name(b, "devices");
     json_builder_begin_array(b);
-    GList *devs = g_list_sort(g_hash_table_get_values(srv->devices), cmp_dev);
-    for (GList *l = devs; l; l = l->next)
-        device_json(b, l->data);
-    g_list_free(devs);
+    GList *ts = srv_tenants_sorted(srv);
+    for (GList *l = ts; l; l = l->next)
+        if (((struct srv_tenant *)l->data)->dev)
+            device_json(b, l->data);
+    g_list_free(ts);
     json_builder_end_array(b);
     json_builder_end_object(b);
 

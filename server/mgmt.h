@@ -1,10 +1,14 @@
 /*
- * mgmt.h - limits of the management socket (--mgmt PATH, server/mgmt.c); its
- * functions are declared in server.h. The integration test
- * tests/integration/test-mgmt-clients.c reads these to play the worst client.
+ * mgmt.h - the management socket (--mgmt PATH, server/mgmt.c): a client writes
+ * `status\n` and reads one JSON document describing the server, its devices and their
+ * counters (vhost-pci-ctl renders it). The integration test
+ * tests/integration/test-mgmt-clients.c reads the limits below to play the worst
+ * client.
  */
 #ifndef VP_SERVER_MGMT_H
 #define VP_SERVER_MGMT_H
+
+#include "vp_common.h"
 
 /** Bytes of the request line, newline included; a longer line is answered as an
  *  unknown command. */
@@ -14,5 +18,15 @@
 #define MGMT_DEADLINE_MS 5000
 /** Mgmt clients open at once; a further one is closed at accept (logged). */
 #define MGMT_MAX_CLIENTS 16
+
+struct vp_server;
+struct srv_mgmt;
+
+/** Listen on @path (removed again by srv_mgmt_free). NULL with a reason in @err. */
+struct srv_mgmt *srv_mgmt_new(struct vp_server *srv, const char *path, vp_error *err);
+/** Close every client and the socket (NULL is fine). */
+void srv_mgmt_free(struct srv_mgmt *m);
+/** The status document (pretty JSON; the caller frees it with g_free). */
+char *srv_mgmt_status_json(struct vp_server *srv);
 
 #endif

@@ -4,7 +4,10 @@
 SERVER_CORE_SRCS := server/layout.c
 SERVER_HOST_SRCS := server/devhost_local.c
 SERVER_SRCS := $(SERVER_CORE_SRCS) $(SERVER_HOST_SRCS) server/unix_listen.c \
-               server/device.c server/requests.c server/session.c server/mgmt.c \
+               server/devfn.c server/ctrlarea.c server/cq_dev.c server/windows.c \
+               server/frontends.c server/cqmsg.c server/device.c server/clone.c \
+               server/jobs.c server/tenant.c server/req_memory.c server/req_device.c \
+               server/req_features.c server/closing.c server/session.c server/mgmt.c \
                server/main.c
 
 SERVER_OBJS := $(SERVER_SRCS:%.c=$(B)/%.o)
@@ -33,3 +36,12 @@ $(B)/tests/unit/test-devhost-local: $(B)/tests/unit/test-devhost-local.o \
                                     $(B)/server/devhost_local.o $(B)/server/unix_listen.o \
                                     $(B)/tests/testutil.o $(B)/libvhostpci.a
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+
+# The QMP client is three objects (qmp.c, qmp_recv.c, qmp_sync.c); the tests that
+# link qmp.o by name (tests/e2e/module.mk) get the other two here; the fuzz targets
+# use SERVER_QMP_SRCS.
+SERVER_QMP_SRCS := server/qmp.c server/qmp_recv.c server/qmp_sync.c
+QMP_EXTRA_OBJS := $(B)/server/qmp_recv.o $(B)/server/qmp_sync.o
+$(B)/server/vhost-pci-server: $(QMP_EXTRA_OBJS)
+$(B)/tests/unit/test-qmp: $(QMP_EXTRA_OBJS)
+$(B)/tests/e2e/test-qemu-ivshmem: $(QMP_EXTRA_OBJS)

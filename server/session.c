@@ -1,8 +1,5 @@
 /*
- * session.c - one client connection of vhost-pci-server (DESIGN section 4): reads
- * framed messages with vp_msg_reader from a non-blocking socket and dispatches them
- * through one table that says, per message type, in which states it is allowed,
- * which handler runs and what happens otherwise.
+ * session.c - one client connection of vhost-pci-server (session.h).
  *
  * Security model: the client is another, possibly hostile, process. vp_reader_read()
  * checks the header (type, version, msg_len <= 64 KiB, fd count) before anything is
@@ -15,15 +12,24 @@
  * bound to the client_uuid of its first message; another uuid later is a framing
  * error.
  */
-#include "server.h"
+#include "session.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <unistd.h>
 #include <glib-unix.h>
+#include <uuid/uuid.h>
 
-/* States a message can be allowed in (computed per message from the device table). */
+#include "closing.h"
+#include "jobs.h"
+#include "req_device.h"
+#include "req_features.h"
+#include "req_memory.h"
+#include "server.h"
+#include "tenant.h"
+
+/* States a message can be allowed in (computed per message from the tenant). */
 enum {
     ST_NO_DEVICE = 1u << 0,    /* no vhost-pci device for this client_uuid yet */
     ST_DEVICE = 1u << 1,       /* a device exists */
@@ -41,7 +47,7 @@ enum reject_rule {
 struct dispatch {
     unsigned max_fds;          /* checked before the handler (decode checks exactness) */
     unsigned states;
-    int (*handler)(struct srv_session *, struct vp_msg *, vp_error *);
+    int (*handler)(const struct srv_req *, struct vp_msg *, vp_error *);
     enum reject_rule reject;
     const char *why;           /* reason used when rejected */
 };
@@ -62,47 +68,35 @@ static const struct dispatch dispatch_table[VP_MSG_TYPE_COUNT] = {
 
 static unsigned session_state(struct srv_session *s)
 {
-    struct srv_device *dev = srv_device_lookup(s->srv, s->uuid);
-    if (!dev)
+    struct srv_tenant *t = s->tenant;
+    if (!t->dev)
         return ST_NO_DEVICE;
-    return srv_jobs_waiting_reneg(dev) ? ST_RENEG : ST_DEVICE;
+    return srv_jobs_waiting_client(&t->jobs) ? ST_RENEG : ST_DEVICE;
 }
 
-struct srv_session *srv_session_lookup(struct vp_server *srv, uint64_t id)
+static struct srv_session *session_lookup(struct vp_server *srv, uint64_t id)
 {
     return id ? g_hash_table_lookup(srv->sessions, &id) : NULL;
-}
-
-unsigned srv_sessions_of_uuid(struct vp_server *srv, const uint8_t *uuid)
-{
-    unsigned n = 0;
-    GHashTableIter it;
-    gpointer k, v;
-    g_hash_table_iter_init(&it, srv->sessions);
-    while (g_hash_table_iter_next(&it, &k, &v)) {
-        struct srv_session *s = v;
-        if (s->bound && memcmp(s->uuid, uuid, VP_UUID_LEN) == 0)
-            n++;
-    }
-    return n;
 }
 
 void srv_session_close(struct srv_session *s, const char *why)
 {
     struct vp_server *srv = s->srv;
     uint64_t id = s->id;
-    bool bound = s->bound;
-    uint8_t uuid[VP_UUID_LEN];
-    memcpy(uuid, s->uuid, VP_UUID_LEN);
-    g_info("client %s: connection %" PRIu64 " closed (%s)", bound ? s->uuid_str : "(unbound)",
-           id, why);
+    struct srv_tenant *t = s->tenant;
+    s->tenant = NULL;  /* the hold goes to the tenant's closing below */
+    g_info("client %s: connection %" PRIu64 " closed (%s)", s->uuid_str, id, why);
     srv->counters.disconnects++;
     if (s->src)
         g_source_remove(s->src);
     s->src = 0;
     g_hash_table_remove(srv->sessions, &id);  /* frees s (and its unsent replies) */
-    if (bound && !srv->shutting_down)
-        srv_req_session_closed(srv, id, uuid);
+    if (!t)
+        return;
+    if (srv->shutting_down)
+        srv_tenant_unbind(t);
+    else
+        srv_closing_session_closed(t, id);
 }
 
 struct close_later {
@@ -114,7 +108,7 @@ struct close_later {
 static gboolean close_later_cb(gpointer data)
 {
     struct close_later *c = data;
-    struct srv_session *s = srv_session_lookup(c->srv, c->id);
+    struct srv_session *s = session_lookup(c->srv, c->id);
     if (s)
         srv_session_close(s, c->why);
     g_free(c);
@@ -151,7 +145,7 @@ static int send_if_writable(struct srv_session *s, uint16_t type, uint64_t seq,
     if (poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT))
         return (p.revents & (POLLERR | POLLHUP | POLLNVAL)) ? -EPIPE : -EAGAIN;
     struct vp_sock_hdr hdr = { .type = type, .version = VP_MSG_VERSION, .seq = seq };
-    memcpy(hdr.uuid, s->uuid, VP_UUID_LEN);
+    memcpy(hdr.uuid, s->tenant->uuid, VP_UUID_LEN);
     return vp_send_ack(s->fd, type, &hdr, ack);
 }
 
@@ -179,11 +173,12 @@ static gboolean on_writable(gint fd, GIOCondition cond, gpointer data)
     return G_SOURCE_REMOVE;
 }
 
-void srv_reply(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64_t seq,
-               const struct vp_ack *ack)
+/* The server's reply hook (vp_server.reply). */
+static void session_reply(struct vp_server *srv, uint64_t session_id, uint16_t type,
+                          uint64_t seq, const struct vp_ack *ack)
 {
-    struct srv_session *s = srv_session_lookup(srv, session_id);
-    if (!s || s->fd < 0)
+    struct srv_session *s = session_lookup(srv, session_id);
+    if (!s || s->fd < 0 || !s->tenant)
         return;
     int r = g_queue_is_empty(&s->outq) ? send_if_writable(s, type, seq, ack) : -EAGAIN;
     if (r == -EAGAIN) {
@@ -209,45 +204,8 @@ void srv_reply(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64
     }
 }
 
-void srv_ack_fill(struct vp_ack *ack, uint64_t result, const char *reason,
-                  const struct vp_device_info *di)
-{
-    memset(ack, 0, sizeof(*ack));
-    ack->result = result;
-    if (reason)
-        g_strlcpy(ack->reason, reason, sizeof(ack->reason));
-    if (di) {
-        ack->device_type = di->device_type;
-        ack->device_id = di->device_id;
-    }
-}
-
-void srv_reply_now(struct srv_session *s, uint16_t type, uint64_t seq, uint64_t result,
-                   const char *reason, const struct vp_device_info *di)
-{
-    struct vp_ack a;
-    srv_ack_fill(&a, result, reason, di);
-    if (reason)
-        g_message("client %s: %s seq %" PRIu64 " -> %s: %s", s->uuid_str,
-                  vp_msg_type_name(type), seq, vp_ack_result_name(result), reason);
-    srv_reply(s->srv, s->id, type, seq, &a);
-}
-
-int srv_decode_device_info(struct vp_msg *msg, struct vp_device_info **out, vp_error *err)
-{
-    struct vp_device_info *di = g_new0(struct vp_device_info, 1);
-    vp_device_info_init(di);
-    int r = vp_decode_device_info(msg, di, err);
-    if (r < 0) {
-        g_free(di);
-        di = NULL;
-    }
-    *out = di;
-    return r;
-}
-
 /* Answer a rejected DEVICE_INFO: decode just enough to echo op and device. */
-static int reject_with_ack(struct srv_session *s, struct vp_msg *msg, const char *why,
+static int reject_with_ack(const struct srv_req *rq, struct vp_msg *msg, const char *why,
                            vp_error *err)
 {
     if (msg->hdr.type != VP_MSG_DEVICE_INFO)
@@ -257,9 +215,23 @@ static int reject_with_ack(struct srv_session *s, struct vp_msg *msg, const char
     if (r < 0)
         return r;
     vp_device_info_close_fds(di);
-    srv_reply_now(s, VP_MSG_DEVICE_INFO_ACK, msg->hdr.seq,
-                  di->op == VP_OP_DEL ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL, why, di);
+    srv_req_answer(rq, VP_MSG_DEVICE_INFO_ACK,
+                   di->op == VP_OP_DEL ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL, why, di);
     g_free(di);
+    return 0;
+}
+
+/* Bind @s to the uuid of its first message; later messages must carry the same. */
+static int bind_uuid(struct srv_session *s, const struct vp_msg *msg, vp_error *err)
+{
+    if (!s->tenant) {
+        s->tenant = srv_tenant_bind(s->srv, msg->hdr.uuid);
+        uuid_unparse_lower(msg->hdr.uuid, s->uuid_str);
+        g_info("client %s: connection %" PRIu64 " bound", s->uuid_str, s->id);
+        return 0;
+    }
+    if (memcmp(s->tenant->uuid, msg->hdr.uuid, VP_UUID_LEN) != 0)
+        return vp_fail(err, -EPROTO, "client_uuid changed on one connection");
     return 0;
 }
 
@@ -268,14 +240,9 @@ static int handle_message(struct srv_session *s, struct vp_msg *msg, vp_error *e
 {
     struct vp_server *srv = s->srv;
     srv->counters.messages++;
-    if (!s->bound) {
-        memcpy(s->uuid, msg->hdr.uuid, VP_UUID_LEN);
-        srv_uuid_str(s->uuid, s->uuid_str);
-        s->bound = true;
-        g_info("client %s: connection %" PRIu64 " bound", s->uuid_str, s->id);
-    } else if (memcmp(s->uuid, msg->hdr.uuid, VP_UUID_LEN) != 0) {
-        return vp_fail(err, -EPROTO, "client_uuid changed on one connection");
-    }
+    int r = bind_uuid(s, msg, err);
+    if (r < 0)
+        return r;
     unsigned type = msg->hdr.type;
     if (type >= VP_MSG_TYPE_COUNT)  /* vp_reader_read already rejects these */
         return vp_fail(err, -EPROTO, "unknown message type %u", type);
@@ -285,12 +252,14 @@ static int handle_message(struct srv_session *s, struct vp_msg *msg, vp_error *e
     if (msg->nfds > d->max_fds)
         return vp_fail(err, -EPROTO, "%s with %u fds (at most %u)", vp_msg_type_name(type),
                        msg->nfds, d->max_fds);
+    const struct srv_req rq = { .srv = srv, .tenant = s->tenant, .session_id = s->id,
+                                .seq = msg->hdr.seq, .uuid_str = s->uuid_str };
     if (!(d->states & session_state(s))) {
         switch (d->reject) {
         case REJECT_DISCONNECT:
             return vp_fail(err, -EPROTO, "%s", d->why);
         case REJECT_ACK_FAIL:
-            return reject_with_ack(s, msg, d->why, err);
+            return reject_with_ack(&rq, msg, d->why, err);
         case REJECT_IGNORE:
             srv->counters.bad_messages++;
             g_warning("client %s: %s seq %" PRIu64 " ignored: %s", s->uuid_str,
@@ -298,7 +267,7 @@ static int handle_message(struct srv_session *s, struct vp_msg *msg, vp_error *e
             return 0;
         }
     }
-    return d->handler(s, msg, err);
+    return d->handler(&rq, msg, err);
 }
 
 static gboolean on_readable(gint fd, GIOCondition cond, gpointer data)
@@ -322,8 +291,7 @@ static gboolean on_readable(gint fd, GIOCondition cond, gpointer data)
                 g_snprintf(why, sizeof(why), "peer closed");
             } else {
                 srv->counters.bad_messages++;
-                g_warning("client %s: %s: disconnecting", s->bound ? s->uuid_str : "(unbound)",
-                          err.msg);
+                g_warning("client %s: %s: disconnecting", s->uuid_str, err.msg);
                 g_snprintf(why, sizeof(why), "framing error: %s", err.msg);
             }
             s->src = 0;
@@ -334,21 +302,20 @@ static gboolean on_readable(gint fd, GIOCondition cond, gpointer data)
         vp_msg_clear(&msg);  /* closes every fd no handler took */
         if (r < 0) {
             srv->counters.bad_messages++;
-            g_warning("client %s: %s: disconnecting", s->bound ? s->uuid_str : "(unbound)",
-                      err.msg);
+            g_warning("client %s: %s: disconnecting", s->uuid_str, err.msg);
             char why[300];
             g_snprintf(why, sizeof(why), "protocol error: %s", err.msg);
             s->src = 0;
             srv_session_close(s, why);
             return G_SOURCE_REMOVE;
         }
-        if (!srv_session_lookup(srv, id))
+        if (!session_lookup(srv, id))
             return G_SOURCE_REMOVE;  /* closed meanwhile (cannot happen: closes are deferred) */
     }
     return G_SOURCE_CONTINUE;
 }
 
-void srv_session_free(gpointer p)
+static void session_free(gpointer p)
 {
     struct srv_session *s = p;
     if (s->src)
@@ -358,7 +325,15 @@ void srv_session_free(gpointer p)
     g_queue_clear_full(&s->outq, g_free);
     vp_reader_reset(&s->reader);
     vp_close_fd(&s->fd);
+    if (s->tenant)
+        srv_tenant_unbind(s->tenant);
     g_free(s);
+}
+
+void srv_sessions_init(struct vp_server *srv)
+{
+    srv->sessions = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, session_free);
+    srv->reply = session_reply;
 }
 
 void srv_session_new(struct vp_server *srv, int fd)
@@ -373,4 +348,19 @@ void srv_session_new(struct vp_server *srv, int fd)
     s->src = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_readable, s);
     g_hash_table_insert(srv->sessions, &s->id, s);
     g_info("connection %" PRIu64 " accepted", s->id);
+}
+
+void srv_sessions_close_all(struct vp_server *srv, const char *why)
+{
+    GList *ss = g_hash_table_get_values(srv->sessions);
+    for (GList *l = ss; l; l = l->next)
+        srv_session_close(l->data, why);
+    g_list_free(ss);
+}
+
+void srv_sessions_free(struct vp_server *srv)
+{
+    if (srv->sessions)
+        g_hash_table_destroy(srv->sessions);
+    srv->sessions = NULL;
 }

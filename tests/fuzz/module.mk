@@ -46,7 +46,7 @@ FUZZ_GUESTD_OBJS := $(GUESTD_SRCS:%.c=$(FZ)/obj/%.o)
 FUZZ_EXTRA_controlq := $(FUZZ_GUESTD_OBJS)
 FUZZ_EXTRA_vring := $(FUZZ_GUESTD_OBJS)
 FUZZ_EXTRA_vhost-user := $(FZ)/obj/client/vhost_user.o
-FUZZ_EXTRA_qmp := $(FZ)/obj/server/qmp.o
+FUZZ_EXTRA_qmp := $(SERVER_QMP_SRCS:%.c=$(FZ)/obj/%.o)
 FUZZ_EXTRA_ivshmem := $(FZ)/obj/server/ivshmem_endpoint.o
 
 $(FZ)/obj/guest-driver/%.o $(FZ)/obj/tests/fuzz/fuzz-vring.o \
