@@ -11,5 +11,6 @@ $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/tests/testutil.o $(B)/libvhostpci.a
 TESTS += $(UNIT_TESTS)
 
 -include tests/integration/module.mk
+-include tests/fault/module.mk
 -include tests/e2e/module.mk
 -include tests/fuzz/module.mk

@@ -78,9 +78,11 @@ static void child_setup(gpointer data)
 char *itest_bin(const char *which)
 {
     const char *env = g_str_equal(which, "server") ? "VP_SERVER_BIN"
-                    : g_str_equal(which, "guestd") ? "VP_GUESTD_BIN" : "VP_CTL_BIN";
+                    : g_str_equal(which, "guestd") ? "VP_GUESTD_BIN"
+                    : g_str_equal(which, "client") ? "VP_CLIENT_BIN" : "VP_CTL_BIN";
     const char *rel = g_str_equal(which, "server") ? "server/vhost-pci-server"
                     : g_str_equal(which, "guestd") ? "guest-driver/vhost-pci-guestd"
+                    : g_str_equal(which, "client") ? "client/vhost-pci-client"
                     : "tools/vhost-pci-ctl";
     if (g_getenv(env))
         return g_strdup(g_getenv(env));
@@ -110,7 +112,7 @@ char *itest_guestd_endpoint_wrapper(const char *dir, const char *endpoint)
     return wrapper;
 }
 
-static GPid spawn(ITestEnv *env, char **argv, const char *log)
+GPid itest_spawn(ITestEnv *env, char **argv, const char *log)
 {
     install_handlers();
     if (!g_file_test(argv[0], G_FILE_TEST_IS_EXECUTABLE))
@@ -234,9 +236,10 @@ static void wait_answering(ITestEnv *env, gboolean guestd)
 void itest_start_guestd(ITestEnv *env)
 {
     char *bin = itest_bin("guestd");
-    char *argv[] = { bin, "--bus", "local", "--local-bus", env->local_bus, "--status",
+    char *argv[] = { bin, "--bus", "local", "--local-bus",
+                     env->guestd_bus ? env->guestd_bus : env->local_bus, "--status",
                      env->status, "--log-level", "debug", NULL };
-    env->guestd_pid = spawn(env, argv, env->guestd_log);
+    env->guestd_pid = itest_spawn(env, argv, env->guestd_log);
     g_free(bin);
     wait_answering(env, TRUE);
 }
@@ -266,6 +269,13 @@ void itest_env_start(ITestEnv *env, const ITestOpts *opts)
     g_snprintf(abort_note, sizeof(abort_note),
                "itest: test aborted; the server/guestd logs are kept in %s\n", env->dir);
 
+    itest_start_server(env, opts);
+    if (!opts || !opts->no_guestd)
+        itest_start_guestd(env);
+}
+
+void itest_start_server(ITestEnv *env, const ITestOpts *opts)
+{
     char *bin = itest_bin("server");
     GPtrArray *argv = g_ptr_array_new();
     const char *base[] = { bin, "--listen", env->sock, "--device-host", "local",
@@ -276,12 +286,10 @@ void itest_env_start(ITestEnv *env, const ITestOpts *opts)
     for (const char *const *a = opts ? opts->server_args : NULL; a && *a; a++)
         g_ptr_array_add(argv, (gpointer)*a);
     g_ptr_array_add(argv, NULL);
-    env->server_pid = spawn(env, (char **)argv->pdata, env->server_log);
+    env->server_pid = itest_spawn(env, (char **)argv->pdata, env->server_log);
     g_ptr_array_free(argv, TRUE);
     g_free(bin);
     wait_answering(env, FALSE);
-    if (!opts || !opts->no_guestd)
-        itest_start_guestd(env);
 }
 
 static void rm_rf(const char *dir)

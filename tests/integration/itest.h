@@ -44,6 +44,8 @@ typedef struct {
     char *status;                /* guestd --status */
     char *server_log, *guestd_log;
     GPid server_pid, guestd_pid; /* 0 when not running */
+    char *guestd_bus;            /* guestd --local-bus when set (e.g. a proxy in front of
+                                    local_bus; the caller owns it), else local_bus */
 } ITestEnv;
 
 /** Start the server (and the guestd unless opts->no_guestd) and wait until both
@@ -55,6 +57,13 @@ void itest_env_start(ITestEnv *env, const ITestOpts *opts);
 void itest_env_stop(ITestEnv *env);
 /** Start only the guestd (after the server). */
 void itest_start_guestd(ITestEnv *env);
+/** (Re)start the server of @env on its paths (after itest_env_start(), e.g. once it
+ *  was killed) and wait until it answers its mgmt socket. */
+void itest_start_server(ITestEnv *env, const ITestOpts *opts);
+/** Spawn @argv (NULL-terminated) in env->dir with stdout+stderr appended to @log; the
+ *  child dies with the test program and is killed if the test aborts. Reap it with
+ *  itest_alive() (or waitpid). */
+GPid itest_spawn(ITestEnv *env, char **argv, const char *log);
 /** Kill the guestd now (SIGKILL + waitpid). */
 void itest_kill_guestd(ITestEnv *env);
 /** TRUE when @pid has not exited (reaps it when it has, recording the status). */
@@ -62,7 +71,8 @@ gboolean itest_alive(GPid pid);
 /** Print the children's logs into the test output (g_test_message). */
 void itest_dump_logs(ITestEnv *env);
 
-/** Path of a program: "server", "guestd" or "ctl". */
+/** Path of a program: "server", "guestd", "ctl" or "client" (the vhost-pci-client
+ *  daemon; VP_CLIENT_BIN overrides). */
 char *itest_bin(const char *which);
 
 /** Write an executable script @dir/guestd that runs the guestd of itest_bin("guestd")
