@@ -152,6 +152,38 @@ static void qmp_handle_answer(qmp_client *c, JsonObject *msg)
     qmp_send_next(c);
 }
 
+/* json-glib's parser recurses once per nesting level, without a limit: a line of a
+ * hundred thousand '[' overflows the stack. QEMU's own JSON parser refuses more than
+ * this many levels (MAX_NESTING in qobject/json-streamer.c), so no real answer nests
+ * deeper. Counts brackets outside strings. */
+#define QMP_MAX_NESTING 1024
+
+static gboolean qmp_nesting_ok(const char *line, gsize len)
+{
+    unsigned depth = 0;
+    gboolean in_str = FALSE, esc = FALSE;
+
+    for (gsize i = 0; i < len; i++) {
+        char ch = line[i];
+        if (in_str) {
+            if (esc)
+                esc = FALSE;
+            else if (ch == '\\')
+                esc = TRUE;
+            else if (ch == '"')
+                in_str = FALSE;
+        } else if (ch == '"') {
+            in_str = TRUE;
+        } else if (ch == '[' || ch == '{') {
+            if (++depth > QMP_MAX_NESTING)
+                return FALSE;
+        } else if ((ch == ']' || ch == '}') && depth > 0) {
+            depth--;
+        }
+    }
+    return TRUE;
+}
+
 /* One complete line from QEMU. Returns 0, or -1 after closing the connection. */
 static int qmp_handle_line(qmp_client *c, const char *line, gsize len)
 {
@@ -160,6 +192,11 @@ static int qmp_handle_line(qmp_client *c, const char *line, gsize len)
     JsonNode *root;
     JsonObject *msg;
 
+    if (!qmp_nesting_ok(line, len)) {
+        qmp_close(c, -EPROTO, "QEMU sent JSON nested deeper than %u levels",
+                  QMP_MAX_NESTING);
+        return -1;
+    }
     if (!json_parser_load_from_data(parser, line, (gssize)len, &gerr)) {
         qmp_close(c, -EPROTO, "QEMU sent a line that is not JSON: %s", gerr->message);
         return -1;

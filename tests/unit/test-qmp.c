@@ -651,6 +651,27 @@ static void test_not_qmp(void)
     qmp_client_free(c);
     fake_fini(&f);
 
+    /* JSON nested deeper than QEMU's own limit: refused before json-glib's recursive
+     * parser runs out of stack (100000 levels crashed the server). Found with the
+     * fuzz-qmp target (tests/fuzz). */
+    memset(&st, 0, sizeof(st));
+    vp_test_socketpair(sv);
+    c = qmp_client_new(NULL);
+    qmp_client_set_state_handler(c, on_state, &st);
+    g_assert_cmpint(qmp_client_attach_fd(c, sv[0], WAIT_MS, &err), ==, 0);
+    fake_init(&f, sv[1]);
+    {
+        g_autofree char *deep = g_malloc(100001);
+        memset(deep, '[', 100000);
+        deep[100000] = 0;
+        fake_send(&f, deep);
+    }
+    VP_SPIN_UNTIL(st.closed, WAIT_MS);
+    g_assert_cmpint(st.last_ret, ==, -EPROTO);
+    g_assert_nonnull(strstr(st.err.msg, "nested deeper than 1024 levels"));
+    qmp_client_free(c);
+    fake_fini(&f);
+
     /* No greeting at all: bounded. */
     memset(&st, 0, sizeof(st));
     vp_test_socketpair(sv);
