@@ -34,3 +34,23 @@ $(B)/tools/vnet-bench: $(B)/tools/vnet-frontend/vnet-bench.o $(VNET_FE_OBJ) $(VN
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 
 BINS += $(B)/tools/vhost-pci-frontend $(B)/tools/vnet-bench
+
+# --- vu-pingpong (issue 11, latency): the test vhost-user frontend
+# (tests/integration/vu_frontend) with a virtio-net driver data path, timing one
+# frame's round trip through any reflecting vhost-user backend (tools/bench).
+$(B)/tools/vu-pingpong.o: CFLAGS_HOST += -Iclient -Itests/integration
+$(B)/tools/vu-pingpong.o: | $(VP_PB_H)
+$(B)/tools/vu-pingpong: $(B)/tools/vu-pingpong.o $(B)/tests/integration/vu_frontend.o \
+                        $(B)/client/vhost_user.o \
+                        $(B)/libvhostpci.a
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+
+BINS += $(B)/tools/vu-pingpong
+
+# --- bench-memcpy (issue 11, "the limit"): single-core frame copy rate per size.
+$(B)/tools/bench-memcpy: $(B)/tools/bench-memcpy.o
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^
+
+BINS += $(B)/tools/bench-memcpy

@@ -83,3 +83,7 @@ $(H14_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Itools/vnet
 $(H14_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
 TESTS += $(H14_ITEST)
 # ---- end of h14 block ----
+
+# ---- T: the bench's smoke run (tools/bench --smoke: every path measured once, no
+# figure judged), needs dpdk-testpmd; last of the host-only tests (about a minute).
+TESTS += tests/integration/test-bench-smoke.sh

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The bench works (`make bench`, tools/bench): its --smoke run (one short run of 64 B
+# per path) measures every path it can run here and writes results.json. Checks that
+# the figures exist and are sane in form (frames > 0, CPU time counted), never their
+# values: make check has no timing assertions. Prints TAP.
+#
+# Environment: VP_B (or B) build dir (default build). Results and logs go to
+# $VP_B/test-logs/bench-smoke/.
+set -u
+cd "$(dirname "$0")/../.." || exit 1
+B=${VP_B:-${B:-build}}
+# shellcheck source=../tap.sh
+. tests/tap.sh
+tap_plan 7
+command -v dpdk-testpmd >/dev/null || skip_rest "dpdk-testpmd not installed (tools/install-deps)"
+command -v jq >/dev/null || skip_rest "jq not installed (tools/install-deps)"
+
+out=$B/test-logs/bench-smoke
+rm -rf "$out"
+mkdir -p "$out"
+r=$out/results.json
+tools/bench "$B" --smoke --out "$r" >"$out/bench.out" 2>"$out/bench.err" &
+bpid=$!
+wait "$bpid"
+rc=$?
+if [ "$rc" = 0 ] && jq -e . "$r" >/dev/null 2>&1; then
+    ok "tools/bench --smoke exits 0 and writes results.json"
+else
+    not_ok "tools/bench --smoke exits 0 and writes results.json" "rc=$rc" "$(tail -n 20 "$out/bench.err")"
+    fail_rest "no results"
+fi
+j() { jq -r "$1" "$r"; }
+check "machine described: $(j '"\(.machine.cpu_model), \(.machine.cpus) CPUs"')" \
+    test "$(j '(.machine.cpu_model | length > 0) and .machine.cpus >= 1')" = true
+check "copy limit measured at 64 B: $(j '.limit[0].mpps') Mpps" \
+    test "$(j '.limit[0].size == 64 and .limit[0].mpps > 0')" = true
+tp() {   # PATH: a throughput figure with frames and CPU time
+    test "$(j "[.measurements[] | select(.kind == \"throughput\" and .path == \"$1\" and .size == 64
+               and .frames > 0 and .cpu_s > 0)] | length >= 1")" = true
+}
+for p in vhost-pci dpdk-vhost; do
+    if tp "$p"; then ok "reflect through $p: frames and CPU-seconds counted"
+    else not_ok "reflect through $p measured" "$(grep -i "$p" "$out/bench.err" | tail -n 5)"; fi
+done
+if tp dpdk-switch; then
+    ovs=$(j 'if any(.measurements[]; .path == "ovs-dpdk") then "ovs-dpdk measured" else "ovs-dpdk not measured: \(.notes["ovs-dpdk"])" end')
+    if [ "$ovs" != "ovs-dpdk not measured: null" ]; then ok "VM to VM through dpdk-switch measured; $ovs"
+    else not_ok "VM to VM: ovs-dpdk neither measured nor explained"; fi
+else
+    not_ok "VM to VM through dpdk-switch measured" "$(grep -i switch "$out/bench.err" | tail -n 5)"
+fi
+lat=$(j '[.latency[] | select(.median_us.median > 0 and .p99_us.median >= .median_us.median) | .path] | sort | join(",")')
+left=$(pgrep -f "vpb-$bpid-" 2>/dev/null | tr '\n' ' ')
+if [ "$lat" = "dpdk-vhost,vhost-pci" ] && [ -z "$left" ]; then
+    ok "latency measured on both paths (vu-pingpong); no process of the bench left"
+else
+    not_ok "latency on both paths, nothing left running" "latency paths: $lat" "left: $left" \
+        "$(tail -n 5 "$out/bench.err")"
+fi
