@@ -10,6 +10,8 @@
 #   make check SANITIZE=1  the same with ASan + UBSan, into build/san/
 #   make demo            boot the paired VMs and exchange packets
 #   make bench           benchmarks (print figures)
+#   make soak            minutes of traffic, memory hot-plug and restarts on the VM pair
+#                        (SOAK_MINUTES, default 5); fd counts and RSS at start and end
 #   make clean
 
 CC      ?= gcc
@@ -51,7 +53,7 @@ TESTS :=          # test programs, run by tests/run in this order
 E2E_TESTS :=      # tests that boot real QEMU (run last)
 CLEAN_EXTRA :=
 
-.PHONY: all check demo bench clean deps
+.PHONY: all check demo bench soak clean deps
 all:
 
 # Keep every intermediate file (objects of test programs): make would otherwise
@@ -96,6 +98,10 @@ bench: all
 
 demo: all
 	@tools/demo $(B)
+
+SOAK_MINUTES ?= 5
+soak: all
+	@tools/soak $(B) --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf build $(CLEAN_EXTRA)
