@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "vhost_pci.pb-c.h"
+#include "vp_proto.h"
 
 /* ------------------------------------------------------------------------- */
 /* Header                                                                     */
@@ -72,7 +73,7 @@ int vp_sock_hdr_decode(const uint8_t in[VP_SOCK_HDR_SIZE], struct vp_sock_hdr *h
     h.seq = vp_get_le64(in + 8);
     memcpy(h.uuid, in + 16, VP_UUID_LEN);
 
-    if (h.type >= VP_MSG_TYPE_COUNT)
+    if (!vp_proto_rule(h.type))
         return vp_fail(err, -EPROTO, "unknown message type %u", h.type);
     if (h.version != VP_MSG_VERSION)
         return vp_fail(err, -EPROTO, "unsupported message version %u (speak %u) in %s",
@@ -634,16 +635,10 @@ static void copy_reason(char dst[VP_MAX_REASON + 1], const char *src)
     dst[n] = '\0';
 }
 
-static bool is_ack_type(unsigned type)
-{
-    return type == VP_MSG_MEMORY_INFO_ACK || type == VP_MSG_DEVICE_INFO_ACK ||
-           type == VP_MSG_FEATURE_BITS_ACK;
-}
-
 int vp_decode_ack(const struct vp_msg *msg, struct vp_ack *out, vp_error *err)
 {
     memset(out, 0, sizeof(*out));
-    if (!is_ack_type(msg->hdr.type))
+    if (!vp_proto_is_ack(msg->hdr.type))
         return vp_fail(err, -EINVAL, "expected an ACK, got %s",
                        vp_msg_type_name(msg->hdr.type));
     int ret = decode_precheck(msg, msg->hdr.type, false, 6, VP_MAX_VIRTQS,
@@ -793,7 +788,7 @@ int vp_send_feature_bits(int sock, const struct vp_sock_hdr *hdr, uint64_t bits)
 
 int vp_send_ack(int sock, uint16_t type, const struct vp_sock_hdr *hdr, const struct vp_ack *ack)
 {
-    if (!is_ack_type(type) || ack->npositions > VP_MAX_VIRTQS)
+    if (!vp_proto_is_ack(type) || ack->npositions > VP_MAX_VIRTQS)
         return -EINVAL;
 
     VhostPci__VirtqPosition ps[VP_MAX_VIRTQS];

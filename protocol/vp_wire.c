@@ -1,13 +1,12 @@
 /* vp_wire.c - names of protocol constants for logs. libc only. */
 #include "vp_wire.h"
 
+#include "vp_proto.h"
+
 const char *vp_msg_type_name(unsigned type)
 {
-    static const char *const names[VP_MSG_TYPE_COUNT] = {
-        "MEMORY_INFO", "MEMORY_INFO_ACK", "DEVICE_INFO",
-        "DEVICE_INFO_ACK", "FEATURE_BITS", "FEATURE_BITS_ACK",
-    };
-    return type < VP_MSG_TYPE_COUNT ? names[type] : "UNKNOWN";
+    const struct vp_msg_rule *r = vp_proto_rule(type);
+    return r ? r->name : "UNKNOWN";
 }
 
 const char *vp_ack_result_name(uint64_t result)

@@ -30,7 +30,7 @@ static void destroy_free(struct srv_job *job)
 }
 
 static const struct srv_job_kind destroy_kind = {
-    .name = "destroy", .reply_type = VP_MSG_DEVICE_INFO_ACK, .del = true, .internal = true,
+    .name = "destroy", .type = VP_MSG_DEVICE_INFO, .op = VP_OP_DEL, .internal = true,
     .start = destroy_start, .free = destroy_free,
 };
 

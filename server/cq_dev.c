@@ -8,6 +8,8 @@
 #include <inttypes.h>
 #include <unistd.h>
 
+#include "vp_proto.h"
+
 G_STATIC_ASSERT(VP_CA_BUF_SLOT >= VP_CQ_MAX_MSG);
 
 /* One outgoing controlq message and its completion. */
@@ -117,17 +119,11 @@ static void bad_ack(struct srv_cq *cq, const char *fmt, ...)
     g_warning("device %s: ignoring controlq message: %s", cq->name, why);
 }
 
-static bool result_fits(uint16_t op, uint64_t result)
-{
-    if (op == VP_OP_ADD)
-        return result == VP_ACK_ADD_DONE || result == VP_ACK_ADD_FAIL;
-    return result == VP_ACK_DEL_DONE || result == VP_ACK_DEL_FAIL;
-}
-
+/* An ACK from the guest driver: matched by seq to an outstanding message, checked
+ * against the protocol table (the type that answers it, a result its op allows). */
 static void handle_ack(struct srv_cq *cq, const struct vp_cq_msg *m)
 {
-    if (m->type != VP_MSG_MEMORY_INFO_ACK && m->type != VP_MSG_DEVICE_INFO_ACK &&
-        m->type != VP_MSG_FEATURE_BITS_ACK) {
+    if (!vp_proto_sender(m->type, VP_LEG_CONTROLQ, VP_FROM_DRIVER)) {
         bad_ack(cq, "%s seq %" PRIu64 " on the receiveq is not an ACK",
                 vp_msg_type_name(m->type), m->seq);
         return;
@@ -139,12 +135,12 @@ static void handle_ack(struct srv_cq *cq, const struct vp_cq_msg *m)
                 vp_msg_type_name(m->type), seq);
         return;
     }
-    if (m->type != op->type + 1) {
+    if ((int)m->type != vp_proto_reply_type(op->type)) {
         bad_ack(cq, "%s seq %" PRIu64 " does not answer %s", vp_msg_type_name(m->type), seq,
                 vp_msg_type_name(op->type));
         return;
     }
-    if (op->type != VP_MSG_FEATURE_BITS && !result_fits(op->op, m->u.ack.result)) {
+    if (!vp_proto_result_fits(op->type, op->op, m->u.ack.result)) {
         bad_ack(cq, "%s seq %" PRIu64 " result %s does not answer op %s",
                 vp_msg_type_name(m->type), seq, vp_ack_result_name(m->u.ack.result),
                 op->op == VP_OP_ADD ? "ADD" : "DEL");
@@ -158,8 +154,7 @@ static void handle_ack(struct srv_cq *cq, const struct vp_cq_msg *m)
         return;
     }
     g_hash_table_remove(cq->pending, &seq);
-    bool fail = op->type != VP_MSG_FEATURE_BITS &&
-                (m->u.ack.result == VP_ACK_ADD_FAIL || m->u.ack.result == VP_ACK_DEL_FAIL);
+    bool fail = !vp_proto_result_done(op->type, op->op, m->u.ack.result);
     if (fail)
         cq->counters.acks_fail++;
     else

@@ -12,6 +12,7 @@
 #include <inttypes.h>
 
 #include "server.h"
+#include "vp_proto.h"
 
 /* ------------------------------ answers ------------------------------ */
 
@@ -50,6 +51,12 @@ void srv_req_answer(const struct srv_req *rq, uint16_t type, uint64_t result,
 
 static void jobs_kick(struct srv_jobq *q);
 
+/* The result a failure of @job answers with. */
+static uint64_t fail_result(const struct srv_job *job)
+{
+    return job->kind->op == VP_OP_DEL ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL;
+}
+
 void srv_job_fill_ack(const struct srv_job *job, struct vp_ack *ack, uint64_t result,
                       const char *reason)
 {
@@ -65,7 +72,8 @@ void srv_job_reply(struct srv_job *job, const struct vp_ack *ack)
     if (job->replied)
         return;
     job->replied = true;
-    srv_reply(job->q->srv, job->session_id, job->kind->reply_type, job->sock_seq, ack);
+    srv_reply(job->q->srv, job->session_id, (uint16_t)vp_proto_reply_type(job->kind->type),
+              job->sock_seq, ack);
 }
 
 static void job_free(struct srv_job *job)
@@ -95,8 +103,7 @@ void srv_job_finish(struct srv_job *job, uint64_t result, const char *reason,
                   vp_ack_result_name(result), ack->reason);
     else
         g_info("device %s: %s -> %s", q->name, job->kind->name,
-               job->kind->reply_type == VP_MSG_FEATURE_BITS_ACK ? "accepted"
-                                                              : vp_ack_result_name(result));
+               job->kind->type == VP_MSG_FEATURE_BITS ? "accepted" : vp_ack_result_name(result));
     srv_job_reply(job, ack);
     g_queue_remove(&q->jobs, job);
     job_free(job);
@@ -110,7 +117,7 @@ void srv_job_fail(struct srv_job *job, const char *fmt, ...)
     va_start(ap, fmt);
     g_vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
-    srv_job_finish(job, job->kind->del ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL, why, NULL);
+    srv_job_finish(job, fail_result(job), why, NULL);
 }
 
 bool srv_job_fail_if_broken(struct srv_job *job, const struct srv_cq *cq)
@@ -187,7 +194,7 @@ static gboolean job_timeout(gpointer data)
         g_snprintf(why, sizeof(why), "%s within %g s", head->kind->wait_why, secs);
     else
         g_snprintf(why, sizeof(why), "device VM driver did not answer within %g s", secs);
-    uint64_t result = job->kind->del ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL;
+    uint64_t result = fail_result(job);
     if (job->phase == SRV_JOB_QUEUED) {
         srv_job_finish(job, result, why, NULL);  /* never started: just drop it */
     } else {

@@ -69,8 +69,8 @@ enum srv_job_phase {
 /** What one kind of job does (a static const table per kind). */
 struct srv_job_kind {
     const char *name;                    /* for logs: "MEMORY_INFO(ADD)" */
-    uint16_t reply_type;                 /* the *_ACK type that answers it */
-    bool del;                            /* a failure is DEL_FAIL (else ADD_FAIL) */
+    uint16_t type;                       /* the request (its ACK type: vp_proto.h) */
+    uint16_t op;                         /* VP_OP_ADD / VP_OP_DEL: which *_FAIL a failure is */
     bool internal;                       /* no timer, outcome not logged (destroy) */
     /** Run the job (it is the head of its queue). It ends with srv_job_finish/fail,
      *  now or from a later completion. */

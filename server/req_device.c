@@ -188,11 +188,11 @@ static void dev_del_start(struct srv_job *job)
 }
 
 static const struct srv_job_kind dev_add_kind = {
-    .name = "DEVICE_INFO(ADD)", .reply_type = VP_MSG_DEVICE_INFO_ACK,
+    .name = "DEVICE_INFO(ADD)", .type = VP_MSG_DEVICE_INFO, .op = VP_OP_ADD,
     .start = dev_add_start, .free = dev_job_free,
 };
 static const struct srv_job_kind dev_del_kind = {
-    .name = "DEVICE_INFO(DEL)", .reply_type = VP_MSG_DEVICE_INFO_ACK, .del = true,
+    .name = "DEVICE_INFO(DEL)", .type = VP_MSG_DEVICE_INFO, .op = VP_OP_DEL,
     .start = dev_del_start, .free = dev_job_free,
 };
 

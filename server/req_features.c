@@ -96,7 +96,7 @@ static void features_wait_timeout(struct srv_job *job)
 }
 
 static const struct srv_job_kind features_kind = {
-    .name = "FEATURE_BITS", .reply_type = VP_MSG_FEATURE_BITS_ACK,
+    .name = "FEATURE_BITS", .type = VP_MSG_FEATURE_BITS, .op = VP_OP_ADD,
     .start = features_start, .free = feat_job_free, .wait_timeout = features_wait_timeout,
     .wait_why = "feature renegotiation was not confirmed by the client's FEATURE_BITS_ACK",
 };

@@ -323,11 +323,11 @@ static void mem_del_start(struct srv_job *job)
 }
 
 static const struct srv_job_kind mem_add_kind = {
-    .name = "MEMORY_INFO(ADD)", .reply_type = VP_MSG_MEMORY_INFO_ACK,
+    .name = "MEMORY_INFO(ADD)", .type = VP_MSG_MEMORY_INFO, .op = VP_OP_ADD,
     .start = mem_add_start, .free = mem_job_free,
 };
 static const struct srv_job_kind mem_del_kind = {
-    .name = "MEMORY_INFO(DEL)", .reply_type = VP_MSG_MEMORY_INFO_ACK, .del = true,
+    .name = "MEMORY_INFO(DEL)", .type = VP_MSG_MEMORY_INFO, .op = VP_OP_DEL,
     .start = mem_del_start, .free = mem_job_free,
 };
 

@@ -28,50 +28,26 @@
 #include "req_memory.h"
 #include "server.h"
 #include "tenant.h"
+#include "vp_proto.h"
 
-/* States a message can be allowed in (computed per message from the tenant). */
-enum {
-    ST_NO_DEVICE = 1u << 0,    /* no vhost-pci device for this client_uuid yet */
-    ST_DEVICE = 1u << 1,       /* a device exists */
-    ST_RENEG = 1u << 2,        /* a device waits for the client's FEATURE_BITS_ACK */
-    ST_ANY = ST_NO_DEVICE | ST_DEVICE | ST_RENEG,
+/* The handler of each message a client may send. When it is allowed, how many fds
+ * it may carry and what happens otherwise is the protocol table's
+ * (protocol/vp_proto.h), checked in handle_message() before any handler runs. */
+typedef int (*req_handler)(const struct srv_req *, struct vp_msg *, vp_error *);
+static const req_handler handlers[VP_MSG_TYPE_COUNT] = {
+    [VP_MSG_MEMORY_INFO] = srv_req_memory_info,
+    [VP_MSG_DEVICE_INFO] = srv_req_device_info,
+    [VP_MSG_FEATURE_BITS] = srv_req_feature_bits,
+    [VP_MSG_FEATURE_BITS_ACK] = srv_req_feature_bits_ack,
 };
 
-/* What to do with a message that is not allowed in the current state. */
-enum reject_rule {
-    REJECT_DISCONNECT,         /* protocol violation: drop the client */
-    REJECT_ACK_FAIL,           /* answer the matching *_ACK with ADD_FAIL/DEL_FAIL */
-    REJECT_IGNORE,             /* count in bad_messages, log, ignore */
-};
-
-struct dispatch {
-    unsigned max_fds;          /* checked before the handler (decode checks exactness) */
-    unsigned states;
-    int (*handler)(const struct srv_req *, struct vp_msg *, vp_error *);
-    enum reject_rule reject;
-    const char *why;           /* reason used when rejected */
-};
-
-static const struct dispatch dispatch_table[VP_MSG_TYPE_COUNT] = {
-    [VP_MSG_MEMORY_INFO] = { VP_MAX_REGIONS, ST_ANY, srv_req_memory_info, REJECT_DISCONNECT, "" },
-    [VP_MSG_MEMORY_INFO_ACK] = { 0, 0, NULL, REJECT_DISCONNECT,
-                                 "MEMORY_INFO_ACK is sent by the server, not a client" },
-    [VP_MSG_DEVICE_INFO] = { VP_MAX_FDS, ST_DEVICE | ST_RENEG, srv_req_device_info, REJECT_ACK_FAIL,
-                             "no vhost-pci device for this client_uuid: send MEMORY_INFO(ADD) "
-                             "first" },
-    [VP_MSG_DEVICE_INFO_ACK] = { 0, 0, NULL, REJECT_DISCONNECT,
-                                 "DEVICE_INFO_ACK is sent by the server, not a client" },
-    [VP_MSG_FEATURE_BITS] = { 0, ST_ANY, srv_req_feature_bits, REJECT_DISCONNECT, "" },
-    [VP_MSG_FEATURE_BITS_ACK] = { 0, ST_RENEG, srv_req_feature_bits_ack, REJECT_IGNORE,
-                                  "no feature renegotiation is pending" },
-};
-
+/* The server's view of the connection's client_uuid (VP_ST_*). */
 static unsigned session_state(struct srv_session *s)
 {
     struct srv_tenant *t = s->tenant;
     if (!t->dev)
-        return ST_NO_DEVICE;
-    return srv_jobs_waiting_client(&t->jobs) ? ST_RENEG : ST_DEVICE;
+        return VP_ST_NO_DEVICE;
+    return srv_jobs_waiting_client(&t->jobs) ? VP_ST_RENEG : VP_ST_DEVICE;
 }
 
 static struct srv_session *session_lookup(struct vp_server *srv, uint64_t id)
@@ -244,30 +220,30 @@ static int handle_message(struct srv_session *s, struct vp_msg *msg, vp_error *e
     if (r < 0)
         return r;
     unsigned type = msg->hdr.type;
-    if (type >= VP_MSG_TYPE_COUNT)  /* vp_reader_read already rejects these */
+    const struct vp_msg_rule *rule = vp_proto_rule(type);
+    if (!rule)  /* vp_reader_read already rejects these */
         return vp_fail(err, -EPROTO, "unknown message type %u", type);
-    const struct dispatch *d = &dispatch_table[type];
-    g_debug("client %s: %s seq %" PRIu64 " (%u bytes, %u fds)", s->uuid_str,
-            vp_msg_type_name(type), msg->hdr.seq, msg->hdr.len, msg->nfds);
-    if (msg->nfds > d->max_fds)
-        return vp_fail(err, -EPROTO, "%s with %u fds (at most %u)", vp_msg_type_name(type),
-                       msg->nfds, d->max_fds);
+    g_debug("client %s: %s seq %" PRIu64 " (%u bytes, %u fds)", s->uuid_str, rule->name,
+            msg->hdr.seq, msg->hdr.len, msg->nfds);
+    if (msg->nfds > rule->max_fds)
+        return vp_fail(err, -EPROTO, "%s with %u fds (at most %u)", rule->name, msg->nfds,
+                       rule->max_fds);
     const struct srv_req rq = { .srv = srv, .tenant = s->tenant, .session_id = s->id,
                                 .seq = msg->hdr.seq, .uuid_str = s->uuid_str };
-    if (!(d->states & session_state(s))) {
-        switch (d->reject) {
-        case REJECT_DISCONNECT:
-            return vp_fail(err, -EPROTO, "%s", d->why);
-        case REJECT_ACK_FAIL:
-            return reject_with_ack(&rq, msg, d->why, err);
-        case REJECT_IGNORE:
+    if (!(rule->client_states & session_state(s)) || !handlers[type]) {
+        switch (rule->reject) {
+        case VP_REJECT_DISCONNECT:
+            return vp_fail(err, -EPROTO, "%s", rule->reject_why);
+        case VP_REJECT_ACK_FAIL:
+            return reject_with_ack(&rq, msg, rule->reject_why, err);
+        case VP_REJECT_IGNORE:
             srv->counters.bad_messages++;
-            g_warning("client %s: %s seq %" PRIu64 " ignored: %s", s->uuid_str,
-                      vp_msg_type_name(type), msg->hdr.seq, d->why);
+            g_warning("client %s: %s seq %" PRIu64 " ignored: %s", s->uuid_str, rule->name,
+                      msg->hdr.seq, rule->reject_why);
             return 0;
         }
     }
-    return d->handler(&rq, msg, err);
+    return handlers[type](&rq, msg, err);
 }
 
 static gboolean on_readable(gint fd, GIOCondition cond, gpointer data)
