@@ -21,6 +21,25 @@ int vp_fail(vp_error *err, int ret, const char *fmt, ...)
     return ret;
 }
 
+bool vp_vbreak(bool *broken, char *why, size_t size, const char *fmt, va_list ap)
+{
+    if (*broken)
+        return false;  /* keep the first reason */
+    if (size)
+        vsnprintf(why, size, fmt, ap);
+    *broken = true;
+    return true;
+}
+
+bool vp_break(bool *broken, char *why, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    bool now = vp_vbreak(broken, why, size, fmt, ap);
+    va_end(ap);
+    return now;
+}
+
 void vp_close_fd(int *fdp)
 {
     if (*fdp >= 0) {

@@ -26,6 +26,19 @@ typedef struct vp_error {
 int vp_fail(vp_error *err, int ret, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/**
+ * Break something with a reason, once (STYLE habit 7: a peer error makes that peer's
+ * object broken, sticky, never an abort): when *@broken is false, format the reason
+ * into @why (@size bytes, always NUL-terminated), set *@broken and return true; when
+ * it is broken already, keep the first reason and return false. Used by the virtqueues
+ * (vp_vring), the server's controlq device side and guestd's devices.
+ */
+bool vp_break(bool *broken, char *why, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/** vp_break() with a va_list. */
+bool vp_vbreak(bool *broken, char *why, size_t size, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
 /** Close *fdp if it is >= 0 and set it to -1 (one owner per fd; STYLE habit 4). */
 void vp_close_fd(int *fdp);
 

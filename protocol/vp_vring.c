@@ -32,6 +32,8 @@
  */
 #include "vp_vring.h"
 
+#include "vp_common.h"
+
 #include <endian.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -127,13 +129,10 @@ static int peer_pending(const void *idx_p, uint16_t last, uint32_t num, uint16_t
 
 void vp_vring_dev_break(struct vp_vring_dev *vq, const char *fmt, ...)
 {
-    if (vq->broken)
-        return; /* keep the first reason */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(vq->why, sizeof(vq->why), fmt, ap);
+    vp_vbreak(&vq->broken, vq->why, sizeof(vq->why), fmt, ap);
     va_end(ap);
-    vq->broken = true;
 }
 
 int vp_vring_dev_init(struct vp_vring_dev *vq, const struct vp_vring_mem *mem,
@@ -341,13 +340,10 @@ static void drv_break(struct vp_vring_drv *vq, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void drv_break(struct vp_vring_drv *vq, const char *fmt, ...)
 {
-    if (vq->broken)
-        return; /* keep the first reason */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(vq->why, sizeof(vq->why), fmt, ap);
+    vp_vbreak(&vq->broken, vq->why, sizeof(vq->why), fmt, ap);
     va_end(ap);
-    vq->broken = true;
 }
 
 int vp_vring_drv_init(struct vp_vring_drv *vq, const struct vp_vring_mem *mem, bool event_idx)

@@ -87,13 +87,14 @@ void srv_cq_destroy(struct srv_cq *cq)
 
 void srv_cq_break(struct srv_cq *cq, const char *fmt, ...)
 {
-    if (cq->broken || cq->closed)
+    if (cq->closed)
         return;
     va_list ap;
     va_start(ap, fmt);
-    g_vsnprintf(cq->broken_reason, sizeof(cq->broken_reason), fmt, ap);
+    bool now = vp_vbreak(&cq->broken, cq->broken_reason, sizeof(cq->broken_reason), fmt, ap);
     va_end(ap);
-    cq->broken = true;
+    if (!now)
+        return;
     g_warning("device %s: NEEDS_RESET: %s", cq->name, cq->broken_reason);
     cq->status |= VP_STATUS_NEEDS_RESET;
     if (cq->ca->map) {
