@@ -1,13 +1,13 @@
 # libvhostpci: the protocol library.
-#   $(B)/libvhostpci-core.a  libc only: protocol table, controlq, vring, memory table, BAR, control area, local bus
+#   $(B)/libvhostpci-core.a  libc only: protocol table, output queue, controlq, vring, memory table, BAR, control area, local bus
 #                            (the guest driver links the guest flavour of it)
-#   $(B)/libvhostpci.a       core + socket messages (protobuf-c) + validation
+#   $(B)/libvhostpci.a       core + socket messages (protobuf-c) + validation + GLib adapters
 
 VP_CORE_SRCS := protocol/vp_common.c protocol/vp_wire.c protocol/vp_controlq.c protocol/vp_memtable.c \
-                protocol/vp_proto.c \
+                protocol/vp_proto.c protocol/vp_outq.c \
                 protocol/vp_vring.c protocol/vp_bar.c protocol/vp_localbus.c
 VP_SRCS      := $(VP_CORE_SRCS) protocol/vp_msg.c protocol/vp_validate.c \
-                protocol/vp_log_glib.c
+                protocol/vp_log_glib.c protocol/vp_outq_glib.c
 
 VP_PB_C := $(B)/gen/vhost_pci.pb-c.c
 VP_PB_H := $(B)/gen/vhost_pci.pb-c.h

@@ -688,25 +688,46 @@ out:
 /* Payload encoding                                                          */
 /* ------------------------------------------------------------------------- */
 
-/* Pack @m and send it as @type with @fds. */
-static int send_packed(int sock, const struct vp_sock_hdr *hdr, uint16_t type,
-                       const ProtobufCMessage *m, const int *fds, unsigned nfds)
+/* Pack @m as a whole @type message (header, then payload) into a malloc'd buffer. */
+static int pack_msg(const struct vp_sock_hdr *hdr, uint16_t type, const ProtobufCMessage *m,
+                    uint8_t **out, size_t *outlen)
 {
     size_t len = protobuf_c_message_get_packed_size(m);
     if (len > VP_MAX_PAYLOAD)
         return -EINVAL;
-    uint8_t *buf = NULL;
-    if (len) {
-        buf = malloc(len);
-        if (!buf)
-            return -ENOMEM;
-        protobuf_c_message_pack(m, buf);
-    }
+    uint8_t *buf = malloc(VP_SOCK_HDR_SIZE + len);
+    if (!buf)
+        return -ENOMEM;
     struct vp_sock_hdr h = *hdr;
     h.type = type;
-    int ret = vp_msg_send(sock, &h, buf, len, fds, nfds);
+    h.len = (uint32_t)len;
+    vp_sock_hdr_encode(&h, buf);
+    if (len)
+        protobuf_c_message_pack(m, buf + VP_SOCK_HDR_SIZE);
+    *out = buf;
+    *outlen = VP_SOCK_HDR_SIZE + len;
+    return 0;
+}
+
+/* Send a packed message (pack_msg) with @fds; frees @buf. */
+static int send_buffer(int sock, const struct vp_sock_hdr *hdr, uint16_t type, uint8_t *buf,
+                       size_t len, const int *fds, unsigned nfds)
+{
+    struct vp_sock_hdr h = *hdr;
+    h.type = type;
+    int ret = vp_msg_send(sock, &h, buf + VP_SOCK_HDR_SIZE, len - VP_SOCK_HDR_SIZE, fds, nfds);
     free(buf);
     return ret;
+}
+
+/* Pack @m and send it as @type with @fds. */
+static int send_packed(int sock, const struct vp_sock_hdr *hdr, uint16_t type,
+                       const ProtobufCMessage *m, const int *fds, unsigned nfds)
+{
+    uint8_t *buf;
+    size_t len;
+    int ret = pack_msg(hdr, type, m, &buf, &len);
+    return ret < 0 ? ret : send_buffer(sock, hdr, type, buf, len, fds, nfds);
 }
 
 int vp_send_memory_info(int sock, const struct vp_sock_hdr *hdr, const struct vp_memory_info *mi)
@@ -786,7 +807,8 @@ int vp_send_feature_bits(int sock, const struct vp_sock_hdr *hdr, uint64_t bits)
     return send_packed(sock, hdr, VP_MSG_FEATURE_BITS, &pb.base, NULL, 0);
 }
 
-int vp_send_ack(int sock, uint16_t type, const struct vp_sock_hdr *hdr, const struct vp_ack *ack)
+int vp_pack_ack(uint16_t type, const struct vp_sock_hdr *hdr, const struct vp_ack *ack,
+                uint8_t **out, size_t *len)
 {
     if (!vp_proto_is_ack(type) || ack->npositions > VP_MAX_VIRTQS)
         return -EINVAL;
@@ -813,5 +835,13 @@ int vp_send_ack(int sock, uint16_t type, const struct vp_sock_hdr *hdr, const st
     pb.device_id = ack->device_id;
     pb.n_positions = ack->npositions;
     pb.positions = pp;
-    return send_packed(sock, hdr, type, &pb.base, NULL, 0);
+    return pack_msg(hdr, type, &pb.base, out, len);
+}
+
+int vp_send_ack(int sock, uint16_t type, const struct vp_sock_hdr *hdr, const struct vp_ack *ack)
+{
+    uint8_t *buf;
+    size_t len;
+    int ret = vp_pack_ack(type, hdr, ack, &buf, &len);
+    return ret < 0 ? ret : send_buffer(sock, hdr, type, buf, len, NULL, 0);
 }

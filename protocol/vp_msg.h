@@ -175,6 +175,12 @@ int vp_send_feature_bits(int sock, const struct vp_sock_hdr *hdr, uint64_t bits)
 /** @type is one of the *_ACK types. */
 int vp_send_ack(int sock, uint16_t type, const struct vp_sock_hdr *hdr, const struct vp_ack *ack);
 
+/** Encode an ACK of @type as a whole socket message (32-byte header, then payload)
+ *  into a new buffer *@out of *@len bytes (free() it), for a non-blocking writer
+ *  (vp_outq). Returns 0, -EINVAL (not an ACK type, over the limits) or -ENOMEM. */
+int vp_pack_ack(uint16_t type, const struct vp_sock_hdr *hdr, const struct vp_ack *ack,
+                uint8_t **out, size_t *len);
+
 /* ---- Semantic validation (DESIGN section 4 limits) ---- */
 
 /** Validation flags. */

@@ -9,12 +9,15 @@
  * checked before it is accepted from our own caller: shm size a power of two (else
  * QEMU 7.2 aborts on pci_register_bar), ids and vector counts in range, fds valid.
  *
- * Shape: a queue of outgoing (int64, fd) messages flushed with non-blocking sendmsg
- * (the fd rides on the message's first byte; a partly written message keeps its
- * offset), plus two GLib sources: the listening socket and the QEMU connection.
+ * Shape: outgoing (int64, fd) messages go through an output queue (vp_outq: non-
+ * blocking sendmsg, the fd on the message's first byte, a partly written message
+ * keeps its offset, its own writable watch), plus two GLib sources: the listening
+ * socket and the QEMU connection.
  */
 #define G_LOG_DOMAIN "vp-server"
 #include "ivshmem_endpoint.h"
+
+#include "vp_outq_glib.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -27,11 +30,6 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-typedef struct ep_msg {
-    uint8_t bytes[8];       /* little-endian int64 */
-    int fd;                 /* our duplicate to attach, or -1 */
-} ep_msg;
 
 typedef struct ep_peer {
     int *fds;               /* owned eventfds, one per vector (-1: hole) */
@@ -47,47 +45,23 @@ struct ivshmem_endpoint {
     GSource *listen_src;
     int conn_fd;
     GSource *conn_src;
-    GSource *out_src;
     int shm_fd;
     int sink_fd;            /* filler eventfd for holes, created on first use */
     unsigned own_id;
     ep_peer peers[IVSHMEM_EP_MAX_PEERS];
-    GQueue out;             /* ep_msg *, head may be partly written */
-    gsize head_off;         /* bytes of the head message already written */
+    struct vp_outq_glib out; /* to the connected QEMU (vp_outq: fds owned until sent) */
     ivshmem_endpoint_state_fn state_fn;
     void *state_opaque;
     ivshmem_endpoint_stats st;
 };
 
-/* ---- outgoing queue (no event loop here except the writable watch) ----------- */
+/* ---- outgoing messages (protocol/vp_outq.h) ---------------------------------- */
 
-static void ep_msg_free(ep_msg *m)
-{
-    vp_close_fd(&m->fd);
-    g_free(m);
-}
-
-/* Queue one message; @fd (borrowed) is duplicated. Returns 0 or -errno. */
-static int ep_push(ivshmem_endpoint *ep, int64_t value, int fd)
-{
-    ep_msg *m = g_new0(ep_msg, 1);
-
-    vp_put_le64(m->bytes, (uint64_t)value);
-    m->fd = -1;
-    if (fd >= 0) {
-        m->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-        if (m->fd < 0) {
-            int e = errno;
-            g_free(m);
-            return -e;
-        }
-    }
-    g_queue_push_tail(&ep->out, m);
-    return 0;
-}
+/* Message tags: what the counters need to know once a message went out. */
+#define EP_TAG_FD 1u
+#define EP_TAG_SHM 2u
 
 static void ep_disconnect(ivshmem_endpoint *ep, const char *why);
-static gboolean ep_on_writable(gint fd, GIOCondition cond, gpointer data);
 
 static void ep_drop_source(GSource **s)
 {
@@ -98,60 +72,33 @@ static void ep_drop_source(GSource **s)
     }
 }
 
-/* Write as much of the queue as the socket takes. Returns 0, or -1 after the
- * connection was closed on a write error. */
-static int ep_flush(ivshmem_endpoint *ep)
+static void ep_sent(void *opaque, uint64_t tag)
 {
-    ep_msg *m;
-
-    while (ep->conn_fd >= 0 && (m = g_queue_peek_head(&ep->out))) {
-        struct iovec iov = { m->bytes + ep->head_off, sizeof(m->bytes) - ep->head_off };
-        ssize_t n = vp_sendmsg_fds(ep->conn_fd, &iov, 1, &m->fd, m->fd >= 0 ? 1 : 0,
-                                   MSG_NOSIGNAL | MSG_DONTWAIT);
-
-        if (n < 0) {
-            if (n == -EINTR)
-                continue;
-            if (n == -EAGAIN || n == -EWOULDBLOCK) {
-                if (!ep->out_src) {
-                    ep->out_src = g_unix_fd_source_new(ep->conn_fd, G_IO_OUT);
-                    g_source_set_callback(ep->out_src, G_SOURCE_FUNC(ep_on_writable), ep, NULL);
-                    g_source_attach(ep->out_src, ep->ctx);
-                }
-                return 0;
-            }
-            {
-                char why[128];
-                g_snprintf(why, sizeof(why), "write: %s", g_strerror((int)-n));
-                ep_disconnect(ep, why);
-            }
-            return -1;
-        }
-        if (m->fd >= 0) {
-            /* The fd went with the first byte. */
-            vp_close_fd(&m->fd);
-            ep->st.fds_sent++;
-        }
-        ep->head_off += (gsize)n;
-        if (ep->head_off == sizeof(m->bytes)) {
-            g_queue_pop_head(&ep->out);
-            if ((int64_t)vp_get_le64(m->bytes) == -1)
-                ep->st.shm_sent++;
-            ep_msg_free(m);
-            ep->head_off = 0;
-            ep->st.messages_sent++;
-        }
-    }
-    ep_drop_source(&ep->out_src);
-    return 0;
+    ivshmem_endpoint *ep = opaque;
+    ep->st.messages_sent++;
+    if (tag & EP_TAG_FD)
+        ep->st.fds_sent++;
+    if (tag & EP_TAG_SHM)
+        ep->st.shm_sent++;
 }
 
-static gboolean ep_on_writable(gint fd, GIOCondition cond, gpointer data)
+static void ep_send_error(void *opaque, int err)
 {
-    (void)fd;
-    (void)cond;
-    ep_flush(data);
-    return G_SOURCE_CONTINUE;   /* ep_flush removes the source when done */
+    char why[128];
+    g_snprintf(why, sizeof(why), "write: %s", g_strerror(-err));
+    ep_disconnect(opaque, why);
+}
+
+/* Queue one message (sent at once when the socket takes it); @fd (borrowed) rides on
+ * its first byte. Returns 0, or -errno (a dup failure, or the connection's write
+ * error: then ep->out.q.error is set). */
+static int ep_push(ivshmem_endpoint *ep, int64_t value, int fd)
+{
+    uint8_t bytes[8];
+    vp_put_le64(bytes, (uint64_t)value);
+    uint64_t tag = (fd >= 0 ? EP_TAG_FD : 0) | (value == -1 ? EP_TAG_SHM : 0);
+    return vp_outq_push(&ep->out.q, bytes, sizeof(bytes), fd >= 0 ? &fd : NULL,
+                        fd >= 0 ? 1 : 0, tag);
 }
 
 static int ep_sink(ivshmem_endpoint *ep);
@@ -184,10 +131,8 @@ static void ep_disconnect(ivshmem_endpoint *ep, const char *why)
         return;
     g_info("ivshmem endpoint %s: QEMU disconnected (%s)", ep->path, why);
     ep_drop_source(&ep->conn_src);
-    ep_drop_source(&ep->out_src);
+    vp_outq_glib_destroy(&ep->out);
     vp_close_fd(&ep->conn_fd);
-    g_queue_clear_full(&ep->out, (GDestroyNotify)ep_msg_free);
-    ep->head_off = 0;
     for (unsigned id = 0; id < IVSHMEM_EP_MAX_PEERS; id++)
         ep->peers[id].sent = 0;
     if (ep->state_fn)
@@ -250,13 +195,20 @@ static gboolean ep_on_accept(gint fd, GIOCondition cond, gpointer data)
         return G_SOURCE_CONTINUE;
     }
     ep->conn_fd = cfd;
+    vp_outq_glib_init(&ep->out, ep->ctx, cfd, 0, ep_sent, ep_send_error, ep);
+    /* Written at once as far as the socket takes it: QEMU may already be blocked
+     * reading the set-up inside device_add. */
     ret = ep_queue_setup(ep);
     if (ret < 0) {
         char why[128];
-        g_snprintf(why, sizeof(why), "cannot duplicate fds for the set-up: %s", g_strerror(-ret));
+        if (ep->out.q.error)
+            g_snprintf(why, sizeof(why), "write: %s", g_strerror(-ret));
+        else
+            g_snprintf(why, sizeof(why), "cannot duplicate fds for the set-up: %s",
+                       g_strerror(-ret));
         g_warning("ivshmem endpoint %s: %s", ep->path, why);
         ep->st.rejected++;
-        g_queue_clear_full(&ep->out, (GDestroyNotify)ep_msg_free);
+        vp_outq_glib_destroy(&ep->out);
         vp_close_fd(&ep->conn_fd);
         for (unsigned id = 0; id < IVSHMEM_EP_MAX_PEERS; id++)
             ep->peers[id].sent = 0;
@@ -266,11 +218,8 @@ static gboolean ep_on_accept(gint fd, GIOCondition cond, gpointer data)
     ep->conn_src = g_unix_fd_source_new(cfd, G_IO_IN | G_IO_HUP | G_IO_ERR);
     g_source_set_callback(ep->conn_src, G_SOURCE_FUNC(ep_on_conn), ep, NULL);
     g_source_attach(ep->conn_src, ep->ctx);
-    /* At once: QEMU may already be blocked reading the set-up inside device_add. */
-    if (ep_flush(ep) < 0)
-        return G_SOURCE_CONTINUE;
     g_info("ivshmem endpoint %s: QEMU connected: version, id %u, shm and peers sent (%u still queued)",
-           ep->path, ep->own_id, g_queue_get_length(&ep->out));
+           ep->path, ep->own_id, ep->out.q.count);
     if (ep->state_fn)
         ep->state_fn(ep, TRUE, ep->state_opaque);
     return G_SOURCE_CONTINUE;
@@ -315,7 +264,6 @@ ivshmem_endpoint *ivshmem_endpoint_new(GMainContext *ctx, const char *path, int 
     ep->conn_fd = -1;
     ep->sink_fd = -1;
     ep->own_id = own_id;
-    g_queue_init(&ep->out);
     ep->shm_fd = fcntl(shm_fd, F_DUPFD_CLOEXEC, 0);
     ep->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (ep->shm_fd < 0 || ep->listen_fd < 0) {
@@ -474,6 +422,13 @@ int ivshmem_endpoint_set_peer(ivshmem_endpoint *ep, unsigned id, const int *fds,
     /* Announce the new vectors to the connected QEMU, in order. */
     for (v = keep; v < total; v++) {
         ret = ep_push(ep, id, pe->fds[v] >= 0 ? pe->fds[v] : ep_sink(ep));
+        if (ret < 0 && ep->out.q.error) {
+            char why[128];
+            g_snprintf(why, sizeof(why), "write: %s", g_strerror(-ret));
+            ep_disconnect(ep, why);
+            return vp_fail(err, -ECONNRESET, "ivshmem peer %u update: QEMU connection lost",
+                           id);
+        }
         if (ret < 0) {
             /* Out of fds: QEMU's view is now unknown; drop it (it sees EOF). */
             ep_disconnect(ep, "cannot queue a peer update");
@@ -481,8 +436,6 @@ int ivshmem_endpoint_set_peer(ivshmem_endpoint *ep, unsigned id, const int *fds,
         }
     }
     pe->sent = total;
-    if (ep_flush(ep) < 0)
-        return vp_fail(err, -ECONNRESET, "ivshmem peer %u update: QEMU connection lost", id);
     return 0;
 }
 

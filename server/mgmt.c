@@ -26,6 +26,7 @@
 #include "server.h"
 #include "tenant.h"
 #include "unix_listen.h"
+#include "vp_outq_glib.h"
 
 struct srv_mgmt {
     struct vp_server *srv;
@@ -44,8 +45,9 @@ struct mgmt_conn {
     guint src, timer;
     char buf[MGMT_LINE_MAX];
     size_t len;
-    char *out;                  /* the answer (g_malloc), NULL while reading */
-    size_t outlen, outpos;
+    bool answering;             /* the answer is in @out */
+    size_t outlen;              /* its bytes */
+    struct vp_outq_glib out;    /* the answer being written */
 };
 
 static void add_int(JsonBuilder *b, const char *name, gint64 v)
@@ -172,8 +174,8 @@ static void conn_free(struct mgmt_conn *c)
         g_source_remove(c->src);
     if (c->timer)
         g_source_remove(c->timer);
+    vp_outq_glib_destroy(&c->out);
     vp_close_fd(&c->fd);
-    g_free(c->out);
     g_free(c);
 }
 
@@ -197,41 +199,23 @@ static char *error_json(const char *line)
     return out;
 }
 
-/* Send what the socket takes now. Returns FALSE when the connection is done (all
- * sent or a send error) and must be freed. */
-static gboolean conn_flush(struct mgmt_conn *c)
+/* The answer could not be written (the client went away). */
+static void conn_send_error(void *opaque, int err)
 {
-    while (c->outpos < c->outlen) {
-        ssize_t n = send(c->fd, c->out + c->outpos, c->outlen - c->outpos,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return TRUE;
-        if (n <= 0) {
-            g_debug("mgmt: client went away after %zu of %zu bytes: %s", c->outpos,
-                    c->outlen, n < 0 ? g_strerror(errno) : "no progress");
-            return FALSE;
-        }
-        c->outpos += (size_t)n;
-    }
-    return FALSE;
-}
-
-static gboolean conn_writable(gint fd, GIOCondition cond, gpointer data)
-{
-    struct mgmt_conn *c = data;
-    (void)fd;
-    (void)cond;
-    if (conn_flush(c))
-        return G_SOURCE_CONTINUE;
-    c->src = 0;
+    struct mgmt_conn *c = opaque;
+    g_debug("mgmt: client went away after %zu of %zu bytes: %s", c->outlen - c->out.q.bytes,
+            c->outlen, g_strerror(-err));
     conn_free(c);
-    return G_SOURCE_REMOVE;
 }
 
-/* Render the answer to the request line c->buf[0..len) and start sending it. The
- * read watch is replaced by a write watch (from the caller's G_SOURCE_REMOVE). */
+/* The whole answer went out: done. */
+static void conn_drained(void *opaque)
+{
+    conn_free(opaque);
+}
+
+/* Render the answer to the request line c->buf[0..len) and start sending it through
+ * the output queue (the rest goes from its writable watch). */
 static void answer(struct mgmt_conn *c)
 {
     char *line = c->buf;
@@ -239,14 +223,16 @@ static void answer(struct mgmt_conn *c)
     g_strstrip(line);
     char *doc = strcmp(line, "status") == 0 ? srv_mgmt_status_json(c->m->srv)
                                             : error_json(line);
-    c->out = g_strconcat(doc, "\n", NULL);
-    c->outlen = strlen(c->out);
+    char *out = g_strconcat(doc, "\n", NULL);
     g_free(doc);
-    if (!conn_flush(c)) {
+    c->answering = true;
+    c->outlen = strlen(out);
+    int r = vp_outq_push(&c->out.q, out, c->outlen, NULL, 0, 0);
+    g_free(out);
+    if (r < 0)
+        conn_send_error(c, r);
+    else if (vp_outq_idle(&c->out.q))
         conn_free(c);
-        return;
-    }
-    c->src = g_unix_fd_add(c->fd, G_IO_OUT | G_IO_HUP | G_IO_ERR, conn_writable, c);
 }
 
 static gboolean conn_readable(gint fd, GIOCondition cond, gpointer data)
@@ -276,9 +262,10 @@ static gboolean conn_timeout(gpointer data)
 {
     struct mgmt_conn *c = data;
     c->timer = 0;
-    if (c->out)
+    if (c->answering)
         g_message("mgmt: client did not read its answer within %d ms (%zu of %zu bytes "
-                  "sent), closing it", MGMT_DEADLINE_MS, c->outpos, c->outlen);
+                  "sent), closing it", MGMT_DEADLINE_MS, c->outlen - c->out.q.bytes,
+                  c->outlen);
     else
         g_debug("mgmt: client sent no request line within %d ms, closing it",
                 MGMT_DEADLINE_MS);
@@ -316,6 +303,8 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
     struct mgmt_conn *c = g_new0(struct mgmt_conn, 1);
     c->m = m;
     c->fd = cfd;
+    vp_outq_glib_init(&c->out, NULL, cfd, 0, NULL, conn_send_error, c);
+    c->out.on_drained = conn_drained;
     c->src = g_unix_fd_add(cfd, G_IO_IN | G_IO_HUP | G_IO_ERR, conn_readable, c);
     c->timer = g_timeout_add(MGMT_DEADLINE_MS, conn_timeout, c);
     m->conns = g_list_prepend(m->conns, c);

@@ -160,13 +160,10 @@ void qmp_close(qmp_client *c, int ret, const char *fmt, ...)
         g_info("qmp %s: closed: %s", c->path, reason);
     c->state = QMP_ST_CLOSED;
     qmp_source_drop(&c->in_src);
-    qmp_source_drop(&c->out_src);
+    vp_outq_glib_destroy(&c->out);
     qmp_source_drop(&c->conn_timer);
     qmp_source_drop(&c->deadline_timer);
     vp_close_fd(&c->fd);
-    vp_close_fd(&c->wfd);
-    g_clear_pointer(&c->wbuf, g_free);
-    c->wlen = c->woff = 0;
 
     qmp_enter(c);
     if (c->inflight) {
@@ -187,50 +184,13 @@ void qmp_close(qmp_client *c, int ret, const char *fmt, ...)
 
 /* ---- writing ---------------------------------------------------------------- */
 
-static gboolean qmp_on_writable(gint fd, GIOCondition cond, gpointer data);
-
-/* Push wbuf (with wfd on its first byte) to the socket. Returns 0, or -1 after
- * closing the connection. */
-static int qmp_flush(qmp_client *c)
+/* The in-flight command's bytes could not be written from the writable watch. */
+static void qmp_on_send_error(void *opaque, int err)
 {
-    while (c->woff < c->wlen) {
-        struct iovec iov = { c->wbuf + c->woff, c->wlen - c->woff };
-        ssize_t n = vp_sendmsg_fds(c->fd, &iov, 1, &c->wfd, c->wfd >= 0 ? 1 : 0,
-                                   MSG_NOSIGNAL | MSG_DONTWAIT);
-
-        if (n < 0) {
-            if (n == -EINTR)
-                continue;
-            if (n == -EAGAIN || n == -EWOULDBLOCK) {
-                if (!c->out_src) {
-                    c->out_src = g_unix_fd_source_new(c->fd, G_IO_OUT);
-                    g_source_set_callback(c->out_src, G_SOURCE_FUNC(qmp_on_writable), c, NULL);
-                    g_source_attach(c->out_src, c->ctx);
-                }
-                return 0;
-            }
-            qmp_close(c, -ECONNRESET, "write to QMP socket: %s", g_strerror((int)-n));
-            return -1;
-        }
-        /* The fd went with the first byte that was sent. */
-        vp_close_fd(&c->wfd);
-        c->woff += (gsize)n;
-    }
-    qmp_source_drop(&c->out_src);
-    g_clear_pointer(&c->wbuf, g_free);
-    c->wlen = c->woff = 0;
-    return 0;
-}
-
-static gboolean qmp_on_writable(gint fd, GIOCondition cond, gpointer data)
-{
-    qmp_client *c = data;
-    (void)fd;
-    (void)cond;
+    qmp_client *c = opaque;
     qmp_enter(c);
-    qmp_flush(c);       /* drops out_src itself once everything is written */
+    qmp_close(c, -ECONNRESET, "write to QMP socket: %s", g_strerror(-err));
     qmp_leave(c);
-    return G_SOURCE_CONTINUE;
 }
 
 /* Send the next queued command when nothing is in flight. */
@@ -260,13 +220,13 @@ void qmp_send_next(qmp_client *c)
     g_queue_pop_head(&c->queue);
     c->inflight = cmd;
     g_debug("qmp %s: -> %.*s", c->path, (int)strlen(cmd->line) - 1, cmd->line);
-    c->wbuf = cmd->line;
-    cmd->line = NULL;
-    c->wlen = strlen(c->wbuf);
-    c->woff = 0;
-    c->wfd = cmd->fd;
-    cmd->fd = -1;
-    qmp_flush(c);
+    /* Through the output queue (it owns a copy of the fd until the first byte went). */
+    int r = vp_outq_push(&c->out.q, cmd->line, strlen(cmd->line), cmd->fd >= 0 ? &cmd->fd : NULL,
+                         cmd->fd >= 0 ? 1 : 0, cmd->id);
+    vp_close_fd(&cmd->fd);
+    g_clear_pointer(&cmd->line, g_free);
+    if (r < 0)
+        qmp_close(c, -ECONNRESET, "write to QMP socket: %s", g_strerror(-r));
 }
 
 static gboolean qmp_on_pump(gpointer data)
@@ -311,6 +271,7 @@ static gboolean qmp_on_deadline(gpointer data)
 static void qmp_start_session(qmp_client *c)
 {
     c->state = QMP_ST_GREETING;
+    vp_outq_glib_init(&c->out, c->ctx, c->fd, 0, NULL, qmp_on_send_error, c);
     c->in_src = g_unix_fd_source_new(c->fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
     g_source_set_callback(c->in_src, G_SOURCE_FUNC(qmp_on_readable), c, NULL);
     g_source_attach(c->in_src, c->ctx);
@@ -412,7 +373,6 @@ qmp_client *qmp_client_new(GMainContext *ctx)
 
     c->ctx = ctx ? g_main_context_ref(ctx) : g_main_context_ref_thread_default();
     c->fd = -1;
-    c->wfd = -1;
     c->rbuf = g_byte_array_new();
     c->cmd_timeout_ms = QMP_DEFAULT_TIMEOUT_MS;
     g_queue_init(&c->queue);

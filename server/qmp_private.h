@@ -11,6 +11,7 @@
 #include <sys/un.h>
 
 #include "qmp.h"
+#include "vp_outq_glib.h"
 
 #define QMP_MAX_LINE (8u << 20)         /* query-qmp-schema is ~200 KiB; be generous */
 #define QMP_READ_CHUNK 65536
@@ -58,7 +59,6 @@ struct qmp_client {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 
     GSource *in_src;
-    GSource *out_src;
     GSource *conn_timer;        /* connect retry */
     GSource *deadline_timer;    /* greeting + capabilities bound */
     GSource *pump_src;          /* idle: send next / fail after close */
@@ -66,9 +66,7 @@ struct qmp_client {
     guint conn_timeout_ms;
 
     GByteArray *rbuf;
-    char *wbuf;                 /* unsent tail of the in-flight command's line */
-    gsize wlen, woff;
-    int wfd;                    /* fd still to attach (nothing of wbuf sent yet) */
+    struct vp_outq_glib out;    /* the in-flight command's bytes (protocol/vp_outq.h) */
 
     GQueue queue;               /* qmp_cmd *, unsent */
     qmp_cmd *inflight;

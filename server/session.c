@@ -16,7 +16,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <poll.h>
+#include <stdlib.h>
 #include <unistd.h>
 #include <glib-unix.h>
 #include <uuid/uuid.h>
@@ -91,15 +91,8 @@ static gboolean close_later_cb(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
-/* A reply waiting until the client's socket is writable again. */
-struct queued_reply {
-    uint16_t type;
-    uint64_t seq;
-    struct vp_ack ack;
-};
-
-/* Replies a client may leave unread before it is disconnected. */
-#define MAX_QUEUED_REPLIES 4096
+/* Reply bytes a client may leave unread before it is disconnected. */
+#define MAX_QUEUED_REPLY_BYTES (1u << 20)
 
 static void close_deferred(struct vp_server *srv, uint64_t id, const char *why)
 {
@@ -110,68 +103,34 @@ static void close_deferred(struct vp_server *srv, uint64_t id, const char *why)
     g_idle_add(close_later_cb, c);
 }
 
-/* vp_send_ack() waits for POLLOUT without a bound. An AF_UNIX stream socket is
- * writable only with at least 3/4 of its send buffer free, far more than one ACK:
- * when it is writable now the send cannot block. Returns 0, -EAGAIN (not writable)
- * or the send error. */
-static int send_if_writable(struct srv_session *s, uint16_t type, uint64_t seq,
-                            const struct vp_ack *ack)
+/* A reply could not be written from the writable watch (vp_outq_glib). */
+static void on_send_error(void *opaque, int err)
 {
-    struct pollfd p = { .fd = s->fd, .events = POLLOUT };
-    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT))
-        return (p.revents & (POLLERR | POLLHUP | POLLNVAL)) ? -EPIPE : -EAGAIN;
-    struct vp_sock_hdr hdr = { .type = type, .version = VP_MSG_VERSION, .seq = seq };
-    memcpy(hdr.uuid, s->tenant->uuid, VP_UUID_LEN);
-    return vp_send_ack(s->fd, type, &hdr, ack);
+    struct srv_session *s = opaque;
+    char why[200];
+    g_snprintf(why, sizeof(why), "sending an ACK failed: %s", g_strerror(-err));
+    close_deferred(s->srv, s->id, why);
 }
 
-static gboolean on_writable(gint fd, GIOCondition cond, gpointer data)
-{
-    struct srv_session *s = data;
-    (void)fd;
-    (void)cond;
-    struct queued_reply *q;
-    while ((q = g_queue_peek_head(&s->outq))) {
-        int r = send_if_writable(s, q->type, q->seq, &q->ack);
-        if (r == -EAGAIN)
-            return G_SOURCE_CONTINUE;
-        g_queue_pop_head(&s->outq);
-        g_free(q);
-        if (r < 0) {
-            char why[200];
-            g_snprintf(why, sizeof(why), "sending an ACK failed: %s", g_strerror(-r));
-            s->out_src = 0;
-            close_deferred(s->srv, s->id, why);
-            return G_SOURCE_REMOVE;
-        }
-    }
-    s->out_src = 0;
-    return G_SOURCE_REMOVE;
-}
-
-/* The server's reply hook (vp_server.reply). */
+/* The server's reply hook (vp_server.reply): the ACK goes into the session's bounded
+ * output queue, written now or when the socket takes it. */
 static void session_reply(struct vp_server *srv, uint64_t session_id, uint16_t type,
                           uint64_t seq, const struct vp_ack *ack)
 {
     struct srv_session *s = session_lookup(srv, session_id);
-    if (!s || s->fd < 0 || !s->tenant)
+    if (!s || s->fd < 0 || !s->tenant || s->out.q.error)
         return;
-    int r = g_queue_is_empty(&s->outq) ? send_if_writable(s, type, seq, ack) : -EAGAIN;
-    if (r == -EAGAIN) {
-        if (g_queue_get_length(&s->outq) >= MAX_QUEUED_REPLIES) {
-            close_deferred(srv, session_id, "the client does not read its ACKs");
-            return;
-        }
-        struct queued_reply *q = g_new(struct queued_reply, 1);
-        q->type = type;
-        q->seq = seq;
-        q->ack = *ack;
-        g_queue_push_tail(&s->outq, q);
-        if (!s->out_src)
-            s->out_src = g_unix_fd_add(s->fd, G_IO_OUT, on_writable, s);
-        return;
-    }
-    if (r < 0) {
+    struct vp_sock_hdr hdr = { .type = type, .version = VP_MSG_VERSION, .seq = seq };
+    memcpy(hdr.uuid, s->tenant->uuid, VP_UUID_LEN);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int r = vp_pack_ack(type, &hdr, ack, &buf, &len);
+    if (r == 0)
+        r = vp_outq_push(&s->out.q, buf, len, NULL, 0, 0);
+    free(buf);
+    if (r == -ENOBUFS) {
+        close_deferred(srv, session_id, "the client does not read its ACKs");
+    } else if (r < 0) {
         /* Closed from the loop: the caller may be in the middle of a job. */
         char why[200];
         g_snprintf(why, sizeof(why), "sending %s failed: %s", vp_msg_type_name(type),
@@ -296,9 +255,7 @@ static void session_free(gpointer p)
     struct srv_session *s = p;
     if (s->src)
         g_source_remove(s->src);
-    if (s->out_src)
-        g_source_remove(s->out_src);
-    g_queue_clear_full(&s->outq, g_free);
+    vp_outq_glib_destroy(&s->out);
     vp_reader_reset(&s->reader);
     vp_close_fd(&s->fd);
     if (s->tenant)
@@ -320,7 +277,7 @@ void srv_session_new(struct vp_server *srv, int fd)
     s->fd = fd;
     g_strlcpy(s->uuid_str, "(unbound)", sizeof(s->uuid_str));
     vp_reader_init(&s->reader);
-    g_queue_init(&s->outq);
+    vp_outq_glib_init(&s->out, NULL, fd, MAX_QUEUED_REPLY_BYTES, NULL, on_send_error, s);
     s->src = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_readable, s);
     g_hash_table_insert(srv->sessions, &s->id, s);
     g_info("connection %" PRIu64 " accepted", s->id);

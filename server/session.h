@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "vp_msg.h"
+#include "vp_outq_glib.h"
 
 struct vp_server;
 struct srv_tenant;
@@ -27,8 +28,7 @@ struct srv_session {
     int fd;
     guint src;
     struct vp_msg_reader reader;
-    GQueue outq;                         /* replies waiting for POLLOUT */
-    guint out_src;
+    struct vp_outq_glib out;             /* replies not yet written (bounded) */
     struct srv_tenant *tenant;           /* bound by the first message (a connection hold) */
     char uuid_str[37];
 };

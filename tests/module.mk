@@ -5,8 +5,9 @@
 UNIT_SRCS  := $(wildcard tests/unit/test-*.c)
 UNIT_TESTS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/unit/%)
 
+# Archives go last: objects a module.mk adds to a test (e.g. server/*.o) may need them.
 $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/tests/testutil.o $(B)/libvhostpci.a
-	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $(filter-out %.a,$^) $(filter %.a,$^) $(PKG_LIBS)
 
 TESTS += $(UNIT_TESTS)
 
