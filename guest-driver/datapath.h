@@ -90,6 +90,15 @@ struct gd_datapath_ops {
  */
 void *gd_device_translate(struct gd_device *dev, uint64_t xgpa, uint64_t len, uint64_t *avail);
 
+/**
+ * The region of the memory table that holds guest-physical @xgpa: sets *@start (its
+ * first guest-physical address) and *@size (bytes, > 0) and returns where @start is
+ * mapped in this process; NULL when @xgpa is in no region. For a data path's cache
+ * of the last region it used (every address in [start, +size) maps to the returned
+ * pointer plus its offset); valid until the next memory_del() hook.
+ */
+void *gd_device_region(struct gd_device *dev, uint64_t xgpa, uint64_t *start, uint64_t *size);
+
 /** Interrupt the driver VM on @vector (a queue's call_vector): doorbell to peer
  *  VP_ID_DRIVER_VM. Returns 0 or -errno (-ERANGE: vector not announced). */
 int gd_device_notify_peer(struct gd_device *dev, uint16_t vector);

@@ -902,6 +902,16 @@ void *gd_device_translate(struct gd_device *dev, uint64_t xgpa, uint64_t len, ui
     return dev->bar + off;
 }
 
+void *gd_device_region(struct gd_device *dev, uint64_t xgpa, uint64_t *start, uint64_t *size)
+{
+    const struct vp_cq_region *r = dev->bar ? gd_mt_find(&dev->mt, xgpa) : NULL;
+    if (!r)
+        return NULL;
+    *start = r->xgpa;
+    *size = r->size;
+    return dev->bar + r->bar_offset;
+}
+
 int gd_device_notify_peer(struct gd_device *dev, uint16_t vector)
 {
     if (vector == VP_NO_VECTOR)

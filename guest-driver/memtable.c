@@ -143,19 +143,24 @@ void gd_mt_del(struct gd_memtable *t, const struct vp_cq_region *regs, unsigned 
     }
 }
 
+const struct vp_cq_region *gd_mt_find(const struct gd_memtable *t, uint64_t xgpa)
+{
+    for (unsigned k = 0; k < t->n; k++) {
+        const struct vp_cq_region *r = &t->r[k];
+        if (xgpa >= r->xgpa && xgpa - r->xgpa < r->size)
+            return r;
+    }
+    return NULL;
+}
+
 uint64_t gd_mt_translate(const struct gd_memtable *t, uint64_t xgpa, uint64_t len,
                          uint64_t *bar_offset)
 {
-    if (len == 0)
+    const struct vp_cq_region *r = len ? gd_mt_find(t, xgpa) : NULL;
+    if (!r)
         return 0;
-    for (unsigned k = 0; k < t->n; k++) {
-        const struct vp_cq_region *r = &t->r[k];
-        if (xgpa < r->xgpa || xgpa - r->xgpa >= r->size)
-            continue;
-        uint64_t off = xgpa - r->xgpa;
-        uint64_t avail = r->size - off;
-        *bar_offset = r->bar_offset + off;
-        return avail < len ? avail : len;
-    }
-    return 0;
+    uint64_t off = xgpa - r->xgpa;
+    uint64_t avail = r->size - off;
+    *bar_offset = r->bar_offset + off;
+    return avail < len ? avail : len;
 }

@@ -55,6 +55,9 @@ void gd_mt_del(struct gd_memtable *t, const struct vp_cq_region *regs, unsigned 
 /** Remove entry @i. */
 void gd_mt_remove_at(struct gd_memtable *t, unsigned i);
 
+/** The entry holding guest-physical @xgpa, or NULL. */
+const struct vp_cq_region *gd_mt_find(const struct gd_memtable *t, uint64_t xgpa);
+
 /**
  * Translate [xgpa, +len) into a logical BAR offset. Returns the number of bytes
  * available contiguously from xgpa inside one region, clamped to @len (callers loop

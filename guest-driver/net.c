@@ -8,8 +8,10 @@
  *    chains at most num long, avail index moving by at most num, lengths summed
  *    in 64 bits and at most 4 GiB per chain).
  *  - Every descriptor (address, length) is translated through the memory table of
- *    its device every time it is used (gd_device_translate, which clamps to one
- *    region: we loop over regions); an address outside the table breaks the queue.
+ *    its device every time it is used (vq_xlate: the region the queue's last
+ *    translation hit is tried first, else gd_device_region; the length is clamped
+ *    to one region: we loop over regions); an address outside the table breaks the
+ *    queue. The remembered region is forgotten in memory_del.
  *    The data path never holds a buffer pointer across polls; ring pointers are
  *    dropped before their region leaves the table (memory_del).
  *  - Frame bytes are copied, never interpreted; the transmit header is skipped
@@ -52,8 +54,15 @@ struct rx_chain {
     uint64_t cap;                 /* writable bytes */
 };
 
+/* The region of the memory table a queue's last translation hit: tried first. */
+struct xlate_hint {
+    uint64_t start, size;         /* guest-physical; size 0: none */
+    uint8_t *host;                /* where start is mapped */
+};
+
 struct net_vq {
     struct gd_net_port *port;
+    struct xlate_hint hint;       /* forgotten by memory_del (net_memory_del) */
     struct gd_queue *q;           /* the control plane's record (addresses, stats) */
     const char *what;             /* "receiveq" / "transmitq" */
     struct vp_vring_dev vr;
@@ -157,29 +166,28 @@ static void vq_set_notify(struct net_vq *vq, bool on)
 }
 
 /*
- * Translate [addr, +len) of @dev into pieces appended to @iov (capacity @max, *@n
- * used). Returns 0, -EFAULT (a byte outside the memory table; *@bad is where) or
- * -E2BIG (more than @max pieces).
+ * Translate [addr, +len) (len > 0) of @vq's device: returns where addr is mapped and
+ * sets *@got to the bytes usable from there, clamped to @len and to one region
+ * (callers loop for the rest; [addr, +got) lies inside one region, so addr + got
+ * wraps only when it ends the address space exactly, and then the rest is 0).
+ * NULL when addr is in no region. The region of the last hit is tried first.
  */
-static int map_range(struct gd_device *dev, uint64_t addr, uint64_t len, struct iovec *iov,
-                     unsigned max, unsigned *n, uint64_t *bad)
+static inline uint8_t *vq_xlate(struct net_vq *vq, uint64_t addr, uint64_t len, uint64_t *got)
 {
-    while (len) {
-        uint64_t got = 0;
-        void *p = gd_device_translate(dev, addr, len, &got);
-        if (!p || !got) {
-            *bad = addr;
-            return -EFAULT;
+    struct xlate_hint *h = &vq->hint;
+    uint64_t off = addr - h->start;
+    if (__builtin_expect(off >= h->size, 0)) {
+        h->host = gd_device_region(vq->port->dev, addr, &h->start, &h->size);
+        if (!h->host) {
+            h->size = 0;
+            *got = 0;
+            return NULL;
         }
-        if (*n >= max)
-            return -E2BIG;
-        iov[(*n)++] = (struct iovec){ .iov_base = p, .iov_len = got };
-        /* [addr, +got) lies inside one region, so addr + got does not wrap unless it
-         * ends the address space exactly, and then len is 0 now. */
-        addr += got;
-        len -= got;
+        off = addr - h->start;
     }
-    return 0;
+    uint64_t avail = h->size - off;
+    *got = avail < len ? avail : len;
+    return h->host + off;
 }
 
 /* Copy up to @len bytes from the cursor (*@i, *@off) over @src into @dst. The two may
@@ -230,7 +238,7 @@ static int rx_take(struct net_vq *vq)
         uint64_t addr = s[k].addr, len = s[k].len;
         while (len) {
             uint64_t got = 0;
-            if (!gd_device_translate(p->dev, addr, len, &got) || !got) {
+            if (!vq_xlate(vq, addr, len, &got)) {
                 vq_fail(vq, "chain from head %u: buffer 0x%llx+%u reaches 0x%llx, outside the "
                             "driver VM's memory", head, (unsigned long long)s[k].addr,
                         s[k].len, (unsigned long long)addr);
@@ -273,7 +281,6 @@ static void rx_consume(struct net_vq *vq, unsigned k)
 static int rx_write(struct net_vq *vq, const struct iovec *src, unsigned nsrc, uint64_t total,
                     unsigned k)
 {
-    struct gd_net_port *p = vq->port;
     unsigned si = 0;
     size_t soff = 0;
     uint64_t left = total;
@@ -286,8 +293,8 @@ static int rx_write(struct net_vq *vq, const struct iovec *src, unsigned nsrc, u
             uint64_t want = seg->len < left ? seg->len : left;
             while (want) {
                 uint64_t got = 0;
-                uint8_t *dst = gd_device_translate(p->dev, addr, want, &got);
-                if (!dst || !got) {
+                uint8_t *dst = vq_xlate(vq, addr, want, &got);
+                if (!dst) {
                     vq_fail(vq, "chain from head %u: buffer at 0x%llx is outside the driver "
                                 "VM's memory", ch->head, (unsigned long long)addr);
                     return -EIO;
@@ -378,40 +385,38 @@ int gd_net_port_rx(struct gd_net_port *p, const struct iovec *iov, unsigned niov
  * *@niov, *@len set, or -EIO (queue broken), -E2BIG (too many pieces: drop). */
 static int tx_gather(struct net_vq *vq, struct iovec *iov, unsigned *niov, uint64_t *len)
 {
-    struct gd_net_port *p = vq->port;
     unsigned n = 0;
     uint64_t total = 0;
+    uint64_t skip = vq->port->hdr_len; /* no offloads offered: nothing in it to honour */
     for (unsigned k = 0; k < vq->tx_nsegs; k++) {
         const struct vp_vring_seg *s = &vq->segs[k];
-        uint64_t bad = 0;
-        int r = map_range(p->dev, s->addr, s->len, iov, GD_NET_MAX_IOV, &n, &bad);
-        if (r == -EFAULT) {
-            vq_fail(vq, "chain from head %u: buffer 0x%llx+%u reaches 0x%llx, outside the "
-                        "driver VM's memory", vq->tx_head, (unsigned long long)s->addr, s->len,
-                    (unsigned long long)bad);
-            return -EIO;
-        }
-        if (r < 0)
-            return r;
-        total += s->len;
-    }
-    /* Skip the virtio-net header (no offloads offered: nothing in it to honour). */
-    uint64_t skip = p->hdr_len;
-    unsigned first = 0;
-    while (skip && first < n) {
-        if (iov[first].iov_len <= skip) {
-            skip -= iov[first].iov_len;
-            first++;
-        } else {
-            iov[first].iov_base = (uint8_t *)iov[first].iov_base + skip;
-            iov[first].iov_len -= skip;
+        uint64_t addr = s->addr, left = s->len;
+        while (left) {
+            uint64_t got = 0;
+            uint8_t *ptr = vq_xlate(vq, addr, left, &got);
+            if (!ptr) {
+                vq_fail(vq, "chain from head %u: buffer 0x%llx+%u reaches 0x%llx, outside "
+                            "the driver VM's memory", vq->tx_head,
+                        (unsigned long long)s->addr, s->len, (unsigned long long)addr);
+                return -EIO;
+            }
+            addr += got;
+            left -= got;
+            if (skip >= got) {
+                skip -= got;
+                continue;
+            }
+            ptr += skip;
+            got -= skip;
             skip = 0;
+            if (n >= GD_NET_MAX_IOV)
+                return -E2BIG;
+            iov[n++] = (struct iovec){ .iov_base = ptr, .iov_len = got };
+            total += got;
         }
     }
-    if (first)
-        memmove(iov, iov + first, (n - first) * sizeof(*iov));
-    *niov = n - first;
-    *len = total - p->hdr_len;
+    *niov = n;
+    *len = total;
     return 0;
 }
 
@@ -724,6 +729,7 @@ static void net_memory_del(void *opaque, struct gd_device *dev, const struct vp_
         struct net_vq *vqs[2] = { &p->rx, &p->tx };
         for (unsigned k = 0; k < 2; k++) {
             struct net_vq *vq = vqs[k];
+            vq->hint.size = 0; /* its region may be going */
             if (!vq->active || !vq_uses(vq, regs, n))
                 continue;
             vq_detach(vq);

@@ -145,6 +145,7 @@ int vp_vring_dev_init(struct vp_vring_dev *vq, const struct vp_vring_mem *mem,
     vq->mem = *mem;
     vq->event_idx = event_idx;
     vq->last_avail_idx = last_avail_idx;
+    vq->avail_shadow = last_avail_idx;
     /* Resume from the shared used index, read once (vhost_vq_init_access). */
     vq->used_idx = sh_ld16(used_idx(&vq->mem));
     vq->signalled_used_valid = false;
@@ -159,19 +160,25 @@ int vp_vring_dev_pop(struct vp_vring_dev *vq, struct vp_vring_seg *segs,
     const struct vp_vring_mem *m = &vq->mem;
     const uint32_t num = m->num;
 
-    uint16_t aidx;
-    int pending = peer_pending(avail_idx(m), vq->last_avail_idx, num, &aidx);
-    if (pending == 0)
-        return 0;
-    if (pending < 0) {
-        vp_vring_dev_break(vq, "avail index moved from %u to %u (more than num %u)",
-                           vq->last_avail_idx, aidx, num);
-        return -EIO;
+    if (vq->avail_shadow == vq->last_avail_idx) {
+        /* Everything seen so far is taken: read avail->idx again (once per batch of
+         * entries, not per entry: it is the cache line the driver keeps writing). */
+        uint16_t aidx;
+        int pending = peer_pending(avail_idx(m), vq->last_avail_idx, num, &aidx);
+        if (pending == 0)
+            return 0;
+        if (pending < 0) {
+            vp_vring_dev_break(vq, "avail index moved from %u to %u (more than num %u)",
+                               vq->last_avail_idx, aidx, num);
+            return -EIO;
+        }
+        /* Read avail->idx before the ring entries and the descriptors it makes
+         * visible (pairs with the driver's release fence before its avail->idx
+         * store; vhost_get_vq_desc's smp_rmb). Entries up to the shadow were all
+         * published before that store, so they need no fence of their own. */
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        vq->avail_shadow = aidx;
     }
-    /* Read avail->idx before the ring entry and the descriptors it makes visible
-     * (pairs with the driver's release fence before its avail->idx store;
-     * vhost_get_vq_desc's smp_rmb). */
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
 
     uint16_t h = sh_ld16(avail_ring(m, vq->last_avail_idx & (num - 1)));
     if (h >= num) {

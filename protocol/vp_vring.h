@@ -68,6 +68,8 @@ struct vp_vring_dev {
     bool event_idx;       /* VIRTIO_F_RING_EVENT_IDX negotiated */
     bool broken;
     uint16_t last_avail_idx;   /* next avail entry to consume */
+    uint16_t avail_shadow;     /* avail->idx as last read (validated): entries up to it
+                                  are popped without reading avail->idx again */
     uint16_t used_idx;         /* private shadow of used->idx */
     uint16_t signalled_used;   /* used idx at the last notification */
     bool signalled_used_valid;
