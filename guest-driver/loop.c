@@ -56,7 +56,15 @@ struct gd_loop {
     uint64_t spin_ns;
     uint64_t last_work_ns;        /* when a poller last did work */
     uint64_t sleep_ns;            /* current back-off step, 0 = none yet */
+    uint64_t fds_checked_ns;      /* when ppoll last ran */
+    unsigned busy_skips;          /* iterations since then that skipped it */
 };
+
+/* While pollers keep finding work and nothing is due, fds are checked (one ppoll
+ * syscall) only every GD_FD_CHECK_NS or GD_FD_CHECK_ITERS iterations: a busy data
+ * path then spends no syscall per batch, and fd events wait at most that long. */
+#define GD_FD_CHECK_NS 50000ULL
+#define GD_FD_CHECK_ITERS 32
 
 #define GD_SLEEP_START_NS 1000ULL
 
@@ -273,7 +281,20 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
     if (max_wait_ns >= 0 && (wait < 0 || max_wait_ns < wait))
         wait = max_wait_ns;
 
-    /* 3. Wait for fds. */
+    /* 3. Wait for fds (or, busy, skip the syscall for a while). */
+    if (wait == 0 && work > 0 && loop->busy_skips < GD_FD_CHECK_ITERS &&
+        now - loop->fds_checked_ns < GD_FD_CHECK_NS) {
+        bool timer_due = false;
+        for (unsigned i = 0; i < loop->ntimers && !timer_due; i++)
+            timer_due = !loop->timers[i].dead && loop->timers[i].due_ns <= now;
+        if (!timer_due) {
+            loop->busy_skips++;
+            compact(loop);
+            return ran;
+        }
+    }
+    loop->busy_skips = 0;
+    loop->fds_checked_ns = now;
     if (loop->nfds > loop->cappfd) {
         struct pollfd *p = realloc(loop->pfd, loop->nfds * sizeof(*p));
         if (!p)

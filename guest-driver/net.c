@@ -47,12 +47,16 @@
 #define NET_HDR_OFF_NUM_BUFFERS 10
 #define NET_GSO_NONE 0
 
-/* A receive chain taken from the ring and not used yet. */
-struct rx_chain {
+/* A chain taken from the ring and not used yet. */
+struct chain {
     uint16_t head;
-    unsigned seg0, nsegs;         /* its segments: pool[seg0 .. seg0 + nsegs) */
-    uint64_t cap;                 /* writable bytes */
+    unsigned seg0, nsegs;         /* its segments: segs[seg0 .. seg0 + nsegs) */
+    uint64_t cap;                 /* receiveq: writable bytes */
 };
+
+/* Transmit chains taken from the ring at once (their buffers are prefetched while
+ * the earlier ones are handled). */
+#define TX_BATCH 32
 
 /* The region of the memory table a queue's last translation hit: tried first. */
 struct xlate_hint {
@@ -71,14 +75,12 @@ struct net_vq {
     bool notify_on;               /* kicks currently asked for */
     bool dirty;                   /* used entries pushed, not yet published */
     bool signal_failed;           /* a doorbell failed (logged once) */
-    struct vp_vring_seg *segs;    /* num entries: TX scratch / RX pool */
-    /* transmitq: a chain taken but not accepted by the endpoint yet */
-    bool tx_pending;
-    uint16_t tx_head;
-    unsigned tx_nsegs;
-    /* receiveq: chains taken, in ring order, not used yet */
-    struct rx_chain *stash;       /* num entries */
-    unsigned nstash, pool_used;
+    struct vp_vring_seg *segs;    /* num entries: segments of the taken chains */
+    /* Chains taken, in ring order, not used yet: stash[0 .. nstash), their segments
+     * segs[0 .. pool_used). The transmitq hands them to the endpoint from tx_next on
+     * (those before it are used); the receiveq fills them from 0. */
+    struct chain *stash;          /* num entries */
+    unsigned nstash, pool_used, tx_next;
 };
 
 struct gd_net_port {
@@ -136,7 +138,7 @@ static void vq_fail(struct net_vq *vq, const char *fmt, ...)
  * back (they are the most recently taken ones). */
 static uint16_t vq_resume_idx(const struct net_vq *vq)
 {
-    return (uint16_t)(vq->vr.last_avail_idx - vq->nstash - (vq->tx_pending ? 1 : 0));
+    return (uint16_t)(vq->vr.last_avail_idx - (vq->nstash - vq->tx_next));
 }
 
 /* Publish pushed used entries and interrupt the driver VM when it asked for it. */
@@ -254,7 +256,7 @@ static int rx_take(struct net_vq *vq)
                     "than the %u-byte header", head, (unsigned long long)cap, p->hdr_len);
         return -EIO;
     }
-    vq->stash[vq->nstash++] = (struct rx_chain){ .head = head, .seg0 = vq->pool_used,
+    vq->stash[vq->nstash++] = (struct chain){ .head = head, .seg0 = vq->pool_used,
                                                  .nsegs = nsegs, .cap = cap };
     vq->pool_used += nsegs;
     return 1;
@@ -285,7 +287,7 @@ static int rx_write(struct net_vq *vq, const struct iovec *src, unsigned nsrc, u
     size_t soff = 0;
     uint64_t left = total;
     for (unsigned c = 0; c < k; c++) {
-        const struct rx_chain *ch = &vq->stash[c];
+        const struct chain *ch = &vq->stash[c];
         uint64_t written = 0;
         for (unsigned s = 0; s < ch->nsegs && left; s++) {
             const struct vp_vring_seg *seg = &vq->segs[ch->seg0 + s];
@@ -314,6 +316,44 @@ static int rx_write(struct net_vq *vq, const struct iovec *src, unsigned nsrc, u
     return 0;
 }
 
+/*
+ * The common case of a receive, with nothing set aside: take the next chain, and
+ * when its first buffer holds header and frame inside one region, write them there
+ * and use the chain. Returns 1 when delivered; 0 when the general path must do it
+ * (the chain taken stays in the stash); -EAGAIN (ring empty) or -EIO (broken).
+ */
+static int rx_fast(struct net_vq *vq, const struct iovec *iov, unsigned niov, size_t len,
+                   uint64_t need)
+{
+    int r = rx_take(vq);
+    if (r <= 0)
+        return r == 0 ? -EAGAIN : -EIO;
+    const struct chain *ch = &vq->stash[0];
+    const struct vp_vring_seg *seg = &vq->segs[ch->seg0];
+    uint64_t got = 0;
+    uint8_t *dst = seg->len >= need ? vq_xlate(vq, seg->addr, need, &got) : NULL;
+    if (!dst || got < need)
+        return 0;
+    const struct gd_net_port *p = vq->port;
+    memset(dst, 0, p->hdr_len); /* no flags, GSO_NONE */
+    if (p->hdr_len >= NET_HDR_MAX)
+        vp_put_le16(dst + NET_HDR_OFF_NUM_BUFFERS, 1);
+    dst += p->hdr_len;
+    size_t left = len;
+    for (unsigned i = 0; i < niov && left; i++) {
+        size_t n = iov[i].iov_len < left ? iov[i].iov_len : left;
+        memmove(dst, iov[i].iov_base, n); /* may overlap: see iov_pull */
+        dst += n;
+        left -= n;
+    }
+    if (vp_vring_dev_push(&vq->vr, ch->head, (uint32_t)need) < 0) {
+        vq_fail(vq, NULL);
+        return -EIO;
+    }
+    vq->nstash = vq->pool_used = 0;
+    return 1;
+}
+
 int gd_net_port_rx(struct gd_net_port *p, const struct iovec *iov, unsigned niov, size_t len)
 {
     struct net_vq *vq = &p->rx;
@@ -326,6 +366,21 @@ int gd_net_port_rx(struct gd_net_port *p, const struct iovec *iov, unsigned niov
         return -EMSGSIZE;
     }
     uint64_t need = (uint64_t)p->hdr_len + len;
+
+    if (vq->nstash == 0) {
+        int r = rx_fast(vq, iov, niov, len, need);
+        if (r == 1)
+            goto done;
+        if (r == -EAGAIN) {
+            /* Wait for buffers; ask the driver VM to kick when it adds some. */
+            vq_set_notify(vq, true);
+            return -EAGAIN;
+        }
+        if (r < 0) {
+            p->drops++;
+            return -EIO;
+        }
+    }
 
     /* Chains covering the frame: the stash first, then more from the ring. */
     unsigned k = 0;
@@ -372,6 +427,7 @@ int gd_net_port_rx(struct gd_net_port *p, const struct iovec *iov, unsigned niov
         return -EIO;
     }
     rx_consume(vq, k);
+done:
     vq->dirty = true;
     vq->q->packets++;
     vq->q->bytes += len;
@@ -381,22 +437,23 @@ int gd_net_port_rx(struct gd_net_port *p, const struct iovec *iov, unsigned niov
 
 /* ------------------------------- transmitq ------------------------------- */
 
-/* Gather the pending chain's frame (after the header) into @iov. Returns 0 with
- * *@niov, *@len set, or -EIO (queue broken), -E2BIG (too many pieces: drop). */
-static int tx_gather(struct net_vq *vq, struct iovec *iov, unsigned *niov, uint64_t *len)
+/* Gather the frame of transmit chain @c (after the header) into @iov. Returns 0
+ * with *@niov, *@len set, or -EIO (queue broken), -E2BIG (too many pieces: drop). */
+static int tx_gather(struct net_vq *vq, const struct chain *c, struct iovec *iov,
+                     unsigned *niov, uint64_t *len)
 {
     unsigned n = 0;
     uint64_t total = 0;
     uint64_t skip = vq->port->hdr_len; /* no offloads offered: nothing in it to honour */
-    for (unsigned k = 0; k < vq->tx_nsegs; k++) {
-        const struct vp_vring_seg *s = &vq->segs[k];
+    for (unsigned k = 0; k < c->nsegs; k++) {
+        const struct vp_vring_seg *s = &vq->segs[c->seg0 + k];
         uint64_t addr = s->addr, left = s->len;
         while (left) {
             uint64_t got = 0;
             uint8_t *ptr = vq_xlate(vq, addr, left, &got);
             if (!ptr) {
                 vq_fail(vq, "chain from head %u: buffer 0x%llx+%u reaches 0x%llx, outside "
-                            "the driver VM's memory", vq->tx_head,
+                            "the driver VM's memory", c->head,
                         (unsigned long long)s->addr, s->len, (unsigned long long)addr);
                 return -EIO;
             }
@@ -420,6 +477,58 @@ static int tx_gather(struct net_vq *vq, struct iovec *iov, unsigned *niov, uint6
     return 0;
 }
 
+/* Take up to @max more transmit chains (all handled before: start afresh), and
+ * prefetch the start of each one's first buffer. Returns how many; a ring the
+ * driver VM broke is failed here. */
+static unsigned tx_take(struct net_vq *vq, unsigned max)
+{
+    vq->nstash = vq->pool_used = vq->tx_next = 0;
+    while (vq->nstash < max) {
+        unsigned nsegs = 0;
+        uint16_t head = 0;
+        int r = vp_vring_dev_pop(&vq->vr, vq->segs + vq->pool_used, vq->q->num - vq->pool_used,
+                                 &nsegs, &head);
+        if (r <= 0) {
+            if (r < 0)
+                vq_fail(vq, NULL);
+            break;
+        }
+        const struct vp_vring_seg *s = &vq->segs[vq->pool_used];
+        uint64_t got = 0;
+        const uint8_t *buf = s->len ? vq_xlate(vq, s->addr, s->len, &got) : NULL;
+        if (buf) {
+            __builtin_prefetch(buf);
+            if (got > 64)
+                __builtin_prefetch(buf + 64);
+        }
+        vq->stash[vq->nstash++] = (struct chain){ .head = head, .seg0 = vq->pool_used,
+                                                  .nsegs = nsegs };
+        vq->pool_used += nsegs;
+    }
+    return vq->nstash;
+}
+
+/* Check transmit chain @c (readable only, at least a header). 0, or -EIO (broken). */
+static int tx_check(struct net_vq *vq, const struct chain *c)
+{
+    uint64_t total = 0;
+    for (unsigned k = 0; k < c->nsegs; k++) {
+        const struct vp_vring_seg *s = &vq->segs[c->seg0 + k];
+        if (s->write) {
+            vq_fail(vq, "chain from head %u: device-writable descriptor (addr 0x%llx, len %u) "
+                        "in a transmit buffer", c->head, (unsigned long long)s->addr, s->len);
+            return -EIO;
+        }
+        total += s->len;
+    }
+    if (total < vq->port->hdr_len) {
+        vq_fail(vq, "chain from head %u: %llu bytes, shorter than the %u-byte virtio-net "
+                    "header", c->head, (unsigned long long)total, vq->port->hdr_len);
+        return -EIO;
+    }
+    return 0;
+}
+
 /* Drain up to GD_NET_BUDGET chains of @p's transmitq into the endpoint. */
 static int port_tx(struct gd_net_port *p)
 {
@@ -429,36 +538,18 @@ static int port_tx(struct gd_net_port *p)
     struct gd_endpoint *ep = p->net->ep;
     int work = 0;
     while (work < GD_NET_BUDGET) {
-        if (!vq->tx_pending) {
-            int r = vp_vring_dev_pop(&vq->vr, vq->segs, vq->q->num, &vq->tx_nsegs, &vq->tx_head);
-            if (r == 0)
+        if (vq->tx_next == vq->nstash) {
+            unsigned max = GD_NET_BUDGET - work < TX_BATCH ? GD_NET_BUDGET - work : TX_BATCH;
+            if (!tx_take(vq, max))
                 break;
-            if (r < 0) {
-                vq_fail(vq, NULL);
-                break;
-            }
-            uint64_t total = 0;
-            for (unsigned k = 0; k < vq->tx_nsegs; k++) {
-                if (vq->segs[k].write) {
-                    vq_fail(vq, "chain from head %u: device-writable descriptor (addr 0x%llx, "
-                                "len %u) in a transmit buffer", vq->tx_head,
-                            (unsigned long long)vq->segs[k].addr, vq->segs[k].len);
-                    return work;
-                }
-                total += vq->segs[k].len;
-            }
-            if (total < p->hdr_len) {
-                vq_fail(vq, "chain from head %u: %llu bytes, shorter than the %u-byte "
-                            "virtio-net header", vq->tx_head, (unsigned long long)total,
-                        p->hdr_len);
-                return work;
-            }
-            vq->tx_pending = true;
         }
+        const struct chain *c = &vq->stash[vq->tx_next];
+        if (tx_check(vq, c) < 0)
+            return work;
         struct iovec iov[GD_NET_MAX_IOV];
         unsigned niov = 0;
         uint64_t len = 0;
-        int r = tx_gather(vq, iov, &niov, &len);
+        int r = tx_gather(vq, c, iov, &niov, &len);
         if (r == -EIO)
             return work;
         if (r == 0 && len > 0 && len <= GD_NET_MAX_FRAME) {
@@ -470,8 +561,8 @@ static int port_tx(struct gd_net_port *p)
         } else {
             p->drops++; /* empty, too large or too scattered: used, not sent */
         }
-        vq->tx_pending = false;
-        if (vp_vring_dev_push(&vq->vr, vq->tx_head, 0) < 0) {
+        vq->tx_next++;
+        if (vp_vring_dev_push(&vq->vr, c->head, 0) < 0) {
             vq_fail(vq, NULL);
             break;
         }
@@ -554,8 +645,7 @@ static int vq_attach(struct net_vq *vq, vp_error *err)
     vq->parked = false;
     vq->notify_on = true; /* forces the first vq_set_notify(false) to write */
     vq->dirty = false;
-    vq->tx_pending = false;
-    vq->nstash = vq->pool_used = 0;
+    vq->nstash = vq->pool_used = vq->tx_next = 0;
     vq_set_notify(vq, false);
     return 0;
 }
@@ -568,8 +658,7 @@ static void vq_detach(struct net_vq *vq)
     vq_flush(vq);
     vq->q->last_avail_idx = vq_resume_idx(vq);
     vq->active = false;
-    vq->tx_pending = false;
-    vq->nstash = vq->pool_used = 0;
+    vq->nstash = vq->pool_used = vq->tx_next = 0;
 }
 
 static int vq_setup(struct gd_net_port *p, struct net_vq *vq, struct gd_queue *q, unsigned which,
@@ -579,9 +668,8 @@ static int vq_setup(struct gd_net_port *p, struct net_vq *vq, struct gd_queue *q
     vq->q = q;
     vq->what = queue_name(which);
     vq->segs = calloc(q->num, sizeof(*vq->segs));
-    if (which == RXQ)
-        vq->stash = calloc(q->num, sizeof(*vq->stash));
-    if (!vq->segs || (which == RXQ && !vq->stash))
+    vq->stash = calloc(q->num, sizeof(*vq->stash));
+    if (!vq->segs || !vq->stash)
         return vp_fail(err, -ENOMEM, "out of memory");
     q->dp = vq;
     return vq_attach(vq, err);
@@ -594,6 +682,7 @@ static void port_free(struct gd_net_port *p)
     free(p->rx.segs);
     free(p->rx.stash);
     free(p->tx.segs);
+    free(p->tx.stash);
     free(p);
 }
 
