@@ -35,6 +35,7 @@
 #include "vp_controlq.h"
 
 struct gd_device;
+struct gd_json;
 struct gd_loop;
 
 /** One virtqueue of a frontend device, as DEVICE_INFO announced it. */
@@ -78,6 +79,8 @@ struct gd_datapath_ops {
                        unsigned n);
     /** The accepted feature bits changed (FEATURE_BITS). */
     void (*features)(void *opaque, struct gd_device *dev, uint64_t features);
+    /** Write the data path's own members into the status object being written. */
+    void (*status)(void *opaque, struct gd_json *j);
 };
 
 /* Services of the control plane for the data path (device.c). */

@@ -743,7 +743,7 @@ int gd_device_service(struct gd_device *dev)
 
 /* ------------------------------ life cycle ------------------------------ */
 
-static void format_uuid(const uint8_t u[16], char out[37])
+void gd_uuid_format(const uint8_t u[16], char out[37])
 {
     static const char hex[] = "0123456789abcdef";
     char *p = out;
@@ -864,7 +864,7 @@ struct gd_device *gd_device_new(struct gd_cp *cp, unsigned slot)
     kick_server(dev, VP_VEC_RECEIVEQ_KICK);
 
     char uuid[37];
-    format_uuid(dev->layout.peer_uuid, uuid);
+    gd_uuid_format(dev->layout.peer_uuid, uuid);
     gd_info("slot %u: vhost-pci device ready: peer %s, BAR %llu bytes, %u window(s), "
             "controlq %u/%u entries, %u/%u buffers",
             slot, uuid, (unsigned long long)dev->bar_size, dev->nwin,

@@ -107,6 +107,9 @@ void gd_device_window_unplug(struct gd_device *dev, struct gd_win_id id);
 void gd_device_break(struct gd_device *dev, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/** Write @u as a canonical lower-case UUID string (36 characters + NUL) into @out. */
+void gd_uuid_format(const uint8_t u[16], char out[37]);
+
 /** Look a frontend up by type and id; NULL if not in the support list. */
 struct gd_frontend *gd_device_frontend(struct gd_device *dev, uint32_t type, uint64_t id);
 

@@ -12,8 +12,10 @@ struct gd_endpoint *gd_endpoint_new(struct gd_loop *loop, const char *spec, vp_e
         return gd_endpoint_tap_new(loop, spec + 4, err);
     if (!strcmp(spec, "loopback"))
         return gd_endpoint_loopback_new(loop, err);
+    if (!strcmp(spec, "switch"))
+        return gd_endpoint_switch_new(loop, err);
     if (!strncmp(spec, "unix:", 5))
         return gd_endpoint_unix_new(loop, spec + 5, err);
-    vp_fail(err, -EINVAL, "unknown endpoint '%s' (tap:NAME, loopback or unix:PATH)", spec);
+    vp_fail(err, -EINVAL, "unknown endpoint '%s' (tap:NAME, loopback, switch or unix:PATH)", spec);
     return NULL;
 }

@@ -10,6 +10,10 @@
  *  - loopback   (endpoint_loopback.c) every frame a driver VM transmits comes back
  *               on its own receive queue, unchanged: one copy, from its TX buffers
  *               into its RX buffers. Used by tests and the benchmark.
+ *  - switch     (endpoint_switch.c) a learning Ethernet switch between every port:
+ *               each frame is copied once, from the sending driver VM's transmit
+ *               buffers straight into the receive buffers of its destination(s)
+ *               (unknown and group destinations flooded). VM-to-VM traffic.
  *  - unix:PATH  (endpoint_unix.c) a SOCK_SEQPACKET socket at PATH that guestd
  *               listens on; one connection at a time (a new one replaces the old).
  *               Each packet is a 24-byte port header {u8 client_uuid[16]; le64
@@ -38,6 +42,7 @@
 
 #include "vp_common.h"
 
+struct gd_json;
 struct gd_loop;
 struct gd_net;
 struct gd_net_port;
@@ -47,7 +52,7 @@ struct gd_endpoint;
 #define GD_EP_UNIX_HDR 24
 
 struct gd_endpoint_ops {
-    const char *name;             /* "tap", "loopback", "unix" */
+    const char *name;             /* "tap", "loopback", "switch", "unix" */
     /** A port started (all optional). */
     void (*port_added)(struct gd_endpoint *ep, struct gd_net_port *port);
     /** A port stops: forget every reference to it before returning. */
@@ -63,6 +68,9 @@ struct gd_endpoint_ops {
     /** Called on every data path poll: retry frames held back for want of receive
      *  buffers, read what is ready. Returns > 0 when it did work. */
     int (*poll)(struct gd_endpoint *ep);
+    /** Add the endpoint's own counters to the status object being written (may be
+     *  NULL). */
+    void (*status)(struct gd_endpoint *ep, struct gd_json *j);
     /** Close everything (ports are gone already). */
     void (*free)(struct gd_endpoint *ep);
 };
@@ -76,7 +84,7 @@ struct gd_endpoint {
 };
 
 /**
- * Create an endpoint from @spec: "tap:NAME", "loopback" or "unix:PATH".
+ * Create an endpoint from @spec: "tap:NAME", "loopback", "switch" or "unix:PATH".
  * Returns NULL with a reason in @err (unknown kind, TAP or socket errors).
  */
 struct gd_endpoint *gd_endpoint_new(struct gd_loop *loop, const char *spec, vp_error *err);
@@ -87,6 +95,9 @@ struct gd_endpoint *gd_endpoint_tap_new(struct gd_loop *loop, const char *name, 
 
 /** The loopback endpoint (never fails but for ENOMEM: NULL with a reason). */
 struct gd_endpoint *gd_endpoint_loopback_new(struct gd_loop *loop, vp_error *err);
+
+/** The switch endpoint (never fails but for ENOMEM: NULL with a reason). */
+struct gd_endpoint *gd_endpoint_switch_new(struct gd_loop *loop, vp_error *err);
 
 /** The unix endpoint listening on @path (a stale socket file is replaced).
  *  NULL with a reason in @err. */

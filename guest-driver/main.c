@@ -52,6 +52,7 @@ static void usage(FILE *f)
             "  --endpoint SPEC         where vhost-pci-net packets go instead:\n"
             "                            tap:NAME   a TAP interface (same as --tap NAME)\n"
             "                            loopback   back to the sending driver VM\n"
+            "                            switch     a learning switch between all driver VMs\n"
             "                            unix:PATH  SOCK_SEQPACKET socket (tests)\n"
             "                          without --tap/--endpoint frontends are only recorded\n"
             "  --features MASK         accept at most these remote feature bits (hex or\n"

@@ -10,7 +10,8 @@ GUESTD_MAIN  := guest-driver/main.c
 
 # vhost-pci-net data path and its endpoints (helper h9: net.h, endpoint.h).
 GUESTD_SRCS += guest-driver/net.c guest-driver/endpoint.c guest-driver/endpoint_tap.c \
-               guest-driver/endpoint_loopback.c guest-driver/endpoint_unix.c
+               guest-driver/endpoint_loopback.c guest-driver/endpoint_unix.c \
+               guest-driver/endpoint_switch.c
 
 GUESTD_GOBJS := $(GUESTD_SRCS:%.c=$(B)/guest/%.o) $(GUESTD_MAIN:%.c=$(B)/guest/%.o)
 GUESTD_HOBJS := $(GUESTD_SRCS:%.c=$(B)/%.o)

@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "device.h"
+#include "json.h"
 #include "log.h"
 #include "loop.h"
 #include "vp_ctrlarea.h"
@@ -861,12 +862,30 @@ static void net_features(void *opaque, struct gd_device *dev, uint64_t features)
              gd_device_slot(dev), (unsigned long long)features);
 }
 
+static void net_status(void *opaque, struct gd_json *j)
+{
+    struct gd_net *net = opaque;
+    gd_json_string(j, "endpoint", net->ep->ops->name);
+    gd_json_uint(j, "ports", net->nports);
+    uint64_t port_drops = 0;
+    for (unsigned i = 0; i < net->nports; i++)
+        port_drops += net->ports[i]->drops;
+    gd_json_uint(j, "port_drops", port_drops);
+    gd_json_uint(j, "endpoint_drops", net->ep->drops);
+    if (net->ep->ops->status) {
+        gd_json_begin_object(j, net->ep->ops->name);
+        net->ep->ops->status(net->ep, j);
+        gd_json_end_object(j);
+    }
+}
+
 const struct gd_datapath_ops gd_net_ops = {
     .frontend_start = net_frontend_start,
     .frontend_stop = net_frontend_stop,
     .memory_del = net_memory_del,
     .memory_add = net_memory_add,
     .features = net_features,
+    .status = net_status,
 };
 
 struct gd_net *gd_net_new(struct gd_loop *loop, struct gd_endpoint *ep)

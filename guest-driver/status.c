@@ -50,6 +50,9 @@ static void render_device(struct gd_json *j, const struct gd_device *d)
     gd_json_begin_object(j, NULL);
     gd_json_uint(j, "slot", d->slot);
     gd_json_uint(j, "status", d->status);
+    char uuid[37];
+    gd_uuid_format(d->layout.peer_uuid, uuid);
+    gd_json_string(j, "peer_uuid", uuid);
     gd_json_uint(j, "bar_size", d->bar_size);
     gd_json_uint(j, "generation", d->generation);
     gd_json_uint(j, "features", d->features);
@@ -110,6 +113,11 @@ void gd_status_render(struct gd_cp *cp, struct gd_json *j)
     struct rlimit rl = { 0 };
     getrlimit(RLIMIT_NOFILE, &rl);
     gd_json_uint(j, "fd_limit", rl.rlim_cur);
+    if (cp->dp && cp->dp->status) {
+        gd_json_begin_object(j, "datapath");
+        cp->dp->status(cp->dp_opaque, j);
+        gd_json_end_object(j);
+    }
     gd_json_begin_array(j, "devices");
     for (unsigned s = 0; s < GD_CP_MAX_SLOTS; s++) {
         if (cp->dev[s])

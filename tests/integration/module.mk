@@ -47,6 +47,18 @@ $(DP_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd %/vhost-pci-fronte
 export VP_B := $(B)
 TESTS += $(DP_ITEST) $(wildcard tests/integration/test-datapath-netns.sh)
 
+# ---- G: guestd's switch endpoint between several pretend driver VMs
+# (tests/integration/test-switch.c) ----
+SW_ITEST := $(B)/tests/integration/test-switch
+$(SW_ITEST): $(B)/tests/integration/test-switch.o $(ITEST_HELPER) $(ITEST_FRAMES) $(VNET_FE_OBJ) \
+             $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+$(SW_ITEST).o: | $(VP_PB_H)
+$(SW_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Itools/vnet-frontend
+$(SW_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
+TESTS += $(SW_ITEST)
+# ---- end of G's switch block ----
+
 # ---- h11: the vhost-pci-client daemon between the scripted QEMU 7.2 frontend and a
 # real server + guestd (tests/integration/test-client-daemon.c) ----
 H11_ITEST := $(B)/tests/integration/test-client-daemon

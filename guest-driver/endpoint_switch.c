@@ -1,0 +1,303 @@
+/*
+ * endpoint_switch.c - the switch endpoint (endpoint.h; issue 11, "VM to VM"): every
+ * started port (one NET frontend of a driver VM) is a port of one learning Ethernet
+ * switch inside guestd. A frame a driver VM transmits is copied once, straight from
+ * its transmit buffers into the receive buffers of the destination driver VM(s): no
+ * intermediate buffer, no host process, half the copies of a host switch.
+ *
+ *  - Learning: the source MAC of every frame is remembered for its port (a unicast
+ *    source only). Destinations: a known unicast MAC goes to its port (dropped when
+ *    that is the sending port); broadcast, multicast and unknown unicast are flooded
+ *    to every other port.
+ *  - A destination without receive buffers drops the frame (as a switch with a full
+ *    output queue would, and as DPDK's io forwarding does): a driver VM that stops
+ *    posting buffers slows nobody else down.
+ *  - Entries age out after SW_AGE_NS unseen.
+ *
+ * Security model: frames come from driver VMs that may be hostile and may rewrite
+ * their buffers while they are copied. The 12 address bytes are copied out once
+ * into locals and decided on; the frame is then copied, never parsed (a frame that
+ * changes under the copy only changes what its destinations receive). The MAC table
+ * is bounded and cannot be taken over: SW_BUCKETS x SW_WAYS entries, a keyed hash
+ * (random key per process), at most SW_PORT_MAX_MACS entries per port, and a full
+ * bucket only ever gives up the sender's own oldest entry or an aged one, never a
+ * live entry of another port. What a learning switch cannot prevent, this one does
+ * not either: a driver VM may claim another's MAC address and receive its traffic
+ * until the owner transmits again (no port security: the frontends' MAC addresses
+ * are not known to guestd). Flooding is bounded by the data path's budget per port
+ * and poll. libc only.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "endpoint.h"
+#include "json.h"
+#include "log.h"
+#include "loop.h"
+#include "net.h"
+
+#define SW_BUCKETS 1024                    /* a power of two */
+#define SW_WAYS 4
+#define SW_PORT_MAX_MACS 256
+#define SW_AGE_NS (300ULL * 1000 * 1000 * 1000)
+#define ETH_HLEN 14
+
+struct sw_entry {
+    uint64_t mac;                 /* 48 bits; 0: free (00:00:00:00:00:00 is never learned) */
+    struct gd_net_port *port;
+    uint64_t seen_ns;
+};
+
+/* Per-port bookkeeping (how many entries it holds), found by port. */
+struct sw_port {
+    struct gd_net_port *port;
+    unsigned nmacs;
+};
+
+struct sw_ep {
+    struct gd_endpoint base;
+    uint64_t key;                 /* hash key */
+    uint64_t now_ns;              /* coarse clock, updated once per poll */
+    struct sw_entry table[SW_BUCKETS][SW_WAYS];
+    struct sw_port *ports;
+    unsigned nports, capports;
+    /* counters (status) */
+    uint64_t unicast, flooded, filtered, runts, no_buffers, learned, not_learned;
+};
+
+static struct sw_ep *sw_of(struct gd_endpoint *ep) { return (struct sw_ep *)ep; }
+
+static uint64_t mac_of(const uint8_t *b)
+{
+    return (uint64_t)b[0] << 40 | (uint64_t)b[1] << 32 | (uint64_t)b[2] << 24 |
+           (uint64_t)b[3] << 16 | (uint64_t)b[4] << 8 | b[5];
+}
+
+static bool mac_is_group(uint64_t mac) { return (mac >> 40) & 1; }
+
+static struct sw_entry *bucket(struct sw_ep *sw, uint64_t mac)
+{
+    uint64_t h = (mac ^ sw->key) * 0x9e3779b97f4a7c15ULL;
+    h ^= h >> 29;
+    return sw->table[h & (SW_BUCKETS - 1)];
+}
+
+static struct sw_port *sw_port(struct sw_ep *sw, const struct gd_net_port *port)
+{
+    for (unsigned i = 0; i < sw->nports; i++) {
+        if (sw->ports[i].port == port)
+            return &sw->ports[i];
+    }
+    return NULL;
+}
+
+static bool live(const struct sw_ep *sw, const struct sw_entry *e)
+{
+    return e->mac && sw->now_ns - e->seen_ns < SW_AGE_NS;
+}
+
+/* The port a live entry names for @mac, or NULL. */
+static struct gd_net_port *lookup(struct sw_ep *sw, uint64_t mac)
+{
+    struct sw_entry *b = bucket(sw, mac);
+    for (unsigned w = 0; w < SW_WAYS; w++) {
+        if (b[w].mac == mac && live(sw, &b[w]))
+            return b[w].port;
+    }
+    return NULL;
+}
+
+static void drop_entry(struct sw_ep *sw, struct sw_entry *e)
+{
+    struct sw_port *sp = sw_port(sw, e->port);
+    if (sp && sp->nmacs)
+        sp->nmacs--;
+    memset(e, 0, sizeof(*e));
+}
+
+/* Remember that @mac (unicast, not zero) lives behind @port (see the file comment). */
+static void learn(struct sw_ep *sw, struct sw_port *sp, uint64_t mac)
+{
+    struct sw_entry *b = bucket(sw, mac);
+    struct sw_entry *victim = NULL;
+    for (unsigned w = 0; w < SW_WAYS; w++) {
+        struct sw_entry *e = &b[w];
+        if (e->mac == mac) {
+            if (e->port != sp->port) { /* moved (or claimed) */
+                drop_entry(sw, e);
+                break;
+            }
+            e->seen_ns = sw->now_ns;
+            return;
+        }
+    }
+    if (sp->nmacs >= SW_PORT_MAX_MACS) {
+        sw->not_learned++;
+        return;
+    }
+    /* A free or aged way first, else the sender's own oldest entry. */
+    for (unsigned w = 0; w < SW_WAYS; w++) {
+        struct sw_entry *e = &b[w];
+        if (!live(sw, e)) {
+            victim = e;
+            break;
+        }
+        if (e->port == sp->port && (!victim || e->seen_ns < victim->seen_ns))
+            victim = e;
+    }
+    if (!victim) {
+        sw->not_learned++; /* flooded until a way frees up */
+        return;
+    }
+    if (victim->mac)
+        drop_entry(sw, victim);
+    *victim = (struct sw_entry){ .mac = mac, .port = sp->port, .seen_ns = sw->now_ns };
+    sp->nmacs++;
+    sw->learned++;
+}
+
+/* Deliver to one port; a full receive queue drops the frame. */
+static void deliver(struct sw_ep *sw, struct gd_net_port *to, const struct iovec *iov,
+                    unsigned niov, size_t len)
+{
+    int r = gd_net_port_rx(to, iov, niov, len);
+    if (r == -EAGAIN) {
+        sw->no_buffers++;
+        sw->base.drops++;
+    } else if (r < 0) {
+        sw->base.drops++; /* counted by the port too */
+    }
+}
+
+static int sw_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct iovec *iov,
+                 unsigned niov, size_t len)
+{
+    struct sw_ep *sw = sw_of(ep);
+    uint8_t hdr[12];
+    size_t got = 0;
+    for (unsigned i = 0; i < niov && got < sizeof(hdr); i++) {
+        size_t n = iov[i].iov_len < sizeof(hdr) - got ? iov[i].iov_len : sizeof(hdr) - got;
+        memcpy(hdr + got, iov[i].iov_base, n); /* read once; decided on the copy */
+        got += n;
+    }
+    if (len < ETH_HLEN || got < sizeof(hdr)) {
+        sw->runts++;
+        ep->drops++;
+        return 0;
+    }
+    uint64_t dst = mac_of(hdr), src = mac_of(hdr + 6);
+    struct sw_port *sp = sw_port(sw, port);
+    if (sp && src && !mac_is_group(src))
+        learn(sw, sp, src);
+    struct gd_net_port *to = mac_is_group(dst) ? NULL : lookup(sw, dst);
+    if (to) {
+        if (to == port) {
+            sw->filtered++; /* its own address: a switch does not send it back */
+            return 0;
+        }
+        sw->unicast++;
+        deliver(sw, to, iov, niov, len);
+        return 0;
+    }
+    sw->flooded++;
+    unsigned np = gd_net_nports(ep->net);
+    for (unsigned i = 0; i < np; i++) {
+        struct gd_net_port *p = gd_net_port_at(ep->net, i);
+        if (p != port)
+            deliver(sw, p, iov, niov, len);
+    }
+    return 0;
+}
+
+static int sw_poll(struct gd_endpoint *ep)
+{
+    sw_of(ep)->now_ns = gd_now_ns();
+    return 0;
+}
+
+static void sw_port_added(struct gd_endpoint *ep, struct gd_net_port *port)
+{
+    struct sw_ep *sw = sw_of(ep);
+    if (sw->nports == sw->capports) {
+        unsigned ncap = sw->capports ? sw->capports * 2 : 8;
+        struct sw_port *np = realloc(sw->ports, ncap * sizeof(*np));
+        if (!np) {
+            gd_warn("switch: %s: out of memory: its addresses are not learned (flooded to)",
+                    gd_net_port_name(port));
+            return;
+        }
+        sw->ports = np;
+        sw->capports = ncap;
+    }
+    sw->ports[sw->nports++] = (struct sw_port){ .port = port };
+}
+
+static void sw_port_removed(struct gd_endpoint *ep, struct gd_net_port *port)
+{
+    struct sw_ep *sw = sw_of(ep);
+    for (unsigned b = 0; b < SW_BUCKETS; b++) {
+        for (unsigned w = 0; w < SW_WAYS; w++) {
+            if (sw->table[b][w].port == port)
+                memset(&sw->table[b][w], 0, sizeof(sw->table[b][w]));
+        }
+    }
+    for (unsigned i = 0; i < sw->nports; i++) {
+        if (sw->ports[i].port == port) {
+            sw->ports[i] = sw->ports[--sw->nports];
+            break;
+        }
+    }
+}
+
+static void sw_status(struct gd_endpoint *ep, struct gd_json *j)
+{
+    struct sw_ep *sw = sw_of(ep);
+    unsigned n = 0;
+    for (unsigned b = 0; b < SW_BUCKETS; b++) {
+        for (unsigned w = 0; w < SW_WAYS; w++)
+            n += live(sw, &sw->table[b][w]);
+    }
+    gd_json_uint(j, "macs", n);
+    gd_json_uint(j, "unicast", sw->unicast);
+    gd_json_uint(j, "flooded", sw->flooded);
+    gd_json_uint(j, "filtered", sw->filtered);
+    gd_json_uint(j, "runts", sw->runts);
+    gd_json_uint(j, "no_buffers", sw->no_buffers);
+    gd_json_uint(j, "learned", sw->learned);
+    gd_json_uint(j, "not_learned", sw->not_learned);
+}
+
+static void sw_free(struct gd_endpoint *ep)
+{
+    struct sw_ep *sw = sw_of(ep);
+    free(sw->ports);
+    free(sw);
+}
+
+static const struct gd_endpoint_ops sw_ops = {
+    .name = "switch",
+    .port_added = sw_port_added,
+    .port_removed = sw_port_removed,
+    .tx = sw_tx,
+    .poll = sw_poll,
+    .status = sw_status,
+    .free = sw_free,
+};
+
+struct gd_endpoint *gd_endpoint_switch_new(struct gd_loop *loop, vp_error *err)
+{
+    struct sw_ep *sw = calloc(1, sizeof(*sw));
+    if (!sw) {
+        vp_fail(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    sw->base.ops = &sw_ops;
+    sw->base.loop = loop;
+    if (getrandom(&sw->key, sizeof(sw->key), GRND_NONBLOCK) != sizeof(sw->key))
+        sw->key = gd_now_ns() * 0x9e3779b97f4a7c15ULL; /* no entropy yet (early boot) */
+    sw->now_ns = gd_now_ns();
+    return &sw->base;
+}
