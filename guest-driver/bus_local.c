@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +81,9 @@ struct gd_bus_local {
     int watch;
     bool lost;
     bool in_dispatch;             /* guards sync() against re-entry from callbacks */
+    /* Doorbells come from the data path's threads too: the driver VM's vector list is
+     * replaced (PEER_VECTORS) under this lock, and read under it. */
+    pthread_mutex_t vec_lock;
     unsigned fd_budget;           /* fds the controls may hold (RLIMIT_NOFILE - reserve) */
     struct lb_control *ctl[VP_LB_MAX_SLOTS];
 };
@@ -319,9 +323,6 @@ static void on_peer_vectors(struct gd_bus_local *lb, const struct vp_lb_msg *m, 
             return;
         }
     }
-    for (unsigned i = 0; i < c->npeer; i++)
-        vp_close_fd(&c->peer_efd[i]);
-    free(c->peer_efd);
     unsigned refused = 0;
     for (unsigned i = 0; i < nfds; i++) {
         if (adopt_doorbell(fds[i], why, sizeof(why)) < 0) {
@@ -333,8 +334,16 @@ static void on_peer_vectors(struct gd_bus_local *lb, const struct vp_lb_msg *m, 
         list[i] = fds[i];
         fds[i] = -1;
     }
+    /* Swap, then close the old list: a doorbell never finds the vectors missing. */
+    pthread_mutex_lock(&lb->vec_lock);
+    int *old = c->peer_efd;
+    unsigned nold = c->npeer;
     c->peer_efd = list;
     c->npeer = nfds;
+    pthread_mutex_unlock(&lb->vec_lock);
+    for (unsigned i = 0; i < nold; i++)
+        vp_close_fd(&old[i]);
+    free(old);
     if (refused > 1)
         gd_warn("local bus: slot %u: %u of %u driver VM vectors refused", m->slot, refused,
                 nfds);
@@ -556,23 +565,9 @@ static void lb_irq_ack(struct gd_bus *bus, unsigned slot)
     }
 }
 
-static int lb_doorbell(struct gd_bus *bus, unsigned slot, uint16_t peer, uint16_t vector)
+/* Ring @fd without ever blocking (file comment). */
+static int ring(int fd)
 {
-    struct lb_control *c = get_ctl(to_lb(bus), slot);
-    if (!c)
-        return -ENOENT;
-    int fd = -1;
-    if (peer == VP_ID_SERVER && vector == VP_VEC_RECEIVEQ_KICK)
-        fd = c->efd[0];
-    else if (peer == VP_ID_SERVER && vector == VP_VEC_TRANSMITQ_KICK)
-        fd = c->efd[1];
-    else if (peer == VP_ID_DEVICE_VM && vector == VP_VEC_CONTROLQ_IRQ)
-        fd = c->efd[2];
-    else if (peer == VP_ID_DRIVER_VM && vector < c->npeer)
-        fd = c->peer_efd[vector];
-    if (fd < 0)
-        return peer == VP_ID_DRIVER_VM && vector < c->npeer ? -EBADF : -ERANGE;
-    /* Never block (file comment): ask first, then write non-blocking. */
     struct pollfd p = { .fd = fd, .events = POLLOUT };
     int n = poll(&p, 1, 0);
     if (n < 0)
@@ -583,6 +578,31 @@ static int lb_doorbell(struct gd_bus *bus, unsigned slot, uint16_t peer, uint16_
     if (write(fd, &one, sizeof(one)) < 0 && errno != EAGAIN && errno != EINTR)
         return -errno; /* EAGAIN: counter or buffer full, the peer is notified anyway */
     return 0;
+}
+
+static int lb_doorbell(struct gd_bus *bus, unsigned slot, uint16_t peer, uint16_t vector)
+{
+    struct gd_bus_local *lb = to_lb(bus);
+    struct lb_control *c = get_ctl(lb, slot);
+    if (!c)
+        return -ENOENT;
+    if (peer == VP_ID_DRIVER_VM) {
+        /* The call vectors: possibly from a data path thread while PEER_VECTORS
+         * replaces the list on the loop thread. */
+        pthread_mutex_lock(&lb->vec_lock);
+        int r = vector >= c->npeer ? -ERANGE : c->peer_efd[vector] < 0 ? -EBADF
+                                                                      : ring(c->peer_efd[vector]);
+        pthread_mutex_unlock(&lb->vec_lock);
+        return r;
+    }
+    int fd = -1;
+    if (peer == VP_ID_SERVER && vector == VP_VEC_RECEIVEQ_KICK)
+        fd = c->efd[0];
+    else if (peer == VP_ID_SERVER && vector == VP_VEC_TRANSMITQ_KICK)
+        fd = c->efd[1];
+    else if (peer == VP_ID_DEVICE_VM && vector == VP_VEC_CONTROLQ_IRQ)
+        fd = c->efd[2];
+    return fd < 0 ? -ERANGE : ring(fd);
 }
 
 static int lb_peer_vectors(struct gd_bus *bus, unsigned slot, uint16_t peer)
@@ -632,6 +652,7 @@ static void lb_destroy(struct gd_bus *bus)
         lb->ctl[s] = NULL;
     }
     vp_close_fd(&lb->sock);
+    pthread_mutex_destroy(&lb->vec_lock);
     free(lb);
 }
 
@@ -670,6 +691,7 @@ struct gd_bus *gd_bus_local_new(struct gd_loop *loop, const char *path,
     lb->base = (struct gd_bus){ .ops = &local_ops, .loop = loop, .ev = ev, .ev_opaque = opaque };
     memcpy(lb->path, sa.sun_path, sizeof(lb->path));
     lb->sock = -1;
+    pthread_mutex_init(&lb->vec_lock, NULL);
     struct rlimit rl;
     rlim_t lim = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
     if (lim == RLIM_INFINITY || lim > UINT32_MAX)
@@ -694,6 +716,7 @@ struct gd_bus *gd_bus_local_new(struct gd_loop *loop, const char *path,
         struct timespec ts = { .tv_nsec = 20 * 1000000L };
         nanosleep(&ts, NULL);
     }
+    pthread_mutex_destroy(&lb->vec_lock);
     free(lb);
     return NULL;
 }

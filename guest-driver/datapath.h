@@ -23,7 +23,9 @@
  *  - A broken device (NEEDS_RESET) or a device going away: frontend_stop() for each
  *    frontend first, then memory_del() for all regions.
  *
- * All hooks are optional (NULL: nothing to do) and run on the loop thread.
+ * All hooks are optional (NULL: nothing to do) and run on the loop thread. A data path
+ * with threads of its own reads the memory table from them (gd_device_region): the
+ * control plane changes the table only between pause() and resume().
  */
 #ifndef GD_DATAPATH_H
 #define GD_DATAPATH_H
@@ -47,9 +49,11 @@ struct gd_queue {
     uint16_t kick_vector;         /* VP_NO_VECTOR: kicks stay with the server */
     uint16_t call_vector;         /* doorbell vector of peer VP_ID_DRIVER_VM, or VP_NO_VECTOR */
     uint64_t desc, avail, used;   /* driver VM guest-physical addresses */
-    /* Maintained by the data path, shown by the status socket: */
+    /* Maintained by the data path (its threads store them atomically), shown by the
+     * status socket: */
     bool broken;
     uint64_t packets, bytes;
+    uint32_t worker;              /* the data path worker polling it */
     void *dp;                     /* data path's per-queue state */
 };
 
@@ -81,6 +85,11 @@ struct gd_datapath_ops {
     void (*features)(void *opaque, struct gd_device *dev, uint64_t features);
     /** Write the data path's own members into the status object being written. */
     void (*status)(void *opaque, struct gd_json *j);
+    /** Park the data path's threads (nested calls allowed): the control plane calls
+     *  it before it changes the memory table, windows or the support list, and
+     *  resume() after; the other hooks pause by themselves. */
+    void (*pause)(void *opaque);
+    void (*resume)(void *opaque);
 };
 
 /* Services of the control plane for the data path (device.c). */

@@ -89,6 +89,20 @@ static void dp_memory_add(struct gd_device *dev, const struct vp_cq_region *regs
         dev->cp->dp->memory_add(dev->cp->dp_opaque, dev, regs, n);
 }
 
+/* The data path's threads read the memory table and the support list: every change
+ * of them happens between these two (datapath.h). */
+static void dp_pause(struct gd_device *dev)
+{
+    if (dev->cp->dp && dev->cp->dp->pause)
+        dev->cp->dp->pause(dev->cp->dp_opaque);
+}
+
+static void dp_resume(struct gd_device *dev)
+{
+    if (dev->cp->dp && dev->cp->dp->resume)
+        dev->cp->dp->resume(dev->cp->dp_opaque);
+}
+
 static void stop_all_frontends(struct gd_device *dev)
 {
     for (unsigned i = 0; i < dev->nfe; i++)
@@ -218,11 +232,13 @@ static void unmap_window(struct gd_device *dev, struct gd_window *w)
  * it is unmapped. */
 static void release_window(struct gd_device *dev, struct gd_window *w, const char *why)
 {
+    dp_pause(dev);
     unsigned n = drop_regions_in(dev, w->ca.bar_offset, w->ca.size);
     if (n)
         gd_info("slot %u: window devfn 0x%x %s while %u region(s) used it: regions dropped",
                 dev->slot, w->ca.devfn, why, n);
     unmap_window(dev, w);
+    dp_resume(dev);
 }
 
 static struct gd_win_id win_id(const struct gd_ca_window *w)
@@ -367,8 +383,8 @@ void gd_device_window_unplug(struct gd_device *dev, struct gd_win_id id)
 
 /* ---------------------------------- handlers ---------------------------------- */
 
-static enum gd_handled handle_memory_info(struct gd_device *dev, const struct vp_cq_msg *m,
-                                          struct vp_cq_msg *ack, bool last_try)
+static enum gd_handled memory_info(struct gd_device *dev, const struct vp_cq_msg *m,
+                                   struct vp_cq_msg *ack, bool last_try)
 {
     vp_error err = { { 0 } };
     if (refresh_windows(dev, false) < 0)
@@ -414,6 +430,15 @@ static enum gd_handled handle_memory_info(struct gd_device *dev, const struct vp
     gd_info("slot %u: memory table: %u region(s) deleted (%u left)", dev->slot, n, dev->mt.n);
     vp_cq_make_ack(ack, m, VP_ACK_DEL_DONE, NULL);
     return GD_H_ACK;
+}
+
+static enum gd_handled handle_memory_info(struct gd_device *dev, const struct vp_cq_msg *m,
+                                          struct vp_cq_msg *ack, bool last_try)
+{
+    dp_pause(dev);
+    enum gd_handled h = memory_info(dev, m, ack, last_try);
+    dp_resume(dev);
+    return h;
 }
 
 /* A ring of @size bytes at @xgpa, aligned to @align, inside one region. */
@@ -580,7 +605,11 @@ static enum gd_handled handle_device_info(struct gd_device *dev, const struct vp
                                           struct vp_cq_msg *ack, bool last_try)
 {
     (void)last_try;
-    return m->u.dev.op == VP_OP_ADD ? device_add(dev, m, ack) : device_del(dev, m, ack);
+    dp_pause(dev);
+    enum gd_handled h = m->u.dev.op == VP_OP_ADD ? device_add(dev, m, ack)
+                                                 : device_del(dev, m, ack);
+    dp_resume(dev);
+    return h;
 }
 
 static enum gd_handled handle_feature_bits(struct gd_device *dev, const struct vp_cq_msg *m,
@@ -878,8 +907,10 @@ void gd_device_free(struct gd_device *dev)
     if (!dev)
         return;
     stop_service(dev);
+    dp_pause(dev);
     stop_all_frontends(dev);
     drop_all_regions(dev);
+    dp_resume(dev);
     for (unsigned i = 0; i < dev->nfe; i++)
         free(dev->fe[i]);
     dev->nfe = 0;

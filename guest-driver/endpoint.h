@@ -31,7 +31,11 @@
  * gets -EAGAIN from gd_net_port_rx() (no receive buffers) keeps its frame and retries
  * from poll(); fd-driven endpoints stop watching their fd meanwhile.
  *
- * Everything runs on the loop thread. libc only.
+ * Threads (net.h): tx() and poll() run on the data path worker of the pair concerned
+ * (gd_net_worker_index()), several at once when there are several workers;
+ * port_added/port_removed/status/free on the control thread while the workers are
+ * parked; fd callbacks on the loop that watches the fd. Counters like drops are
+ * updated atomically. libc (and pthreads) only.
  */
 #ifndef GD_ENDPOINT_H
 #define GD_ENDPOINT_H
@@ -53,6 +57,15 @@ struct gd_endpoint;
 
 struct gd_endpoint_ops {
     const char *name;             /* "tap", "loopback", "switch", "unix" */
+    /** Frames go back to the port they came from, on the same pair (loopback): no
+     *  receive queue is ever written by another thread. */
+    bool pair_local;
+    /** gd_net_port_rx() is called from the control loop (the endpoint's own fds). */
+    bool rx_from_loop;
+    /** Data path worker @index started with its @loop (inline mode: index 0 with the
+     *  control loop, when the endpoint is given to gd_net_new), before it runs:
+     *  per-worker fds are watched on that loop. May be NULL. */
+    void (*worker_started)(struct gd_endpoint *ep, unsigned index, struct gd_loop *loop);
     /** A port started (all optional). */
     void (*port_added)(struct gd_endpoint *ep, struct gd_net_port *port);
     /** A port stops: forget every reference to it before returning. */

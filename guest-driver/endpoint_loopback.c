@@ -6,6 +6,8 @@
  * transmit queue (-EAGAIN), so nothing is lost and the driver VM is slowed down
  * instead. Used by the host-only tests and the benchmark.
  *
+ * Threads: stateless; each frame is handled on the worker of its pair.
+ *
  * Security model: frames are copied, never parsed. libc only.
  */
 #include <errno.h>
@@ -21,7 +23,7 @@ static int lo_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct 
     if (r == -EAGAIN)
         return -EAGAIN;
     if (r < 0)
-        ep->drops++;
+        __atomic_fetch_add(&ep->drops, 1, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -29,6 +31,7 @@ static void lo_free(struct gd_endpoint *ep) { free(ep); }
 
 static const struct gd_endpoint_ops lo_ops = {
     .name = "loopback",
+    .pair_local = true, /* each frame goes back on the pair it came from */
     .tx = lo_tx,
     .free = lo_free,
 };

@@ -25,9 +25,16 @@
  * not either: a driver VM may claim another's MAC address and receive its traffic
  * until the owner transmits again (no port security: the frontends' MAC addresses
  * are not known to guestd). Flooding is bounded by the data path's budget per port
- * and poll. libc only.
+ * and poll.
+ *
+ * Threads: with several data path workers, the table and the counters are used under
+ * one mutex (taken per frame, for the decision only, never around a copy); with one
+ * worker, or none, no lock is taken. A port that has fewer queue pairs than there are
+ * workers is written by other workers under its receive queue's lock (net.c).
+ * libc (and pthreads) only.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,14 +66,19 @@ struct sw_port {
 
 struct sw_ep {
     struct gd_endpoint base;
+    pthread_mutex_t mu;           /* the table and the counters, with several workers */
     uint64_t key;                 /* hash key */
     uint64_t now_ns;              /* coarse clock, updated once per poll */
     struct sw_entry table[SW_BUCKETS][SW_WAYS];
     struct sw_port *ports;
     unsigned nports, capports;
-    /* counters (status) */
+    /* counters (status; stored atomically, read by the control thread) */
+    uint64_t entries;             /* ways in use (aged ones until they are reused) */
     uint64_t unicast, flooded, filtered, runts, no_buffers, learned, not_learned;
 };
+
+/* Add to a counter that one thread at a time changes (the table's user). */
+static void count(uint64_t *c, uint64_t v) { __atomic_store_n(c, *c + v, __ATOMIC_RELAXED); }
 
 static struct sw_ep *sw_of(struct gd_endpoint *ep) { return (struct sw_ep *)ep; }
 
@@ -94,9 +106,14 @@ static struct sw_port *sw_port(struct sw_ep *sw, const struct gd_net_port *port)
     return NULL;
 }
 
+static uint64_t now_of(const struct sw_ep *sw)
+{
+    return __atomic_load_n(&sw->now_ns, __ATOMIC_RELAXED);
+}
+
 static bool live(const struct sw_ep *sw, const struct sw_entry *e)
 {
-    return e->mac && sw->now_ns - e->seen_ns < SW_AGE_NS;
+    return e->mac && now_of(sw) - e->seen_ns < SW_AGE_NS;
 }
 
 /* The port a live entry names for @mac, or NULL. */
@@ -116,6 +133,7 @@ static void drop_entry(struct sw_ep *sw, struct sw_entry *e)
     if (sp && sp->nmacs)
         sp->nmacs--;
     memset(e, 0, sizeof(*e));
+    count(&sw->entries, (uint64_t)-1);
 }
 
 /* Remember that @mac (unicast, not zero) lives behind @port (see the file comment). */
@@ -130,12 +148,12 @@ static void learn(struct sw_ep *sw, struct sw_port *sp, uint64_t mac)
                 drop_entry(sw, e);
                 break;
             }
-            e->seen_ns = sw->now_ns;
+            e->seen_ns = now_of(sw);
             return;
         }
     }
     if (sp->nmacs >= SW_PORT_MAX_MACS) {
-        sw->not_learned++;
+        count(&sw->not_learned, 1);
         return;
     }
     /* A free or aged way first, else the sender's own oldest entry. */
@@ -149,14 +167,15 @@ static void learn(struct sw_ep *sw, struct sw_port *sp, uint64_t mac)
             victim = e;
     }
     if (!victim) {
-        sw->not_learned++; /* flooded until a way frees up */
+        count(&sw->not_learned, 1); /* flooded until a way frees up */
         return;
     }
     if (victim->mac)
         drop_entry(sw, victim);
-    *victim = (struct sw_entry){ .mac = mac, .port = sp->port, .seen_ns = sw->now_ns };
+    *victim = (struct sw_entry){ .mac = mac, .port = sp->port, .seen_ns = now_of(sw) };
     sp->nmacs++;
-    sw->learned++;
+    count(&sw->entries, 1);
+    count(&sw->learned, 1);
 }
 
 /* Deliver to one port; a full receive queue drops the frame. */
@@ -164,12 +183,10 @@ static void deliver(struct sw_ep *sw, struct gd_net_port *to, const struct iovec
                     unsigned niov, size_t len)
 {
     int r = gd_net_port_rx(to, iov, niov, len);
-    if (r == -EAGAIN) {
-        sw->no_buffers++;
-        sw->base.drops++;
-    } else if (r < 0) {
-        sw->base.drops++; /* counted by the port too */
-    }
+    if (r == -EAGAIN)
+        __atomic_fetch_add(&sw->no_buffers, 1, __ATOMIC_RELAXED);
+    if (r < 0) /* otherwise counted by the port too */
+        __atomic_fetch_add(&sw->base.drops, 1, __ATOMIC_RELAXED);
 }
 
 static int sw_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct iovec *iov,
@@ -184,25 +201,31 @@ static int sw_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct 
         got += n;
     }
     if (len < ETH_HLEN || got < sizeof(hdr)) {
-        sw->runts++;
-        ep->drops++;
+        __atomic_fetch_add(&sw->runts, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&ep->drops, 1, __ATOMIC_RELAXED);
         return 0;
     }
     uint64_t dst = mac_of(hdr), src = mac_of(hdr + 6);
+    bool locked = gd_net_nworkers(ep->net) > 1;
+    if (locked)
+        pthread_mutex_lock(&sw->mu);
     struct sw_port *sp = sw_port(sw, port);
     if (sp && src && !mac_is_group(src))
         learn(sw, sp, src);
     struct gd_net_port *to = mac_is_group(dst) ? NULL : lookup(sw, dst);
+    if (to == port)
+        count(&sw->filtered, 1); /* its own address: a switch does not send it back */
+    else if (to)
+        count(&sw->unicast, 1);
+    else
+        count(&sw->flooded, 1);
+    if (locked)
+        pthread_mutex_unlock(&sw->mu);
     if (to) {
-        if (to == port) {
-            sw->filtered++; /* its own address: a switch does not send it back */
-            return 0;
-        }
-        sw->unicast++;
-        deliver(sw, to, iov, niov, len);
+        if (to != port)
+            deliver(sw, to, iov, niov, len);
         return 0;
     }
-    sw->flooded++;
     unsigned np = gd_net_nports(ep->net);
     for (unsigned i = 0; i < np; i++) {
         struct gd_net_port *p = gd_net_port_at(ep->net, i);
@@ -214,7 +237,7 @@ static int sw_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct 
 
 static int sw_poll(struct gd_endpoint *ep)
 {
-    sw_of(ep)->now_ns = gd_now_ns();
+    __atomic_store_n(&sw_of(ep)->now_ns, gd_now_ns(), __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -240,8 +263,8 @@ static void sw_port_removed(struct gd_endpoint *ep, struct gd_net_port *port)
     struct sw_ep *sw = sw_of(ep);
     for (unsigned b = 0; b < SW_BUCKETS; b++) {
         for (unsigned w = 0; w < SW_WAYS; w++) {
-            if (sw->table[b][w].port == port)
-                memset(&sw->table[b][w], 0, sizeof(sw->table[b][w]));
+            if (sw->table[b][w].mac && sw->table[b][w].port == port)
+                drop_entry(sw, &sw->table[b][w]);
         }
     }
     for (unsigned i = 0; i < sw->nports; i++) {
@@ -252,27 +275,25 @@ static void sw_port_removed(struct gd_endpoint *ep, struct gd_net_port *port)
     }
 }
 
+static uint64_t read_count(const uint64_t *c) { return __atomic_load_n(c, __ATOMIC_RELAXED); }
+
 static void sw_status(struct gd_endpoint *ep, struct gd_json *j)
 {
     struct sw_ep *sw = sw_of(ep);
-    unsigned n = 0;
-    for (unsigned b = 0; b < SW_BUCKETS; b++) {
-        for (unsigned w = 0; w < SW_WAYS; w++)
-            n += live(sw, &sw->table[b][w]);
-    }
-    gd_json_uint(j, "macs", n);
-    gd_json_uint(j, "unicast", sw->unicast);
-    gd_json_uint(j, "flooded", sw->flooded);
-    gd_json_uint(j, "filtered", sw->filtered);
-    gd_json_uint(j, "runts", sw->runts);
-    gd_json_uint(j, "no_buffers", sw->no_buffers);
-    gd_json_uint(j, "learned", sw->learned);
-    gd_json_uint(j, "not_learned", sw->not_learned);
+    gd_json_uint(j, "macs", read_count(&sw->entries));
+    gd_json_uint(j, "unicast", read_count(&sw->unicast));
+    gd_json_uint(j, "flooded", read_count(&sw->flooded));
+    gd_json_uint(j, "filtered", read_count(&sw->filtered));
+    gd_json_uint(j, "runts", read_count(&sw->runts));
+    gd_json_uint(j, "no_buffers", read_count(&sw->no_buffers));
+    gd_json_uint(j, "learned", read_count(&sw->learned));
+    gd_json_uint(j, "not_learned", read_count(&sw->not_learned));
 }
 
 static void sw_free(struct gd_endpoint *ep)
 {
     struct sw_ep *sw = sw_of(ep);
+    pthread_mutex_destroy(&sw->mu);
     free(sw->ports);
     free(sw);
 }
@@ -296,6 +317,7 @@ struct gd_endpoint *gd_endpoint_switch_new(struct gd_loop *loop, vp_error *err)
     }
     sw->base.ops = &sw_ops;
     sw->base.loop = loop;
+    pthread_mutex_init(&sw->mu, NULL);
     if (getrandom(&sw->key, sizeof(sw->key), GRND_NONBLOCK) != sizeof(sw->key))
         sw->key = gd_now_ns() * 0x9e3779b97f4a7c15ULL; /* no entropy yet (early boot) */
     sw->now_ns = gd_now_ns();

@@ -8,6 +8,12 @@
  * for at most TAP_HOLD_NS (reading stops meanwhile), then misses it (it is counted
  * as dropped, as a full NIC queue would drop it).
  *
+ * Multi-queue (issue 10): the interface is IFF_MULTI_QUEUE with one queue (fd) per
+ * data path worker, opened and watched on the worker's loop when it starts; a worker
+ * writes what its pairs transmit into its queue and delivers what it reads from it
+ * to each port's pair it polls (net.h), so the device VM's kernel and the driver
+ * VMs' queue pairs work in parallel, queue by queue.
+ *
  * Security model: frames from either side are copied, never parsed. The TAP fd is
  * this endpoint's; the kernel enforces frame sizes. libc only.
  */
@@ -32,11 +38,14 @@
 #define TAP_BUDGET 64
 #define TAP_HOLD_NS (100 * 1000 * 1000ULL)
 
-struct tap_ep {
-    struct gd_endpoint base;
-    char name[IFNAMSIZ];
+struct tap_ep;
+
+/* One queue of the TAP (IFF_MULTI_QUEUE), served by data path worker of its index. */
+struct tap_q {
+    struct tap_ep *t;
+    unsigned index;
     int fd, watch;
-    bool write_failed;            /* a write error was logged */
+    struct gd_loop *loop;         /* the worker's loop, which watches fd */
     /* The frame being delivered: ports that still owe it a receive buffer. */
     struct gd_net_port **owed;
     unsigned nowed, capowed;
@@ -45,36 +54,49 @@ struct tap_ep {
     uint8_t buf[GD_NET_MAX_FRAME];
 };
 
+struct tap_ep {
+    struct gd_endpoint base;
+    char name[IFNAMSIZ];
+    bool write_failed;            /* a write error was logged */
+    struct tap_q *q[GD_NET_MAX_WORKERS];
+};
+
 static struct tap_ep *tap_of(struct gd_endpoint *ep) { return (struct tap_ep *)ep; }
 
-/* Offer the held frame to every owed port; returns true when none is left. */
-static bool tap_deliver_owed(struct tap_ep *t)
+static void tap_drop(struct tap_ep *t, uint64_t n)
 {
-    struct iovec iov = { .iov_base = t->buf, .iov_len = t->len };
+    __atomic_fetch_add(&t->base.drops, n, __ATOMIC_RELAXED);
+}
+
+/* Offer the held frame to every owed port; returns true when none is left. */
+static bool tap_deliver_owed(struct tap_q *q)
+{
+    struct iovec iov = { .iov_base = q->buf, .iov_len = q->len };
     unsigned keep = 0;
-    for (unsigned i = 0; i < t->nowed; i++) {
-        int r = gd_net_port_rx(t->owed[i], &iov, 1, t->len);
+    for (unsigned i = 0; i < q->nowed; i++) {
+        int r = gd_net_port_rx(q->owed[i], &iov, 1, q->len);
         if (r == -EAGAIN)
-            t->owed[keep++] = t->owed[i];
+            q->owed[keep++] = q->owed[i];
         else if (r < 0)
-            t->base.drops++;
+            tap_drop(q->t, 1);
     }
-    t->nowed = keep;
+    q->nowed = keep;
     return keep == 0;
 }
 
-/* Read frames and hand them to every port, until the TAP is empty, a port must wait
+/* Read frames and hand them to every port, until the queue is empty, a port must wait
  * for buffers, or the budget is spent. Returns frames read. */
-static int tap_read(struct tap_ep *t)
+static int tap_read(struct tap_q *q)
 {
+    struct tap_ep *t = q->t;
     int n = 0;
-    while (!t->nowed && n < TAP_BUDGET) {
-        ssize_t r = read(t->fd, t->buf, sizeof(t->buf));
+    while (!q->nowed && n < TAP_BUDGET) {
+        ssize_t r = read(q->fd, q->buf, sizeof(q->buf));
         if (r < 0) {
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
-                gd_warn("tap %s: read: %s", t->name, strerror(errno));
+                gd_warn("tap %s: queue %u: read: %s", t->name, q->index, strerror(errno));
             break;
         }
         n++;
@@ -82,25 +104,25 @@ static int tap_read(struct tap_ep *t)
             continue;
         unsigned np = gd_net_nports(t->base.net);
         if (!np) {
-            t->base.drops++;
+            tap_drop(t, 1);
             continue;
         }
-        if (np > t->capowed) {
-            struct gd_net_port **o = realloc(t->owed, np * sizeof(*o));
+        if (np > q->capowed) {
+            struct gd_net_port **o = realloc(q->owed, np * sizeof(*o));
             if (!o) {
-                t->base.drops++;
+                tap_drop(t, 1);
                 continue;
             }
-            t->owed = o;
-            t->capowed = np;
+            q->owed = o;
+            q->capowed = np;
         }
         for (unsigned i = 0; i < np; i++)
-            t->owed[i] = gd_net_port_at(t->base.net, i);
-        t->nowed = np;
-        t->len = (size_t)r;
-        if (!tap_deliver_owed(t)) {
-            t->deadline_ns = gd_now_ns() + TAP_HOLD_NS;
-            gd_loop_mod_fd(t->base.loop, t->watch, 0); /* wait for receive buffers */
+            q->owed[i] = gd_net_port_at(t->base.net, i);
+        q->nowed = np;
+        q->len = (size_t)r;
+        if (!tap_deliver_owed(q)) {
+            q->deadline_ns = gd_now_ns() + TAP_HOLD_NS;
+            gd_loop_mod_fd(q->loop, q->watch, 0); /* wait for receive buffers */
         }
     }
     return n;
@@ -113,39 +135,51 @@ static void tap_on_fd(void *opaque, int fd, short revents)
     tap_read(opaque);
 }
 
+/* The queue of the calling worker (opened when the worker started). */
+static struct tap_q *my_queue(struct tap_ep *t)
+{
+    unsigned i = gd_net_worker_index();
+    return i < GD_NET_MAX_WORKERS && t->q[i] ? t->q[i] : t->q[0];
+}
+
 static int tap_poll(struct gd_endpoint *ep)
 {
-    struct tap_ep *t = tap_of(ep);
-    if (!t->nowed)
+    struct tap_q *q = my_queue(tap_of(ep));
+    if (!q->nowed || !q->watch)
         return 0;
-    unsigned before = t->nowed;
-    if (!tap_deliver_owed(t) && gd_now_ns() < t->deadline_ns)
-        return t->nowed < before;
-    ep->drops += t->nowed;
-    t->nowed = 0;
-    gd_loop_mod_fd(ep->loop, t->watch, POLLIN);
-    return 1 + tap_read(t);
+    unsigned before = q->nowed;
+    if (!tap_deliver_owed(q) && gd_now_ns() < q->deadline_ns)
+        return q->nowed < before;
+    tap_drop(q->t, q->nowed);
+    q->nowed = 0;
+    gd_loop_mod_fd(q->loop, q->watch, POLLIN);
+    return 1 + tap_read(q);
 }
 
 static void tap_port_removed(struct gd_endpoint *ep, struct gd_net_port *port)
 {
     struct tap_ep *t = tap_of(ep);
-    unsigned keep = 0;
-    for (unsigned i = 0; i < t->nowed; i++) {
-        if (t->owed[i] != port)
-            t->owed[keep++] = t->owed[i];
+    for (unsigned k = 0; k < GD_NET_MAX_WORKERS; k++) {
+        struct tap_q *q = t->q[k];
+        unsigned keep = 0;
+        for (unsigned i = 0; q && i < q->nowed; i++) {
+            if (q->owed[i] != port)
+                q->owed[keep++] = q->owed[i];
+        }
+        if (q)
+            q->nowed = keep;
     }
-    t->nowed = keep;
 }
 
 static int tap_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct iovec *iov,
                   unsigned niov, size_t len)
 {
     struct tap_ep *t = tap_of(ep);
+    struct tap_q *q = my_queue(t);
     (void)port;
     (void)len;
     for (;;) {
-        ssize_t r = writev(t->fd, iov, (int)niov);
+        ssize_t r = writev(q->fd, iov, (int)niov);
         if (r >= 0)
             return 0;
         if (errno == EINTR)
@@ -153,27 +187,85 @@ static int tap_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return -EAGAIN;
         /* EIO while the interface is down, EINVAL for a frame the kernel refuses. */
-        if (!t->write_failed) {
-            t->write_failed = true;
+        if (!__atomic_exchange_n(&t->write_failed, true, __ATOMIC_RELAXED))
             gd_warn("tap %s: write: %s (frames are dropped while this lasts)", t->name,
                     strerror(errno));
-        }
-        ep->drops++;
+        tap_drop(t, 1);
         return 0;
     }
+}
+
+/* Open queue @index of the TAP (one more fd of the multi-queue interface). */
+static int tap_open_queue(struct tap_ep *t, unsigned index, vp_error *err)
+{
+    struct tap_q *q = calloc(1, sizeof(*q));
+    if (!q)
+        return vp_fail(err, -ENOMEM, "out of memory");
+    q->t = t;
+    q->index = index;
+    q->fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (q->fd < 0) {
+        int e = errno;
+        free(q);
+        return vp_fail(err, -e, "TAP %s: /dev/net/tun: %s", t->name, strerror(e));
+    }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE;
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", t->name);
+    if (ioctl(q->fd, TUNSETIFF, &ifr) < 0) {
+        int e = errno;
+        vp_close_fd(&q->fd);
+        free(q);
+        return vp_fail(err, -e, "TAP %s: queue %u: TUNSETIFF: %s", t->name, index, strerror(e));
+    }
+    if (index == 0)
+        snprintf(t->name, sizeof(t->name), "%s", ifr.ifr_name);
+    t->q[index] = q;
+    return 0;
+}
+
+static void tap_worker_started(struct gd_endpoint *ep, unsigned index, struct gd_loop *loop)
+{
+    struct tap_ep *t = tap_of(ep);
+    vp_error err = { { 0 } };
+    if (index >= GD_NET_MAX_WORKERS)
+        return;
+    if (!t->q[index] && tap_open_queue(t, index, &err) < 0) {
+        /* The worker's pairs still transmit, through queue 0. */
+        gd_warn("%s: worker %u sends through queue 0", err.msg, index);
+        return;
+    }
+    struct tap_q *q = t->q[index];
+    q->loop = loop;
+    int id = gd_loop_add_fd(loop, q->fd, POLLIN, tap_on_fd, q);
+    if (id < 0) {
+        gd_warn("tap %s: queue %u: out of memory: not read", t->name, index);
+        return;
+    }
+    q->watch = id;
+    gd_info("tap %s: queue %u served by worker %u", t->name, index, index);
 }
 
 static void tap_free(struct gd_endpoint *ep)
 {
     struct tap_ep *t = tap_of(ep);
-    gd_loop_del_fd(ep->loop, t->watch);
-    vp_close_fd(&t->fd);
-    free(t->owed);
+    for (unsigned k = 0; k < GD_NET_MAX_WORKERS; k++) {
+        struct tap_q *q = t->q[k];
+        if (!q)
+            continue;
+        if (q->watch)
+            gd_loop_del_fd(q->loop, q->watch);
+        vp_close_fd(&q->fd);
+        free(q->owed);
+        free(q);
+    }
     free(t);
 }
 
 static const struct gd_endpoint_ops tap_ops = {
     .name = "tap",
+    .worker_started = tap_worker_started,
     .port_removed = tap_port_removed,
     .tx = tap_tx,
     .poll = tap_poll,
@@ -212,26 +304,8 @@ struct gd_endpoint *gd_endpoint_tap_new(struct gd_loop *loop, const char *name, 
     }
     t->base.ops = &tap_ops;
     t->base.loop = loop;
-    t->fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    if (t->fd < 0) {
-        vp_fail(err, -errno, "TAP %s: /dev/net/tun: %s", name, strerror(errno));
-        free(t);
-        return NULL;
-    }
-    memset(&ifr, 0, sizeof(ifr));
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
-    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
-    if (ioctl(t->fd, TUNSETIFF, &ifr) < 0) {
-        vp_fail(err, -errno, "TAP %s: TUNSETIFF: %s", name, strerror(errno));
-        vp_close_fd(&t->fd);
-        free(t);
-        return NULL;
-    }
-    snprintf(t->name, sizeof(t->name), "%s", ifr.ifr_name);
-    t->watch = gd_loop_add_fd(loop, t->fd, POLLIN, tap_on_fd, t);
-    if (t->watch < 0) {
-        vp_fail(err, -ENOMEM, "out of memory");
-        vp_close_fd(&t->fd);
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    if (tap_open_queue(t, 0, err) < 0) {
         free(t);
         return NULL;
     }

@@ -11,12 +11,19 @@
  * that never posts buffers cannot stall the others). A frame for no started port, a packet
  * shorter than the header or longer than the largest frame is dropped and counted.
  *
+ * Threads: the listening socket and the connection are watched on the control loop,
+ * which reads, delivers (gd_net_port_rx from the control thread: rx_from_loop) and
+ * retries a held frame from a poller of its own while one is held. Workers only send
+ * (tx), under the mutex that guards the connection fd against being replaced or
+ * closed meanwhile; a send error leaves closing to the control loop.
+ *
  * Security model: the connected process is trusted no more than a driver VM: its
  * packets are length-checked (MSG_TRUNC), the header only selects a port, frame
  * bytes are copied, never parsed. libc only.
  */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,8 +44,10 @@
 struct ux_ep {
     struct gd_endpoint base;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    pthread_mutex_t mu;           /* cfd against tx() on the workers */
     int lfd, lwatch;
     int cfd, cwatch;
+    int poller;                   /* retries the held frame (0: none) */
     bool held;                    /* buf holds a frame waiting for receive buffers */
     size_t held_len;              /* bytes in buf, header included */
     uint64_t held_deadline_ns;    /* drop it then */
@@ -47,6 +56,10 @@ struct ux_ep {
 
 static struct ux_ep *ux_of(struct gd_endpoint *ep) { return (struct ux_ep *)ep; }
 
+static void drop(struct ux_ep *u) { __atomic_fetch_add(&u->base.drops, 1, __ATOMIC_RELAXED); }
+
+static int ux_poll_held(void *opaque);
+
 static void ux_close_conn(struct ux_ep *u, const char *why)
 {
     if (u->cfd < 0)
@@ -54,9 +67,11 @@ static void ux_close_conn(struct ux_ep *u, const char *why)
     gd_info("unix endpoint %s: connection closed (%s)", u->path, why);
     gd_loop_del_fd(u->base.loop, u->cwatch);
     u->cwatch = 0;
+    pthread_mutex_lock(&u->mu);
     vp_close_fd(&u->cfd);
+    pthread_mutex_unlock(&u->mu);
     if (u->held)
-        u->base.drops++;
+        drop(u);
     u->held = false;
 }
 
@@ -65,7 +80,7 @@ static int ux_deliver(struct ux_ep *u)
 {
     struct gd_net_port *p = gd_net_find_port(u->base.net, u->buf, vp_get_le64(u->buf + 16));
     if (!p) {
-        u->base.drops++;
+        drop(u);
         u->held = false;
         return 1;
     }
@@ -75,7 +90,7 @@ static int ux_deliver(struct ux_ep *u)
     if (r == -EAGAIN)
         return 0;
     if (r < 0)
-        u->base.drops++;
+        drop(u);
     u->held = false;
     return 1;
 }
@@ -101,7 +116,7 @@ static int ux_read(struct ux_ep *u)
         }
         n++;
         if ((size_t)r < GD_EP_UNIX_HDR || (size_t)r > sizeof(u->buf)) {
-            u->base.drops++;
+            drop(u);
             gd_debug("unix endpoint %s: dropped a %zd-byte packet", u->path, r);
             continue;
         }
@@ -110,8 +125,13 @@ static int ux_read(struct ux_ep *u)
         u->held_deadline_ns = gd_now_ns() + UX_HOLD_NS;
         ux_deliver(u);
     }
-    if (u->held && u->cwatch)
+    if (u->held && u->cwatch) {
         gd_loop_mod_fd(u->base.loop, u->cwatch, 0); /* wait for receive buffers */
+        if (!u->poller) {
+            int id = gd_loop_add_poller(u->base.loop, ux_poll_held, u, GD_NET_MAX_SLEEP_NS);
+            u->poller = id > 0 ? id : 0;
+        }
+    }
     return n;
 }
 
@@ -142,7 +162,9 @@ static void ux_on_listen(void *opaque, int fd, short revents)
         close(c);
         return;
     }
+    pthread_mutex_lock(&u->mu);
     u->cfd = c;
+    pthread_mutex_unlock(&u->mu);
     u->cwatch = id;
     gd_info("unix endpoint %s: connected", u->path);
 }
@@ -152,10 +174,6 @@ static int ux_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct 
 {
     struct ux_ep *u = ux_of(ep);
     (void)len;
-    if (u->cfd < 0) {
-        ep->drops++;
-        return 0;
-    }
     uint8_t hdr[GD_EP_UNIX_HDR];
     memcpy(hdr, gd_net_port_uuid(port), 16);
     vp_put_le64(hdr + 16, gd_net_port_device_id(port));
@@ -163,38 +181,45 @@ static int ux_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct 
     v[0] = (struct iovec){ .iov_base = hdr, .iov_len = sizeof(hdr) };
     memcpy(v + 1, iov, niov * sizeof(*iov));
     struct msghdr mh = { .msg_iov = v, .msg_iovlen = niov + 1 };
+    int ret = 0;
+    pthread_mutex_lock(&u->mu);
+    if (u->cfd < 0) {
+        drop(u);
+        goto out;
+    }
     for (;;) {
         ssize_t r = sendmsg(u->cfd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (r >= 0)
-            return 0;
+            break;
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
-            return -EAGAIN;
-        if (errno == EMSGSIZE) {
-            ep->drops++;
-            return 0;
-        }
-        ux_close_conn(u, strerror(errno));
-        ep->drops++;
-        return 0;
+            ret = -EAGAIN;
+        else
+            drop(u); /* too large, or the connection failed (the loop closes it) */
+        break;
     }
+out:
+    pthread_mutex_unlock(&u->mu);
+    return ret;
 }
 
-static int ux_poll(struct gd_endpoint *ep)
+/* The control loop's poller while a frame is held: retry it, drop it at its deadline,
+ * then go back to reading. */
+static int ux_poll_held(void *opaque)
 {
-    struct ux_ep *u = ux_of(ep);
-    if (!u->held)
-        return 0;
-    if (!ux_deliver(u)) {
+    struct ux_ep *u = opaque;
+    if (u->held && !ux_deliver(u)) {
         if (gd_now_ns() < u->held_deadline_ns)
             return 0;
         gd_debug("unix endpoint %s: no receive buffers for a held frame: dropped", u->path);
-        ep->drops++;
+        drop(u);
         u->held = false;
     }
+    gd_loop_del_poller(u->base.loop, u->poller);
+    u->poller = 0;
     if (u->cwatch)
-        gd_loop_mod_fd(ep->loop, u->cwatch, POLLIN);
+        gd_loop_mod_fd(u->base.loop, u->cwatch, POLLIN);
     return 1 + ux_read(u);
 }
 
@@ -202,18 +227,20 @@ static void ux_free(struct gd_endpoint *ep)
 {
     struct ux_ep *u = ux_of(ep);
     ux_close_conn(u, "shutting down");
+    gd_loop_del_poller(ep->loop, u->poller);
     gd_loop_del_fd(ep->loop, u->lwatch);
     if (u->lfd >= 0) {
         vp_close_fd(&u->lfd);
         unlink(u->path);
     }
+    pthread_mutex_destroy(&u->mu);
     free(u);
 }
 
 static const struct gd_endpoint_ops ux_ops = {
     .name = "unix",
+    .rx_from_loop = true,
     .tx = ux_tx,
-    .poll = ux_poll,
     .free = ux_free,
 };
 
@@ -233,11 +260,13 @@ struct gd_endpoint *gd_endpoint_unix_new(struct gd_loop *loop, const char *path,
     u->base.ops = &ux_ops;
     u->base.loop = loop;
     u->cfd = -1;
+    pthread_mutex_init(&u->mu, NULL);
     snprintf(u->path, sizeof(u->path), "%s", path);
     memcpy(sa.sun_path, path, strlen(path));
     u->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (u->lfd < 0) {
         vp_fail(err, -errno, "unix endpoint: socket: %s", strerror(errno));
+        pthread_mutex_destroy(&u->mu);
         free(u);
         return NULL;
     }
@@ -245,6 +274,7 @@ struct gd_endpoint *gd_endpoint_unix_new(struct gd_loop *loop, const char *path,
     if (bind(u->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(u->lfd, 4) < 0) {
         vp_fail(err, -errno, "unix endpoint %s: %s", path, strerror(errno));
         vp_close_fd(&u->lfd);
+        pthread_mutex_destroy(&u->mu);
         free(u);
         return NULL;
     }
@@ -253,6 +283,7 @@ struct gd_endpoint *gd_endpoint_unix_new(struct gd_loop *loop, const char *path,
         vp_fail(err, -ENOMEM, "out of memory");
         vp_close_fd(&u->lfd);
         unlink(path);
+        pthread_mutex_destroy(&u->mu);
         free(u);
         return NULL;
     }

@@ -31,6 +31,7 @@ struct opts {
     const char *endpoint;         /* --endpoint SPEC (vhost-pci-net, endpoint.h) */
     const char *sysfs;
     uint64_t refuse_features;     /* --features / --refuse-features */
+    unsigned workers;             /* --workers N */
     unsigned connect_timeout_ms;
     unsigned window_wait_ms;
     unsigned rescan_ms;
@@ -60,6 +61,9 @@ static void usage(FILE *f)
             "                          vhost-pci-net data path supports (0x%llx)\n"
             "  --refuse-features MASK  never accept these bits (with --features: both apply);\n"
             "                          a frontend then goes through the renegotiation round\n"
+            "  --workers N             data path threads: each queue pair is polled by one,\n"
+            "                          at most N run (default: the online CPUs, at most %d);\n"
+            "                          0: no threads, the main loop polls every pair\n"
             "  --log-level LEVEL       error|warn|info|debug (default: info)\n"
             "  --sysfs PATH            sysfs root for --bus pci (default: /sys)\n"
             "  --rescan-ms N           pci bus: rescan sysfs every N ms (default: 1000)\n"
@@ -67,7 +71,7 @@ static void usage(FILE *f)
             "  --window-wait-ms N      how long a message may wait for a window to be\n"
             "                          plugged before it fails (default: 10000)\n"
             "  -h, --help              this text\n",
-            (unsigned long long)VP_NET_FEATURES);
+            (unsigned long long)VP_NET_FEATURES, GD_NET_MAX_WORKERS);
 }
 
 static int parse_uint(const char *s, unsigned *out)
@@ -96,7 +100,7 @@ static int parse_mask(const char *s, uint64_t *out)
 static int parse_args(int argc, char **argv, struct opts *o)
 {
     enum { O_BUS = 256, O_LOCAL_BUS, O_STATUS, O_TAP, O_LOG, O_SYSFS, O_RESCAN, O_CONNECT,
-           O_WAIT, O_ENDPOINT, O_FEATURES, O_REFUSE };
+           O_WAIT, O_ENDPOINT, O_FEATURES, O_REFUSE, O_WORKERS };
     static const struct option longopts[] = {
         { "bus", required_argument, NULL, O_BUS },
         { "local-bus", required_argument, NULL, O_LOCAL_BUS },
@@ -105,6 +109,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         { "endpoint", required_argument, NULL, O_ENDPOINT },
         { "features", required_argument, NULL, O_FEATURES },
         { "refuse-features", required_argument, NULL, O_REFUSE },
+        { "workers", required_argument, NULL, O_WORKERS },
         { "log-level", required_argument, NULL, O_LOG },
         { "sysfs", required_argument, NULL, O_SYSFS },
         { "rescan-ms", required_argument, NULL, O_RESCAN },
@@ -113,8 +118,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     *o = (struct opts){ .sysfs = "/sys", .connect_timeout_ms = 5000,
-                        .window_wait_ms = 10000, .rescan_ms = 1000 };
+                        .window_wait_ms = 10000, .rescan_ms = 1000,
+                        .workers = ncpu < 1 ? 1 : ncpu > GD_NET_MAX_WORKERS ? GD_NET_MAX_WORKERS
+                                                                            : (unsigned)ncpu };
     int c;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         enum gd_log_level lvl;
@@ -149,6 +157,16 @@ static int parse_args(int argc, char **argv, struct opts *o)
             }
             gd_log_set_level(lvl);
             break;
+        case O_WORKERS: {
+            unsigned v;
+            if (parse_uint(optarg, &v) < 0 || v > GD_NET_MAX_WORKERS) {
+                fprintf(stderr, "vhost-pci-guestd: --workers takes 0..%d\n",
+                        GD_NET_MAX_WORKERS);
+                return -1;
+            }
+            o->workers = v;
+            break;
+        }
         case O_RESCAN:
         case O_CONNECT:
         case O_WAIT: {
@@ -286,6 +304,7 @@ int main(int argc, char **argv)
             gd_error("out of memory");
             goto out;
         }
+        gd_net_set_workers(net, o.workers);
         gd_cp_set_datapath(cp, &gd_net_ops, net);
     }
 

@@ -9,7 +9,8 @@ GUESTD_SRCS := guest-driver/log.c guest-driver/loop.c guest-driver/json.c \
 GUESTD_MAIN  := guest-driver/main.c
 
 # vhost-pci-net data path and its endpoints (helper h9: net.h, endpoint.h).
-GUESTD_SRCS += guest-driver/net.c guest-driver/endpoint.c guest-driver/endpoint_tap.c \
+GUESTD_SRCS += guest-driver/net.c guest-driver/net_path.c guest-driver/net_worker.c \
+               guest-driver/endpoint.c guest-driver/endpoint_tap.c \
                guest-driver/endpoint_loopback.c guest-driver/endpoint_unix.c \
                guest-driver/endpoint_switch.c
 
@@ -31,4 +32,7 @@ $(B)/tests/unit/test-guestd-%: $(B)/tests/unit/test-guestd-%.o $(B)/tests/testut
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 
 $(B)/tests/unit/test-guestd-%.o: CFLAGS_HOST += -Iguest-driver
+# Named as targets, so that make takes the rule above (not tests/module.mk's) even in
+# a tree where a new source file's object does not exist yet.
+$(GUESTD_HOBJS):
 # (The top-level Makefile's .SECONDARY: keeps these objects from being deleted.)

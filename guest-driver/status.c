@@ -93,10 +93,12 @@ static void render_device(struct gd_json *j, const struct gd_device *d)
             gd_json_begin_object(j, NULL);
             gd_json_uint(j, "index", vq->index);
             gd_json_uint(j, "num", vq->num);
-            gd_json_uint(j, "last_avail_idx", vq->last_avail_idx);
-            gd_json_bool(j, "broken", vq->broken);
-            gd_json_uint(j, "packets", vq->packets);
-            gd_json_uint(j, "bytes", vq->bytes);
+            gd_json_uint(j, "last_avail_idx",
+                         __atomic_load_n(&vq->last_avail_idx, __ATOMIC_RELAXED));
+            gd_json_bool(j, "broken", __atomic_load_n(&vq->broken, __ATOMIC_RELAXED));
+            gd_json_uint(j, "packets", __atomic_load_n(&vq->packets, __ATOMIC_RELAXED));
+            gd_json_uint(j, "bytes", __atomic_load_n(&vq->bytes, __ATOMIC_RELAXED));
+            gd_json_uint(j, "worker", vq->worker);
             gd_json_end_object(j);
         }
         gd_json_end_array(j);

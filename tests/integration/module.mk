@@ -48,7 +48,7 @@ export VP_B := $(B)
 TESTS += $(DP_ITEST) $(wildcard tests/integration/test-datapath-netns.sh)
 
 # ---- G: guestd's switch endpoint between several pretend driver VMs
-# (tests/integration/test-switch.c) ----
+# (tests/integration/test-switch.c), the multi-queue TAP (test-tap-mq.c) ----
 SW_ITEST := $(B)/tests/integration/test-switch
 $(SW_ITEST): $(B)/tests/integration/test-switch.o $(ITEST_HELPER) $(ITEST_FRAMES) $(VNET_FE_OBJ) \
              $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
@@ -57,6 +57,15 @@ $(SW_ITEST).o: | $(VP_PB_H)
 $(SW_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Itools/vnet-frontend
 $(SW_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
 TESTS += $(SW_ITEST)
+# The TAP endpoint with two queue pairs on two workers, in a network namespace of its own.
+TAPMQ_ITEST := $(B)/tests/integration/test-tap-mq
+$(TAPMQ_ITEST): $(B)/tests/integration/test-tap-mq.o $(ITEST_HELPER) $(ITEST_FRAMES) $(VNET_FE_OBJ) \
+                $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+$(TAPMQ_ITEST).o: | $(VP_PB_H)
+$(TAPMQ_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Itools/vnet-frontend
+$(TAPMQ_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
+TESTS += $(TAPMQ_ITEST)
 # ---- end of G's switch block ----
 
 # ---- h11: the vhost-pci-client daemon between the scripted QEMU 7.2 frontend and a

@@ -942,6 +942,135 @@ static void test_refused_features(void)
     }
 }
 
+/* Loopback traffic on pairs 0..npairs-1 of @fe at once: @n frames each (stream tag =
+ * @tag + pair), every frame checked, at most @window in flight per pair. */
+static void loop_pairs(VnetFe *fe, guint npairs, guint64 first, guint64 n, guint window,
+                       guint8 tag)
+{
+    guint64 sent[VNET_FE_MAX_PAIRS] = { 0 }, got[VNET_FE_MAX_PAIRS] = { 0 };
+    gint64 deadline = g_get_monotonic_time() + (gint64)LOOP_S * G_USEC_PER_SEC;
+    for (;;) {
+        guint work = 0, done = 0;
+        for (guint i = 0; i < npairs; i++) {
+            VnetFe *pf = vnet_fe_pair(fe, i);
+            work += itest_fe_send_frames(pf, first, n, &sent[i], got[i], window, SIZES3, 3,
+                                         (guint8)(tag + i));
+            work += itest_fe_recv_frames(pf, first, &got[i], SIZES3, 3, (guint8)(tag + i),
+                                         "multi-queue loopback");
+            done += got[i] == n;
+        }
+        if (done == npairs)
+            return;
+        if (!work) {
+            if (g_get_monotonic_time() > deadline)
+                g_error("multi-queue loopback: pair 0 %" G_GUINT64_FORMAT ", pair 1 %"
+                        G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " back", got[0], got[1], n);
+            vnet_fe_wait(fe, 0, 2);
+        }
+    }
+}
+
+/* The guestd queue record of queue @qi of frontend 1 of the only device. */
+static JsonObject *gd_queue(JsonNode *g, guint qi)
+{
+    JsonObject *dev = json_array_get_object_element(
+        json_object_get_array_member(json_node_get_object(g), "devices"), 0);
+    JsonObject *f = itest_elem(dev, "frontends", 0);
+    for (guint k = 0; k < itest_len(f, "queues"); k++) {
+        JsonObject *q = itest_elem(f, "queues", k);
+        if (itest_int(q, "index") == qi)
+            return q;
+    }
+    g_error("queue %u not in guestd's status", qi);
+}
+
+/* Issue 10: a frontend with 2 queue pairs served by 2 workers in parallel (pair q by
+ * worker q): traffic on both at once, every frame checked; memory hot-add (pair 1's
+ * transmit buffers moved there) and hot-remove with frames in flight on both pairs
+ * (the workers are parked for each change, nothing breaks); then pair 1's transmit
+ * ring is broken: only that queue stops, pair 0 carries on. */
+static void test_multi_queue(void)
+{
+    GError *e = NULL;
+    Dp d;
+    dp_start_with(&d, "loopback", NULL, "--workers 2");
+    VnetVm *vm = itest_vnet_vm(&d.env, 16 * MiB);
+    VnetFe *fe = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 1, .pairs = 2 });
+    guint64 seq = 0;
+    loop_pairs(fe, 2, seq, 2000, 32, 10);
+    seq += 2000;
+    JsonNode *g = itest_guestd_status(&d.env);
+    g_assert_cmpint(itest_int(json_object_get_object_member(json_node_get_object(g), "datapath"),
+                              "workers"), ==, 2);
+    for (guint qi = 0; qi < 4; qi++) {
+        JsonObject *q = gd_queue(g, qi);
+        g_assert_cmpint(itest_int(q, "packets"), ==, 2000);
+        g_assert_cmpint(itest_int(q, "worker"), ==, qi / 2);
+        g_assert_false(itest_bool(q, "broken"));
+    }
+    json_node_unref(g);
+
+    /* Hot-add with frames in flight on both pairs; pair 1 transmits from there. */
+    VnetFe *p1 = vnet_fe_pair(fe, 1);
+    guint64 s0 = 0, s1 = 0;
+    itest_fe_send_frames(fe, seq, 64, &s0, 0, 64, SIZES3, 3, 10);
+    itest_fe_send_frames(p1, seq, 64, &s1, 0, 64, SIZES3, 3, 11);
+    int r = vnet_vm_add_memory(vm, 4 * GiB, 4 * MiB, &e);
+    g_assert_no_error(e);
+    guint64 g0 = 0, g1 = 0;
+    while (g0 < s0 || g1 < s1) {
+        if (!itest_fe_recv_frames(fe, seq, &g0, SIZES3, 3, 10, "pair 0 over hot-add") &&
+            !itest_fe_recv_frames(p1, seq, &g1, SIZES3, 3, 11, "pair 1 over hot-add"))
+            vnet_fe_wait(fe, 0, 2);
+    }
+    seq += 64;
+    g_assert_true(vnet_fe_move_tx(p1, (guint)r, TMO, &e));
+    g_assert_no_error(e);
+    loop_pairs(fe, 2, seq, 1000, 32, 10);
+    seq += 1000;
+
+    /* Hot-add and hot-remove a region nobody uses, frames in flight on both pairs. */
+    int r2 = vnet_vm_add_memory(vm, 5 * GiB, 1 * MiB, &e);
+    g_assert_no_error(e);
+    s0 = s1 = g0 = g1 = 0;
+    itest_fe_send_frames(fe, seq, 64, &s0, 0, 64, SIZES3, 3, 10);
+    itest_fe_send_frames(p1, seq, 64, &s1, 0, 64, SIZES3, 3, 11);
+    g_assert_true(vnet_vm_del_memory(vm, (guint)r2, &e));
+    g_assert_no_error(e);
+    while (g0 < s0 || g1 < s1) {
+        if (!itest_fe_recv_frames(fe, seq, &g0, SIZES3, 3, 10, "pair 0 over hot-remove") &&
+            !itest_fe_recv_frames(p1, seq, &g1, SIZES3, 3, 11, "pair 1 over hot-remove"))
+            vnet_fe_wait(fe, 0, 2);
+    }
+    seq += 64;
+    loop_pairs(fe, 2, seq, 1000, 32, 10);
+    seq += 1000;
+    g = itest_guestd_status(&d.env);
+    for (guint qi = 0; qi < 4; qi++)
+        g_assert_false(itest_bool(gd_queue(g, qi), "broken"));
+    json_node_unref(g);
+
+    /* Pair 1's transmit ring broken: queue 3 stops, pairs 0 goes on. */
+    evil_desc(p1, 1, 0, 0x7f0000000000ULL, 100, 0, 0);
+    evil_publish(p1, 1, 0, 1);
+    QState q3;
+    gint64 deadline = g_get_monotonic_time() + TMO * 1000;
+    while (!(q3 = dp_queue(&d, vm, 1, 3)).broken) {
+        g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+        g_usleep(10000);
+    }
+    itest_loop_traffic(fe, seq, 1000, SIZES3, 3, 32, 10, LOOP_S);
+    g = itest_guestd_status(&d.env);
+    for (guint qi = 0; qi < 3; qi++)
+        g_assert_false(itest_bool(gd_queue(g, qi), "broken"));
+    json_node_unref(g);
+    g_assert_true(guestd_log_has(&d, "net 1: virtqueue 3 (transmitq) broken: ",
+                                 "outside the driver VM's memory"));
+    vnet_fe_free(fe);
+    vnet_vm_free(vm);
+    dp_stop(&d);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -956,5 +1085,6 @@ int main(int argc, char **argv)
     g_test_add_func("/datapath/hostile-call-fds", test_hostile_call_fds);
     g_test_add_func("/datapath/fd-limit", test_fd_limit);
     g_test_add_func("/datapath/refused-features", test_refused_features);
+    g_test_add_func("/datapath/multi-queue", test_multi_queue);
     return g_test_run();
 }

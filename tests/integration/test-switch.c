@@ -33,12 +33,16 @@ typedef struct {
     char *tmp;
 } Sw;
 
-static void sw_start(Sw *s)
+/* Server and a guestd with --endpoint switch (@workers: its --workers, 0: default). */
+static void sw_start_workers(Sw *s, unsigned workers)
 {
     GError *e = NULL;
     s->tmp = g_dir_make_tmp("vp-sw-XXXXXX", &e);
     g_assert_no_error(e);
-    char *wrapper = itest_guestd_endpoint_wrapper(s->tmp, "switch");
+    /* The wrapper quotes the spec: close and reopen the quotes around the option. */
+    char *spec = workers ? g_strdup_printf("switch' --workers '%u", workers) : g_strdup("switch");
+    char *wrapper = itest_guestd_endpoint_wrapper(s->tmp, spec);
+    g_free(spec);
     g_setenv("VP_GUESTD_BIN", wrapper, TRUE);
     itest_env_start(&s->env, NULL);
     g_unsetenv("VP_GUESTD_BIN");
@@ -46,6 +50,8 @@ static void sw_start(Sw *s)
     rmdir(s->tmp);
     g_free(wrapper);
 }
+
+static void sw_start(Sw *s) { sw_start_workers(s, 0); }
 
 static void sw_stop(Sw *s)
 {
@@ -346,11 +352,87 @@ static void test_hostile(void)
     sw_stop(&s);
 }
 
+/* Multi-queue ports on two workers: A has 2 queue pairs, B one. What A's pair 1
+ * (worker 1) sends to B lands in B's only pair, which worker 0 polls: written by
+ * both workers under its lock. Every frame checked, both ways, all pairs at once. */
+static void test_multi_queue(void)
+{
+    Sw s;
+    sw_start_workers(&s, 2);
+    Node a, b;
+    node_up(&s, &a, 0x0a, &(VnetFeConfig){ .pairs = 2 });
+    node_up(&s, &b, 0x0b, NULL);
+    VnetFe *a1 = vnet_fe_pair(a.fe, 1);
+    send_frame(&b, BCAST, b.mac, 60, 0, 9);
+    expect_frame(&a, BCAST, b.mac, 60, 0, 9, "hello from B"); /* worker 0: A's pair 0 */
+    send_frame(&a, BCAST, a.mac, 60, 0, 9);
+    expect_frame(&b, BCAST, a.mac, 60, 0, 9, "hello from A");
+
+    enum { N = 2000 };
+    static const gsize sizes[] = { 60, 1514, 9000 };
+    static guint8 f[VNET_FE_MAX_FRAME], want[VNET_FE_MAX_FRAME];
+    /* Streams: A pair 0 -> B, A pair 1 -> B (both into B's pair), B -> A. */
+    VnetFe *from[3] = { a.fe, a1, b.fe };
+    const guint8 *dst[3] = { b.mac, b.mac, a.mac }, *src[3] = { a.mac, a.mac, b.mac };
+    guint64 sent[3] = { 0 }, got[3] = { 0 };
+    gint64 deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    while (got[0] < N || got[1] < N || got[2] < N) {
+        guint work = 0;
+        GError *e = NULL;
+        for (int k = 0; k < 3; k++) {
+            while (sent[k] < N && sent[k] - got[k] < 32) {
+                gsize len = sizes[sent[k] % 3];
+                build(f, len, dst[k], src[k], sent[k], (guint8)(30 + k));
+                int r = vnet_fe_try_send(from[k], f, len, &e);
+                g_assert_no_error(e);
+                if (r == 0)
+                    break;
+                sent[k]++;
+                work++;
+            }
+        }
+        /* B gets streams 0 and 1 interleaved (each in order); A gets stream 2. */
+        for (int k = 1; k < 3; k++) {
+            VnetFe *rx = k == 1 ? b.fe : a.fe;
+            for (;;) {
+                gsize n = 0;
+                int r = vnet_fe_try_recv(rx, f, sizeof(f), &n, &e);
+                g_assert_no_error(e);
+                if (r == 0)
+                    break;
+                int st = k == 2 ? 2 : f[22] == 30 ? 0 : 1;
+                gsize len = sizes[got[st] % 3];
+                build(want, len, dst[st], src[st], got[st], (guint8)(30 + st));
+                if (n != len || memcmp(f, want, len))
+                    g_error("stream %d: frame %" G_GUINT64_FORMAT " wrong (%zu bytes, tag %u)",
+                            st, got[st], n, f[22]);
+                got[st]++;
+                work++;
+            }
+        }
+        if (!work) {
+            if (g_get_monotonic_time() > deadline)
+                g_error("multi-queue switch: %" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT "/%"
+                        G_GUINT64_FORMAT " of %d", got[0], got[1], got[2], N);
+            vnet_fe_wait(b.fe, 0, 2);
+        }
+    }
+    JsonNode *g = itest_guestd_status(&s.env);
+    JsonObject *dp = json_object_get_object_member(json_node_get_object(g), "datapath");
+    g_assert_cmpint(itest_int(dp, "workers"), ==, 2);
+    g_assert_cmpint(itest_int(switch_status(g), "no_buffers"), ==, 0);
+    json_node_unref(g);
+    node_down(&a);
+    node_down(&b);
+    sw_stop(&s);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/switch/learn-flood", test_learn_flood);
     g_test_add_func("/switch/bulk", test_bulk);
     g_test_add_func("/switch/hostile", test_hostile);
+    g_test_add_func("/switch/multi-queue", test_multi_queue);
     return g_test_run();
 }

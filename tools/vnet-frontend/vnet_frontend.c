@@ -274,33 +274,17 @@ guint64 vnet_fe_tx_area_size(const VnetFe *fe)
     return (guint64)fe->tx_nslots * (fe->cfg.tx_slot_size + HDR_SLOT);
 }
 
-VnetFe *vnet_fe_new(VnetVm *vm, const VnetFeConfig *cfg, GError **error)
+/* One queue pair's state: rings, buffers and eventfds in the VM's RAM (@c already has
+ * its defaults), not announced yet. @index: the pair number (call fds of custom_call
+ * are for pair 0 only). NULL with @error. */
+static VnetFe *fe_alloc(VnetVm *vm, const VnetFeConfig *c, guint index, GError **error)
 {
     VnetFe *fe = g_new0(VnetFe, 1);
     fe->vm = vm;
-    fe->cfg = *cfg;
-    VnetFeConfig *c = &fe->cfg;
-    if (!c->device_id)
-        c->device_id = 1;
-    if (!c->qsize)
-        c->qsize = 256;
-    if (!c->features && !c->no_features)
-        c->features = VNET_DEFAULT_FEATURES;
-    if (!c->rx_buf_size)
-        c->rx_buf_size = 2048;
-    if (!c->tx_slot_size)
-        c->tx_slot_size = 2048;
+    fe->cfg = *c;
     set_features(fe, c->features);
-    if (!c->rx_bufs)
-        c->rx_bufs = fe->mrg ? c->qsize : c->qsize / 2;
     for (guint i = 0; i < 2; i++)
         fe->q[i].kick_fd = fe->q[i].call_fd = -1;
-    if (!is_pow2(c->qsize) || c->qsize > 32768 || c->rx_bufs > c->qsize ||
-        c->rx_buf_size < 64 || c->tx_slot_size < 64) {
-        g_set_error(error, VNET_FE_ERROR, 0, "bad frontend configuration");
-        g_free(fe);
-        return NULL;
-    }
     fe->tx_nslots = c->qsize;
     fe->tx_next = g_new(gint32, fe->tx_nslots);
     fe->tx_free = g_new(guint16, fe->tx_nslots);
@@ -314,8 +298,8 @@ VnetFe *vnet_fe_new(VnetVm *vm, const VnetFeConfig *cfg, GError **error)
         q->avail_gpa = vnet_vm_alloc(vm, 0, vp_vring_avail_size(qs), 4096);
         q->used_gpa = vnet_vm_alloc(vm, 0, vp_vring_used_size(qs), 4096);
         q->kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        q->call_fd = c->custom_call ? fcntl(c->call_fd[i], F_DUPFD_CLOEXEC, 0)
-                                    : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        q->call_fd = c->custom_call && index == 0 ? fcntl(c->call_fd[i], F_DUPFD_CLOEXEC, 0)
+                                                  : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     }
     fe->rx_gpa = vnet_vm_alloc(vm, 0, (guint64)c->rx_bufs * c->rx_buf_size, 64);
     fe->rx_hdr_gpa = vnet_vm_alloc(vm, 0, (guint64)c->rx_bufs * HDR_SLOT, 64);
@@ -340,25 +324,87 @@ VnetFe *vnet_fe_new(VnetVm *vm, const VnetFeConfig *cfg, GError **error)
         vnet_fe_free(fe);
         return NULL;
     }
+    return fe;
+}
+
+/* After the handshake: set the rings up again when the features were renegotiated,
+ * post the receive buffers. */
+static gboolean fe_go(VnetFe *fe, guint64 final, GError **error)
+{
+    VnetFeConfig *c = &fe->cfg;
+    fe->started = TRUE;
+    if (final != fe->features) {
+        /* Renegotiated: nothing is posted yet, set the rings up for the final bits. */
+        set_features(fe, final);
+        vp_vring_drv_destroy(&fe->q[RX].vr);
+        vp_vring_drv_destroy(&fe->q[TX].vr);
+        if (ring_init(fe, RX) < 0 || ring_init(fe, TX) < 0) {
+            g_set_error(error, VNET_FE_ERROR, 0, "vring init failed");
+            return FALSE;
+        }
+        if (!fe->mrg && c->rx_bufs > c->qsize / 2)
+            c->rx_bufs = c->qsize / 2;
+    }
+    for (guint i = 0; i < c->rx_bufs; i++)
+        g_assert_cmpint(rx_post(fe, i), ==, 0);
+    kick(fe, RX);
+    return TRUE;
+}
+
+VnetFe *vnet_fe_new(VnetVm *vm, const VnetFeConfig *cfg, GError **error)
+{
+    VnetFeConfig c = *cfg;
+    if (!c.device_id)
+        c.device_id = 1;
+    if (!c.qsize)
+        c.qsize = 256;
+    if (!c.pairs)
+        c.pairs = 1;
+    if (!c.features && !c.no_features)
+        c.features = VNET_DEFAULT_FEATURES;
+    if (!c.rx_buf_size)
+        c.rx_buf_size = 2048;
+    if (!c.tx_slot_size)
+        c.tx_slot_size = 2048;
+    gboolean mrg = (c.features >> VP_VIRTIO_NET_F_MRG_RXBUF) & 1;
+    if (!c.rx_bufs)
+        c.rx_bufs = mrg ? c.qsize : c.qsize / 2;
+    if (!is_pow2(c.qsize) || c.qsize > 32768 || c.rx_bufs > c.qsize ||
+        c.rx_buf_size < 64 || c.tx_slot_size < 64 || c.pairs > VNET_FE_MAX_PAIRS) {
+        g_set_error(error, VNET_FE_ERROR, 0, "bad frontend configuration");
+        return NULL;
+    }
+    VnetFe *fe = fe_alloc(vm, &c, 0, error);
+    if (!fe)
+        return NULL;
+    for (guint i = 1; i < c.pairs; i++) {
+        fe->pair[i] = fe_alloc(vm, &c, i, error);
+        if (!fe->pair[i]) {
+            vnet_fe_free(fe);
+            return NULL;
+        }
+    }
+    fe->pair[0] = fe;
 
     struct vp_device_info di;
     vp_device_info_init(&di);
     di.op = VP_OP_ADD;
     di.device_type = VP_DEV_NET;
-    di.device_id = c->device_id;
-    di.nvirtqs = 2;
-    for (guint i = 0; i < 2; i++) {
+    di.device_id = c.device_id;
+    di.nvirtqs = 2 * c.pairs;
+    for (guint i = 0; i < di.nvirtqs; i++) {
+        const VnetFeQueue *q = &fe->pair[i / 2]->q[i % 2];
         di.virtqs[i] = (struct vp_virtq){
-            .index = i, .num = c->qsize, .desc = fe->q[i].desc_gpa,
-            .avail = fe->q[i].avail_gpa, .used = fe->q[i].used_gpa, .last_avail_idx = 0,
-            .kick_fd = fe->q[i].kick_fd, .call_fd = fe->q[i].call_fd,
+            .index = i, .num = c.qsize, .desc = q->desc_gpa, .avail = q->avail_gpa,
+            .used = q->used_gpa, .last_avail_idx = 0, .kick_fd = q->kick_fd,
+            .call_fd = q->call_fd,
         };
     }
-    guint64 final = c->features;
+    guint64 final = c.features;
     if (!vm->ram_sent) {
         struct vp_region ram = region_msg(&vm->regions[0]);
         VpClientHandshake hs;
-        if (!vp_client_handshake_sync(vm->client, &ram, 1, c->features, &di, vm->timeout_ms,
+        if (!vp_client_handshake_sync(vm->client, &ram, 1, c.features, &di, vm->timeout_ms,
                                       NULL, NULL, &hs, error)) {
             vnet_fe_free(fe);
             return NULL;
@@ -371,26 +417,20 @@ VnetFe *vnet_fe_new(VnetVm *vm, const VnetFeConfig *cfg, GError **error)
             vnet_fe_free(fe);
             return NULL;
         }
-        final = c->features & vm->features;
+        final = c.features & vm->features;
     }
-    fe->started = TRUE;
-    if (final != fe->features) {
-        /* Renegotiated: nothing is posted yet, set the rings up for the final bits. */
-        set_features(fe, final);
-        vp_vring_drv_destroy(&fe->q[RX].vr);
-        vp_vring_drv_destroy(&fe->q[TX].vr);
-        if (ring_init(fe, RX) < 0 || ring_init(fe, TX) < 0) {
-            g_set_error(error, VNET_FE_ERROR, 0, "vring init failed");
+    for (guint i = 0; i < c.pairs; i++) {
+        if (!fe_go(fe->pair[i], final, error)) {
             vnet_fe_free(fe);
             return NULL;
         }
-        if (!fe->mrg && c->rx_bufs > c->qsize / 2)
-            c->rx_bufs = c->qsize / 2;
     }
-    for (guint i = 0; i < c->rx_bufs; i++)
-        g_assert_cmpint(rx_post(fe, i), ==, 0);
-    kick(fe, RX);
     return fe;
+}
+
+VnetFe *vnet_fe_pair(VnetFe *fe, guint i)
+{
+    return i < fe->cfg.pairs ? fe->pair[i] : NULL;
 }
 
 gboolean vnet_fe_del(VnetFe *fe, guint16 *rx_idx, guint16 *tx_idx, GError **error)
@@ -414,6 +454,10 @@ void vnet_fe_free(VnetFe *fe)
 {
     if (!fe)
         return;
+    for (guint i = 1; i < VNET_FE_MAX_PAIRS; i++) {
+        if (fe->pair[i] && fe->pair[i] != fe)
+            vnet_fe_free(fe->pair[i]);
+    }
     for (guint i = 0; i < 2; i++) {
         vp_vring_drv_destroy(&fe->q[i].vr);
         vp_close_fd(&fe->q[i].kick_fd);

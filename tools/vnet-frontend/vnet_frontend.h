@@ -49,6 +49,8 @@ GQuark vnet_fe_error_quark(void);
 #define VNET_FE_MAX_FRAME 65536
 /** Most memory regions of a VnetVm. */
 #define VNET_VM_MAX_REGIONS 8
+/** Most queue pairs of one frontend (virtio-net multi-queue). */
+#define VNET_FE_MAX_PAIRS 16
 
 /** One region of the VM's guest-physical memory. */
 typedef struct {
@@ -103,6 +105,8 @@ void *vnet_vm_ptr(VnetVm *vm, guint64 gpa, guint64 len);
 typedef struct {
     guint64 device_id;            /* [1] */
     guint16 qsize;                /* ring entries of both queues [256] */
+    guint pairs;                  /* queue pairs, 1..VNET_FE_MAX_PAIRS [1]: virtqueues
+                                     2i (receiveq) and 2i + 1 (transmitq) of pair i */
     guint64 features;             /* offered [VERSION_1 | MRG_RXBUF | EVENT_IDX] */
     gboolean no_features;         /* offer exactly `features`, even when 0 */
     guint32 rx_buf_size;          /* bytes per receive buffer [2048] */
@@ -122,7 +126,7 @@ typedef struct {
     guint64 kicks;                /* kick eventfd writes */
 } VnetFeQueue;
 
-typedef struct {
+typedef struct VnetFe {
     VnetVm *vm;
     VnetFeConfig cfg;
     guint64 features;             /* negotiated */
@@ -148,15 +152,23 @@ typedef struct {
     gboolean rx_part_too_big;
     guint64 tx_frames, rx_frames, rx_interrupts;
     guint8 *scratch;              /* VNET_FE_MAX_FRAME + header */
+    /* Multi-queue: pair[0] is this frontend itself (queues 0 and 1); pair[i] a VnetFe
+     * for queues 2i and 2i + 1, used with the same calls (vnet_fe_pair()). */
+    struct VnetFe *pair[VNET_FE_MAX_PAIRS];
 } VnetFe;
 
 /**
- * Create frontend @cfg in @vm: rings and buffers in the VM's RAM, DEVICE_INFO(ADD)
+ * Create frontend @cfg in @vm (cfg->pairs queue pairs): rings and buffers in the VM's
+ * RAM, DEVICE_INFO(ADD)
  * (the first frontend sends MEMORY_INFO(ADD) of the RAM and FEATURE_BITS before it, as
  * the three-message handshake of spec 1.5.1.1), wait for the ACKs, post the receive
  * buffers. A renegotiation round confirms the accepted bits. NULL with @error.
  */
 VnetFe *vnet_fe_new(VnetVm *vm, const VnetFeConfig *cfg, GError **error);
+
+/** Queue pair @i of @fe (0: @fe itself), to send and receive on with the calls
+ *  below; NULL when @fe has no such pair. Owned by @fe. */
+VnetFe *vnet_fe_pair(VnetFe *fe, guint i);
 
 /** DEVICE_INFO(DEL): wait for DEL_DONE; @rx_idx / @tx_idx (may be NULL) get the
  *  positions the device VM reported. FALSE with @error. */
