@@ -2,7 +2,11 @@
  * vhost-pci-ctl - inspect a running vhost-pci-server through its --mgmt socket.
  *
  *   vhost-pci-ctl --mgmt PATH status [--json]
+ *   vhost-pci-ctl --guestd PATH queues [--json]
  *
+ * `queues` asks a vhost-pci-guestd (its --status socket, same request) for its
+ * devices and prints one line per virtqueue: frontend, queue pair, the data path
+ * worker polling it, frames, bytes, position, broken.
  * Connects, writes `status\n`, reads one JSON document until EOF (schema: briefing,
  * "Server management socket"). --json prints it verbatim (pretty); otherwise a
  * human-readable summary of the same.
@@ -188,19 +192,53 @@ static void print_status(JsonObject *root)
     }
 }
 
+/* `queues`: guestd's per-queue counters (issue 10). */
+static void print_queues(JsonObject *root)
+{
+    JsonObject *dp = oget(root, "datapath");
+    if (dp)
+        printf("data path: endpoint %s, %" G_GINT64_FORMAT " worker(s), %" G_GINT64_FORMAT
+               " port(s)\n", sget(dp, "endpoint"), iget(dp, "workers"), iget(dp, "ports"));
+    printf("%-5s %-10s %-5s %-4s %-6s %12s %16s %8s %s\n", "slot", "device_id", "queue",
+           "pair", "worker", "frames", "bytes", "position", "state");
+    JsonArray *devs = aget(root, "devices");
+    for (guint d = 0; devs && d < json_array_get_length(devs); d++) {
+        JsonObject *dev = elem(devs, d);
+        JsonArray *fes = aget(dev, "frontends");
+        for (guint f = 0; fes && f < json_array_get_length(fes); f++) {
+            JsonObject *fe = elem(fes, f);
+            JsonArray *qs = aget(fe, "queues");
+            for (guint k = 0; qs && k < json_array_get_length(qs); k++) {
+                JsonObject *q = elem(qs, k);
+                gint64 idx = iget(q, "index");
+                printf("%-5" G_GINT64_FORMAT " %-10" G_GINT64_FORMAT " %-5" G_GINT64_FORMAT
+                       " %-4" G_GINT64_FORMAT " %-6" G_GINT64_FORMAT " %12" G_GINT64_FORMAT
+                       " %16" G_GINT64_FORMAT " %8" G_GINT64_FORMAT " %s\n",
+                       iget(dev, "slot"), iget(fe, "device_id"), idx, idx / 2, iget(q, "worker"),
+                       iget(q, "packets"), iget(q, "bytes"), iget(q, "last_avail_idx"),
+                       bget(q, "broken") ? "BROKEN" : idx % 2 ? "transmitq" : "receiveq");
+            }
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
-    char *mgmt = NULL;
+    char *mgmt = NULL, *guestd = NULL;
     gboolean json = FALSE;
     GOptionEntry entries[] = {
         { "mgmt", 'm', 0, G_OPTION_ARG_FILENAME, &mgmt,
           "Management socket of the vhost-pci-server (its --mgmt PATH)", "PATH" },
+        { "guestd", 'g', 0, G_OPTION_ARG_FILENAME, &guestd,
+          "Status socket of a vhost-pci-guestd (its --status PATH), for `queues`", "PATH" },
         { "json", 'j', 0, G_OPTION_ARG_NONE, &json, "Print the server's JSON document", NULL },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
     };
     GOptionContext *ctx = g_option_context_new("status - inspect a vhost-pci-server");
     g_option_context_set_summary(ctx, "Commands:\n  status    devices, windows, regions, "
-                                      "frontends and counters of the server");
+                                      "frontends and counters of the server (--mgmt)\n"
+                                      "  queues    every virtqueue a guestd serves, with its "
+                                      "worker and counters (--guestd)");
     g_option_context_add_main_entries(ctx, entries, NULL);
     GError *err = NULL;
     if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
@@ -208,11 +246,13 @@ int main(int argc, char **argv)
         return 2;
     }
     g_option_context_free(ctx);
-    if (!mgmt || argc != 2 || strcmp(argv[1], "status") != 0) {
-        fprintf(stderr, "usage: vhost-pci-ctl --mgmt PATH status [--json]\n");
+    gboolean queues = argc == 2 && !strcmp(argv[1], "queues");
+    if (argc != 2 || (queues ? !guestd : (!mgmt || strcmp(argv[1], "status") != 0))) {
+        fprintf(stderr, "usage: vhost-pci-ctl --mgmt PATH status [--json]\n"
+                        "       vhost-pci-ctl --guestd PATH queues [--json]\n");
         return 2;
     }
-    char *answer = query(mgmt, "status", &err);
+    char *answer = query(queues ? guestd : mgmt, "status", &err);
     if (!answer) {
         fprintf(stderr, "vhost-pci-ctl: %s\n", err->message);
         return 1;
@@ -240,11 +280,14 @@ int main(int argc, char **argv)
         printf("%s\n", s);
         g_free(s);
         g_object_unref(g);
+    } else if (queues) {
+        print_queues(o);
     } else {
         print_status(o);
     }
     g_object_unref(p);
     g_free(answer);
     g_free(mgmt);
+    g_free(guestd);
     return 0;
 }

@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <string.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -1066,6 +1067,32 @@ static void test_multi_queue(void)
     json_node_unref(g);
     g_assert_true(guestd_log_has(&d, "net 1: virtqueue 3 (transmitq) broken: ",
                                  "outside the driver VM's memory"));
+    /* vhost-pci-ctl queues: one line per queue, its pair and worker. */
+    const char *argv[] = { "--guestd", d.env.status, "queues", NULL };
+    int st = -1;
+    char *out = itest_run_ctl(argv, &st);
+    g_assert_cmpint(st, ==, 0);
+    g_test_message("%s", out);
+    g_assert_nonnull(strstr(out, "2 worker(s)"));
+    char **lines = g_strsplit(out, "\n", -1);
+    guint seen = 0;
+    for (char **l = lines; *l; l++) {
+        int slot, dev, qi, pair, worker;
+        long long frames, bytes;
+        int pos;
+        char state[32];
+        if (sscanf(*l, "%d %d %d %d %d %lld %lld %d %31s", &slot, &dev, &qi, &pair, &worker,
+                   &frames, &bytes, &pos, state) != 9)
+            continue;
+        g_assert_cmpint(pair, ==, qi / 2);
+        g_assert_cmpint(worker, ==, qi / 2);
+        g_assert_cmpint(frames, >, 0);
+        g_assert_cmpstr(state, ==, qi == 3 ? "BROKEN" : qi % 2 ? "transmitq" : "receiveq");
+        seen |= 1u << qi;
+    }
+    g_assert_cmpuint(seen, ==, 0xf);
+    g_strfreev(lines);
+    g_free(out);
     vnet_fe_free(fe);
     vnet_vm_free(vm);
     dp_stop(&d);
