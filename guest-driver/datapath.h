@@ -35,6 +35,7 @@
 
 #include "vp_common.h"
 #include "vp_controlq.h"
+#include "vp_memtable.h"
 
 struct gd_device;
 struct gd_json;
@@ -76,10 +77,10 @@ struct gd_datapath_ops {
     /** Stop serving @fe now and leave each queue's last_avail_idx in fe->queues[]. */
     void (*frontend_stop)(void *opaque, struct gd_device *dev, struct gd_frontend *fe);
     /** @regs[0..n) leave the memory table: stop every use of them before returning. */
-    void (*memory_del)(void *opaque, struct gd_device *dev, const struct vp_cq_region *regs,
+    void (*memory_del)(void *opaque, struct gd_device *dev, const struct vp_mt_region *regs,
                        unsigned n);
     /** @regs[0..n) joined the memory table (a stopped queue may resume). */
-    void (*memory_add)(void *opaque, struct gd_device *dev, const struct vp_cq_region *regs,
+    void (*memory_add)(void *opaque, struct gd_device *dev, const struct vp_mt_region *regs,
                        unsigned n);
     /** The accepted feature bits changed (FEATURE_BITS). */
     void (*features)(void *opaque, struct gd_device *dev, uint64_t features);

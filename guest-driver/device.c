@@ -77,13 +77,13 @@ static int dp_frontend_start(struct gd_device *dev, struct gd_frontend *fe, vp_e
     return 0;
 }
 
-static void dp_memory_del(struct gd_device *dev, const struct vp_cq_region *regs, unsigned n)
+static void dp_memory_del(struct gd_device *dev, const struct vp_mt_region *regs, unsigned n)
 {
     if (n && dev->cp->dp && dev->cp->dp->memory_del)
         dev->cp->dp->memory_del(dev->cp->dp_opaque, dev, regs, n);
 }
 
-static void dp_memory_add(struct gd_device *dev, const struct vp_cq_region *regs, unsigned n)
+static void dp_memory_add(struct gd_device *dev, const struct vp_mt_region *regs, unsigned n)
 {
     if (n && dev->cp->dp && dev->cp->dp->memory_add)
         dev->cp->dp->memory_add(dev->cp->dp_opaque, dev, regs, n);
@@ -113,19 +113,19 @@ static void stop_all_frontends(struct gd_device *dev)
  * them. Returns how many. */
 static unsigned drop_regions_in(struct gd_device *dev, uint64_t off, uint64_t size)
 {
-    struct vp_cq_region gone[VP_MAX_REGIONS];
+    struct vp_mt_region gone[VP_MAX_REGIONS];
     unsigned n = 0;
     for (unsigned k = 0; k < dev->mt.n; k++) {
-        const struct vp_cq_region *r = &dev->mt.r[k];
+        const struct vp_mt_region *r = &dev->mt.r[k];
         /* Regions are inside one window and windows do not overlap: overlap is
          * containment; compare without sums that could wrap. */
-        if (r->bar_offset >= off && r->bar_offset - off < size)
+        if (r->target >= off && r->target - off < size)
             gone[n++] = *r;
     }
     if (!n)
         return 0;
     dp_memory_del(dev, gone, n);
-    gd_mt_del(&dev->mt, gone, n);
+    vp_mt_del(&dev->mt, gone, n);
     return n;
 }
 
@@ -133,7 +133,7 @@ static void drop_all_regions(struct gd_device *dev)
 {
     if (!dev->mt.n)
         return;
-    struct vp_cq_region gone[VP_MAX_REGIONS];
+    struct vp_mt_region gone[VP_MAX_REGIONS];
     unsigned n = dev->mt.n;
     memcpy(gone, dev->mt.r, n * sizeof(gone[0]));
     dp_memory_del(dev, gone, n);
@@ -331,10 +331,10 @@ static int refresh_windows(struct gd_device *dev, bool force)
     return 0;
 }
 
-/* gd_mt_window_check: [bar_offset, +size) inside one mapped window? */
-static int window_check(void *opaque, uint64_t bar_offset, uint64_t size, vp_error *err)
+/* Is [bar_offset, +size) inside one mapped window? 0; -EAGAIN when inside a window
+ * listed but not mapped yet (the message may wait for it); else -ENOENT / -EINVAL. */
+static int window_check(struct gd_device *dev, uint64_t bar_offset, uint64_t size, vp_error *err)
 {
-    struct gd_device *dev = opaque;
     for (unsigned i = 0; i < dev->nwin; i++) {
         const struct gd_window *w = &dev->win[i];
         if (bar_offset < w->ca.bar_offset || bar_offset - w->ca.bar_offset >= w->ca.size)
@@ -383,6 +383,37 @@ void gd_device_window_unplug(struct gd_device *dev, struct gd_win_id id)
 
 /* ---------------------------------- handlers ---------------------------------- */
 
+/* Every region of a MEMORY_INFO(ADD) inside one mapped window: 0, -EAGAIN when one is
+ * only waiting for its window (and none is refused for good), else the first refusal. */
+static int windows_check(struct gd_device *dev, const struct vp_mt_region *r, unsigned n,
+                         vp_error *err)
+{
+    bool again = false;
+    vp_error again_err = { { 0 } };
+    for (unsigned i = 0; i < n; i++) {
+        vp_error werr = { { 0 } };
+        int c = window_check(dev, r[i].target, r[i].size, &werr);
+        if (c == -EAGAIN && !again) {
+            again = true;
+            snprintf(again_err.msg, sizeof(again_err.msg), "region %u: %s", i, werr.msg);
+        } else if (c < 0 && c != -EAGAIN) {
+            return vp_fail(err, c, "region %u (xgpa 0x%llx size 0x%llx bar offset 0x%llx): %s",
+                           i, (unsigned long long)r[i].gpa, (unsigned long long)r[i].size,
+                           (unsigned long long)r[i].target, werr.msg);
+        }
+    }
+    return again ? vp_fail(err, -EAGAIN, "%s", again_err.msg) : 0;
+}
+
+/* The regions of a controlq MEMORY_INFO as memory table regions (target: the offset
+ * in the logical BAR). */
+static void to_mt(const struct vp_cq_region *c, unsigned n, struct vp_mt_region *out)
+{
+    for (unsigned i = 0; i < n; i++)
+        out[i] = (struct vp_mt_region){ .gpa = c[i].xgpa, .size = c[i].size,
+                                        .target = c[i].bar_offset };
+}
+
 static enum gd_handled memory_info(struct gd_device *dev, const struct vp_cq_msg *m,
                                    struct vp_cq_msg *ack, bool last_try)
 {
@@ -390,11 +421,18 @@ static enum gd_handled memory_info(struct gd_device *dev, const struct vp_cq_msg
     if (refresh_windows(dev, false) < 0)
         return GD_H_BROKEN;
     unsigned n = m->u.mem.nregions;
+    struct vp_mt_region regs[VP_MAX_REGIONS];
+    to_mt(m->u.mem.regions, n, regs);
     if (m->u.mem.op == VP_OP_ADD) {
+        /* The same MEMORY_INFO again (a replay) is no overlap: its regions are skipped. */
         unsigned added = 0;
-        int r = gd_mt_add(&dev->mt, m->u.mem.regions, n, window_check, dev, &added, &err);
+        int r = vp_mt_check_add(&dev->mt, regs, n, VP_MT_SKIP_SAME, NULL, &err);
+        if (!r)
+            r = windows_check(dev, regs, n, &err);
         if (r == -EAGAIN && !last_try)
             return GD_H_RETRY;
+        if (!r)
+            r = vp_mt_add(&dev->mt, regs, n, VP_MT_SKIP_SAME, &added, &err);
         if (r < 0) {
             char why[VP_MAX_REASON + 1];
             snprintf(why, sizeof(why), "%s%s", r == -EAGAIN ? "timed out: " : "", err.msg);
@@ -411,22 +449,17 @@ static enum gd_handled memory_info(struct gd_device *dev, const struct vp_cq_msg
     }
     /* DEL: all named regions must be known; the data path stops using them first
      * (spec 1.6.2), then they leave the table, then the ACK goes out. */
-    if (gd_mt_check_del(&dev->mt, m->u.mem.regions, n, &err) < 0) {
+    if (vp_mt_check_del(&dev->mt, regs, n, &err) < 0) {
         gd_warn("slot %u: MEMORY_INFO(DEL) seq %llu refused: %s", dev->slot,
                 (unsigned long long)m->seq, err.msg);
         vp_cq_make_ack(ack, m, VP_ACK_DEL_FAIL, err.msg);
         return GD_H_ACK;
     }
-    struct vp_cq_region gone[VP_MAX_REGIONS];
-    for (unsigned i = 0; i < n; i++) {
-        for (unsigned k = 0; k < dev->mt.n; k++) {
-            if (dev->mt.r[k].xgpa == m->u.mem.regions[i].xgpa &&
-                dev->mt.r[k].size == m->u.mem.regions[i].size)
-                gone[i] = dev->mt.r[k];
-        }
-    }
+    struct vp_mt_region gone[VP_MAX_REGIONS];
+    for (unsigned i = 0; i < n; i++)
+        gone[i] = dev->mt.r[vp_mt_find(&dev->mt, regs[i].gpa)]; /* checked: present */
     dp_memory_del(dev, gone, n);
-    gd_mt_del(&dev->mt, gone, n);
+    vp_mt_del(&dev->mt, gone, n);
     gd_info("slot %u: memory table: %u region(s) deleted (%u left)", dev->slot, n, dev->mt.n);
     vp_cq_make_ack(ack, m, VP_ACK_DEL_DONE, NULL);
     return GD_H_ACK;
@@ -439,22 +472,6 @@ static enum gd_handled handle_memory_info(struct gd_device *dev, const struct vp
     enum gd_handled h = memory_info(dev, m, ack, last_try);
     dp_resume(dev);
     return h;
-}
-
-/* A ring of @size bytes at @xgpa, aligned to @align, inside one region. */
-static int check_ring(struct gd_device *dev, const struct vp_cq_virtq *q, const char *what,
-                      uint64_t xgpa, uint64_t size, uint64_t align, vp_error *err)
-{
-    if (xgpa & (align - 1))
-        return vp_fail(err, -EINVAL, "virtq %u: %s ring at xgpa 0x%llx is not %llu-byte aligned",
-                       q->index, what, (unsigned long long)xgpa, (unsigned long long)align);
-    uint64_t off;
-    if (gd_mt_translate(&dev->mt, xgpa, size, &off) != size)
-        return vp_fail(err, -EINVAL,
-                       "virtq %u: %s ring at xgpa 0x%llx (%llu bytes) is not inside one region "
-                       "of the memory table",
-                       q->index, what, (unsigned long long)xgpa, (unsigned long long)size);
-    return 0;
 }
 
 static int validate_virtqs(struct gd_device *dev, const struct vp_cq_msg *m, vp_error *err)
@@ -471,17 +488,15 @@ static int validate_virtqs(struct gd_device *dev, const struct vp_cq_msg *m, vp_
             if (m->u.dev.virtqs[j].index == q->index)
                 return vp_fail(err, -EINVAL, "virtq index %u listed twice", q->index);
         }
-        if (!vp_is_pow2(q->num) || q->num > VP_MAX_VRING_NUM)
-            return vp_fail(err, -EINVAL, "virtq %u: size %u is not a power of two in 1..%u",
-                           q->index, q->num, VP_MAX_VRING_NUM);
         if (q->call_vector != VP_NO_VECTOR && q->call_vector >= VP_MAX_VECTORS)
             return vp_fail(err, -EINVAL, "virtq %u: call vector %u exceeds %u", q->index,
                            q->call_vector, VP_MAX_VECTORS - 1);
-        int r = check_ring(dev, q, "descriptor", q->desc, vp_vring_desc_size(q->num), 16, err);
+        /* Size, alignment, no wrap; each part inside one region of the table. */
+        struct vp_ring_layout l = { .index = q->index, .num = q->num, .desc = q->desc,
+                                    .avail = q->avail, .used = q->used };
+        int r = vp_ring_check(&l, err);
         if (!r)
-            r = check_ring(dev, q, "avail", q->avail, vp_vring_avail_size(q->num), 2, err);
-        if (!r)
-            r = check_ring(dev, q, "used", q->used, vp_vring_used_size(q->num), 4, err);
+            r = vp_mt_check_ring(&dev->mt, &l, err);
         if (r)
             return r;
     }
@@ -833,6 +848,7 @@ struct gd_device *gd_device_new(struct gd_cp *cp, unsigned slot)
         return NULL;
     dev->cp = cp;
     dev->slot = slot;
+    vp_mt_init(&dev->mt, VP_MAX_REGIONS);
     vp_error err = { { 0 } };
     void *ca = NULL;
     uint64_t ca_size = 0;
@@ -926,7 +942,7 @@ void gd_device_free(struct gd_device *dev)
 void *gd_device_translate(struct gd_device *dev, uint64_t xgpa, uint64_t len, uint64_t *avail)
 {
     uint64_t off = 0;
-    uint64_t n = gd_mt_translate(&dev->mt, xgpa, len, &off);
+    uint64_t n = vp_mt_translate(&dev->mt, xgpa, len, &off);
     *avail = n;
     if (!n || !dev->bar)
         return NULL;
@@ -935,12 +951,13 @@ void *gd_device_translate(struct gd_device *dev, uint64_t xgpa, uint64_t len, ui
 
 void *gd_device_region(struct gd_device *dev, uint64_t xgpa, uint64_t *start, uint64_t *size)
 {
-    const struct vp_cq_region *r = dev->bar ? gd_mt_find(&dev->mt, xgpa) : NULL;
-    if (!r)
+    int i = dev->bar ? vp_mt_lookup(&dev->mt, xgpa) : -1;
+    if (i < 0)
         return NULL;
-    *start = r->xgpa;
+    const struct vp_mt_region *r = &dev->mt.r[i];
+    *start = r->gpa;
     *size = r->size;
-    return dev->bar + r->bar_offset;
+    return dev->bar + r->target;
 }
 
 int gd_device_notify_peer(struct gd_device *dev, uint16_t vector)

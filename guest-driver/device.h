@@ -26,7 +26,7 @@
 #include "controlq.h"
 #include "ctrlarea.h"
 #include "datapath.h"
-#include "memtable.h"
+#include "vp_memtable.h"
 
 #define GD_MAX_FRONTENDS 64
 
@@ -59,7 +59,7 @@ struct gd_device {
     uint32_t generation;          /* of the window table we last applied */
     bool windows_read;
 
-    struct gd_memtable mt;
+    struct vp_memtable mt;        /* target: offset in the logical BAR */
     struct gd_frontend *fe[GD_MAX_FRONTENDS];
     unsigned nfe;
     uint64_t features;            /* accepted in the last FEATURE_BITS */

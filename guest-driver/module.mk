@@ -3,7 +3,7 @@
 # flavour ($(B)/guest-driver/*.o) for the unit tests, which link GLib.
 
 GUESTD_SRCS := guest-driver/log.c guest-driver/loop.c guest-driver/json.c \
-               guest-driver/ctrlarea.c guest-driver/memtable.c guest-driver/controlq.c \
+               guest-driver/ctrlarea.c guest-driver/controlq.c \
                guest-driver/device.c guest-driver/controlplane.c guest-driver/status.c \
                guest-driver/bus_local.c guest-driver/bus_pci.c
 GUESTD_MAIN  := guest-driver/main.c

@@ -204,25 +204,20 @@ static void net_frontend_stop(void *opaque, struct gd_device *dev, struct gd_fro
     net_resume(net);
 }
 
-/* Does [a, +alen) overlap [b, +blen)? (Neither wraps.) */
-static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
-{
-    return (a >= b && a - b < blen) || (b >= a && b - a < alen);
-}
-
-static bool vq_uses(const struct net_vq *vq, const struct vp_cq_region *regs, unsigned n)
+/* Does any ring of @vq lie in one of @regs (which are leaving the table)? */
+static bool vq_uses(const struct net_vq *vq, const struct vp_mt_region *regs, unsigned n)
 {
     const struct gd_queue *q = vq->q;
+    struct vp_ring_layout l = { .index = q->index, .num = q->num, .desc = q->desc,
+                                .avail = q->avail, .used = q->used };
     for (unsigned i = 0; i < n; i++) {
-        if (overlaps(q->desc, vp_vring_desc_size(q->num), regs[i].xgpa, regs[i].size) ||
-            overlaps(q->avail, vp_vring_avail_size(q->num), regs[i].xgpa, regs[i].size) ||
-            overlaps(q->used, vp_vring_used_size(q->num), regs[i].xgpa, regs[i].size))
+        if (vp_ring_overlaps(&l, regs[i].gpa, regs[i].size))
             return true;
     }
     return false;
 }
 
-static void net_memory_del(void *opaque, struct gd_device *dev, const struct vp_cq_region *regs,
+static void net_memory_del(void *opaque, struct gd_device *dev, const struct vp_mt_region *regs,
                            unsigned n)
 {
     struct gd_net *net = opaque;
@@ -248,7 +243,7 @@ static void net_memory_del(void *opaque, struct gd_device *dev, const struct vp_
     net_resume(net);
 }
 
-static void net_memory_add(void *opaque, struct gd_device *dev, const struct vp_cq_region *regs,
+static void net_memory_add(void *opaque, struct gd_device *dev, const struct vp_mt_region *regs,
                            unsigned n)
 {
     struct gd_net *net = opaque;

@@ -74,9 +74,9 @@ static void render_device(struct gd_json *j, const struct gd_device *d)
     gd_json_begin_array(j, "regions");
     for (unsigned i = 0; i < d->mt.n; i++) {
         gd_json_begin_object(j, NULL);
-        gd_json_uint(j, "xgpa", d->mt.r[i].xgpa);
+        gd_json_uint(j, "xgpa", d->mt.r[i].gpa);
         gd_json_uint(j, "size", d->mt.r[i].size);
-        gd_json_uint(j, "bar_offset", d->mt.r[i].bar_offset);
+        gd_json_uint(j, "bar_offset", d->mt.r[i].target);
         gd_json_end_object(j);
     }
     gd_json_end_array(j);

@@ -26,7 +26,6 @@
 #include "json.h"
 #include "log.h"
 #include "loop.h"
-#include "memtable.h"
 #include "status.h"
 #include "testutil.h"
 
@@ -140,15 +139,15 @@ static void fdp_stop(void *o, struct gd_device *dev, struct gd_frontend *fe)
             fe->queues[i].last_avail_idx = (uint16_t)(dp->stop_sets_idx + i);
     }
 }
-static void fdp_mdel(void *o, struct gd_device *dev, const struct vp_cq_region *r, unsigned n)
+static void fdp_mdel(void *o, struct gd_device *dev, const struct vp_mt_region *r, unsigned n)
 {
     struct fake_dp *dp = o;
     /* The regions must still be translatable while the hook runs. */
     uint64_t avail = 0;
-    g_assert_nonnull(gd_device_translate(dev, r[0].xgpa, 1, &avail));
+    g_assert_nonnull(gd_device_translate(dev, r[0].gpa, 1, &avail));
     g_string_append_printf(dp->log, "mdel:%u ", n);
 }
-static void fdp_madd(void *o, struct gd_device *dev, const struct vp_cq_region *r, unsigned n)
+static void fdp_madd(void *o, struct gd_device *dev, const struct vp_mt_region *r, unsigned n)
 {
     struct fake_dp *dp = o;
     (void)dev;
@@ -376,19 +375,22 @@ static void test_memory(void)
     fk_mem_msg(&m, VP_OP_ADD, 0x180000, 4096, 0x1000);
     fx_roundtrip(&f, 0, &m, &ack);
     g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_FAIL);
-    g_assert_nonnull(strstr(ack.u.ack.reason, "overlaps the known region"));
+    g_assert_nonnull(strstr(ack.u.ack.reason, "region 0 [0x180000, +0x1000) overlaps existing "
+                                              "region 0 [0x100000, +0x100000)"));
 
     /* Wrapping / empty. */
     fk_mem_msg(&m, VP_OP_ADD, UINT64_MAX - 10, 4096, 0);
     fx_roundtrip(&f, 0, &m, &ack);
     g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_FAIL);
-    g_assert_nonnull(strstr(ack.u.ack.reason, "empty or wraps"));
+    g_assert_nonnull(strstr(ack.u.ack.reason, "region 0: guest-physical address "
+                                              "0xfffffffffffffff5 + size 0x1000 overflows"));
 
     /* DEL of an unknown region. */
     fk_mem_msg(&m, VP_OP_DEL, 0x900000, 4096, 0);
     fx_roundtrip(&f, 0, &m, &ack);
     g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_DEL_FAIL);
-    g_assert_nonnull(strstr(ack.u.ack.reason, "no region xgpa 0x900000"));
+    g_assert_nonnull(strstr(ack.u.ack.reason, "region gpa 0x900000 size 0x1000 is not in the "
+                                              "memory table"));
     g_assert_cmpuint(d->mt.n, ==, 1);
 
     /* DEL of the known one: the data path hears first, then it is gone. */
@@ -431,14 +433,16 @@ static void test_frontends(void)
     fk_dev_msg(&m, VP_OP_ADD, VP_DEV_NET, 1, 2, 0x1fc000);
     fx_roundtrip(&f, 0, &m, &ack);
     g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_FAIL);
-    g_assert_nonnull(strstr(ack.u.ack.reason, "virtq 1: descriptor ring at xgpa 0x200000 (4096 bytes) is not inside one region of the memory table"));
+    g_assert_nonnull(strstr(ack.u.ack.reason, "virtqueue 1: descriptor table at gpa 0x200000 "
+                                              "(4096 bytes) is not inside one memory region"));
 
     /* Misaligned ring. */
     fk_dev_msg(&m, VP_OP_ADD, VP_DEV_NET, 1, 1, 0x100000);
     m.u.dev.virtqs[0].used += 2;
     fx_roundtrip(&f, 0, &m, &ack);
     g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_FAIL);
-    g_assert_nonnull(strstr(ack.u.ack.reason, "used ring at xgpa 0x102002 is not 4-byte aligned"));
+    g_assert_nonnull(strstr(ack.u.ack.reason, "virtqueue 0: used address 0x102002 not aligned "
+                                              "to 4 bytes"));
 
     /* A good NET frontend with two queues. */
     fk_dev_msg(&m, VP_OP_ADD, VP_DEV_NET, 1, 2, 0x100000);
@@ -700,47 +704,59 @@ static void test_layout_checks(void)
     munmap(ca, VP_CA_SIZE);
 }
 
+/* guestd's use of the memory table (protocol/vp_memtable) through MEMORY_INFO: a
+ * message whose regions overlap each other, or one that would take the table past
+ * VP_MAX_REGIONS, is refused whole with the table unchanged; a DEL naming a region
+ * twice is refused; several regions in one message are added and deleted together,
+ * each translating to its own window offset. */
 static void test_memtable(void)
 {
-    struct gd_memtable t = { 0 };
-    vp_error err = { { 0 } };
-    struct vp_cq_region r[2] = { { 0x1000, 0x1000, 0 }, { 0x3000, 0x1000, 0x1000 } };
-    unsigned added = 0;
-    g_assert_cmpint(gd_mt_add(&t, r, 2, NULL, NULL, &added, &err), ==, 0);
-    g_assert_cmpuint(added, ==, 2);
-    uint64_t off = 0;
-    g_assert_cmpuint(gd_mt_translate(&t, 0x1800, 0x2000, &off), ==, 0x800);
-    g_assert_cmpuint(off, ==, 0x800);
-    g_assert_cmpuint(gd_mt_translate(&t, 0x2000, 1, &off), ==, 0);
-    g_assert_cmpuint(gd_mt_translate(&t, 0x3fff, 1, &off), ==, 1);
-    g_assert_cmpuint(off, ==, 0x1fff);
-    /* Two new ones overlapping each other. */
-    struct vp_cq_region o[2] = { { 0x10000, 0x2000, 0 }, { 0x11000, 0x1000, 0 } };
-    g_assert_cmpint(gd_mt_add(&t, o, 2, NULL, NULL, &added, &err), ==, -EINVAL);
-    g_assert_nonnull(strstr(err.msg, "regions 0 and 1 overlap"));
-    /* Zero size. */
-    struct vp_cq_region z = { 0x10000, 0, 0 };
-    g_assert_cmpint(gd_mt_add(&t, &z, 1, NULL, NULL, &added, &err), ==, -EINVAL);
-    g_assert_nonnull(strstr(err.msg, "empty or wraps"));
-    /* Full table. */
-    struct gd_memtable full = { 0 };
-    for (unsigned i = 0; i < VP_MAX_REGIONS; i++) {
-        struct vp_cq_region x = { 0x100000ULL * i, 0x1000, 0 };
-        g_assert_cmpint(gd_mt_add(&full, &x, 1, NULL, NULL, NULL, &err), ==, 0);
+    struct fx f;
+    fx_init(&f, true);
+    struct gd_device *d = fx_plug(&f, 0);
+    struct vp_cq_msg m, ack;
+    fk_mem_msg(&m, VP_OP_ADD, 0x10000, 0x1000, 0);
+    m.u.mem.nregions = 2;
+    m.u.mem.regions[1] = (struct vp_cq_region){ 0x10800, 0x1000, 0x1000 };
+    fx_roundtrip(&f, 0, &m, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_FAIL);
+    g_assert_nonnull(strstr(ack.u.ack.reason, "region 1 [0x10800, +0x1000) overlaps region 0"));
+    g_assert_cmpuint(d->mt.n, ==, 0);
+    /* Two good ones at once. */
+    m.u.mem.regions[1] = (struct vp_cq_region){ 0x30000, 0x1000, 0x1000 };
+    fx_roundtrip(&f, 0, &m, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_DONE);
+    g_assert_cmpuint(d->mt.n, ==, 2);
+    uint64_t avail = 0;
+    g_assert_true(gd_device_translate(d, 0x30800, 0x2000, &avail) == d->bar + 0x1800);
+    g_assert_cmpuint(avail, ==, 0x800); /* clamped to the region */
+    g_assert_null(gd_device_translate(d, 0x20000, 1, &avail));
+    /* A DEL naming a region twice: refused, nothing removed. */
+    struct vp_cq_msg del = m;
+    del.u.mem.op = VP_OP_DEL;
+    del.u.mem.regions[1] = del.u.mem.regions[0];
+    fx_roundtrip(&f, 0, &del, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_DEL_FAIL);
+    g_assert_nonnull(strstr(ack.u.ack.reason, "region gpa 0x10000 is listed twice"));
+    g_assert_cmpuint(d->mt.n, ==, 2);
+    /* Fill the table to its limit, then one more is refused. */
+    for (unsigned i = 2; i < VP_MAX_REGIONS; i++) {
+        fk_mem_msg(&m, VP_OP_ADD, 0x100000ULL * i, 0x1000, 0x1000ULL * i);
+        fx_roundtrip(&f, 0, &m, &ack);
+        g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_DONE);
     }
-    struct vp_cq_region x = { 0x100000ULL * 100, 0x1000, 0 };
-    g_assert_cmpint(gd_mt_add(&full, &x, 1, NULL, NULL, NULL, &err), ==, -ENOSPC);
-    g_assert_nonnull(strstr(err.msg, "exceed the limit of 64"));
-    /* DEL checks. */
-    struct vp_cq_region d2[2] = { { 0x1000, 0x1000, 0 }, { 0x1000, 0x1000, 0 } };
-    g_assert_cmpint(gd_mt_check_del(&t, d2, 2, &err), ==, -EINVAL);
-    g_assert_nonnull(strstr(err.msg, "named twice"));
-    struct vp_cq_region wrong = { 0x1000, 0x800, 0 };
-    g_assert_cmpint(gd_mt_check_del(&t, &wrong, 1, &err), ==, -ENOENT);
-    g_assert_cmpint(gd_mt_check_del(&t, r, 1, &err), ==, 0);
-    gd_mt_del(&t, r, 1);
-    g_assert_cmpuint(t.n, ==, 1);
-    g_assert_cmpuint(t.r[0].xgpa, ==, 0x3000);
+    fk_mem_msg(&m, VP_OP_ADD, 0x100000ULL * 100, 0x1000, 0x2000);
+    fx_roundtrip(&f, 0, &m, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_FAIL);
+    g_assert_nonnull(strstr(ack.u.ack.reason, "would exceed the limit of 64"));
+    g_assert_cmpuint(d->mt.n, ==, VP_MAX_REGIONS);
+    /* Both first ones deleted together. */
+    del.u.mem.regions[1] = (struct vp_cq_region){ 0x30000, 0x1000, 0x1000 };
+    fx_roundtrip(&f, 0, &del, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_DEL_DONE);
+    g_assert_cmpuint(d->mt.n, ==, VP_MAX_REGIONS - 2);
+    g_assert_null(gd_device_translate(d, 0x30800, 1, &avail));
+    fx_fini(&f);
 }
 
 static void test_window_changes(void)
