@@ -274,9 +274,12 @@ static int rx_fast(struct net_vq *vq, const struct iovec *iov, unsigned niov, si
     if (!dst || got < need)
         return 0;
     const struct gd_net_port *p = vq->pair->port;
-    memset(dst, 0, p->hdr_len); /* no flags, GSO_NONE */
-    if (p->hdr_len >= NET_HDR_MAX)
-        vp_put_le16(dst + NET_HDR_OFF_NUM_BUFFERS, 1);
+    /* No flags, GSO_NONE, num_buffers 1 (fixed-size copies: no libc call). */
+    static const uint8_t hdr[NET_HDR_MAX] = { [NET_HDR_OFF_NUM_BUFFERS] = 1 };
+    if (p->hdr_len == NET_HDR_MAX)
+        memcpy(dst, hdr, NET_HDR_MAX);
+    else
+        memcpy(dst, hdr, 10);
     dst += p->hdr_len;
     size_t left = len;
     for (unsigned i = 0; i < niov && left; i++) {
