@@ -66,6 +66,9 @@ struct gd_endpoint_ops {
      *  control loop, when the endpoint is given to gd_net_new), before it runs:
      *  per-worker fds are watched on that loop. May be NULL. */
     void (*worker_started)(struct gd_endpoint *ep, unsigned index, struct gd_loop *loop);
+    /** Data path worker @index stopped (no pair needs it any more): unwatch and let go
+     *  of what was kept for it. Its loop is freed after. May be NULL. */
+    void (*worker_stopped)(struct gd_endpoint *ep, unsigned index);
     /** A port started (all optional). */
     void (*port_added)(struct gd_endpoint *ep, struct gd_net_port *port);
     /** A port stops: forget every reference to it before returning. */

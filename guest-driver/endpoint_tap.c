@@ -238,6 +238,8 @@ static void tap_worker_started(struct gd_endpoint *ep, unsigned index, struct gd
     }
     struct tap_q *q = t->q[index];
     q->loop = loop;
+    if (q->watch)
+        return;
     int id = gd_loop_add_fd(loop, q->fd, POLLIN, tap_on_fd, q);
     if (id < 0) {
         gd_warn("tap %s: queue %u: out of memory: not read", t->name, index);
@@ -245,6 +247,26 @@ static void tap_worker_started(struct gd_endpoint *ep, unsigned index, struct gd
     }
     q->watch = id;
     gd_info("tap %s: queue %u served by worker %u", t->name, index, index);
+}
+
+static void tap_worker_stopped(struct gd_endpoint *ep, unsigned index)
+{
+    struct tap_ep *t = tap_of(ep);
+    struct tap_q *q = index < GD_NET_MAX_WORKERS ? t->q[index] : NULL;
+    if (!q)
+        return;
+    if (q->watch)
+        gd_loop_del_fd(q->loop, q->watch);
+    q->watch = 0;
+    q->loop = NULL;
+    tap_drop(t, q->nowed);
+    q->nowed = 0;
+    if (index == 0)
+        return; /* queue 0 lives as long as the interface (created with it) */
+    vp_close_fd(&q->fd);
+    free(q->owed);
+    free(q);
+    t->q[index] = NULL;
 }
 
 static void tap_free(struct gd_endpoint *ep)
@@ -266,6 +288,7 @@ static void tap_free(struct gd_endpoint *ep)
 static const struct gd_endpoint_ops tap_ops = {
     .name = "tap",
     .worker_started = tap_worker_started,
+    .worker_stopped = tap_worker_stopped,
     .port_removed = tap_port_removed,
     .tx = tap_tx,
     .poll = tap_poll,

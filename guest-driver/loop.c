@@ -268,6 +268,13 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
         }
     }
 
+    /* A poller that ended the loop (a data path worker told to stop) gets nothing
+     * more dispatched on it. */
+    if (loop->quit) {
+        compact(loop);
+        return ran;
+    }
+
     /* 2. Timeout: pollers' back-off, earliest timer, caller's bound. */
     uint64_t now = gd_now_ns();
     int64_t wait = poller_sleep(loop, work, now);

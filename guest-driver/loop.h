@@ -71,7 +71,8 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns);
 
 /** Iterate until gd_loop_quit(). Returns 0, or -errno on a poll failure. */
 int gd_loop_run(struct gd_loop *loop);
-/** Make gd_loop_run() return after the current iteration. */
+/** Make gd_loop_run() return after the current iteration (called from a poller:
+ *  right after the pollers, with no fd event or timer dispatched). */
 void gd_loop_quit(struct gd_loop *loop);
 
 /** CLOCK_MONOTONIC in nanoseconds. */

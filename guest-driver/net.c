@@ -341,9 +341,8 @@ void gd_net_free(struct gd_net *net)
         return;
     if (net->nports)
         gd_warn("vhost-pci-net freed with %u port(s) still started", net->nports);
-    net_workers_stop(net);
-    gd_endpoint_free(net->ep); /* may unwatch fds on the workers' loops */
     net_workers_free(net);
+    gd_endpoint_free(net->ep);
     free(net->ports);
     free(net);
 }

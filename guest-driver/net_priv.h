@@ -157,14 +157,12 @@ int net_worker_poll(struct net_worker *w);
 void net_pause(struct gd_net *net);
 /** Undo one net_pause(); the outermost lets the workers run again. */
 void net_resume(struct gd_net *net);
-/** With every worker parked: start workers up to what the ports' pairs need, give
+/** With every worker parked: start (or stop) workers to what the ports' pairs need, give
  *  every pair its worker (pair q: worker q mod nworkers) and mark the receive queues
  *  that other threads may write. 0 or -ENOMEM (then some pairs have no worker). */
 int net_assign(struct gd_net *net);
-/** Stop and join every worker thread (ports must be gone); their loops stay, so
- *  that the endpoint can still remove its watches from them. */
-void net_workers_stop(struct gd_net *net);
-/** net_workers_stop(), then free the workers and their loops. */
+/** Stop, join and free every worker (ports must be gone; the endpoint is told of
+ *  each, before it is freed itself). */
 void net_workers_free(struct gd_net *net);
 
 #endif

@@ -7,8 +7,8 @@
  *
  * Pairs go to workers by index: pair q of every port is polled by worker
  * q mod nworkers, so pair q of different ports, and TAP queue q, meet on one thread.
- * Workers are started as the ports' pairs need them (at most max_workers) and live
- * until gd_net_free(). Without workers (max_workers 0, "inline mode") one pseudo
+ * Workers are started as the ports' pairs need them (at most max_workers) and
+ * stopped when no pair needs them any more (the endpoint is told both ways). Without workers (max_workers 0, "inline mode") one pseudo
  * worker is a poller of the control loop, as before threads existed.
  *
  * The pause: the control thread sets pause_req of every worker and wakes its loop
@@ -40,26 +40,30 @@ void net_set_current_tx_pair(struct net_pair *pair) { cur_tx_pair = pair; }
 
 unsigned gd_net_worker_index(void) { return cur_worker ? cur_worker->index : 0; }
 
-/* Park here while the control thread asks (see the file comment). */
-static void park_if_asked(struct net_worker *w)
+/* Park here while the control thread asks (see the file comment). Returns true when
+ * the worker is to end: it then touches nothing any more. */
+static bool park_if_asked(struct net_worker *w)
 {
     if (!__atomic_load_n(&w->pause_req, __ATOMIC_ACQUIRE))
-        return;
+        return false;
     pthread_mutex_lock(&w->mu);
     w->paused = true;
     pthread_cond_broadcast(&w->cv);
     while (__atomic_load_n(&w->pause_req, __ATOMIC_ACQUIRE) && !w->quit)
         pthread_cond_wait(&w->cv, &w->mu);
-    w->paused = false;
-    if (w->quit)
-        gd_loop_quit(w->loop);
+    bool quit = w->quit;
+    if (!quit)
+        w->paused = false;
     pthread_mutex_unlock(&w->mu);
+    if (quit)
+        gd_loop_quit(w->loop);
+    return quit;
 }
 
 int net_worker_poll(struct net_worker *w)
 {
-    if (w->thread)
-        park_if_asked(w);
+    if (w->thread && park_if_asked(w))
+        return 0;
     /* A thread worker is its thread's for good (worker_main); the inline one only
      * while it polls (the control thread is no worker otherwise). */
     struct net_worker *was = cur_worker;
@@ -228,14 +232,37 @@ static int worker_add_pair(struct net_worker *w, struct net_pair *pair)
     return 0;
 }
 
+/* Stop the last worker (parked or not) and forget it; the endpoint lets go of what
+ * it kept for it first. */
+static void worker_stop_last(struct gd_net *net)
+{
+    struct net_worker *w = net->workers[--net->nworkers];
+    net->workers[net->nworkers] = NULL;
+    pthread_mutex_lock(&w->mu);
+    w->quit = true;
+    __atomic_store_n(&w->pause_req, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    wake(w);
+    pthread_join(w->th, NULL);
+    if (net->ep->ops->worker_stopped)
+        net->ep->ops->worker_stopped(net->ep, w->index);
+    gd_info("data path worker %u stopped", w->index);
+    worker_free(w);
+}
+
 int net_assign(struct gd_net *net)
 {
     int ret = 0;
-    unsigned want = 1;
+    /* As many workers as the port with the most pairs needs (none without a port:
+     * an idle guestd holds what it held at start). */
+    unsigned want = 0;
     for (unsigned i = 0; i < net->nports; i++)
         want = net->ports[i]->npairs > want ? net->ports[i]->npairs : want;
     if (want > net->max_workers)
         want = net->max_workers;
+    while (net->nworkers > want)
+        worker_stop_last(net);
     while (net->nworkers < want && worker_start(net) == 0)
         ;
     /* Inline mode, or not even one thread could start: the control loop polls. */
@@ -291,34 +318,13 @@ int net_assign(struct gd_net *net)
     return ret;
 }
 
-void net_workers_stop(struct gd_net *net)
+void net_workers_free(struct gd_net *net)
 {
-    for (unsigned i = 0; i < net->nworkers; i++) {
-        struct net_worker *w = net->workers[i];
-        if (!w->thread)
-            continue;
-        pthread_mutex_lock(&w->mu);
-        w->quit = true;
-        __atomic_store_n(&w->pause_req, 1, __ATOMIC_RELEASE);
-        pthread_cond_broadcast(&w->cv);
-        pthread_mutex_unlock(&w->mu);
-        wake(w);
-        pthread_join(w->th, NULL);
-        w->thread = false;
-    }
+    while (net->nworkers)
+        worker_stop_last(net);
     if (net->inl.poller)
         gd_loop_del_poller(net->loop, net->inl.poller);
     net->inl.poller = 0;
-}
-
-void net_workers_free(struct gd_net *net)
-{
-    net_workers_stop(net);
-    for (unsigned i = 0; i < net->nworkers; i++) {
-        worker_free(net->workers[i]);
-        net->workers[i] = NULL;
-    }
-    net->nworkers = 0;
     free(net->inl.pairs);
     net->inl.pairs = NULL;
     net->inl.npairs = net->inl.cap = 0;
