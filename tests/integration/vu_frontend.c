@@ -51,6 +51,7 @@ struct vu_fe {
     unsigned nram;
     struct vu_fe_region reg[VU_FE_MAX_REGIONS];
     uint64_t last_ack;      /* VU_FE_NO_ACK: none since the last clear */
+    bool unsealed;          /* new RAM is not sealed (DPDK's memory) */
     int kick[VU_MAX_QUEUES], call[VU_MAX_QUEUES], err[VU_MAX_QUEUES];
     vp_error error;
 };
@@ -133,7 +134,8 @@ int vu_fe_ram_new(struct vu_fe *fe, uint64_t size)
     if (fd < 0)
         return fe_fail(fe, -errno, "memfd_create: %s", strerror(errno));
     if (ftruncate(fd, (off_t)size) < 0 ||
-        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+        (!fe->unsealed &&
+         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)) {
         int e = errno;
         close(fd);
         return fe_fail(fe, -e, "memfd set-up: %s", strerror(e));
@@ -141,6 +143,11 @@ int vu_fe_ram_new(struct vu_fe *fe, uint64_t size)
     fe->ram[fe->nram].fd = fd;
     fe->ram[fe->nram].size = size;
     return (int)fe->nram++;
+}
+
+void vu_fe_set_ram_sealed(struct vu_fe *fe, bool sealed)
+{
+    fe->unsealed = !sealed;
 }
 
 int vu_fe_ram_fd(const struct vu_fe *fe, unsigned ram)
@@ -533,7 +540,19 @@ int vu_fe_set_mem_table(struct vu_fe *fe)
 
 /* ---- QEMU 7.2 sequences ---- */
 
+static int fe_qemu_init(struct vu_fe *fe, bool enable_rings);
+
 int vu_fe_qemu72_init(struct vu_fe *fe)
+{
+    return fe_qemu_init(fe, true);
+}
+
+int vu_fe_qemu10_init(struct vu_fe *fe)
+{
+    return fe_qemu_init(fe, false);
+}
+
+static int fe_qemu_init(struct vu_fe *fe, bool enable_rings)
 {
     uint64_t f, pf = 0;
     int r = vu_fe_get_u64(fe, VU_GET_FEATURES, &f);
@@ -564,12 +583,24 @@ int vu_fe_qemu72_init(struct vu_fe *fe)
             (r = vu_fe_set_vring_fd(fe, VU_SET_VRING_ERR, i, false)))
             return r;
     }
-    if (f & (1ULL << VU_F_PROTOCOL_FEATURES)) {
+    if (enable_rings && (f & (1ULL << VU_F_PROTOCOL_FEATURES))) {
         for (unsigned rep = 0; rep < 2; rep++)
             for (unsigned i = 0; i < fe->nqueues; i++)
                 if ((r = vu_fe_set_state(fe, VU_SET_VRING_ENABLE, i, 1, false)))
                     return r;
     }
+    return 0;
+}
+
+int vu_fe_ring_at(struct vu_fe *fe, const struct vu_fe_vring *v)
+{
+    if (fe->nram == 0)
+        return fe_fail(fe, -EINVAL, "no guest RAM for the rings");
+    uint8_t b[2];
+    vp_put_le16(b, v->base);
+    if (pwrite(fe->ram[0].fd, b, 2, (off_t)(v->avail_off + 2)) != 2 ||
+        pwrite(fe->ram[0].fd, b, 2, (off_t)(v->used_off + 2)) != 2)
+        return fe_fail(fe, -errno, "writing the ring indexes: %s", strerror(errno));
     return 0;
 }
 
@@ -589,6 +620,8 @@ int vu_fe_qemu72_start(struct vu_fe *fe, uint64_t features, const struct vu_fe_v
     }
     for (unsigned i = 0; i < fe->nqueues; i++) {
         const struct vu_fe_vring *v = &vrings[i];
+        if ((r = vu_fe_ring_at(fe, v)))
+            return r;
         if ((r = vu_fe_set_state(fe, VU_SET_VRING_NUM, i, v->num, false)) ||
             (r = vu_fe_set_state(fe, VU_SET_VRING_BASE, i, v->base, false)) ||
             (r = vu_fe_set_vring_addr(fe, i, vu_fe_uaddr(fe, 0, v->desc_off),
@@ -612,4 +645,59 @@ int vu_fe_qemu72_stop(struct vu_fe *fe, uint32_t *bases)
             bases[i] = b;
     }
     return 0;
+}
+
+/* ---- DPDK 22.11 virtio-user's sequences ---- */
+
+int vu_fe_dpdk_init(struct vu_fe *fe)
+{
+    uint64_t f, pf;
+    int r;
+    fe->accepted_pf = 1ULL << VU_PF_REPLY_ACK;
+    if ((r = vu_fe_send(fe, VU_SET_OWNER, 0, NULL, 0, NULL, 0)) ||
+        (r = vu_fe_get_u64(fe, VU_GET_FEATURES, &f)) ||
+        (r = vu_fe_get_u64(fe, VU_GET_PROTOCOL_FEATURES, &pf)) ||
+        (r = vu_fe_set_u64(fe, VU_SET_PROTOCOL_FEATURES, pf & fe->accepted_pf, false)))
+        return r;
+    fe->offered = f;
+    fe->pf_offered = pf;
+    fe->pf = pf & fe->accepted_pf;
+    return 0;
+}
+
+int vu_fe_dpdk_start(struct vu_fe *fe, uint64_t features, const struct vu_fe_vring *vrings)
+{
+    int r;
+    for (unsigned i = 0; i < fe->nqueues; i++)
+        if ((r = vu_fe_set_vring_fd(fe, VU_SET_VRING_CALL, i, false)))
+            return r;
+    if (fe->offered & (1ULL << VU_F_PROTOCOL_FEATURES))
+        features |= 1ULL << VU_F_PROTOCOL_FEATURES;
+    if ((r = vu_fe_set_u64(fe, VU_SET_FEATURES, features, false)) ||
+        (r = vu_fe_set_mem_table(fe)))
+        return r;
+    for (unsigned i = 0; i < fe->nqueues; i++) {
+        const struct vu_fe_vring *v = &vrings[i];
+        if ((r = vu_fe_ring_at(fe, v)) ||
+            (r = vu_fe_set_state(fe, VU_SET_VRING_NUM, i, v->num, false)) ||
+            (r = vu_fe_set_state(fe, VU_SET_VRING_BASE, i, v->base, false)) ||
+            (r = vu_fe_set_vring_addr(fe, i, vu_fe_uaddr(fe, 0, v->desc_off),
+                                      vu_fe_uaddr(fe, 0, v->avail_off),
+                                      vu_fe_uaddr(fe, 0, v->used_off), 0)) ||
+            (r = vu_fe_set_vring_fd(fe, VU_SET_VRING_KICK, i, false)))
+            return r;
+    }
+    for (unsigned i = 0; i < fe->nqueues; i++)
+        if ((r = vu_fe_set_state(fe, VU_SET_VRING_ENABLE, i, 1, false)))
+            return r;
+    return 0;
+}
+
+int vu_fe_dpdk_stop(struct vu_fe *fe, uint32_t *bases)
+{
+    int r;
+    for (unsigned i = 0; i < fe->nqueues; i++)
+        if ((r = vu_fe_set_state(fe, VU_SET_VRING_ENABLE, i, 0, false)))
+            return r;
+    return vu_fe_qemu72_stop(fe, bases);
 }

@@ -70,6 +70,9 @@ uint64_t vu_fe_protocol_features(const struct vu_fe *fe);
 
 /** A new sealed memfd of @size bytes as guest RAM. Returns its index or -errno. */
 int vu_fe_ram_new(struct vu_fe *fe, uint64_t size);
+/** Whether RAM created from now on is sealed against shrinking and growing (default
+ *  yes, as QEMU's memory-backend-memfd; DPDK's memory never is). */
+void vu_fe_set_ram_sealed(struct vu_fe *fe, bool sealed);
 /** The memfd of RAM @ram (owned by the frontend). */
 int vu_fe_ram_fd(const struct vu_fe *fe, unsigned ram);
 /** The frontend's user address of byte @off of RAM @ram. */
@@ -133,18 +136,40 @@ int vu_fe_rem_mem_reg(struct vu_fe *fe, int id, bool with_fd);
 /** SET_MEM_TABLE of every live region. */
 int vu_fe_set_mem_table(struct vu_fe *fe);
 
+/** Make the ring @v in RAM 0 look like one at position v->base: its avail and used
+ *  indexes are v->base (a ring that has moved that far, all buffers used). */
+int vu_fe_ring_at(struct vu_fe *fe, const struct vu_fe_vring *v);
+
 /* ---- QEMU 7.2's sequences ---- */
 
 /** Handshake at start: GET_FEATURES, GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES,
  *  GET_MAX_MEM_SLOTS (if CONFIGURE_MEM_SLOTS), SET_OWNER, GET_FEATURES,
  *  SET_VRING_CALL/SET_VRING_ERR per queue, SET_VRING_ENABLE 1 per queue (twice). */
 int vu_fe_qemu72_init(struct vu_fe *fe);
+/** The same as QEMU 10.0 sends it with MSI-X: without the SET_VRING_ENABLEs (its
+ *  vhost_dev_start enables the rings after the kicks). */
+int vu_fe_qemu10_init(struct vu_fe *fe);
 /** The guest starts the device: SET_FEATURES(@features | PROTOCOL_FEATURES when
  *  offered), ADD_MEM_REG per live region (or SET_MEM_TABLE without
  *  CONFIGURE_MEM_SLOTS), then per queue SET_VRING_NUM, SET_VRING_BASE,
- *  SET_VRING_ADDR (user addresses of RAM 0), SET_VRING_KICK, SET_VRING_CALL. */
+ *  SET_VRING_ADDR (user addresses of RAM 0), SET_VRING_KICK, SET_VRING_CALL. Each
+ *  ring's avail and used indexes in RAM 0 are set to its base first (vu_fe_ring_at). */
 int vu_fe_qemu72_start(struct vu_fe *fe, uint64_t features, const struct vu_fe_vring *vrings);
 /** Shutdown: GET_VRING_BASE per queue; the answers go to @bases (may be NULL). */
 int vu_fe_qemu72_stop(struct vu_fe *fe, uint32_t *bases);
+
+/* ---- DPDK 22.11 virtio-user's sequences (DESIGN "DPDK 22.11 virtio-user") ---- */
+
+/** SET_OWNER, GET_FEATURES, GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES (REPLY_ACK
+ *  only: memory goes as SET_MEM_TABLE). */
+int vu_fe_dpdk_init(struct vu_fe *fe);
+/** Port start: SET_VRING_CALL per ring, SET_FEATURES, SET_MEM_TABLE (need_reply), per
+ *  ring NUM, BASE, ADDR, KICK (indexes in RAM 0 set to the base first), then
+ *  SET_VRING_ENABLE 1 ring by ring. Returns -EIO when the backend fails the
+ *  SET_MEM_TABLE (DPDK: "Failed to start device"). */
+int vu_fe_dpdk_start(struct vu_fe *fe, uint64_t features, const struct vu_fe_vring *vrings);
+/** Port stop: SET_VRING_ENABLE 0 per ring, then GET_VRING_BASE per ring (answers to
+ *  @bases, may be NULL). */
+int vu_fe_dpdk_stop(struct vu_fe *fe, uint32_t *bases);
 
 #endif
