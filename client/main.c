@@ -1,70 +1,37 @@
 /*
  * main.c - vhost-pci-client: the driver VM's vhost-user backend (DESIGN sections 2, 4
- * and 8). QEMU's virtio-net (-netdev vhost-user) connects to --socket-path; the daemon
- * connects to the device VM's vhost-pci-server (--server) and turns what QEMU sets up
- * into vhost-pci messages, so that the device VM's driver serves the driver VM's
- * virtqueues directly:
+ * and 8). A vhost-user frontend (QEMU's virtio-net with -netdev vhost-user, DPDK's
+ * virtio-user) sets up its memory and virtqueues; the daemon turns that into
+ * vhost-pci messages to the device VM's vhost-pci-server, so that the device VM's
+ * driver serves the frontend's virtqueues directly.
  *
- *   daemon start / server (re)connect  FEATURE_BITS(--features)  -> accepted bits
- *   GET_FEATURES                       the accepted bits (+ PROTOCOL_FEATURES, a
- *                                      vhost-user bit never forwarded); deferred until
- *                                      the answer, at most FEATURES_WAIT_MS
- *   the guest starts the device        after HANDSHAKE_SETTLE_MS: MEMORY_INFO(ADD) of
- *   (SET_FEATURES, regions, vrings)    every region, FEATURE_BITS (the negotiated set),
- *                                      DEVICE_INFO(ADD) with the kick/call fds (spec
- *                                      1.5.1.1)
- *   accepted < negotiated              renegotiation round: FEATURE_BITS_ACK(accepted),
- *                                      then QEMU's connection is closed so that it
- *                                      reconnects (reconnect=N) and renegotiates the
- *                                      smaller offer
- *   ADD_MEM_REG / REM_MEM_REG          MEMORY_INFO(ADD/DEL); QEMU's REPLY_ACK is the
- *   (after the first start)            server's verdict: ADD_DONE/DEL_DONE -> success;
- *                                      ADD_FAIL/DEL_FAIL, timeout or a lost connection
- *                                      -> failure (the reason logged at warning), and
- *                                      the refused region is not in the table the
- *                                      next handshake sends (a refused removal keeps
- *                                      it). Only while QEMU's device runs and with
- *                                      --memory-refusal reply (default): while QEMU
- *                                      (re)starts it a failure would fail QEMU's vhost
- *                                      start, so the answer is success (see
- *                                      mem_may_refuse). Without REPLY_ACK negotiated
- *                                      QEMU cannot be told: the core logs it and
- *                                      applies the change (vhost_user.h, mem_added)
- *   new kick/call fd of a running ring DEVICE_INFO(ADD) update (spec 1.6.1.1)
- *   GET_VRING_BASE                     DEVICE_INFO(DEL); answered with the
- *                                      last_avail_idx of DEVICE_INFO_ACK(DEL_DONE); when
- *                                      the DEL fails QEMU's connection is dropped (no
- *                                      error reply exists; QEMU then restores the
- *                                      position from the used index)
- *   QEMU disconnects                   DEVICE_INFO(DEL), MEMORY_INFO(DEL) of everything
- *   SIGINT / SIGTERM                   DEVICE_INFO(DEL), wait for DEL_DONE (bounded), exit
- *   the server connection drops        reconnect with backoff; re-run the handshake
- *                                      when QEMU's device is started
- *   no server answer for GET_FEATURES  after FEATURES_WAIT_MS offer the protocol's set
- *                                      (VP_NET_FEATURES & --features); the handshake's
- *                                      FEATURE_BITS round settles it
+ * What happens when is the bridge's business (client/bridge.h: an explicit state
+ * machine, loop-free); this file keeps the options, the sockets and the reconnection,
+ * feeds the bridge its events and carries out its actions:
  *
- * One QEMU connection at a time (a second is refused), one frontend (device_type NET,
- * --device-id), one receiveq/transmitq pair. Answers that arrive late (for an earlier
- * start of QEMU's device, or an earlier connection) are recognised by a generation
- * number and never applied to the current one.
+ *   vhost-user core (vhost_user.h)  --events-->  bridge  --actions-->  VpClient requests
+ *   VpClient ACKs, timers           --events-->          --actions-->  vhost-user replies
  *
- * Program conventions: docs/interop/vhost-user.rst "Backend program conventions"
- * (--socket-path, --fd, --print-capabilities).
+ * Connection directions (vhost-user.rst "Backend program conventions"; OVS's
+ * dpdkvhostuser / dpdkvhostuserclient ports, DPDK's RTE_VHOST_USER_CLIENT):
+ *   --socket-path PATH          the daemon listens, the frontend connects (QEMU
+ *                               -chardev socket,path=PATH; DPDK virtio-user path=PATH)
+ *   --vhost-server-path PATH    the frontend listens (QEMU -chardev socket,server=on;
+ *                               DPDK virtio-user path=PATH,server=1) and the daemon
+ *                               connects, reconnecting with bounded backoff whenever
+ *                               the connection ends
+ *   --fd N                      an inherited socket, listening or connected
  *
- * Security model: the daemon parses no peer input itself. QEMU's requests are
- * framed and validated by the vhost-user core (client/vhost_user.c: sizes, fd counts,
- * queue indexes, regions), the server's messages by libvhostpci-client (framing, ACK
- * matching). What this file takes from the server is trusted only as far as: the ACK
- * result and reason (logged), the accepted feature bits (masked with our offer), and
- * queue positions (used only for queue indexes the frontend has). Every fd the daemon
- * keeps (dup'ed kick/call eventfds, listening socket) has one owner here and is
- * closed on replacement, stop, disconnect and exit.
+ * One frontend connection at a time (a second is refused), one NET frontend
+ * (--device-id) with one receiveq/transmitq pair.
  *
- * Threading: one thread, one GLib main loop (the global default context). A server
- * request made while QEMU waits for a reply (ADD_MEM_REG/REM_MEM_REG,
- * GET_VRING_BASE, GET_FEATURES) is asynchronous; the vhost-user core reads nothing
- * more from QEMU until the ACK's callback answers it (vu_dev_reply_*).
+ * Security model: the daemon parses no peer input itself. The frontend's requests are
+ * framed and validated by the vhost-user core (client/vhost_user.c), the server's
+ * messages by libvhostpci-client (framing, ACK matching), and the bridge trusts the
+ * server's answers only as far as client/bridge.c says. Every fd the daemon itself
+ * keeps (listening socket) has one owner here and is closed at exit.
+ *
+ * Threading: one thread, one GLib main loop (the global default context).
  */
 #define G_LOG_DOMAIN "vhost-pci-client"
 
@@ -86,6 +53,7 @@
 #include <glib-unix.h>
 #include <uuid/uuid.h>
 
+#include "bridge.h"
 #include "vhost_user.h"
 #include "vhost_user_glib.h"
 #include "vp_log_glib.h"
@@ -94,36 +62,27 @@
 
 /* Virtqueues of the frontend: one receiveq/transmitq pair (multi-queue not supported). */
 #define NQUEUES 2
-/* How long GET_FEATURES waits for the server's feature answer before offering the
- * protocol's feature set (the handshake's FEATURE_BITS round settles it later). */
-#define FEATURES_WAIT_MS 3000
-/* Delay between QEMU's start and the handshake, for late SET_VRING_CALLs. */
-#define HANDSHAKE_SETTLE_MS 20
-/* Server reconnection backoff: first retry, ceiling, and how often a still failing
- * reconnection is reported above debug level. */
+/* Reconnection backoff (server, and the frontend with --vhost-server-path): first
+ * retry, ceiling, and how often a still failing reconnection is reported above debug
+ * level. */
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
 #define RECONNECT_REPORT_US (30 * G_USEC_PER_SEC)
 /* Bits of GET_FEATURES that belong to vhost-user itself and are never forwarded. */
 #define VU_LEVEL_FEATURES (1ULL << VU_F_PROTOCOL_FEATURES)
 
-/** What the server holds of ours: a region, identified like the server does. */
-struct mirror_region {
-    uint64_t gpa, size, mmap_offset;
-    dev_t st_dev;
-    ino_t st_ino;
-};
-
-/** State of our frontend device on the server. */
-enum fe_state {
-    FE_NONE,      /* not registered (or DEVICE_INFO(DEL) sent) */
-    FE_ADDING,    /* DEVICE_INFO(ADD) sent, no ACK yet */
-    FE_ADDED,     /* DEVICE_INFO_ACK(ADD_DONE) */
+/** A connection that is retried with bounded exponential backoff. */
+struct retry {
+    guint timer;
+    unsigned delay_ms;
+    unsigned failures;
+    gint64 reported;
 };
 
 struct daemon {
     /* options */
     char *socket_path;
+    char *vhost_server_path;
     int opt_fd;
     char *server_path;
     char *uuid_opt;
@@ -135,49 +94,29 @@ struct daemon {
     gboolean print_caps;
 
     uint64_t offer;               /* virtio features asked of the server */
-    bool refusal_replies;         /* --memory-refusal reply: the server's refusal of a
-                                     hot-added region is QEMU's failure REPLY_ACK */
+    bool log_refusals_only;       /* --memory-refusal log */
     int timeout_ms;               /* per server request */
     guint8 uuid[16];
     char uuid_str[37];
     GMainLoop *loop;
     int exit_code;
 
+    struct br *br;
+    guint br_timer[BR_NTIMERS];
+
     /* vhost-user side */
-    int listen_fd;                /* -1: none (--fd with a connected socket) */
+    int listen_fd;                /* -1: none */
     bool own_socket_path;         /* we bound --socket-path: unlink at exit */
     guint listen_src;
-    struct vu_glib *vu;           /* the QEMU connection, at most one */
-    unsigned vu_gen;              /* connection number, for late callbacks */
-    bool features_deferred;       /* GET_FEATURES waits for the server */
-    guint features_timer;
-    struct vp_device_info dev;    /* the frontend as last started; kick/call fds are
-                                     ours (dup'ed), -1 when not held */
-    bool dev_valid;
-    unsigned start_gen;           /* QEMU's starts, for answers that come late */
-    bool fe_ok_this_start;        /* DEVICE_INFO(ADD) succeeded since the last start */
-    bool vrb_pending;             /* a GET_VRING_BASE waits for DEL_DONE */
-    uint32_t vrb_index;
-    unsigned vrb_gen;
-    bool pos_valid[NQUEUES];      /* positions of DEVICE_INFO_ACK(DEL_DONE) */
-    uint16_t pos[NQUEUES];
-    guint update_idle;            /* coalesced DEVICE_INFO(ADD) update */
-    guint handshake_timer;        /* settle after the start (HANDSHAKE_SETTLE_MS) */
+    bool fd_connected;            /* --fd was a connected socket: exit when it ends */
+    struct vu_glib *vu;           /* the frontend connection, at most one */
+    unsigned vu_conn;             /* connection number, for logs */
+    struct retry fe_retry;        /* --vhost-server-path */
 
     /* server side */
     VpClient *vpc;                /* NULL while not connected */
-    guint reconnect_timer;
-    unsigned reconnect_delay_ms;
-    unsigned reconnect_failures;
-    gint64 reconnect_reported;
+    struct retry srv_retry;
     bool ever_connected;
-    bool srv_features_known;
-    bool srv_features_provisional; /* srv_accepted is the fallback, not an answer */
-    uint64_t srv_accepted;
-    enum fe_state fe;
-    unsigned dels_pending;        /* DEVICE_INFO(DEL)s outstanding */
-    struct mirror_region mirror[VP_MAX_REGIONS];
-    unsigned nmirror;
 
     /* shutdown */
     bool shutting_down;
@@ -186,466 +125,389 @@ struct daemon {
 
 static struct daemon the_daemon;
 
-/* ------------------------------ helpers ------------------------------ */
-
 static struct vu_dev *vu_dev_of(struct daemon *d)
 {
     return d->vu ? vu_glib_dev(d->vu) : NULL;
 }
 
-static bool qemu_started(struct daemon *d)
+/* ------------------------------ bridge glue ------------------------------ */
+
+static void post(struct daemon *d, const struct br_event *ev)
 {
-    struct vu_dev *v = vu_dev_of(d);
-    return v && !vu_dev_is_broken(v) && vu_dev_is_started(v);
+    br_post(d->br, ev);
 }
 
-/** The virtio feature set forwarded to the device VM: SET_FEATURES without the
- *  vhost-user-level bits. */
-static uint64_t final_features(uint64_t negotiated)
+static void post_simple(struct daemon *d, enum br_event_type type)
 {
-    return negotiated & ~VU_LEVEL_FEATURES;
+    post(d, &(struct br_event){ .type = type });
 }
 
-static int dup_fd(int fd)
-{
-    if (fd < 0)
-        return -1;
-    int n = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (n < 0)
-        g_warning("dup of fd %d: %s", fd, g_strerror(errno));
-    return n;
-}
-
-static void dev_release(struct daemon *d)
-{
-    vp_device_info_close_fds(&d->dev);
-    d->dev_valid = false;
-}
-
-/** Keep a copy of the frontend as QEMU started it (fds dup'ed: ours). */
-static void dev_take(struct daemon *d, const struct vu_start_info *info)
-{
-    dev_release(d);
-    vp_device_info_init(&d->dev);
-    d->dev.op = VP_OP_ADD;
-    d->dev.device_type = VP_DEV_NET;
-    d->dev.device_id = (uint64_t)d->device_id;
-    d->dev.nvirtqs = info->nvirtqs;
-    for (unsigned i = 0; i < info->nvirtqs; i++) {
-        d->dev.virtqs[i] = info->virtqs[i];
-        d->dev.virtqs[i].kick_fd = dup_fd(info->virtqs[i].kick_fd);
-        d->dev.virtqs[i].call_fd = dup_fd(info->virtqs[i].call_fd);
-    }
-    d->dev_valid = true;
-}
-
-static int file_identity(int fd, dev_t *dev, ino_t *ino)
-{
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0)
-        return -1;
-    *dev = st.st_dev;
-    *ino = st.st_ino;
-    return 0;
-}
-
-static int mirror_find(struct daemon *d, uint64_t gpa)
-{
-    for (unsigned i = 0; i < d->nmirror; i++)
-        if (d->mirror[i].gpa == gpa)
-            return (int)i;
-    return -1;
-}
-
-static void mirror_remove(struct daemon *d, uint64_t gpa)
-{
-    int i = mirror_find(d, gpa);
-    if (i >= 0)
-        d->mirror[i] = d->mirror[--d->nmirror];
-}
-
-static void mirror_put(struct daemon *d, const struct mirror_region *m)
-{
-    int i = mirror_find(d, m->gpa);
-    if (i >= 0)
-        d->mirror[i] = *m;
-    else if (d->nmirror < VP_MAX_REGIONS)
-        d->mirror[d->nmirror++] = *m;
-}
-
-static void mirror_add(struct daemon *d, const struct vp_region *r)
-{
-    struct mirror_region m = { r->gpa, r->size, r->mmap_offset, 0, 0 };
-    if (file_identity(r->fd, &m.st_dev, &m.st_ino) < 0)
-        return;
-    mirror_put(d, &m);
-}
-
-static bool mirror_same(const struct mirror_region *m, const struct vp_region *r)
-{
-    dev_t dv;
-    ino_t in;
-    return m->gpa == r->gpa && m->size == r->size && m->mmap_offset == r->mmap_offset &&
-           file_identity(r->fd, &dv, &in) == 0 && dv == m->st_dev && in == m->st_ino;
-}
-
-/** What an asynchronous server request was sent for: answers to an earlier start
- *  of QEMU's device (or an earlier QEMU connection) must not touch the current one. */
-struct req_ctx {
+/** What a request of the bridge is waiting for (the callbacks' user data). */
+struct req {
     struct daemon *d;
-    unsigned start_gen;
-    bool for_stop;                /* DEVICE_INFO(DEL) answering GET_VRING_BASE */
-    unsigned nnew;                /* handshake: regions new to the server, */
-    uint64_t new_gpa[VP_MAX_REGIONS]; /* which a refused MEMORY_INFO did not add */
+    uint64_t token;
 };
 
-static struct req_ctx *req_ctx_new(struct daemon *d, bool for_stop)
+static struct req *req_new(struct daemon *d, uint64_t token)
 {
-    struct req_ctx *r = g_new0(struct req_ctx, 1);
+    struct req *r = g_new0(struct req, 1);
     r->d = d;
-    r->start_gen = d->start_gen;
-    r->for_stop = for_stop;
+    r->token = token;
     return r;
 }
 
-/** The reason of a request's failure as one line ("" when none). */
-static const char *why(const GError *error)
+static enum br_status status_of(const GError *error)
 {
-    return error ? error->message : "";
-}
-
-/* ------------------------------ server: features ------------------------------ */
-
-static void features_answer_qemu(struct daemon *d, uint64_t features, const char *how)
-{
-    if (d->features_timer) {
-        g_source_remove(d->features_timer);
-        d->features_timer = 0;
-    }
-    if (!d->features_deferred)
-        return;
-    d->features_deferred = false;
-    struct vu_dev *v = vu_dev_of(d);
-    if (!v)
-        return;
-    g_info("GET_FEATURES: offering QEMU 0x%" PRIx64 " (%s)", features, how);
-    int r = vu_dev_reply_features(v, features);
-    if (r < 0)
-        g_warning("GET_FEATURES: reply failed: %s", g_strerror(-r));
+    if (!error)
+        return BR_OK;
+    if (g_error_matches(error, VP_CLIENT_ERROR, VP_CLIENT_ERROR_REJECTED))
+        return BR_REJECTED;
+    if (g_error_matches(error, VP_CLIENT_ERROR, VP_CLIENT_ERROR_TIMEOUT))
+        return BR_NO_ANSWER;
+    return BR_LOST;
 }
 
 static void on_features_ack(VpClient *c, const VpClientReply *reply, const GError *error,
                             gpointer data)
 {
-    struct daemon *d = data;
-    if (c != d->vpc)
-        return;
-    if (error) {
-        g_warning("feature negotiation with the vhost-pci server failed: %s", why(error));
-        return;
-    }
-    uint64_t acc = reply->ack.feature_bits & d->offer;
-    if (!d->srv_features_known || d->srv_features_provisional || acc != d->srv_accepted)
-        g_message("device VM accepts virtio features 0x%" PRIx64 " of the offered 0x%" PRIx64,
-                  acc, d->offer);
-    d->srv_features_known = true;
-    d->srv_features_provisional = false;
-    d->srv_accepted = acc;
-    features_answer_qemu(d, acc, "accepted by the device VM");
+    struct req *r = data;
+    (void)c;
+    post(r->d, &(struct br_event){ .type = BR_EV_FEATURES_ACK, .token = r->token,
+                                   .status = status_of(error),
+                                   .reason = error ? error->message : NULL,
+                                   .features = reply ? reply->ack.feature_bits : 0 });
+    g_free(r);
 }
 
-/** FEATURE_BITS on connecting (DESIGN 4 "Feature timing"). */
-static void srv_negotiate(struct daemon *d)
+static void on_mem_ack(VpClient *c, const VpClientReply *reply, const GError *error,
+                       gpointer data)
 {
-    GError *e = NULL;
-    if (!vp_client_send_features(d->vpc, d->offer, d->timeout_ms, on_features_ack, d, &e)) {
-        g_warning("cannot send FEATURE_BITS: %s", e->message);
-        g_error_free(e);
-    }
+    struct req *r = data;
+    (void)c;
+    (void)reply;
+    post(r->d, &(struct br_event){ .type = BR_EV_MEM_ACK, .token = r->token,
+                                   .status = status_of(error),
+                                   .reason = error ? error->message : NULL });
+    g_free(r);
 }
-
-static gboolean on_features_timeout(gpointer data)
-{
-    struct daemon *d = data;
-    d->features_timer = 0;
-    uint64_t f = d->offer & VP_NET_FEATURES;
-    /* Provisional: the next GET_FEATURES gets it at once; the server's answer, when
-     * it comes, replaces it. */
-    d->srv_accepted = f;
-    d->srv_features_known = true;
-    d->srv_features_provisional = true;
-    g_warning("no feature answer from the vhost-pci server within %d ms: offering QEMU "
-              "0x%" PRIx64 " (the handshake's FEATURE_BITS round settles the final set)",
-              FEATURES_WAIT_MS, f);
-    features_answer_qemu(d, f, "server not answering");
-    return G_SOURCE_REMOVE;
-}
-
-/* ------------------------------ server: frontend device ------------------------------ */
-
-static void vring_base_answer(struct daemon *d, bool drop_qemu, const char *reason);
 
 static void on_del_ack(VpClient *c, const VpClientReply *reply, const GError *error,
                        gpointer data)
 {
-    struct req_ctx *ctx = data;
-    struct daemon *d = ctx->d;
-    /* Positions are QEMU's answer only for the stop of the current start. */
-    bool current = ctx->for_stop && ctx->start_gen == d->start_gen;
-    g_free(ctx);
+    struct req *r = data;
     (void)c;
-    if (d->dels_pending)
-        d->dels_pending--;
-    if (error) {
-        g_warning("DEVICE_INFO(DEL) of net %" G_GINT64_FORMAT " failed: %s", d->device_id,
-                  why(error));
-    } else if (!current) {
-        g_message("DEVICE_INFO_ACK(DEL_DONE) for net %" G_GINT64_FORMAT, d->device_id);
-    } else {
-        unsigned n = 0;
-        for (uint32_t i = 0; i < reply->ack.npositions; i++) {
-            const struct vp_virtq_pos *p = &reply->ack.positions[i];
-            if (p->index >= NQUEUES) {
-                g_warning("DEVICE_INFO_ACK(DEL_DONE) names virtqueue %u: ignored (the "
-                          "frontend has %u)", p->index, NQUEUES);
-                continue;
-            }
-            d->pos[p->index] = p->last_avail_idx;
-            d->pos_valid[p->index] = true;
-            n++;
-        }
-        g_message("DEVICE_INFO_ACK(DEL_DONE) for net %" G_GINT64_FORMAT ": %u virtqueue "
-                  "position(s)", d->device_id, n);
+    struct br_event ev = { .type = BR_EV_DEL_ACK, .token = r->token,
+                           .status = status_of(error),
+                           .reason = error ? error->message : NULL };
+    if (reply && !error) {
+        ev.npositions = MIN(reply->ack.npositions, (uint32_t)VP_MAX_VIRTQS);
+        memcpy(ev.positions, reply->ack.positions, ev.npositions * sizeof(ev.positions[0]));
     }
-    if (current && d->vrb_pending) {
-        /* The device VM may have moved the queues: without positions QEMU must fall
-         * back to the used index, which it does when the backend goes away. */
-        bool drop = error && d->fe_ok_this_start;
-        vring_base_answer(d, drop, why(error));
-    }
-    if (d->shutting_down && d->dels_pending == 0) {
-        g_message("shutdown: %s", error ? "DEVICE_INFO(DEL) did not complete" : "done");
-        g_main_loop_quit(d->loop);
-    }
+    post(r->d, &ev);
+    g_free(r);
 }
-
-/** DEVICE_INFO(DEL) of our frontend when the server has it (the server runs it after
- *  any ADD sent before). @for_stop: its positions answer GET_VRING_BASE. Returns true
- *  when a DEL was sent. */
-static bool srv_device_del(struct daemon *d, const char *what, bool for_stop)
-{
-    if (!d->vpc || d->fe == FE_NONE)
-        return false;
-    GError *e = NULL;
-    g_info("%s: DEVICE_INFO(DEL) of net %" G_GINT64_FORMAT, what, d->device_id);
-    d->fe = FE_NONE;
-    struct req_ctx *ctx = req_ctx_new(d, for_stop);
-    if (!vp_client_device_del(d->vpc, VP_DEV_NET, (uint64_t)d->device_id, d->timeout_ms,
-                              on_del_ack, ctx, &e)) {
-        g_free(ctx);
-        g_warning("%s: cannot send DEVICE_INFO(DEL): %s", what, e->message);
-        g_error_free(e);
-        return false;
-    }
-    d->dels_pending++;
-    return true;
-}
-
-static void on_memdel_ack(VpClient *c, const VpClientReply *reply, const GError *error,
-                          gpointer data)
-{
-    (void)c;
-    (void)reply;
-    (void)data;
-    if (error)
-        g_warning("MEMORY_INFO(DEL) failed: %s", why(error));
-    else
-        g_info("MEMORY_INFO_ACK(DEL_DONE)");
-}
-
-/** MEMORY_INFO(DEL) of every region the server holds of ours except those still in
- *  @keep (NULL: all). Asynchronous. */
-static void srv_memory_del_stale(struct daemon *d, const struct vp_region *keep, unsigned nkeep)
-{
-    struct vp_region del[VP_MAX_REGIONS];
-    unsigned n = 0;
-    for (unsigned i = 0; i < d->nmirror;) {
-        bool kept = false;
-        for (unsigned k = 0; k < nkeep && !kept; k++)
-            kept = mirror_same(&d->mirror[i], &keep[k]);
-        if (kept) {
-            i++;
-            continue;
-        }
-        del[n++] = (struct vp_region){ d->mirror[i].gpa, d->mirror[i].size,
-                                       d->mirror[i].mmap_offset, -1 };
-        d->mirror[i] = d->mirror[--d->nmirror];
-    }
-    if (n == 0 || !d->vpc)
-        return;
-    GError *e = NULL;
-    g_info("MEMORY_INFO(DEL) of %u region(s)", n);
-    if (!vp_client_memory_del(d->vpc, del, n, d->timeout_ms, on_memdel_ack, d, &e)) {
-        g_warning("cannot send MEMORY_INFO(DEL): %s", e->message);
-        g_error_free(e);
-    }
-}
-
-static gboolean drop_qemu_idle(gpointer data);
 
 static void on_renegotiate(VpClient *c, guint64 offered, guint64 accepted, gpointer data)
 {
-    struct req_ctx *ctx = data;   /* freed by on_handshake, which the confirmation
-                                     below may run: not used after it */
-    struct daemon *d = ctx->d;
-    bool current = ctx->start_gen == d->start_gen;
-    g_warning("feature renegotiation (spec 1.5.1.1): the device VM's driver accepted 0x%"
-              G_GINT64_MODIFIER "x of the negotiated 0x%" G_GINT64_MODIFIER "x; QEMU must "
-              "renegotiate the smaller set", accepted, offered);
-    /* Drop the refused bits from what QEMU is offered (bits the device VM accepted
-     * earlier and the guest did not negotiate stay). */
-    d->srv_accepted &= ~(offered & ~accepted);
-    d->srv_features_known = true;
-    d->srv_features_provisional = false;
-    /* The frontend is restricted to the accepted bits from now on (the next
-     * GET_FEATURES offers only them): confirm them as the final set. */
-    GError *e = NULL;
-    if (!vp_client_confirm_features(c, accepted, &e)) {
-        g_warning("FEATURE_BITS_ACK: %s", e->message);
-        g_error_free(e);
-    } else {
-        g_message("FEATURE_BITS_ACK(0x%" G_GINT64_MODIFIER "x) sent", accepted);
-    }
-    /* QEMU renegotiates only on a new connection (-chardev ...,reconnect=N). Drop it
-     * from the main loop, outside the library's callback. */
-    if (current)
-        g_idle_add(drop_qemu_idle, d);
+    struct req *r = data; /* freed by on_handshake */
+    (void)c;
+    post(r->d, &(struct br_event){ .type = BR_EV_RENEGOTIATE, .token = r->token,
+                                   .offered = offered, .features = accepted });
 }
 
-static void on_handshake(VpClient *c, const VpClientHandshake *r, const GError *error,
+static void on_handshake(VpClient *c, const VpClientHandshake *res, const GError *error,
                          gpointer data)
 {
-    struct req_ctx *ctx = data;
-    struct daemon *d = ctx->d;
-    bool current = ctx->start_gen == d->start_gen;
-    if (c != d->vpc || !current) {
-        if (c == d->vpc)
-            g_info("handshake of an earlier start ended: %s", error ? error->message : "done");
-        g_free(ctx);
-        return;
-    }
-    /* A refused MEMORY_INFO adds none of its regions; those the server had before
-     * (an earlier start of this connection) stay. */
-    if (r->have_memory && r->memory.ack.result != VP_ACK_ADD_DONE)
-        for (unsigned i = 0; i < ctx->nnew; i++)
-            mirror_remove(d, ctx->new_gpa[i]);
-    g_free(ctx);
-    bool dev_ok = r->have_device && r->device.ack.result == VP_ACK_ADD_DONE;
-    if (d->fe == FE_ADDING)
-        d->fe = dev_ok ? FE_ADDED : FE_NONE;
-    if (dev_ok)
-        d->fe_ok_this_start = true;
-    if (error && !dev_ok) {
-        g_warning("the device VM did not take the frontend (net %" G_GINT64_FORMAT "): %s",
-                  d->device_id, error->message);
-        return;
-    }
-    if (error) /* e.g. a region refused again at a restart (mem_may_refuse) */
-        g_warning("the device VM serves net %" G_GINT64_FORMAT " but not all of this "
-                  "start: %s (it cannot reach buffers in memory it refused)", d->device_id,
-                  error->message);
-    g_message("DEVICE_INFO_ACK(ADD_DONE): net %" G_GINT64_FORMAT " with %u virtqueues "
-              "is served by the device VM (features 0x%" G_GINT64_MODIFIER "x%s)",
-              d->device_id, d->dev.nvirtqs, r->final_features,
-              r->renegotiated ? ", renegotiated" : "");
-}
-
-/** The three-message handshake of spec 1.5.1.1 for QEMU's started device. */
-static void srv_handshake(struct daemon *d)
-{
-    struct vu_dev *v = vu_dev_of(d);
-    if (d->handshake_timer) {
-        g_source_remove(d->handshake_timer);
-        d->handshake_timer = 0;
-    }
-    if (!d->vpc || !v || !d->dev_valid)
-        return;
-    struct vp_region regions[VP_MAX_REGIONS];
-    unsigned n = vu_dev_get_regions(v, regions, VP_MAX_REGIONS);
-    if (n == 0 || n > VP_MAX_REGIONS)
-        return;
-    /* Regions the server still has that QEMU no longer has go first (a previous QEMU
-     * connection, or changes made while the server could not be reached). */
-    srv_memory_del_stale(d, regions, n);
-    uint64_t features = final_features(vu_dev_features(v));
-    GError *e = NULL;
-    g_info("handshake: MEMORY_INFO(ADD) of %u region(s), FEATURE_BITS 0x%" PRIx64
-           ", DEVICE_INFO(ADD) of net %" G_GINT64_FORMAT, n, features, d->device_id);
-    struct req_ctx *ctx = req_ctx_new(d, false);
-    for (unsigned i = 0; i < n; i++)
-        if (mirror_find(d, regions[i].gpa) < 0) /* stale ones are gone: same region */
-            ctx->new_gpa[ctx->nnew++] = regions[i].gpa;
-    if (!vp_client_handshake(d->vpc, regions, n, features, &d->dev, d->timeout_ms,
-                             on_renegotiate, on_handshake, ctx, &e)) {
-        g_free(ctx);
-        g_warning("cannot send the handshake: %s", e->message);
-        g_error_free(e);
-        return;
-    }
-    /* The server runs its jobs in order: later requests come after these. */
-    for (unsigned i = 0; i < n; i++)
-        mirror_add(d, &regions[i]);
-    d->fe = FE_ADDING;
-}
-
-static void on_update_ack(VpClient *c, const VpClientReply *reply, const GError *error,
-                          gpointer data)
-{
+    struct req *r = data;
     (void)c;
-    (void)reply;
-    struct daemon *d = data;
-    if (error)
-        g_warning("DEVICE_INFO(ADD) update of net %" G_GINT64_FORMAT " failed: %s",
-                  d->device_id, why(error));
+    struct br_event ev = { .type = BR_EV_HANDSHAKE_DONE, .token = r->token,
+                           .reason = error ? error->message : NULL,
+                           .features = res->final_features,
+                           .renegotiated = res->renegotiated };
+    /* The device's verdict, and the memory's (the error is the first failure in the
+     * order memory, features, device). */
+    if (res->have_device)
+        ev.status = res->device.ack.result == VP_ACK_ADD_DONE ? BR_OK : BR_REJECTED;
     else
-        g_info("DEVICE_INFO_ACK(ADD_DONE) for the update of net %" G_GINT64_FORMAT,
-               d->device_id);
+        ev.status = error ? status_of(error) : BR_LOST;
+    if (res->have_memory)
+        ev.mem_status = res->memory.ack.result == VP_ACK_ADD_DONE ? BR_OK : BR_REJECTED;
+    else
+        ev.mem_status = error ? status_of(error) : BR_LOST;
+    if (ev.status == BR_OK && res->have_features && error &&
+        !(res->have_memory && ev.mem_status != BR_OK))
+        ev.status = status_of(error); /* the feature round failed */
+    post(r->d, &ev);
+    g_free(r);
 }
 
-static gboolean update_idle(gpointer data)
+static gboolean br_timer_cb(gpointer data);
+
+/** Timer user data: the daemon and which timer (pointer arithmetic on the array). */
+static gboolean br_timer_cb(gpointer data)
 {
-    struct daemon *d = data;
-    d->update_idle = 0;
-    if (!d->vpc || d->fe == FE_NONE || !d->dev_valid || !qemu_started(d))
-        return G_SOURCE_REMOVE;
-    GError *e = NULL;
-    g_info("DEVICE_INFO(ADD) update of net %" G_GINT64_FORMAT " (new kick/call fds)",
-           d->device_id);
-    if (!vp_client_device_add(d->vpc, &d->dev, d->timeout_ms, on_update_ack, d, &e)) {
-        g_warning("cannot send the DEVICE_INFO(ADD) update: %s", e->message);
-        g_error_free(e);
-    }
+    guint *slot = data;
+    struct daemon *d = &the_daemon;
+    enum br_timer t = (enum br_timer)(slot - d->br_timer);
+    d->br_timer[t] = 0;
+    post_simple(d, br_timer_event(t));
     return G_SOURCE_REMOVE;
 }
+
+static void send_failed(struct daemon *d, const struct br_action *a, const char *why)
+{
+    g_warning("cannot send a request to the vhost-pci server: %s", why);
+    enum br_event_type t = a->type == BR_ACT_SEND_FEATURES ? BR_EV_FEATURES_ACK
+                         : a->type == BR_ACT_SEND_MEMORY ? BR_EV_MEM_ACK
+                         : a->type == BR_ACT_SEND_HANDSHAKE ? BR_EV_HANDSHAKE_DONE
+                         : BR_EV_DEL_ACK;
+    post(d, &(struct br_event){ .type = t, .token = a->token, .status = BR_LOST,
+                                .mem_status = BR_LOST, .reason = why });
+}
+
+/** Carry out one action of the bridge. */
+static void act(struct br *br, const struct br_action *a, void *opaque)
+{
+    struct daemon *d = opaque;
+    (void)br;
+    struct vu_dev *v = vu_dev_of(d);
+    GError *e = NULL;
+    guint64 seq = 1;
+    switch (a->type) {
+    case BR_ACT_SEND_FEATURES:
+    case BR_ACT_SEND_MEMORY:
+    case BR_ACT_SEND_HANDSHAKE:
+    case BR_ACT_SEND_DEVICE_DEL: {
+        if (!d->vpc) {
+            send_failed(d, a, "not connected");
+            break;
+        }
+        struct req *r = req_new(d, a->token);
+        if (a->type == BR_ACT_SEND_FEATURES)
+            seq = vp_client_send_features(d->vpc, a->features, d->timeout_ms,
+                                          on_features_ack, r, &e);
+        else if (a->type == BR_ACT_SEND_MEMORY && a->op == VP_OP_ADD)
+            seq = vp_client_memory_add(d->vpc, a->regions, a->nregions, d->timeout_ms,
+                                       on_mem_ack, r, &e);
+        else if (a->type == BR_ACT_SEND_MEMORY)
+            seq = vp_client_memory_del(d->vpc, a->regions, a->nregions, d->timeout_ms,
+                                       on_mem_ack, r, &e);
+        else if (a->type == BR_ACT_SEND_HANDSHAKE)
+            seq = vp_client_handshake(d->vpc, a->regions, a->nregions, a->features, a->dev,
+                                      d->timeout_ms, on_renegotiate, on_handshake, r, &e);
+        else
+            seq = vp_client_device_del(d->vpc, VP_DEV_NET, (uint64_t)d->device_id,
+                                       d->timeout_ms, on_del_ack, r, &e);
+        if (!seq) {
+            g_free(r);
+            send_failed(d, a, e->message);
+            g_error_free(e);
+        }
+        break;
+    }
+    case BR_ACT_CONFIRM_FEATURES:
+        if (!d->vpc || !vp_client_confirm_features(d->vpc, a->features, &e)) {
+            g_warning("FEATURE_BITS_ACK: %s", e ? e->message : "not connected");
+            g_clear_error(&e);
+        } else {
+            g_message("FEATURE_BITS_ACK(0x%" PRIx64 ") sent", a->features);
+        }
+        break;
+    case BR_ACT_REPLY_FEATURES:
+        if (v && vu_dev_reply_features(v, a->features) < 0)
+            g_warning("GET_FEATURES: the reply could not be sent");
+        break;
+    case BR_ACT_REPLY_MEM:
+        if (v && vu_dev_reply_mem(v, a->result) < 0)
+            g_warning("memory change: the reply could not be sent");
+        break;
+    case BR_ACT_REPLY_VRING_BASE:
+        if (v && vu_dev_reply_vring_base(v, a->index, a->base) < 0)
+            g_warning("GET_VRING_BASE %u: the reply could not be sent", a->index);
+        break;
+    case BR_ACT_DROP_FRONTEND:
+        if (v && !vu_dev_is_broken(v))
+            vu_dev_fail(v, "%s", a->reason);
+        break;
+    case BR_ACT_TIMER_START:
+        if (d->br_timer[a->timer])
+            g_source_remove(d->br_timer[a->timer]);
+        d->br_timer[a->timer] = g_timeout_add((guint)a->ms, br_timer_cb,
+                                              &d->br_timer[a->timer]);
+        break;
+    case BR_ACT_TIMER_STOP:
+        if (d->br_timer[a->timer])
+            g_source_remove(d->br_timer[a->timer]);
+        d->br_timer[a->timer] = 0;
+        break;
+    case BR_ACT_QUIT:
+        g_main_loop_quit(d->loop);
+        break;
+    }
+}
+
+static void br_log_glib(enum br_log_level level, const char *msg, void *opaque)
+{
+    (void)opaque;
+    switch (level) {
+    case BR_LOG_DEBUG:
+        g_debug("%s", msg);
+        break;
+    case BR_LOG_INFO:
+        g_info("%s", msg);
+        break;
+    case BR_LOG_MESSAGE:
+        g_message("%s", msg);
+        break;
+    case BR_LOG_WARNING:
+        g_warning("%s", msg);
+        break;
+    case BR_LOG_ERROR:
+        g_critical("%s", msg);
+        break;
+    }
+}
+
+/* ------------------------------ vhost-user callbacks ------------------------------ */
+
+static int cb_get_features(struct vu_dev *v, uint64_t *features, void *opaque)
+{
+    (void)v;
+    (void)features;
+    post_simple(opaque, BR_EV_GET_FEATURES);
+    return VU_DEFERRED; /* the core knows when the answer came from inside */
+}
+
+static void cb_features_set(struct vu_dev *v, uint64_t features, void *opaque)
+{
+    (void)v;
+    post(opaque, &(struct br_event){ .type = BR_EV_FEATURES_SET, .features = features });
+}
+
+static void cb_vring_started(struct vu_dev *v, const struct vu_vring_info *info, void *opaque)
+{
+    (void)v;
+    post(opaque, &(struct br_event){ .type = BR_EV_RING_STARTED, .ring = *info });
+}
+
+static void cb_vring_changed(struct vu_dev *v, const struct vu_vring_info *info, void *opaque)
+{
+    (void)v;
+    post(opaque, &(struct br_event){ .type = BR_EV_RING_CHANGED, .ring = *info });
+}
+
+static int cb_mem_added(struct vu_dev *v, const struct vp_region *r, void *opaque)
+{
+    (void)v;
+    post(opaque, &(struct br_event){ .type = BR_EV_MEM_ADD, .region = *r });
+    return VU_DEFERRED;
+}
+
+static int cb_mem_removed(struct vu_dev *v, const struct vp_region *r, void *opaque)
+{
+    (void)v;
+    post(opaque, &(struct br_event){ .type = BR_EV_MEM_DEL, .region = *r });
+    return VU_DEFERRED;
+}
+
+static int cb_get_vring_base(struct vu_dev *v, uint32_t index, uint16_t *last_avail_idx,
+                             void *opaque)
+{
+    (void)v;
+    (void)last_avail_idx;
+    post(opaque, &(struct br_event){ .type = BR_EV_RING_STOP, .index = index });
+    return VU_DEFERRED;
+}
+
+static void cb_drained(struct vu_dev *v, void *opaque)
+{
+    (void)v;
+    post_simple(opaque, BR_EV_DRAINED);
+}
+
+static void fe_connect(struct daemon *d);
+
+static gboolean fe_retry_cb(gpointer data)
+{
+    struct daemon *d = data;
+    d->fe_retry.timer = 0;
+    fe_connect(d);
+    return G_SOURCE_REMOVE;
+}
+
+static void retry_schedule(struct daemon *d, struct retry *r, GSourceFunc fn)
+{
+    if (d->shutting_down || r->timer)
+        return;
+    r->timer = g_timeout_add(r->delay_ms, fn, d);
+    r->delay_ms = MIN(r->delay_ms * 2, RECONNECT_MAX_MS);
+}
+
+static void retry_reset(struct retry *r)
+{
+    r->delay_ms = RECONNECT_MIN_MS;
+    r->failures = 0;
+    r->reported = g_get_monotonic_time();
+}
+
+/** A failed connection attempt: the first loudly, then a summary now and then. */
+static void retry_failed(struct retry *r, const char *what, const char *why)
+{
+    r->failures++;
+    gint64 now = g_get_monotonic_time();
+    if (r->failures == 1)
+        g_warning("cannot connect to %s: %s; retrying with backoff (up to %d ms)", what, why,
+                  RECONNECT_MAX_MS);
+    else if (now - r->reported >= RECONNECT_REPORT_US)
+        g_message("still cannot connect to %s (%u attempts): %s", what, r->failures, why);
+    else
+        g_debug("connect attempt %u to %s: %s", r->failures, what, why);
+    if (r->failures == 1 || now - r->reported >= RECONNECT_REPORT_US)
+        r->reported = now;
+}
+
+static void cb_disconnected(struct vu_dev *v, const char *reason, void *opaque)
+{
+    struct daemon *d = opaque;
+    if (v != vu_dev_of(d))
+        return;
+    g_message("frontend disconnected: %s", reason);
+    vu_glib_free(d->vu); /* deferred by the core when called from its callback */
+    d->vu = NULL;
+    post(d, &(struct br_event){ .type = BR_EV_FE_GONE, .reason = reason });
+    if (d->shutting_down)
+        return;
+    if (d->vhost_server_path) {
+        retry_reset(&d->fe_retry);
+        retry_schedule(d, &d->fe_retry, fe_retry_cb);
+    } else if (d->fd_connected) {
+        g_message("the vhost-user socket (--fd) is closed: nothing more to serve");
+        raise(SIGTERM);
+    }
+}
+
+static const struct vu_dev_ops vu_ops = {
+    .get_features = cb_get_features,
+    .features_set = cb_features_set,
+    .vring_started = cb_vring_started,
+    .mem_added = cb_mem_added,
+    .mem_removed = cb_mem_removed,
+    .vring_changed = cb_vring_changed,
+    .get_vring_base = cb_get_vring_base,
+    .drained = cb_drained,
+    .disconnected = cb_disconnected,
+};
 
 /* ------------------------------ server connection ------------------------------ */
 
 static void srv_connect(struct daemon *d);
 
-static gboolean reconnect_cb(gpointer data)
+static gboolean srv_retry_cb(gpointer data)
 {
     struct daemon *d = data;
-    d->reconnect_timer = 0;
+    d->srv_retry.timer = 0;
     srv_connect(d);
     return G_SOURCE_REMOVE;
-}
-
-static void schedule_reconnect(struct daemon *d)
-{
-    if (d->shutting_down || d->reconnect_timer)
-        return;
-    d->reconnect_timer = g_timeout_add(d->reconnect_delay_ms, reconnect_cb, d);
-    d->reconnect_delay_ms = MIN(d->reconnect_delay_ms * 2, RECONNECT_MAX_MS);
 }
 
 static gboolean unref_client_idle(gpointer data)
@@ -662,20 +524,15 @@ static void on_srv_closed(VpClient *c, const GError *error, gpointer data)
     d->vpc = NULL;
     /* Freed from the main loop: callers up the stack may still hold the pointer. */
     g_idle_add(unref_client_idle, c);
-    d->nmirror = 0;
-    d->fe = FE_NONE;
-    d->dels_pending = 0;
-    if (d->shutting_down) {
-        g_message("shutdown: the server connection closed (%s)", why(error));
-        g_main_loop_quit(d->loop);
-        return;
-    }
-    g_warning("lost the connection to the vhost-pci server %s: %s; reconnecting",
-              d->server_path, why(error));
-    d->reconnect_delay_ms = RECONNECT_MIN_MS;
-    d->reconnect_failures = 0;
-    d->reconnect_reported = g_get_monotonic_time();
-    schedule_reconnect(d);
+    if (!d->shutting_down)
+        g_warning("lost the connection to the vhost-pci server %s: %s; reconnecting",
+                  d->server_path, error ? error->message : "");
+    else
+        g_message("shutdown: the server connection closed (%s)", error ? error->message : "");
+    post(d, &(struct br_event){ .type = BR_EV_SRV_DOWN,
+                                .reason = error ? error->message : NULL });
+    retry_reset(&d->srv_retry);
+    retry_schedule(d, &d->srv_retry, srv_retry_cb);
 }
 
 static void srv_connect(struct daemon *d)
@@ -683,433 +540,35 @@ static void srv_connect(struct daemon *d)
     GError *e = NULL;
     VpClient *c = vp_client_connect(d->server_path, d->uuid, &e);
     if (!c) {
-        d->reconnect_failures++;
-        gint64 now = g_get_monotonic_time();
-        /* Bounded noise: the first failure loudly, then a summary now and then. */
-        if (d->reconnect_failures == 1)
-            g_warning("cannot connect to the vhost-pci server: %s; retrying with backoff "
-                      "(up to %d ms)", e->message, RECONNECT_MAX_MS);
-        else if (now - d->reconnect_reported >= RECONNECT_REPORT_US)
-            g_message("still cannot connect to the vhost-pci server (%u attempts): %s",
-                      d->reconnect_failures, e->message);
-        else
-            g_debug("connect attempt %u: %s", d->reconnect_failures, e->message);
-        if (d->reconnect_failures == 1 || now - d->reconnect_reported >= RECONNECT_REPORT_US)
-            d->reconnect_reported = now;
+        char what[300];
+        g_snprintf(what, sizeof(what), "the vhost-pci server %s", d->server_path);
+        retry_failed(&d->srv_retry, what, e->message);
         g_error_free(e);
-        schedule_reconnect(d);
+        retry_schedule(d, &d->srv_retry, srv_retry_cb);
         return;
     }
     d->vpc = c;
     vp_client_set_closed_func(c, on_srv_closed, d);
-    if (d->reconnect_failures)
+    if (d->srv_retry.failures)
         g_message("connected to the vhost-pci server %s after %u failed attempt(s)",
-                  d->server_path, d->reconnect_failures);
+                  d->server_path, d->srv_retry.failures);
     else
         g_message("connected to the vhost-pci server %s%s", d->server_path,
                   d->ever_connected ? " again" : "");
     d->ever_connected = true;
-    d->reconnect_failures = 0;
-    d->reconnect_delay_ms = RECONNECT_MIN_MS;
-    d->nmirror = 0;
-    d->fe = FE_NONE;
-    srv_negotiate(d);
-    if (d->vpc && qemu_started(d)) {
-        g_message("QEMU's device is running: registering it with the device VM again");
-        srv_handshake(d);
-    }
-}
-
-/* ------------------------------ vhost-user callbacks ------------------------------ */
-
-static gboolean handshake_timer_cb(gpointer data)
-{
-    struct daemon *d = data;
-    d->handshake_timer = 0;
-    if (qemu_started(d))
-        srv_handshake(d);
-    return G_SOURCE_REMOVE;
-}
-
-static void cancel_handshake_timer(struct daemon *d)
-{
-    if (d->handshake_timer) {
-        g_source_remove(d->handshake_timer);
-        d->handshake_timer = 0;
-    }
-}
-
-static int cb_get_features(struct vu_dev *v, uint64_t *features, void *opaque)
-{
-    struct daemon *d = opaque;
-    (void)v;
-    if (d->srv_features_known) {
-        *features = d->srv_accepted;
-        g_debug("GET_FEATURES: 0x%" PRIx64 " (accepted by the device VM)", *features);
-        return 0;
-    }
-    g_info("GET_FEATURES: waiting for the vhost-pci server's feature answer (at most %d ms)",
-           FEATURES_WAIT_MS);
-    d->features_deferred = true;
-    if (!d->features_timer)
-        d->features_timer = g_timeout_add(FEATURES_WAIT_MS, on_features_timeout, d);
-    return VU_DEFERRED;
-}
-
-static void cb_started(struct vu_dev *v, const struct vu_start_info *info, void *opaque)
-{
-    struct daemon *d = opaque;
-    (void)v;
-    dev_take(d, info);
-    d->start_gen++;
-    d->fe_ok_this_start = false;
-    memset(d->pos_valid, 0, sizeof(d->pos_valid));
-    g_message("QEMU started the device: %u region(s), %u virtqueue(s), features 0x%" PRIx64,
-              info->nregions, info->nvirtqs, info->features);
-    for (unsigned i = 0; i < info->nregions; i++)
-        g_info("  region gpa 0x%" PRIx64 " size 0x%" PRIx64 " mmap_offset 0x%" PRIx64,
-               info->regions[i].gpa, info->regions[i].size, info->regions[i].mmap_offset);
-    for (unsigned i = 0; i < info->nvirtqs; i++)
-        g_info("  virtqueue %u: num %u desc 0x%" PRIx64 " avail 0x%" PRIx64 " used 0x%"
-               PRIx64 " last_avail_idx %u", info->virtqs[i].index, info->virtqs[i].num,
-               info->virtqs[i].desc, info->virtqs[i].avail, info->virtqs[i].used,
-               info->virtqs[i].last_avail_idx);
-    if (!d->vpc) {
-        g_message("not connected to the vhost-pci server: the device is registered once "
-                  "the connection is back");
-        return;
-    }
-    /* QEMU sends each ring's SET_VRING_CALL right after its SET_VRING_KICK; the core
-     * may start the device in between when the socket runs dry. A short settle lets
-     * the fresh call fd into the first DEVICE_INFO (each new call fd costs the device
-     * VM a doorbell vector, and vectors are never reused). */
-    if (d->handshake_timer)
-        g_source_remove(d->handshake_timer);
-    d->handshake_timer = g_timeout_add(HANDSHAKE_SETTLE_MS, handshake_timer_cb, d);
-}
-
-/** A hot-plug MEMORY_INFO request: its ACK is QEMU's answer (vu_dev_reply_mem). */
-struct mem_req {
-    struct daemon *d;
-    unsigned vu_gen;              /* the QEMU connection waiting for the verdict */
-    bool may_refuse;              /* a failure becomes QEMU's failure REPLY_ACK */
-    struct mirror_region region;  /* what the server gains / loses */
-};
-
-/**
- * May a refused hot-plug request fail QEMU's ADD_MEM_REG/REM_MEM_REG? Only with
- * --memory-refusal reply and while QEMU's device runs. QEMU 7.2 sends memory changes
- * on two paths: for a running device (vhost_commit), where a failure reply is only
- * logged ("vhost_set_mem_table failed") and the region stays out of its table, to be
- * offered again at its next memory change; and from vhost_dev_start when it (re)starts
- * the device, where a failure fails the start ("unable to start vhost net ...
- * falling back on userspace virtio": no networking until the next device reset).
- * During a (re)start the region is therefore accepted whatever the server says, as
- * before; the handshake that follows offers it again and the device is served with
- * the memory the device VM could take.
- */
-static bool mem_may_refuse(struct daemon *d)
-{
-    struct vu_dev *v = vu_dev_of(d);
-    return d->refusal_replies && v && vu_dev_is_started(v);
-}
-
-static struct mem_req *mem_req_new(struct daemon *d, const struct vp_region *r)
-{
-    struct mem_req *q = g_new0(struct mem_req, 1);
-    q->d = d;
-    q->vu_gen = d->vu_gen;
-    q->may_refuse = mem_may_refuse(d);
-    q->region = (struct mirror_region){ r->gpa, r->size, r->mmap_offset, 0, 0 };
-    file_identity(r->fd, &q->region.st_dev, &q->region.st_ino);
-    return q;
-}
-
-/** The verdict on QEMU's pending ADD_MEM_REG/REM_MEM_REG: 0, or -EIO for a failure
- *  REPLY_ACK (success unless @q may refuse). Only for the connection @q was made for. */
-static void mem_answer_qemu(struct mem_req *q, int result, const char *what)
-{
-    struct daemon *d = q->d;
-    if (!q->may_refuse)
-        result = 0;
-    struct vu_dev *v = vu_dev_of(q->d);
-    if (!v || q->vu_gen != d->vu_gen) {
-        g_info("%s of gpa 0x%" PRIx64 ": the QEMU connection that asked is gone", what,
-               q->region.gpa);
-        return;
-    }
-    int r = vu_dev_reply_mem(v, result);
-    if (r < 0)
-        g_warning("%s of gpa 0x%" PRIx64 ": reply to QEMU failed: %s", what, q->region.gpa,
-                  g_strerror(-r));
-}
-
-/** What QEMU is told of a refusal, for the log. */
-static const char *refusal_effect(const struct mem_req *q)
-{
-    if (q->may_refuse)
-        return "QEMU gets a failure reply";
-    if (q->d->refusal_replies)
-        return "QEMU is starting the device, which a failure reply would stop: it gets "
-               "success";
-    return "--memory-refusal log: QEMU gets success";
-}
-
-/** MEMORY_INFO(DEL) of what the server holds of ours that the current QEMU connection
- *  does not have (all of it without a connection). */
-static void srv_memory_del_unowned(struct daemon *d)
-{
-    struct vp_region keep[VP_MAX_REGIONS];
-    struct vu_dev *v = vu_dev_of(d);
-    unsigned n = v && !vu_dev_is_broken(v) ? vu_dev_get_regions(v, keep, VP_MAX_REGIONS) : 0;
-    srv_memory_del_stale(d, keep, MIN(n, VP_MAX_REGIONS));
-}
-
-static void on_hot_add_ack(VpClient *c, const VpClientReply *reply, const GError *error,
-                           gpointer data)
-{
-    struct mem_req *q = data;
-    struct daemon *d = q->d;
-    const struct mirror_region *m = &q->region;
-    (void)reply;
-    if (error) {
-        /* ADD_FAIL (the server's reason), timeout or disconnect: the device VM does
-         * not have the region. */
-        g_warning("hot-add of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: %s (%s; "
-                  "the device VM cannot reach buffers placed there)", m->gpa, m->size,
-                  error->message, refusal_effect(q));
-        mem_answer_qemu(q, -EIO, "hot-add");
-        g_free(q);
-        return;
-    }
-    if (c == d->vpc)
-        mirror_put(d, m);
-    g_message("hot-added region gpa 0x%" PRIx64 " size 0x%" PRIx64
-              ": MEMORY_INFO_ACK(ADD_DONE)", m->gpa, m->size);
-    if (!vu_dev_of(d) || q->vu_gen != d->vu_gen)
-        srv_memory_del_unowned(d); /* its QEMU left meanwhile: not ours to keep */
-    else
-        mem_answer_qemu(q, 0, "hot-add");
-    g_free(q);
-}
-
-static void on_hot_del_ack(VpClient *c, const VpClientReply *reply, const GError *error,
-                           gpointer data)
-{
-    struct mem_req *q = data;
-    struct daemon *d = q->d;
-    const struct mirror_region *m = &q->region;
-    (void)reply;
-    (void)c;
-    if (error) {
-        g_warning("hot-remove of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: %s "
-                  "(%s)", m->gpa, m->size, error->message, refusal_effect(q));
-        mem_answer_qemu(q, -EIO, "hot-remove");
-    } else {
-        mirror_remove(d, m->gpa);
-        g_message("hot-removed region gpa 0x%" PRIx64 " size 0x%" PRIx64
-                  ": MEMORY_INFO_ACK(DEL_DONE)", m->gpa, m->size);
-        mem_answer_qemu(q, 0, "hot-remove");
-    }
-    g_free(q);
-}
-
-static int cb_mem_added(struct vu_dev *v, const struct vp_region *r, void *opaque)
-{
-    struct daemon *d = opaque;
-    (void)v;
-    if (!d->vpc || (d->nmirror == 0 && d->fe == FE_NONE)) {
-        g_info("region gpa 0x%" PRIx64 " size 0x%" PRIx64 " added; the device VM gets it "
-               "with the next handshake", r->gpa, r->size);
-        return 0;
-    }
-    /* QEMU waits for this request's reply: it gets the server's verdict. */
-    GError *e = NULL;
-    g_info("hot-add: MEMORY_INFO(ADD) of gpa 0x%" PRIx64 " size 0x%" PRIx64, r->gpa, r->size);
-    struct mem_req *q = mem_req_new(d, r);
-    if (!vp_client_memory_add(d->vpc, r, 1, d->timeout_ms, on_hot_add_ack, q, &e)) {
-        g_warning("hot-add of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: cannot "
-                  "send MEMORY_INFO(ADD): %s (%s)", r->gpa, r->size, e->message,
-                  refusal_effect(q));
-        g_error_free(e);
-        int ret = q->may_refuse ? -EIO : 0;
-        g_free(q);
-        return ret;
-    }
-    return VU_DEFERRED;
-}
-
-static int cb_mem_removed(struct vu_dev *v, const struct vp_region *r, void *opaque)
-{
-    struct daemon *d = opaque;
-    (void)v;
-    if (!d->vpc || mirror_find(d, r->gpa) < 0) {
-        g_info("region gpa 0x%" PRIx64 " size 0x%" PRIx64 " removed (not on the server)",
-               r->gpa, r->size);
-        return 0;
-    }
-    struct vp_region del = { r->gpa, r->size, r->mmap_offset, -1 };
-    GError *e = NULL;
-    g_info("hot-remove: MEMORY_INFO(DEL) of gpa 0x%" PRIx64 " size 0x%" PRIx64, r->gpa,
-           r->size);
-    struct mem_req *q = mem_req_new(d, r);
-    if (!vp_client_memory_del(d->vpc, &del, 1, d->timeout_ms, on_hot_del_ack, q, &e)) {
-        g_warning("hot-remove of region gpa 0x%" PRIx64 " failed: cannot send "
-                  "MEMORY_INFO(DEL): %s (%s)", r->gpa, e->message, refusal_effect(q));
-        g_error_free(e);
-        int ret = q->may_refuse ? -EIO : 0;
-        g_free(q);
-        return ret;
-    }
-    return VU_DEFERRED;
-}
-
-static void cb_vring_changed(struct vu_dev *v, const struct vp_virtq *vq, bool enabled,
-                             void *opaque)
-{
-    struct daemon *d = opaque;
-    (void)v;
-    if (!d->dev_valid)
-        return;
-    for (unsigned i = 0; i < d->dev.nvirtqs; i++) {
-        struct vp_virtq *q = &d->dev.virtqs[i];
-        if (q->index != vq->index)
-            continue;
-        vp_close_fd(&q->kick_fd);
-        vp_close_fd(&q->call_fd);
-        q->kick_fd = dup_fd(vq->kick_fd);
-        q->call_fd = dup_fd(vq->call_fd);
-    }
-    g_info("virtqueue %u changed (%s, kick fd %s, call fd %s)", vq->index,
-           enabled ? "enabled" : "disabled", vq->kick_fd >= 0 ? "set" : "none",
-           vq->call_fd >= 0 ? "set" : "none");
-    if (!enabled)
-        g_info("vhost-pci has no per-queue enable: virtqueue %u stays with the device VM",
-               vq->index);
-    if (d->fe != FE_NONE && !d->update_idle)
-        d->update_idle = g_idle_add(update_idle, d);
-}
-
-static int cb_get_vring_base(struct vu_dev *v, uint32_t index, uint16_t *last_avail_idx,
-                             void *opaque)
-{
-    struct daemon *d = opaque;
-    (void)v;
-    if (index < NQUEUES && d->pos_valid[index]) {
-        *last_avail_idx = d->pos[index];
-        g_info("GET_VRING_BASE %u: %u (from DEVICE_INFO_ACK(DEL_DONE))", index, *last_avail_idx);
-        return 0;
-    }
-    cancel_handshake_timer(d); /* stopped before it was registered */
-    if (!srv_device_del(d, "QEMU stops the device", true)) {
-        /* The device VM never served this start: the queue did not move. */
-        g_info("GET_VRING_BASE %u: %u (the device VM does not serve the queue)", index,
-               *last_avail_idx);
-        return 0;
-    }
-    d->vrb_pending = true;
-    d->vrb_index = index;
-    d->vrb_gen = d->vu_gen;
-    return VU_DEFERRED;
-}
-
-static void vring_base_answer(struct daemon *d, bool drop_qemu, const char *reason)
-{
-    d->vrb_pending = false;
-    struct vu_dev *v = vu_dev_of(d);
-    if (!v || d->vrb_gen != d->vu_gen)
-        return;
-    uint32_t index = d->vrb_index;
-    if (drop_qemu) {
-        /* GET_VRING_BASE has no error reply: without the backend QEMU restores the
-         * queue position from the used index itself (hw/virtio/vhost.c). */
-        vu_dev_fail(v, "GET_VRING_BASE %u: the device VM did not hand back the queue "
-                    "positions (%s)", index, reason);
-        return;
-    }
-    uint16_t val = 0;
-    if (index < NQUEUES && d->pos_valid[index]) {
-        val = d->pos[index];
-    } else {
-        for (unsigned i = 0; i < d->dev.nvirtqs; i++)
-            if (d->dev.virtqs[i].index == index)
-                val = d->dev.virtqs[i].last_avail_idx;
-    }
-    g_info("GET_VRING_BASE %u: %u", index, val);
-    int r = vu_dev_reply_vring_base(v, index, val);
-    if (r < 0)
-        g_warning("GET_VRING_BASE %u: reply failed: %s", index, g_strerror(-r));
-}
-
-static void cb_disconnected(struct vu_dev *v, const char *reason, void *opaque);
-
-static const struct vu_dev_ops vu_ops = {
-    .get_features = cb_get_features,
-    .started = cb_started,
-    .mem_added = cb_mem_added,
-    .mem_removed = cb_mem_removed,
-    .vring_changed = cb_vring_changed,
-    .get_vring_base = cb_get_vring_base,
-    .disconnected = cb_disconnected,
-};
-
-static void qemu_gone(struct daemon *d)
-{
-    cancel_handshake_timer(d);
-    d->start_gen++; /* late answers belong to this connection */
-    if (d->features_timer) {
-        g_source_remove(d->features_timer);
-        d->features_timer = 0;
-    }
-    if (d->update_idle) {
-        g_source_remove(d->update_idle);
-        d->update_idle = 0;
-    }
-    d->features_deferred = false;
-    d->vrb_pending = false;
-    memset(d->pos_valid, 0, sizeof(d->pos_valid));
-    /* The driver VM's frontend and memory are gone for the device VM too. */
-    if (!d->shutting_down) {
-        srv_device_del(d, "QEMU disconnected", false);
-        srv_memory_del_stale(d, NULL, 0);
-    }
-    dev_release(d);
-    vu_glib_free(d->vu); /* deferred by the core when called from its callback */
-    d->vu = NULL;
-}
-
-static void cb_disconnected(struct vu_dev *v, const char *reason, void *opaque)
-{
-    struct daemon *d = opaque;
-    if (v != vu_dev_of(d))
-        return;
-    g_message("QEMU disconnected: %s", reason);
-    qemu_gone(d);
-    if (d->listen_fd < 0 && !d->shutting_down) {
-        g_message("the vhost-user socket (--fd) is closed: nothing more to serve");
-        raise(SIGTERM);
-    }
-}
-
-static gboolean drop_qemu_idle(gpointer data)
-{
-    struct daemon *d = data;
-    struct vu_dev *v = vu_dev_of(d);
-    if (v && !vu_dev_is_broken(v))
-        vu_dev_fail(v, "feature renegotiation: the device VM accepts only 0x%" PRIx64
-                    "; reconnect (QEMU: -chardev socket,...,reconnect=N) to renegotiate",
-                    d->srv_accepted);
-    return G_SOURCE_REMOVE;
+    retry_reset(&d->srv_retry);
+    post_simple(d, BR_EV_SRV_UP);
 }
 
 /* ------------------------------ vhost-user socket ------------------------------ */
 
+/** Serve the connected vhost-user socket @sock (taken over). */
 static void serve_connection(struct daemon *d, int sock)
 {
     struct vu_dev *old = vu_dev_of(d);
     if (old && vu_dev_fd(old) >= 0) {
-        /* QEMU reconnecting (reconnect=N) may be accepted before the main loop has
-         * seen the old connection's end: look at it now. */
+        /* A frontend reconnecting (QEMU reconnect=N) may be accepted before the main
+         * loop has seen the old connection's end: look at it now. */
         struct pollfd p = { .fd = vu_dev_fd(old), .events = POLLRDHUP };
         if (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
             vu_dev_fail(old, "the frontend closed the connection (a new one replaces it)");
@@ -1121,13 +580,39 @@ static void serve_connection(struct daemon *d, int sock)
     }
     struct vu_dev_config cfg = { .nqueues = NQUEUES };
     vp_error err = { "" };
-    d->vu_gen++;
+    d->vu_conn++;
     d->vu = vu_glib_new(sock, &cfg, &vu_ops, d, NULL, &err);
     if (!d->vu) {
         g_warning("cannot serve the vhost-user connection: %s", err.msg);
         return;
     }
-    g_message("QEMU connected (vhost-user connection %u)", d->vu_gen);
+    g_message("frontend connected (vhost-user connection %u)", d->vu_conn);
+    post_simple(d, BR_EV_FE_CONNECTED);
+}
+
+/** --vhost-server-path: connect to the frontend's listening socket. */
+static void fe_connect(struct daemon *d)
+{
+    if (d->shutting_down || d->vu)
+        return;
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_strlcpy(sa.sun_path, d->vhost_server_path, sizeof(sa.sun_path));
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        char what[300];
+        g_snprintf(what, sizeof(what), "the frontend's vhost-user socket %s",
+                   d->vhost_server_path);
+        retry_failed(&d->fe_retry, what, g_strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        retry_schedule(d, &d->fe_retry, fe_retry_cb);
+        return;
+    }
+    if (d->fe_retry.failures)
+        g_message("connected to the frontend's vhost-user socket %s after %u failed "
+                  "attempt(s)", d->vhost_server_path, d->fe_retry.failures);
+    retry_reset(&d->fe_retry);
+    serve_connection(d, fd);
 }
 
 static gboolean on_accept(gint fd, GIOCondition cond, gpointer data);
@@ -1198,8 +683,7 @@ static int listen_unix(const char *path, vp_error *err)
         int e = errno;
         if (fd >= 0)
             close(fd);
-        vp_fail(err, -1, "--socket-path %s: %s", path,
-                    g_strerror(e));
+        vp_fail(err, -1, "--socket-path %s: %s", path, g_strerror(e));
         return -1;
     }
     return fd;
@@ -1220,13 +704,13 @@ static int adopt_fd(struct daemon *d, int fd, vp_error *err)
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc) {
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-            vp_fail(err, -1, "--fd %d: %s", fd,
-                        g_strerror(errno));
+            vp_fail(err, -1, "--fd %d: %s", fd, g_strerror(errno));
             return -1;
         }
         d->listen_fd = fd;
         return 0;
     }
+    d->fd_connected = true;
     serve_connection(d, fd);
     return d->vu ? 0 : -1;
 }
@@ -1257,15 +741,14 @@ static gboolean on_signal(gpointer data)
         g_source_remove(d->listen_src);
         d->listen_src = 0;
     }
-    if (d->reconnect_timer) {
-        g_source_remove(d->reconnect_timer);
-        d->reconnect_timer = 0;
-    }
-    if (srv_device_del(d, "shutdown", false) || d->dels_pending > 0) {
-        d->shutdown_timer = g_timeout_add(d->timeout_ms + 1000, shutdown_deadline, d);
-        return G_SOURCE_CONTINUE;
-    }
-    g_main_loop_quit(d->loop);
+    struct retry *rs[] = { &d->srv_retry, &d->fe_retry };
+    for (unsigned i = 0; i < G_N_ELEMENTS(rs); i++)
+        if (rs[i]->timer) {
+            g_source_remove(rs[i]->timer);
+            rs[i]->timer = 0;
+        }
+    d->shutdown_timer = g_timeout_add(d->timeout_ms + 1000, shutdown_deadline, d);
+    post_simple(d, BR_EV_SHUTDOWN);
     return G_SOURCE_CONTINUE;
 }
 
@@ -1275,11 +758,17 @@ static int parse_options(struct daemon *d, int argc, char **argv)
 {
     GOptionEntry entries[] = {
         { "socket-path", 's', 0, G_OPTION_ARG_FILENAME, &d->socket_path,
-          "vhost-user UNIX socket to listen on; QEMU connects (-chardev socket,path=PATH "
-          "-netdev vhost-user). Incompatible with --fd", "PATH" },
+          "vhost-user UNIX socket to listen on; the frontend connects (QEMU: -chardev "
+          "socket,path=PATH -netdev vhost-user; DPDK: --vdev net_virtio_user0,path=PATH)",
+          "PATH" },
+        { "vhost-server-path", 0, 0, G_OPTION_ARG_FILENAME, &d->vhost_server_path,
+          "The frontend's listening vhost-user socket: the daemon connects and reconnects "
+          "with backoff whenever the connection ends (QEMU: -chardev socket,path=PATH,"
+          "server=on; DPDK: --vdev net_virtio_user0,path=PATH,server=1; like OVS's "
+          "dpdkvhostuserclient ports)", "PATH" },
         { "fd", 0, 0, G_OPTION_ARG_INT, &d->opt_fd,
-          "Use this inherited vhost-user socket (listening, or connected to QEMU). "
-          "Incompatible with --socket-path", "FDNUM" },
+          "Use this inherited vhost-user socket (listening, or connected to the frontend)",
+          "FDNUM" },
         { "print-capabilities", 0, 0, G_OPTION_ARG_NONE, &d->print_caps,
           "Print the backend capabilities (JSON, vhost-user.json) and exit", NULL },
         { "server", 'S', 0, G_OPTION_ARG_FILENAME, &d->server_path,
@@ -1293,11 +782,13 @@ static int parse_options(struct daemon *d, int argc, char **argv)
           "virtio-net feature bits offered to the device VM (default: the vhost-pci-net "
           "set, VP_NET_FEATURES)", "MASK" },
         { "memory-refusal", 0, 0, G_OPTION_ARG_STRING, &d->memory_refusal_opt,
-          "When the device VM refuses memory QEMU hot-adds (or -removes) while its device "
-          "runs: 'reply' (default) answers QEMU's ADD_MEM_REG/REM_MEM_REG with a failure "
-          "(QEMU logs it and keeps the region out of its table); 'log' only logs it and "
-          "answers success. While QEMU (re)starts its device the answer is always success "
-          "(a failure there would stop QEMU's vhost-user networking)", "reply|log" },
+          "When the device VM refuses the frontend's memory: 'reply' (default) answers "
+          "the frontend's SET_MEM_TABLE/ADD_MEM_REG/REM_MEM_REG with a failure when it "
+          "survives one: for memory hot-plugged while its device runs (QEMU logs it and "
+          "keeps the region out) and for its first memory (nothing could be served: DPDK "
+          "reports a failed start, QEMU a failed vhost start); 'log' only logs it and "
+          "answers success. A frontend restarting its device with memory the device VM "
+          "has always gets success", "reply|log" },
         { "ack-timeout", 't', 0, G_OPTION_ARG_DOUBLE, &d->ack_timeout_s,
           "Seconds to wait for each server ACK (default 15)", "SECONDS" },
         { "log-level", 0, 0, G_OPTION_ARG_STRING, &d->log_level,
@@ -1306,15 +797,21 @@ static int parse_options(struct daemon *d, int argc, char **argv)
     };
     GOptionContext *ctx = g_option_context_new("- vhost-user backend of a driver VM for vhost-pci");
     g_option_context_set_summary(ctx,
-        "The vhost-user backend of the driver VM's virtio-net: relays QEMU's memory,\n"
-        "features and virtqueues to the device VM's vhost-pci-server (DESIGN.md 4), whose\n"
-        "guest driver then serves the queues through shared memory.");
+        "The vhost-user backend of a driver VM's virtio-net (QEMU) or of a DPDK\n"
+        "virtio-user port: relays the frontend's memory, features and virtqueues to the\n"
+        "device VM's vhost-pci-server (DESIGN.md 4), whose guest driver then serves the\n"
+        "queues through shared memory.");
     g_option_context_set_description(ctx,
-        "Example:\n"
+        "Examples:\n"
         "  vhost-pci-client --socket-path /run/vu.sock --server /run/vp.sock --device-id 1\n"
         "  qemu-system-x86_64 ... -object memory-backend-memfd,id=mem0,size=512M,share=on \\\n"
         "      -numa node,memdev=mem0 -chardev socket,id=vu,path=/run/vu.sock,reconnect=1 \\\n"
         "      -netdev vhost-user,id=n0,chardev=vu -device virtio-net-pci,netdev=n0,vectors=0\n"
+        "  dpdk-testpmd --no-pci --vdev net_virtio_user0,path=/run/vu.sock -- ...\n"
+        "The frontend listening (reconnects survive a daemon restart):\n"
+        "  dpdk-testpmd --no-pci --vdev net_virtio_user0,path=/run/vu.sock,server=1 -- ...\n"
+        "  vhost-pci-client --vhost-server-path /run/vu.sock --server /run/vp.sock\n"
+        "DPDK's and hugetlbfs memory is never sealed: the server needs --allow-unsealed.\n"
         "SIGINT/SIGTERM: DEVICE_INFO(DEL) of the frontend, wait for DEL_DONE (bounded by\n"
         "--ack-timeout), exit.\n");
     g_option_context_add_main_entries(ctx, entries, NULL);
@@ -1339,10 +836,18 @@ static int parse_options(struct daemon *d, int argc, char **argv)
         fprintf(stderr, "vhost-pci-client: --log-level must be error, warning, info or debug\n");
         return 2;
     }
-    if (!!d->socket_path == (d->opt_fd >= 0)) {
-        fprintf(stderr, "vhost-pci-client: give exactly one of --socket-path PATH and --fd "
-                "FDNUM\n");
+    if (!!d->socket_path + (d->opt_fd >= 0) + !!d->vhost_server_path != 1) {
+        fprintf(stderr, "vhost-pci-client: give exactly one of --socket-path PATH, "
+                "--vhost-server-path PATH and --fd FDNUM\n");
         return 2;
+    }
+    if (d->vhost_server_path) {
+        struct sockaddr_un sa;
+        if (strlen(d->vhost_server_path) >= sizeof(sa.sun_path)) {
+            fprintf(stderr, "vhost-pci-client: --vhost-server-path %s: longer than %zu "
+                    "bytes\n", d->vhost_server_path, sizeof(sa.sun_path) - 1);
+            return 2;
+        }
     }
     if (!d->server_path) {
         fprintf(stderr, "vhost-pci-client: --server PATH is required (see --help)\n");
@@ -1357,9 +862,9 @@ static int parse_options(struct daemon *d, int argc, char **argv)
         return 2;
     }
     if (!d->memory_refusal_opt || strcmp(d->memory_refusal_opt, "reply") == 0) {
-        d->refusal_replies = true;
+        d->log_refusals_only = false;
     } else if (strcmp(d->memory_refusal_opt, "log") == 0) {
-        d->refusal_replies = false;
+        d->log_refusals_only = true;
     } else {
         fprintf(stderr, "vhost-pci-client: --memory-refusal must be reply or log\n");
         return 2;
@@ -1385,19 +890,17 @@ static int parse_options(struct daemon *d, int argc, char **argv)
         }
         d->offer = v;
     }
+    uuid_t u;
     if (d->uuid_opt) {
-        uuid_t u;
         if (uuid_parse(d->uuid_opt, u) < 0) {
             fprintf(stderr, "vhost-pci-client: --uuid '%s' is not a UUID "
                     "(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)\n", d->uuid_opt);
             return 2;
         }
-        memcpy(d->uuid, u, 16);
     } else {
-        uuid_t u;
         uuid_generate_random(u);
-        memcpy(d->uuid, u, 16);
     }
+    memcpy(d->uuid, u, 16);
     uuid_unparse_lower(d->uuid, d->uuid_str);
     return -1;
 }
@@ -1410,8 +913,8 @@ int main(int argc, char **argv)
     d->device_id = 1;
     d->ack_timeout_s = 15.0;
     d->listen_fd = -1;
-    d->reconnect_delay_ms = RECONNECT_MIN_MS;
-    vp_device_info_init(&d->dev);
+    retry_reset(&d->srv_retry);
+    retry_reset(&d->fe_retry);
 
     int rc = parse_options(d, argc, argv);
     if (rc >= 0) {
@@ -1426,6 +929,13 @@ int main(int argc, char **argv)
     vp_log_install();
     signal(SIGPIPE, SIG_IGN);
 
+    struct br_config bc = { .device_id = (uint64_t)d->device_id, .offer = d->offer,
+                            .nqueues = NQUEUES, .log_refusals_only = d->log_refusals_only };
+    d->br = br_new(&bc, act, br_log_glib, d);
+    if (!d->br) {
+        fprintf(stderr, "vhost-pci-client: out of memory\n");
+        return 1;
+    }
     d->loop = g_main_loop_new(NULL, FALSE);
     vp_error err = { "" };
     if (d->socket_path) {
@@ -1435,7 +945,7 @@ int main(int argc, char **argv)
             return 1;
         }
         d->own_socket_path = true;
-    } else if (adopt_fd(d, d->opt_fd, &err) < 0) {
+    } else if (d->opt_fd >= 0 && adopt_fd(d, d->opt_fd, &err) < 0) {
         fprintf(stderr, "vhost-pci-client: %s\n", err.msg[0] ? err.msg : "cannot use --fd");
         return 1;
     }
@@ -1444,24 +954,28 @@ int main(int argc, char **argv)
     g_unix_signal_add(SIGINT, on_signal, d);
     g_unix_signal_add(SIGTERM, on_signal, d);
 
-    char *where = d->socket_path ? g_strdup(d->socket_path) : g_strdup_printf("fd %d", d->opt_fd);
+    char *where = d->socket_path ? g_strdup_printf("listening on %s", d->socket_path)
+                : d->vhost_server_path ? g_strdup_printf("connecting to %s", d->vhost_server_path)
+                : g_strdup_printf("fd %d", d->opt_fd);
     g_message("client_uuid %s, device_id %" G_GINT64_FORMAT ", vhost-user socket %s, "
               "server %s, offering features 0x%" PRIx64, d->uuid_str, d->device_id, where,
               d->server_path, d->offer);
     g_free(where);
     srv_connect(d);
+    if (d->vhost_server_path)
+        fe_connect(d);
 
     g_main_loop_run(d->loop);
 
-    /* Exit: QEMU's connection, the server connection, the socket. */
+    /* Exit: the frontend connection, the server connection, the socket. */
     if (d->vu) {
         vu_glib_free(d->vu);
         d->vu = NULL;
     }
-    dev_release(d);
     if (d->vpc) {
         VpClient *c = d->vpc;
         d->vpc = NULL;
+        vp_client_set_closed_func(c, NULL, NULL);
         vp_client_close(c);
         vp_client_unref(c);
     }
@@ -1470,12 +984,18 @@ int main(int argc, char **argv)
     vp_close_fd(&d->listen_fd);
     if (d->own_socket_path)
         unlink(d->socket_path);
-    /* Sources (idle unrefs) still pending are dropped with the context. */
+    /* Sources (idle unrefs, timers) still pending are dropped with the context; the
+     * bridge goes after the last callback that could post to it. */
     while (g_main_context_iteration(NULL, FALSE))
         ;
+    for (unsigned t = 0; t < BR_NTIMERS; t++)
+        if (d->br_timer[t])
+            g_source_remove(d->br_timer[t]);
+    br_free(d->br);
     g_main_loop_unref(d->loop);
     g_message("stopped");
     g_free(d->socket_path);
+    g_free(d->vhost_server_path);
     g_free(d->server_path);
     g_free(d->uuid_opt);
     g_free(d->log_level);

@@ -4,7 +4,7 @@
 # of other owners are not written yet.
 #   $(B)/libvhostpci-client.a   link before $(B)/libvhostpci.a
 
-VPCLIENT_SRCS := client/vpclient_core.c client/vpclient_glib.c client/vpclient_ops.c \
+VPCLIENT_SRCS := client/vpclient_core.c client/vpclient_glib.c client/vpclient_ops.c client/bridge.c \
                  $(wildcard client/vhost_user.c)
 VPCLIENT_OBJS := $(VPCLIENT_SRCS:%.c=$(B)/%.o)
 
@@ -30,6 +30,14 @@ $(B)/tests/unit/test-vhost-user.o $(B)/tests/integration/vu_frontend.o: | $(VP_P
 $(B)/tests/unit/test-vhost-user: $(B)/tests/unit/test-vhost-user.o \
     $(B)/tests/integration/vu_frontend.o $(VU_OBJS) $(B)/tests/testutil.o \
     $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+
+# The bridge state machine behind the real vhost-user core, with a scripted server.
+$(B)/tests/unit/test-bridge.o: CFLAGS_HOST += -Iclient -Itests -Itests/integration
+$(B)/tests/unit/test-bridge.o: | $(VP_PB_H)
+$(B)/tests/unit/test-bridge: $(B)/tests/unit/test-bridge.o \
+    $(B)/tests/integration/vu_frontend.o $(VU_OBJS) $(B)/client/bridge.o \
+    $(B)/tests/testutil.o $(B)/libvhostpci.a
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 # ---- end of h8 block ----
 

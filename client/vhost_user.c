@@ -110,13 +110,14 @@ struct vu_vring {
     bool have_num, have_addr, have_base, have_kick, have_call;
     bool call_fresh;          /* a SET_VRING_CALL came after the last SET_VRING_KICK */
     bool enabled;             /* SET_VRING_ENABLE */
-    bool running;             /* part of the started device, until GET_VRING_BASE */
+    bool running;             /* complete and started (ops->vring_started), until
+                                 GET_VRING_BASE */
 };
 
 /**
  * A memory change in progress (ADD_MEM_REG, REM_MEM_REG, SET_MEM_TABLE): the regions
- * it removes, then the ones it adds, applied one at a time in that order. Each one the
- * user has to see (after the first start) waits for its verdict (ops->mem_added /
+ * it removes, then the ones it adds, applied one at a time in that order. Each one
+ * waits for the user's verdict (ops->mem_added /
  * mem_removed, possibly deferred to vu_dev_reply_mem); the request is answered once
  * every change has one.
  */
@@ -167,8 +168,6 @@ struct vu_dev {
     struct vu_mem mem;
     struct vu_mem scratch;    /* candidate table while a change is validated */
     struct vu_vring vq[VU_MAX_QUEUES];
-    bool started;
-    bool announced;           /* the user has seen a memory table (first start) */
 
     /* deferred reply */
     uint32_t pending;         /* VU_NONE, VU_GET_FEATURES, VU_GET_VRING_BASE, or the
@@ -185,7 +184,7 @@ struct vu_dev {
     bool want_input;          /* last state told to the watch hook */
     vp_error err;
 
-    struct vu_start_info info; /* scratch for ops->started */
+    struct vu_vring_info info; /* scratch for ops->vring_started / vring_changed */
 };
 
 /* ---- Small helpers ---- */
@@ -470,6 +469,14 @@ static void vu_vring_describe(const struct vu_dev *dev, uint32_t index, struct v
     out->call_fd = q->call_fd;
 }
 
+static bool vu_any_running(const struct vu_dev *dev)
+{
+    for (uint32_t i = 0; i < dev->cfg.nqueues; i++)
+        if (dev->vq[i].running)
+            return true;
+    return false;
+}
+
 /** The frontend stopped vring @index (GET_VRING_BASE): it re-sends num, base,
  *  addresses and kick at the next start; call and enable stay. */
 static void vu_vring_stop(struct vu_dev *dev, uint32_t index)
@@ -479,18 +486,13 @@ static void vu_vring_stop(struct vu_dev *dev, uint32_t index)
     q->running = false;
     q->have_num = q->have_addr = q->have_base = q->have_kick = false;
     vp_close_fd(&q->kick_fd);
-    if (!was_running || !dev->started)
-        return;
-    for (uint32_t i = 0; i < dev->cfg.nqueues; i++)
-        if (dev->vq[i].running)
-            return;
-    dev->started = false;
-    vu_log(dev, VU_LOG_INFO, "vhost-user: device stopped");
+    if (was_running && !vu_any_running(dev))
+        vu_log(dev, VU_LOG_INFO, "vhost-user: device stopped (no virtqueue runs)");
 }
 
-/** Does vring @q take part in the device? With VHOST_USER_F_PROTOCOL_FEATURES,
- *  enabled rings do (SET_VRING_ENABLE); without it every configured queue does. */
-static bool vu_vring_in_device(const struct vu_dev *dev, const struct vu_vring *q)
+/** Is vring @q enabled? With VHOST_USER_F_PROTOCOL_FEATURES it is what
+ *  SET_VRING_ENABLE said; without it every ring is enabled (vhost-user.rst). */
+static bool vu_vring_enabled(const struct vu_dev *dev, const struct vu_vring *q)
 {
     if (dev->features & (1ULL << VU_F_PROTOCOL_FEATURES))
         return q->enabled;
@@ -499,62 +501,49 @@ static bool vu_vring_in_device(const struct vu_dev *dev, const struct vu_vring *
 
 static bool vu_vring_complete(const struct vu_vring *q)
 {
-    return q->have_num && q->have_addr && q->have_base && q->have_kick && q->have_call;
+    return q->have_num && q->have_addr && q->have_base && q->have_kick;
+}
+
+/** Fill dev->info for vring @index (translated when running). */
+static int vu_vring_info_fill(struct vu_dev *dev, uint32_t index)
+{
+    const struct vu_vring *q = &dev->vq[index];
+    struct vu_vring_info *info = &dev->info;
+    memset(info, 0, sizeof(*info));
+    vu_vring_describe(dev, index, &info->vq);
+    info->running = q->running;
+    info->enabled = vu_vring_enabled(dev, q);
+    info->call_fresh = q->call_fresh;
+    if (!q->running)
+        return 0;
+    return vu_vring_translate(dev, &dev->mem, index, q, q->num, &info->vq);
 }
 
 /**
- * Start the device when everything is there (see ops->started).
- * The call fd: QEMU 7.2 sets one at init (its masked notifier) and the real one right
- * after each ring's SET_VRING_KICK, so a ring waits for a SET_VRING_CALL that follows
- * its kick. A frontend that sets call before kick (QEMU with MSI-X unmasks first) sends
- * none after: for it the device starts once the socket is drained (@drained), with the
- * call fds as they are.
+ * Start every vring that has become complete (see ops->vring_started): features set,
+ * a memory table, num, addresses, base and kick. The call fd is not required: QEMU 7.2
+ * sends its real one right after the kick (info.call_fresh tells), a polling frontend
+ * none. Returns -EINVAL (reason in dev->err) when a ring no longer translates.
  */
-static int vu_check_start(struct vu_dev *dev, bool drained)
+static int vu_check_rings(struct vu_dev *dev)
 {
-    if (dev->started || !dev->features_set || dev->mem.n == 0)
+    if (!dev->features_set || dev->mem.n == 0)
         return 0;
-    unsigned n = 0;
-    bool stale_call = false;
-    for (uint32_t i = 0; i < dev->cfg.nqueues; i++) {
-        const struct vu_vring *q = &dev->vq[i];
-        if (!vu_vring_in_device(dev, q))
+    for (uint32_t i = 0; i < dev->cfg.nqueues && !dev->broken; i++) {
+        struct vu_vring *q = &dev->vq[i];
+        if (q->running || !vu_vring_complete(q))
             continue;
-        if (!vu_vring_complete(q))
-            return 0;
-        if (!q->call_fresh)
-            stale_call = true;
-        n++;
-    }
-    if (n == 0 || (stale_call && !drained))
-        return 0;
-
-    struct vu_start_info *info = &dev->info;
-    memset(info, 0, sizeof(*info));
-    info->features = dev->features;
-    for (unsigned i = 0; i < dev->mem.n; i++)
-        vu_region_to_vp(&dev->mem.r[i], &info->regions[i]);
-    info->nregions = dev->mem.n;
-    for (uint32_t i = 0; i < dev->cfg.nqueues; i++) {
-        const struct vu_vring *q = &dev->vq[i];
-        if (!vu_vring_in_device(dev, q))
-            continue;
-        struct vp_virtq *v = &info->virtqs[info->nvirtqs];
-        vu_vring_describe(dev, i, v);
-        int ret = vu_vring_translate(dev, &dev->mem, i, q, q->num, v);
-        if (ret < 0)
+        q->running = true;
+        int ret = vu_vring_info_fill(dev, i);
+        if (ret < 0) {
+            q->running = false;
             return ret;
-        info->nvirtqs++;
+        }
+        vu_log(dev, VU_LOG_INFO, "vhost-user: vring %u runs: num %u base %u%s", i, q->num,
+               q->base, vu_vring_enabled(dev, q) ? "" : " (disabled)");
+        if (dev->ops.vring_started)
+            dev->ops.vring_started(dev, &dev->info, dev->opaque);
     }
-    for (uint32_t i = 0; i < dev->cfg.nqueues; i++)
-        if (vu_vring_in_device(dev, &dev->vq[i]))
-            dev->vq[i].running = true;
-    dev->started = true;
-    dev->announced = true;
-    vu_log(dev, VU_LOG_INFO, "vhost-user: device started: %u regions, %u virtqueues, "
-           "features 0x%" PRIx64, info->nregions, info->nvirtqs, info->features);
-    if (dev->ops.started)
-        dev->ops.started(dev, info, dev->opaque);
     return 0;
 }
 
@@ -731,7 +720,7 @@ static int vu_job_run(struct vu_dev *dev)
         int verdict = 0;
         int (*cb)(struct vu_dev *, const struct vp_region *, void *) =
             add ? dev->ops.mem_added : dev->ops.mem_removed;
-        if (dev->announced && cb) {
+        if (cb) {
             struct vp_region vr;
             vu_region_to_vp(r, &vr);
             j->in_callback = true;
@@ -815,11 +804,13 @@ static int vu_set_features_exec(struct vu_dev *dev, struct vu_msg *m)
         return vu_err(dev, "SET_FEATURES 0x%" PRIx64 " has bits 0x%" PRIx64
                       " that were not offered (0x%" PRIx64 ")", f, f & ~dev->offered,
                       dev->offered);
-    if (dev->started && f != dev->features)
+    if (vu_any_running(dev) && f != dev->features)
         return vu_err(dev, "SET_FEATURES 0x%" PRIx64 " changes the features (0x%" PRIx64
                       ") of a running device", f, dev->features);
     dev->features = f;
     dev->features_set = true;
+    if (dev->ops.features_set)
+        dev->ops.features_set(dev, f, dev->opaque);
     return 0;
 }
 
@@ -876,7 +867,7 @@ static int vu_reset_owner_exec(struct vu_dev *dev, struct vu_msg *m)
     (void)m;
     /* Deprecated (vhost-user.rst): "ignore, or disable all rings". We reset the ring
      * set-up, which is only sound while no ring runs. */
-    if (dev->started)
+    if (vu_any_running(dev))
         return vu_err(dev, "RESET_OWNER while virtqueues are running");
     for (uint32_t i = 0; i < dev->cfg.nqueues; i++) {
         vu_vring_close(&dev->vq[i]);
@@ -1122,15 +1113,15 @@ static int vu_vring_fd_exec(struct vu_dev *dev, struct vu_msg *m, int **slot_out
     return 0;
 }
 
-static void vu_notify_vring(struct vu_dev *dev, uint32_t index)
+/** Tell the user about vring @index: new fds of a running ring (@enable_change
+ *  false), or a change of its enabled state (any ring). */
+static void vu_notify_vring(struct vu_dev *dev, uint32_t index, bool enable_change)
 {
-    if (!dev->vq[index].running || !dev->ops.vring_changed)
+    if ((!dev->vq[index].running && !enable_change) || !dev->ops.vring_changed)
         return;
-    struct vp_virtq v;
-    vu_vring_describe(dev, index, &v);
-    if (vu_vring_translate(dev, &dev->mem, index, &dev->vq[index], dev->vq[index].num, &v) < 0)
+    if (vu_vring_info_fill(dev, index) < 0)
         return; /* cannot happen: checked at start and on every memory change */
-    dev->ops.vring_changed(dev, &v, dev->vq[index].enabled, dev->opaque);
+    dev->ops.vring_changed(dev, &dev->info, dev->opaque);
 }
 
 static int vu_set_vring_kick_exec(struct vu_dev *dev, struct vu_msg *m)
@@ -1142,7 +1133,7 @@ static int vu_set_vring_kick_exec(struct vu_dev *dev, struct vu_msg *m)
         return ret;
     dev->vq[index].have_kick = true;
     dev->vq[index].call_fresh = false;
-    vu_notify_vring(dev, index);
+    vu_notify_vring(dev, index, false);
     return 0;
 }
 
@@ -1155,7 +1146,7 @@ static int vu_set_vring_call_exec(struct vu_dev *dev, struct vu_msg *m)
         return ret;
     dev->vq[index].have_call = true;
     dev->vq[index].call_fresh = true;
-    vu_notify_vring(dev, index);
+    vu_notify_vring(dev, index, false);
     return 0;
 }
 
@@ -1171,10 +1162,10 @@ static int vu_set_vring_enable_exec(struct vu_dev *dev, struct vu_msg *m)
     uint32_t index = vu_state_index(m), num = vu_state_num(m);
     if (num > 1)
         return vu_err(dev, "SET_VRING_ENABLE: vring %u: value %u is not 0 or 1", index, num);
-    bool changed = dev->vq[index].enabled != (num == 1);
+    bool was = vu_vring_enabled(dev, &dev->vq[index]);
     dev->vq[index].enabled = num == 1;
-    if (changed)
-        vu_notify_vring(dev, index);
+    if (vu_vring_enabled(dev, &dev->vq[index]) != was)
+        vu_notify_vring(dev, index, true);
     return 0;
 }
 
@@ -1304,7 +1295,7 @@ static void vu_dispatch(struct vu_dev *dev)
     if (ret == VU_REFUSED) {
         /* A memory change the user refused (logged): only with need_reply. */
         if ((!need_reply || vu_reply_u64(dev, m->request, 1) == 0) &&
-            vu_check_start(dev, false) < 0)
+            vu_check_rings(dev) < 0)
             vu_break(dev, EPROTO);
         return;
     }
@@ -1313,7 +1304,7 @@ static void vu_dispatch(struct vu_dev *dev)
     if (ret == 0 || ret == VU_DEFERRED) {
         if (ret == VU_DEFERRED)
             vu_set_want_input(dev, false);
-        else if (vu_check_start(dev, false) < 0)
+        else if (vu_check_rings(dev) < 0)
             vu_break(dev, EPROTO);
         return;
     }
@@ -1441,7 +1432,6 @@ static void vu_release(struct vu_dev *dev)
         vu_vring_close(&dev->vq[i]);
         dev->vq[i].running = false;
     }
-    dev->started = false;
     vp_close_fd(&dev->sock);
 }
 
@@ -1581,8 +1571,12 @@ int vu_dev_handle_input(struct vu_dev *dev)
     for (unsigned budget = VU_BUDGET; budget && !dev->broken && dev->pending == VU_NONE;
          budget--) {
         int r = vu_recv_step(dev);
-        if (r == 0 && vu_check_start(dev, true) < 0)
-            vu_break(dev, EPROTO);
+        if (r == 0) {
+            if (vu_check_rings(dev) < 0)
+                vu_break(dev, EPROTO);
+            else if (dev->ops.drained)
+                dev->ops.drained(dev, dev->opaque);
+        }
         if (r <= 0)
             break;
         vu_dispatch(dev);
@@ -1600,7 +1594,7 @@ static int vu_reply_done(struct vu_dev *dev, int ret)
 {
     if (ret == 0 && !dev->broken) {
         vu_set_want_input(dev, true);
-        if (vu_check_start(dev, false) < 0)
+        if (vu_check_rings(dev) < 0)
             vu_break(dev, EPROTO);
     }
     if (ret == 0 && dev->broken)
@@ -1697,7 +1691,7 @@ const char *vu_dev_error(const struct vu_dev *dev)
 
 bool vu_dev_is_started(const struct vu_dev *dev)
 {
-    return dev->started;
+    return vu_any_running(dev);
 }
 
 uint64_t vu_dev_features(const struct vu_dev *dev)

@@ -157,19 +157,23 @@ struct vu_dev_config {
 };
 
 /**
- * What the frontend set up, handed to ops->started. Addresses are guest-physical
- * (translated from the frontend's user addresses through the memory table).
- * Every fd is BORROWED: valid only during the callback; dup() what you keep.
+ * One virtqueue as the frontend set it up, handed to ops->vring_started and
+ * ops->vring_changed. Addresses are guest-physical (translated from the frontend's
+ * user addresses through the memory table). The fds are BORROWED: valid until the
+ * core next reads from the socket (vu_dev_handle_input); dup() what you keep.
  */
-struct vu_start_info {
-    uint64_t features;        /* accepted by the frontend (SET_FEATURES) */
-    unsigned nregions;        /* 1..VP_MAX_REGIONS */
-    struct vp_region regions[VP_MAX_REGIONS]; /* gpa, size, mmap_offset (bytes), fd */
-    unsigned nvirtqs;         /* enabled virtqueues, ascending index */
-    struct vp_virtq virtqs[VU_MAX_QUEUES];    /* index, num, desc/avail/used
-                                                 guest-physical, last_avail_idx (from
-                                                 SET_VRING_BASE), kick_fd, call_fd
-                                                 (-1: the frontend polls) */
+struct vu_vring_info {
+    struct vp_virtq vq;       /* index, num, desc/avail/used guest-physical,
+                                 last_avail_idx (SET_VRING_BASE), kick_fd, call_fd (-1:
+                                 none: the frontend polls / is not notified). Only
+                                 vq.index is meaningful while !running. */
+    bool running;             /* complete (num, addresses, base, kick) with features and
+                                 memory present, until GET_VRING_BASE stops it */
+    bool enabled;             /* SET_VRING_ENABLE 1, or implicitly when
+                                 VHOST_USER_F_PROTOCOL_FEATURES was not negotiated
+                                 (vhost-user.rst "Ring states") */
+    bool call_fresh;          /* a SET_VRING_CALL came after the last SET_VRING_KICK
+                                 (QEMU 7.2 sends the real call fd right after the kick) */
 };
 
 /**
@@ -183,10 +187,14 @@ struct vu_dev_ops {
      *  cannot support (LOG_ALL, IOMMU_PLATFORM, RING_PACKED) and adds
      *  VHOST_USER_F_PROTOCOL_FEATURES. NULL: config.features. */
     int (*get_features)(struct vu_dev *dev, uint64_t *features, void *opaque);
-    /** The frontend started the device: SET_FEATURES done, a memory table present,
-     *  and every enabled virtqueue has num, addresses, base, kick and call. Called
-     *  again after a stop (GET_VRING_BASE of every running virtqueue) and restart. */
-    void (*started)(struct vu_dev *dev, const struct vu_start_info *info, void *opaque);
+    /** SET_FEATURES: the virtio features the frontend accepted (a subset of the
+     *  GET_FEATURES answer, VHOST_USER_F_PROTOCOL_FEATURES included when set). */
+    void (*features_set)(struct vu_dev *dev, uint64_t features, void *opaque);
+    /** A virtqueue starts running: it has num, addresses, base and kick, SET_FEATURES
+     *  was received and the memory table holds its rings (vhost-user.rst: a ring
+     *  starts on its kick). Whether it may be served also depends on info->enabled
+     *  (SET_VRING_ENABLE, reported by vring_changed). */
+    void (*vring_started)(struct vu_dev *dev, const struct vu_vring_info *info, void *opaque);
     /** A region is being added (ADD_MEM_REG, SET_MEM_TABLE) after the first start.
      *  Return 0 to accept it, a negative errno to refuse it, or VU_DEFERRED and call
      *  vu_dev_reply_mem() later (the core reads no further request until then; the
@@ -195,9 +203,10 @@ struct vu_dev_ops {
      *  only once accepted; a refused one is dropped and its fd closed, and the frontend
      *  gets a failure REPLY_ACK. Without need_reply (REPLY_ACK not negotiated) the
      *  protocol has no way to say "refused": the refusal is logged and the region is
-     *  added anyway, as the frontend believes it is. Before the first start changes are
-     *  not announced, only reflected in the next start info. A region identical to one
-     *  in the table (QEMU 7.2 multi-queue repeats) is accepted without a call. */
+     *  added anyway, as the frontend believes it is. Every change is announced, also
+     *  those before any ring runs (the memory a frontend sets up at start). A region
+     *  identical to one in the table (QEMU 7.2 multi-queue repeats) is accepted
+     *  without a call. */
     int (*mem_added)(struct vu_dev *dev, const struct vp_region *region, void *opaque);
     /** A region is being removed (REM_MEM_REG, SET_MEM_TABLE) after the first start.
      *  Answered like mem_added; the region stays in the table until accepted, so
@@ -206,8 +215,9 @@ struct vu_dev_ops {
      *  is removed anyway. Removing a region not in the table is accepted without a
      *  call. */
     int (*mem_removed)(struct vu_dev *dev, const struct vp_region *region, void *opaque);
-    /** A running virtqueue got a new kick or call fd, or was enabled/disabled. */
-    void (*vring_changed)(struct vu_dev *dev, const struct vp_virtq *vq, bool enabled,
+    /** A running virtqueue got a new kick or call fd, or any virtqueue (running or
+     *  not) was enabled or disabled (SET_VRING_ENABLE that changes the state). */
+    void (*vring_changed)(struct vu_dev *dev, const struct vu_vring_info *info,
                           void *opaque);
     /** GET_VRING_BASE of a running virtqueue (the frontend stops it): answer its
      *  last_avail_idx. Return 0 with *last_avail_idx set, or VU_DEFERRED and call
@@ -216,6 +226,10 @@ struct vu_dev_ops {
      *  For a virtqueue that never ran the core answers itself. */
     int (*get_vring_base)(struct vu_dev *dev, uint32_t index, uint16_t *last_avail_idx,
                           void *opaque);
+    /** Every complete request available on the socket has been handled (the read would
+     *  block) and no reply is outstanding: the frontend has sent all it had to say for
+     *  now (a frontend waiting for a reply, or one that is done with a sequence). */
+    void (*drained)(struct vu_dev *dev, void *opaque);
     /** The connection is over (EOF, protocol error, vu_dev_fail); called once.
      *  @reason says why. Every fd the core held is closed already. */
     void (*disconnected)(struct vu_dev *dev, const char *reason, void *opaque);
@@ -289,7 +303,8 @@ bool vu_dev_is_broken(const struct vu_dev *dev);
 /** The last error reason ("" if none): also set for errors answered with a failure
  *  reply, after which the connection carries on. */
 const char *vu_dev_error(const struct vu_dev *dev);
-/** True between ops->started and the stop of the last running virtqueue. */
+/** True while at least one virtqueue runs (ops->vring_started until its
+ *  GET_VRING_BASE). */
 bool vu_dev_is_started(const struct vu_dev *dev);
 /** Negotiated virtio features (SET_FEATURES) and protocol features. */
 uint64_t vu_dev_features(const struct vu_dev *dev);

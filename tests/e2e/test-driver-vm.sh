@@ -148,7 +148,7 @@ fi
 
 # 4. the handshake reached the device side
 if wait_until 30 grep -q "DEVICE_INFO_ACK(ADD_DONE): net 1 with 2 virtqueues" "$run/client.log"; then
-    ok "DEVICE_INFO_ACK(ADD_DONE) once the guest started the device: $(grep -m1 "QEMU started the device" "$run/client.log" | sed 's/.*: QEMU/QEMU/')"
+    ok "DEVICE_INFO_ACK(ADD_DONE) once the guest started the device: $(grep -m1 "DEVICE_INFO_ACK(ADD_DONE)" "$run/client.log" | sed 's/.*: DEVICE/DEVICE/')"
 else
     not_ok "DEVICE_INFO_ACK(ADD_DONE) reaches the daemon" "$(diag_logs)"
 fi
@@ -258,7 +258,7 @@ fi
 $vpg qmp "$qmp" --timeout 10 '{"execute":"quit"}' >/dev/null 2>&1
 wait_until 20 bash -c "! kill -0 $qemu_pid 2>/dev/null"
 gone() { [ "$(dev '.frontends | length')" = 0 ] && [ "$(dev '.regions | length')" = 0 ]; }
-if wait_until 20 gone && grep -q "QEMU disconnected" "$run/client.log"; then
+if wait_until 20 gone && grep -q "frontend disconnected" "$run/client.log"; then
     ok "QEMU quit: DEVICE_INFO(DEL) + MEMORY_INFO(DEL), no frontend or region left ($(grep -c 'GET_VRING_BASE [01]:' "$run/client.log") GET_VRING_BASE answered)"
 else
     not_ok "QEMU quitting removes the frontend and memory" "$(diag_logs)" "$(status)"

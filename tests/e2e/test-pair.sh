@@ -213,7 +213,7 @@ if need_pair "$c11"; then
         if [[ "$st" != *'"status": "running"'* ]] || [[ "$st2" != *'"status": "running"'* ]] ||
            [ "$(srv '.devices[0].windows | length')" != "$w1" ]; then
             not_ok "$c11" "device VM query-status: $st" "driver VM query-status: $st2" "$(state)"
-        elif ! grep -q 'size 0x18000000 failed: .*(QEMU gets a failure reply' "$run/client.log" ||
+        elif ! grep -q 'size 0x18000000 failed: .*(the frontend gets a failure reply' "$run/client.log" ||
              ! grep -q 'vhost_set_mem_table failed' "$run/drv.qemu.log"; then
             not_ok "$c11" "no failure reply to ADD_MEM_REG seen in client.log / drv.qemu.log" \
                 "$(tail -n 5 "$run/client.log")" "drv.qemu.log: $(tail -n 3 "$run/drv.qemu.log")"

@@ -17,9 +17,9 @@
  *     answer   complete whatever is deferred (features, vring base, memory verdict),
  *              or vu_dev_fail(), or shut the frontend's side down (EOF).
  *
- * Invariants besides the sanitizers and the fd check: ops->started sees 1..64
- * regions with open fds, enabled virtqueues in ascending order with power-of-two
- * sizes whose three rings lie inside one region each; fds handed to callbacks are
+ * Invariants besides the sanitizers and the fd check: ops->vring_started sees a
+ * running virtqueue with a power-of-two size whose three rings lie inside one region
+ * each of a table of 1..64 regions with open fds; fds handed to callbacks are
  * open; every reply has the REPLY flag, version 1 and a size that fits its request;
  * ops->disconnected is called at most once, with a reason.
  */
@@ -46,37 +46,38 @@ static bool fd_open(int fd)
     return fd >= 0 && fcntl(fd, F_GETFD) >= 0;
 }
 
-static bool inside_region(const struct vu_start_info *info, uint64_t gpa, uint64_t size)
+static bool inside_region(const struct vp_region *regions, unsigned n, uint64_t gpa,
+                          uint64_t size)
 {
-    for (unsigned i = 0; i < info->nregions; i++) {
-        const struct vp_region *r = &info->regions[i];
+    for (unsigned i = 0; i < n; i++) {
+        const struct vp_region *r = &regions[i];
         if (gpa >= r->gpa && gpa - r->gpa <= r->size && size <= r->size - (gpa - r->gpa))
             return true;
     }
     return false;
 }
 
-static void on_started(struct vu_dev *dev, const struct vu_start_info *info, void *opaque)
+static void on_vring_started(struct vu_dev *dev, const struct vu_vring_info *info,
+                             void *opaque)
 {
-    (void)dev;
     (void)opaque;
-    FZ_CHECK(info->nregions >= 1 && info->nregions <= VP_MAX_REGIONS);
-    for (unsigned i = 0; i < info->nregions; i++) {
-        const struct vp_region *r = &info->regions[i];
+    struct vp_region regions[VP_MAX_REGIONS];
+    unsigned n = vu_dev_get_regions(dev, regions, VP_MAX_REGIONS);
+    FZ_CHECK(n >= 1 && n <= VP_MAX_REGIONS);
+    for (unsigned i = 0; i < n; i++) {
+        const struct vp_region *r = &regions[i];
         FZ_CHECK(fd_open(r->fd));
         FZ_CHECK(r->size > 0 && r->gpa <= UINT64_MAX - r->size);
     }
-    FZ_CHECK(info->nvirtqs <= VU_MAX_QUEUES);
-    for (unsigned i = 0; i < info->nvirtqs; i++) {
-        const struct vp_virtq *q = &info->virtqs[i];
-        FZ_CHECK(i == 0 || q->index > info->virtqs[i - 1].index);
-        FZ_CHECK(q->num >= 1 && q->num <= VP_MAX_VRING_NUM && !(q->num & (q->num - 1)));
-        FZ_CHECK(inside_region(info, q->desc, vp_vring_desc_size(q->num)));
-        FZ_CHECK(inside_region(info, q->avail, vp_vring_avail_size(q->num)));
-        FZ_CHECK(inside_region(info, q->used, vp_vring_used_size(q->num)));
-        FZ_CHECK(q->kick_fd == -1 || fd_open(q->kick_fd));
-        FZ_CHECK(q->call_fd == -1 || fd_open(q->call_fd));
-    }
+    const struct vp_virtq *q = &info->vq;
+    FZ_CHECK(info->running);
+    FZ_CHECK(q->index < VU_MAX_QUEUES);
+    FZ_CHECK(q->num >= 1 && q->num <= VP_MAX_VRING_NUM && !(q->num & (q->num - 1)));
+    FZ_CHECK(inside_region(regions, n, q->desc, vp_vring_desc_size(q->num)));
+    FZ_CHECK(inside_region(regions, n, q->avail, vp_vring_avail_size(q->num)));
+    FZ_CHECK(inside_region(regions, n, q->used, vp_vring_used_size(q->num)));
+    FZ_CHECK(q->kick_fd == -1 || fd_open(q->kick_fd));
+    FZ_CHECK(q->call_fd == -1 || fd_open(q->call_fd));
 }
 
 static int mem_verdict(struct vu_dev *dev, const struct vp_region *region, struct ctx *c)
@@ -117,12 +118,12 @@ static int on_get_features(struct vu_dev *dev, uint64_t *features, void *opaque)
     return 0;
 }
 
-static void on_vring_changed(struct vu_dev *dev, const struct vp_virtq *vq, bool enabled,
+static void on_vring_changed(struct vu_dev *dev, const struct vu_vring_info *info,
                              void *opaque)
 {
     (void)dev;
-    (void)enabled;
     (void)opaque;
+    const struct vp_virtq *vq = &info->vq;
     FZ_CHECK(vq->index < VU_MAX_QUEUES);
     FZ_CHECK(vq->kick_fd == -1 || fd_open(vq->kick_fd));
     FZ_CHECK(vq->call_fd == -1 || fd_open(vq->call_fd));
@@ -151,7 +152,7 @@ static void on_disconnected(struct vu_dev *dev, const char *reason, void *opaque
 
 static const struct vu_dev_ops ops = {
     .get_features = on_get_features,
-    .started = on_started,
+    .vring_started = on_vring_started,
     .mem_added = on_mem_added,
     .mem_removed = on_mem_removed,
     .vring_changed = on_vring_changed,

@@ -209,7 +209,7 @@ static void daemon_start_at(T *t, const char *server, const char *const *extra)
         g_usleep(10000);
     }
     close(fd);
-    wait_log(t, "QEMU disconnected"); /* the probe has been seen off */
+    wait_log(t, "frontend disconnected"); /* the probe has been seen off */
 }
 
 static void setup_with(T *t, const char *const *extra, gboolean start_daemon)
@@ -417,6 +417,8 @@ static void test_options(void)
         { { "--server", "/nonexistent" }, 2, "exactly one of --socket-path" },
         { { "--socket-path", "/tmp/x", "--fd", "3", "--server", "s" }, 2,
           "exactly one of --socket-path" },
+        { { "--socket-path", "/tmp/x", "--vhost-server-path", "/tmp/y", "--server", "s" }, 2,
+          "exactly one of --socket-path" },
         { { "--socket-path", "/tmp/x" }, 2, "--server PATH is required" },
         { { "--socket-path", "/tmp/x", "--server", "s", "--uuid", "nope" }, 2,
           "is not a UUID" },
@@ -572,7 +574,7 @@ static void test_memory_hotplug(void)
     g_assert_cmpuint(vu_fe_last_ack(t.fe), ==, 1);
     g_assert_true(log_has(&t, "not a power of two"));
     g_assert_true(log_has(&t, "hot-add of region gpa 0x140000000 size 0x300000 failed"));
-    g_assert_true(log_has(&t, "QEMU gets a failure reply"));
+    g_assert_true(log_has(&t, "the frontend gets a failure reply"));
     g_assert_true(log_has(&t, "ADD_MEM_REG: region gpa 0x140000000 size 0x300000: adding "
                           "refused by the backend user"));
     st = ctl_status(&t);
@@ -590,8 +592,8 @@ static void test_memory_hotplug(void)
     vu_fe_clear_ack(t.fe);
     FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
     g_assert_cmpuint(vu_fe_last_ack(t.fe), ==, 0);
-    g_assert_true(log_has(&t, "QEMU is starting the device, which a failure reply would "
-                          "stop: it gets success"));
+    g_assert_true(log_has(&t, "the frontend is (re)starting its device, which a failure "
+                          "reply would stop: it gets success"));
     st = wait_server(&t, (Expect){ 1, 2, HIGH_GPA, HOTPLUG_GPA },
                      "registered again without the refused region");
     json_node_unref(st);
@@ -627,7 +629,7 @@ static void test_memory_refusal_log(void)
     FE_OK(t.fe, vu_fe_add_mem_reg(t.fe, bad));
     g_assert_cmpuint(vu_fe_last_ack(t.fe), ==, 0);
     g_assert_true(log_has(&t, "hot-add of region gpa 0x140000000 size 0x300000 failed: "));
-    g_assert_true(log_has(&t, "(--memory-refusal log: QEMU gets success;"));
+    g_assert_true(log_has(&t, "(--memory-refusal log: the frontend gets success;"));
     JsonNode *st = ctl_status(&t);
     g_assert_true(matches(&t, st, &(Expect){ 1, 2, HIGH_GPA, HOTPLUG_GPA }));
     json_node_unref(st);
@@ -648,7 +650,7 @@ static void test_frontend_reconnect(void)
     shutdown(vu_fe_sock(t.fe), SHUT_RDWR);
     vu_fe_reconnect(t.fe, try_connect(t.vu_path));
     json_node_unref(wait_server(&t, (Expect){ 0, 0, 0, 0 }, "dropped with the connection"));
-    g_assert_true(log_has(&t, "QEMU disconnected: "));
+    g_assert_true(log_has(&t, "frontend disconnected: "));
     FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
     FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
     JsonNode *st = wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered after replay");
@@ -705,7 +707,7 @@ static void test_server_restart(void)
     JsonNode *st = wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered again");
     assert_registered(&t, st);
     json_node_unref(st);
-    g_assert_true(log_has(&t, "QEMU's device is running: registering it with the device VM again"));
+    g_assert_true(log_has(&t, "the frontend's device is running: registering it with the device VM again"));
     /* Bounded noise: one warning for the loss, none per failed attempt. */
     g_assert_cmpuint(log_count(&t, "cannot connect to the vhost-pci server"), <=, 1);
 
@@ -1120,7 +1122,7 @@ static void test_bad_input(void)
         struct vu_fe *fe = fe_connect(&t);
         FE_OK(fe, vu_fe_qemu72_init(fe));
         g_assert_cmpint(vu_fe_ram_new(fe, RAM0_SIZE), ==, 0);
-        wait_log(&t, "QEMU connected");
+        wait_log(&t, "frontend connected");
         /* The daemon now holds the connection and the 4 call/err eventfds of init. */
         itest_wait_fds(t.pid, base + 5, TMO, "after init");
         guint before = log_count(&t, bc->reason);
@@ -1231,22 +1233,82 @@ static void fake_server_stop(T *t, int lfd, int sfd)
     g_free(t->log);
 }
 
+/* What the scripted server does with the next MEMORY_INFO. */
+typedef enum { FS_DONE, FS_FAIL, FS_SILENT, FS_CLOSE } FakeAction;
+
+typedef struct {
+    int sfd;
+    FakeAction action;
+    const char *reason;         /* FS_FAIL */
+    guint handled;              /* MEMORY_INFOs seen */
+    uint32_t last_op;           /* VP_OP_ADD / VP_OP_DEL of the last one */
+    uint64_t last_gpa;
+} FakeSrv;
+
+/* The frontend's pump: while it waits for QEMU's REPLY_ACK, the scripted server
+ * answers the daemon's MEMORY_INFO (same thread, so no blocking read here). */
+static void fake_pump(void *opaque)
+{
+    FakeSrv *f = opaque;
+    struct pollfd p = { .fd = f->sfd, .events = POLLIN };
+    if (f->sfd < 0 || poll(&p, 1, 1) <= 0)
+        return;
+    struct vp_msg msg;
+    g_assert_cmpuint(fake_read(f->sfd, &msg), ==, VP_MSG_MEMORY_INFO);
+    struct vp_memory_info mi;
+    vp_memory_info_init(&mi);
+    g_assert_cmpint(vp_decode_memory_info(&msg, &mi, NULL), ==, 0);
+    g_assert_cmpuint(mi.nregions, ==, 1);
+    f->last_op = mi.op;
+    f->last_gpa = mi.regions[0].gpa;
+    vp_memory_info_close_fds(&mi);
+    f->handled++;
+    struct vp_ack ack;
+    memset(&ack, 0, sizeof(ack));
+    bool add = mi.op == VP_OP_ADD;
+    switch (f->action) {
+    case FS_DONE:
+        ack.result = add ? VP_ACK_ADD_DONE : VP_ACK_DEL_DONE;
+        fake_ack(f->sfd, &msg, VP_MSG_MEMORY_INFO_ACK, &ack);
+        break;
+    case FS_FAIL:
+        ack.result = add ? VP_ACK_ADD_FAIL : VP_ACK_DEL_FAIL;
+        g_strlcpy(ack.reason, f->reason, sizeof(ack.reason));
+        fake_ack(f->sfd, &msg, VP_MSG_MEMORY_INFO_ACK, &ack);
+        break;
+    case FS_SILENT:
+        break;
+    case FS_CLOSE:
+        close(f->sfd);
+        f->sfd = -1;
+        break;
+    }
+    vp_msg_clear(&msg);
+}
+
 /* The device VM's driver accepts less than QEMU negotiated: the daemon confirms the
  * accepted set with FEATURE_BITS_ACK and makes QEMU reconnect, offering only it. */
 static void test_renegotiation(void)
 {
     T t;
-    int sfd = -1;
-    int lfd = fake_server_start(&t, NULL, &sfd);
+    FakeSrv f = { .sfd = -1, .action = FS_DONE };
+    int lfd = fake_server_start(&t, NULL, &f.sfd);
+    int sfd = f.sfd;
     struct vp_msg msg;
     uint64_t bits = 0;
     struct vp_ack ack;
 
-    t.fe = fe_connect(&t);
+    int fd = try_connect(t.vu_path);
+    g_assert_cmpint(fd, >=, 0);
+    t.fe = vu_fe_new(fd, 2, fake_pump, &f);
+    vu_fe_set_timeout(t.fe, TMO);
     FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
     g_assert_cmphex(vu_fe_offered_features(t.fe), ==, VP_NET_FEATURES | F_PROTO);
     fe_ram(&t);
+    /* The memory goes to the server as QEMU adds it (answered by the pump). */
     FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    g_assert_cmpuint(f.handled, ==, 2);
+    f.sfd = -1; /* the rest is read here */
 
     /* The handshake: MEMORY_INFO(ADD), FEATURE_BITS(F_GUEST), DEVICE_INFO(ADD). */
     g_assert_cmpuint(fake_read(sfd, &msg), ==, VP_MSG_MEMORY_INFO);
@@ -1312,59 +1374,6 @@ static void test_renegotiation(void)
 
 /* ------------------------------ hot-plug verdicts, scripted server ------------------------------ */
 
-/* What the scripted server does with the next MEMORY_INFO. */
-typedef enum { FS_DONE, FS_FAIL, FS_SILENT, FS_CLOSE } FakeAction;
-
-typedef struct {
-    int sfd;
-    FakeAction action;
-    const char *reason;         /* FS_FAIL */
-    guint handled;              /* MEMORY_INFOs seen */
-    uint32_t last_op;           /* VP_OP_ADD / VP_OP_DEL of the last one */
-    uint64_t last_gpa;
-} FakeSrv;
-
-/* The frontend's pump: while it waits for QEMU's REPLY_ACK, the scripted server
- * answers the daemon's MEMORY_INFO (same thread, so no blocking read here). */
-static void fake_pump(void *opaque)
-{
-    FakeSrv *f = opaque;
-    struct pollfd p = { .fd = f->sfd, .events = POLLIN };
-    if (f->sfd < 0 || poll(&p, 1, 1) <= 0)
-        return;
-    struct vp_msg msg;
-    g_assert_cmpuint(fake_read(f->sfd, &msg), ==, VP_MSG_MEMORY_INFO);
-    struct vp_memory_info mi;
-    vp_memory_info_init(&mi);
-    g_assert_cmpint(vp_decode_memory_info(&msg, &mi, NULL), ==, 0);
-    g_assert_cmpuint(mi.nregions, ==, 1);
-    f->last_op = mi.op;
-    f->last_gpa = mi.regions[0].gpa;
-    vp_memory_info_close_fds(&mi);
-    f->handled++;
-    struct vp_ack ack;
-    memset(&ack, 0, sizeof(ack));
-    bool add = mi.op == VP_OP_ADD;
-    switch (f->action) {
-    case FS_DONE:
-        ack.result = add ? VP_ACK_ADD_DONE : VP_ACK_DEL_DONE;
-        fake_ack(f->sfd, &msg, VP_MSG_MEMORY_INFO_ACK, &ack);
-        break;
-    case FS_FAIL:
-        ack.result = add ? VP_ACK_ADD_FAIL : VP_ACK_DEL_FAIL;
-        g_strlcpy(ack.reason, f->reason, sizeof(ack.reason));
-        fake_ack(f->sfd, &msg, VP_MSG_MEMORY_INFO_ACK, &ack);
-        break;
-    case FS_SILENT:
-        break;
-    case FS_CLOSE:
-        close(f->sfd);
-        f->sfd = -1;
-        break;
-    }
-    vp_msg_clear(&msg);
-}
-
 /* QEMU's REPLY_ACK to a hot-add / hot-remove is the server's verdict: ADD_DONE and
  * DEL_DONE succeed; ADD_FAIL and DEL_FAIL (the reason logged), no answer within
  * --ack-timeout, and a lost server connection fail. */
@@ -1383,21 +1392,25 @@ static void test_hotplug_verdicts(void)
     vu_fe_set_timeout(t.fe, TMO);
     FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
     fe_ram(&t);
+    f.action = FS_DONE; /* the memory as QEMU adds it */
     FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    g_assert_cmpuint(f.handled, ==, 2);
+    int sfd = f.sfd;
+    f.sfd = -1; /* the handshake is read here */
     /* The handshake, all accepted. */
-    g_assert_cmpuint(fake_read(f.sfd, &msg), ==, VP_MSG_MEMORY_INFO);
+    g_assert_cmpuint(fake_read(sfd, &msg), ==, VP_MSG_MEMORY_INFO);
     struct vp_memory_info mi;
     vp_memory_info_init(&mi);
     g_assert_cmpint(vp_decode_memory_info(&msg, &mi, NULL), ==, 0);
     vp_memory_info_close_fds(&mi);
     memset(&ack, 0, sizeof(ack));
-    fake_ack(f.sfd, &msg, VP_MSG_MEMORY_INFO_ACK, &ack);
+    fake_ack(sfd, &msg, VP_MSG_MEMORY_INFO_ACK, &ack);
     vp_msg_clear(&msg);
-    g_assert_cmpuint(fake_read(f.sfd, &msg), ==, VP_MSG_FEATURE_BITS);
+    g_assert_cmpuint(fake_read(sfd, &msg), ==, VP_MSG_FEATURE_BITS);
     ack.feature_bits = F_GUEST;
-    fake_ack(f.sfd, &msg, VP_MSG_FEATURE_BITS_ACK, &ack);
+    fake_ack(sfd, &msg, VP_MSG_FEATURE_BITS_ACK, &ack);
     vp_msg_clear(&msg);
-    g_assert_cmpuint(fake_read(f.sfd, &msg), ==, VP_MSG_DEVICE_INFO);
+    g_assert_cmpuint(fake_read(sfd, &msg), ==, VP_MSG_DEVICE_INFO);
     struct vp_device_info di;
     vp_device_info_init(&di);
     g_assert_cmpint(vp_decode_device_info(&msg, &di, NULL), ==, 0);
@@ -1405,12 +1418,14 @@ static void test_hotplug_verdicts(void)
     memset(&ack, 0, sizeof(ack));
     ack.device_type = di.device_type;
     ack.device_id = di.device_id;
-    fake_ack(f.sfd, &msg, VP_MSG_DEVICE_INFO_ACK, &ack);
+    fake_ack(sfd, &msg, VP_MSG_DEVICE_INFO_ACK, &ack);
     vp_msg_clear(&msg);
     wait_log(&t, "DEVICE_INFO_ACK(ADD_DONE)");
 
     int ram1 = vu_fe_ram_new(t.fe, 2 * MiB);
     int dimm = vu_fe_region_new(t.fe, (unsigned)ram1, 0, HOTPLUG_GPA, 2 * MiB);
+    f.sfd = sfd;
+    f.handled = 0;
 
     /* ADD_FAIL: a failure REPLY_ACK, the server's reason in the log. */
     f.action = FS_FAIL;
@@ -1421,7 +1436,7 @@ static void test_hotplug_verdicts(void)
     g_assert_cmpuint(f.last_op, ==, VP_OP_ADD);
     g_assert_cmphex(f.last_gpa, ==, HOTPLUG_GPA);
     g_assert_true(log_has(&t, "hot-add of region gpa 0x140000000 size 0x200000 failed: "));
-    g_assert_true(log_has(&t, "scripted: no room for this window (QEMU gets a failure reply"));
+    g_assert_true(log_has(&t, "scripted: no room for this window (the frontend gets a failure reply"));
 
     /* ADD_DONE: success; QEMU's second vhost_dev (queues=2) repeats it: no request. */
     f.action = FS_DONE;
@@ -1438,7 +1453,7 @@ static void test_hotplug_verdicts(void)
     g_assert_cmpuint(f.handled, ==, 3);
     g_assert_cmpuint(f.last_op, ==, VP_OP_DEL);
     g_assert_true(log_has(&t, "hot-remove of region gpa 0x140000000 size 0x200000 failed: "));
-    g_assert_true(log_has(&t, "scripted: region busy (QEMU gets a failure reply"));
+    g_assert_true(log_has(&t, "scripted: region busy (the frontend gets a failure reply"));
     f.action = FS_DONE;
     FE_OK(t.fe, vu_fe_rem_mem_reg(t.fe, dimm, false));
     g_assert_cmpuint(f.handled, ==, 4);

@@ -3,6 +3,13 @@
  * GLib adapter, driven by the scripted QEMU 7.2 frontend (tests/integration/
  * vu_frontend.c) in the same thread: the frontend pumps the default main context
  * while it waits for replies.
+ *
+ * The core reports rings one by one (vring_started, vring_changed) and when the
+ * socket is drained; the fixture plays a user that considers "the device" started
+ * once every ring runs and is enabled and the socket is drained (what the daemon's
+ * bridge does for one queue pair), and collects that start in t->info. Memory
+ * changes before that start are accepted at once (t->mem_added_early counts them)
+ * unless t->verdict_early makes them go through the fixture's verdict modes.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +45,15 @@ static const struct vu_fe_vring vrings[4] = {
     {128, 0x230000, 0x231000, 0x232000, 9},
 };
 
+/** What the fixture's "device" was started with (see the top of the file). */
+struct tinfo {
+    uint64_t features;
+    unsigned nregions;
+    struct vp_region regions[VP_MAX_REGIONS];
+    unsigned nvirtqs;
+    struct vp_virtq virtqs[VU_MAX_QUEUES];
+};
+
 struct t {
     int fds_before;
     struct vu_glib *g;
@@ -48,7 +64,14 @@ struct t {
 
     /* what the callbacks saw */
     int started;
-    struct vu_start_info info;     /* fds dup'ed (owned by the test) */
+    bool dev_started;              /* every ring runs and is enabled, socket drained */
+    struct tinfo info;             /* the start (fds dup'ed, owned by the test) */
+    struct vu_vring_info ring[VU_MAX_QUEUES]; /* as last reported (fds dup'ed) */
+    int vring_started;             /* vring_started calls */
+    uint64_t features;             /* features_set */
+    int features_set;
+    int mem_added_early;           /* memory changes before the start */
+    bool verdict_early;            /* ... answered by mem_mode too */
     int mem_added, mem_removed, vring_changed;
     struct vp_region added, removed;
     struct vp_virtq changed;       /* last vring_changed (fds not kept) */
@@ -99,21 +122,26 @@ static void pump(void *opaque)
 /* ---- callbacks ---- */
 
 static int cb_get_features(struct vu_dev *dev, uint64_t *features, void *opaque);
-static void cb_started(struct vu_dev *dev, const struct vu_start_info *info, void *opaque);
+static void cb_features_set(struct vu_dev *dev, uint64_t features, void *opaque);
+static void cb_vring_started(struct vu_dev *dev, const struct vu_vring_info *info,
+                             void *opaque);
 static int cb_mem_added(struct vu_dev *dev, const struct vp_region *r, void *opaque);
 static int cb_mem_removed(struct vu_dev *dev, const struct vp_region *r, void *opaque);
-static void cb_vring_changed(struct vu_dev *dev, const struct vp_virtq *vq, bool enabled,
+static void cb_vring_changed(struct vu_dev *dev, const struct vu_vring_info *info,
                              void *opaque);
 static int cb_get_vring_base(struct vu_dev *dev, uint32_t index, uint16_t *v, void *opaque);
+static void cb_drained(struct vu_dev *dev, void *opaque);
 static void cb_disconnected(struct vu_dev *dev, const char *reason, void *opaque);
 
 static const struct vu_dev_ops test_ops = {
     .get_features = cb_get_features,
-    .started = cb_started,
+    .features_set = cb_features_set,
+    .vring_started = cb_vring_started,
     .mem_added = cb_mem_added,
     .mem_removed = cb_mem_removed,
     .vring_changed = cb_vring_changed,
     .get_vring_base = cb_get_vring_base,
+    .drained = cb_drained,
     .disconnected = cb_disconnected,
 };
 
@@ -136,7 +164,7 @@ static int cb_get_features(struct vu_dev *dev, uint64_t *features, void *opaque)
     return 0;
 }
 
-static void info_close_fds(struct vu_start_info *info)
+static void info_close_fds(struct tinfo *info)
 {
     for (unsigned i = 0; i < info->nregions; i++)
         vp_close_fd(&info->regions[i].fd);
@@ -155,18 +183,65 @@ static int dup_fd(int fd)
     return d;
 }
 
-static void cb_started(struct vu_dev *dev, const struct vu_start_info *info, void *opaque)
+static void ring_close(struct vu_vring_info *r)
+{
+    vp_close_fd(&r->vq.kick_fd);
+    vp_close_fd(&r->vq.call_fd);
+}
+
+static void ring_take(struct t *t, const struct vu_vring_info *info)
+{
+    struct vu_vring_info *r = &t->ring[info->vq.index];
+    ring_close(r);
+    *r = *info;
+    r->vq.kick_fd = dup_fd(info->vq.kick_fd);
+    r->vq.call_fd = dup_fd(info->vq.call_fd);
+}
+
+static void cb_features_set(struct vu_dev *dev, uint64_t features, void *opaque)
+{
+    (void)dev;
+    struct t *t = opaque;
+    t->features = features;
+    t->features_set++;
+}
+
+static void cb_vring_started(struct vu_dev *dev, const struct vu_vring_info *info,
+                             void *opaque)
 {
     struct t *t = opaque;
     g_assert_true(vu_dev_is_started(dev));
+    g_assert_true(info->running);
+    g_assert_cmpuint(info->vq.index, <, t->nqueues);
+    ring_take(t, info);
+    t->vring_started++;
+}
+
+/* The socket is drained: the fixture's device starts when every ring runs. */
+static void cb_drained(struct vu_dev *dev, void *opaque)
+{
+    struct t *t = opaque;
+    if (t->dev_started)
+        return;
+    for (unsigned i = 0; i < t->nqueues; i++)
+        if (!t->ring[i].running || !t->ring[i].enabled)
+            return;
     info_close_fds(&t->info);
-    t->info = *info;
-    for (unsigned i = 0; i < info->nregions; i++)
-        t->info.regions[i].fd = dup_fd(info->regions[i].fd);
-    for (unsigned i = 0; i < info->nvirtqs; i++) {
-        t->info.virtqs[i].kick_fd = dup_fd(info->virtqs[i].kick_fd);
-        t->info.virtqs[i].call_fd = dup_fd(info->virtqs[i].call_fd);
+    memset(&t->info, 0, sizeof(t->info));
+    t->info.features = t->features;
+    struct vp_region regs[VP_MAX_REGIONS];
+    t->info.nregions = vu_dev_get_regions(dev, regs, VP_MAX_REGIONS);
+    for (unsigned i = 0; i < t->info.nregions; i++) {
+        t->info.regions[i] = regs[i];
+        t->info.regions[i].fd = dup_fd(regs[i].fd);
     }
+    t->info.nvirtqs = t->nqueues;
+    for (unsigned i = 0; i < t->nqueues; i++) {
+        t->info.virtqs[i] = t->ring[i].vq;
+        t->info.virtqs[i].kick_fd = dup_fd(t->ring[i].vq.kick_fd);
+        t->info.virtqs[i].call_fd = dup_fd(t->ring[i].vq.call_fd);
+    }
+    t->dev_started = true;
     t->started++;
     if (t->fail_in_started)
         vu_dev_fail(dev, "server refused: %s", "test");
@@ -222,6 +297,10 @@ static int mem_verdict(struct t *t, struct vu_dev *dev, const struct vp_region *
 static int cb_mem_added(struct vu_dev *dev, const struct vp_region *r, void *opaque)
 {
     struct t *t = opaque;
+    if (!t->dev_started && !t->verdict_early) {
+        t->mem_added_early++;
+        return 0;
+    }
     t->added = *r;
     t->added_ino = fd_ino(r->fd);
     t->mem_added++;
@@ -231,18 +310,31 @@ static int cb_mem_added(struct vu_dev *dev, const struct vp_region *r, void *opa
 static int cb_mem_removed(struct vu_dev *dev, const struct vp_region *r, void *opaque)
 {
     struct t *t = opaque;
+    if (!t->dev_started && !t->verdict_early) {
+        t->mem_added_early--;
+        return 0;
+    }
     t->removed = *r;
     t->mem_removed++;
     return mem_verdict(t, dev, r, false);
 }
 
-static void cb_vring_changed(struct vu_dev *dev, const struct vp_virtq *vq, bool enabled,
+/* Changes are counted once the fixture's device has started (those of the start
+ * itself, such as QEMU 7.2's call fd right after the kick, are only recorded). */
+static void cb_vring_changed(struct vu_dev *dev, const struct vu_vring_info *info,
                              void *opaque)
 {
     (void)dev;
     struct t *t = opaque;
+    const struct vp_virtq *vq = &info->vq;
+    bool enable_change = t->ring[vq->index].enabled != info->enabled;
+    if (info->running && !enable_change)
+        ring_take(t, info);
+    t->ring[vq->index].enabled = info->enabled;
+    if (!t->dev_started)
+        return;
     t->changed = *vq;
-    t->changed_enabled = enabled;
+    t->changed_enabled = info->enabled;
     /* the call fd handed over is the frontend's current call eventfd */
     uint64_t one = 1, v = 0;
     int fe_call = vu_fe_vring_fd(t->fe, VU_SET_VRING_CALL, vq->index);
@@ -265,6 +357,9 @@ static gboolean reply_vring_base_later(gpointer p)
 static int cb_get_vring_base(struct vu_dev *dev, uint32_t index, uint16_t *v, void *opaque)
 {
     struct t *t = opaque;
+    ring_close(&t->ring[index]);
+    t->ring[index].running = false;
+    t->dev_started = false;
     t->vring_base_calls++;
     t->vring_base_index = index;
     if (t->defer_vring_base) {
@@ -297,6 +392,7 @@ static void t_setup_cfg(struct t *t, const struct vu_dev_config *cfg, uint64_t a
     for (unsigned i = 0; i < VU_MAX_QUEUES; i++) {
         t->info.regions[i % VP_MAX_REGIONS].fd = -1;
         t->info.virtqs[i].kick_fd = t->info.virtqs[i].call_fd = -1;
+        t->ring[i].vq.kick_fd = t->ring[i].vq.call_fd = -1;
         t->vring_base_answer[i] = (uint16_t)(100 + i);
     }
     t->mem_region_fd = -1;
@@ -326,6 +422,8 @@ static void t_setup(struct t *t)
 static void t_teardown(struct t *t)
 {
     info_close_fds(&t->info);
+    for (unsigned i = 0; i < VU_MAX_QUEUES; i++)
+        ring_close(&t->ring[i]);
     vu_fe_free(t->fe);
     pump(NULL);
     vu_glib_free(t->g);
@@ -402,7 +500,7 @@ static void state_payload(uint8_t p[8], uint32_t index, uint32_t num)
 
 static void check_started_info(struct t *t, unsigned nqueues)
 {
-    const struct vu_start_info *in = &t->info;
+    const struct tinfo *in = &t->info;
     g_assert_cmphex(in->features, ==, VP_NET_FEATURES | F_PROTO);
     g_assert_cmpuint(in->nregions, ==, 2);
     ino_t ram0 = fd_ino(vu_fe_ram_fd(t->fe, 0));
@@ -1199,6 +1297,11 @@ static void test_reconnect_replay(void)
     pump(NULL);
     FE_OK(vu_fe_wait_closed(t->fe));
     g_assert_cmpint(t->disconnected, ==, 0); /* freed, not disconnected */
+    for (unsigned i = 0; i < VU_MAX_QUEUES; i++) { /* what the user knew goes with it */
+        ring_close(&t->ring[i]);
+        t->ring[i].running = t->ring[i].enabled = false;
+    }
+    t->dev_started = false;
 
     int sv[2];
     vp_test_socketpair(sv);
