@@ -41,8 +41,21 @@ static void track(pid_t pid, gboolean on)
  * temp dir is not removed then). */
 static char abort_note[600];
 
+/* The test's own clean-up when it aborts (itest_on_abort). */
+static void (*abort_hook)(void);
+
+void itest_on_abort(void (*fn)(void))
+{
+    abort_hook = fn;
+}
+
 static void on_fatal_signal(int sig)
 {
+    if (abort_hook) {
+        void (*fn)(void) = abort_hook;
+        abort_hook = NULL;
+        fn();
+    }
     for (int i = 0; i < MAX_CHILDREN; i++) {
         if (children[i] > 0)
             kill(children[i], SIGKILL);
@@ -112,10 +125,17 @@ char *itest_guestd_endpoint_wrapper(const char *dir, const char *endpoint)
     return wrapper;
 }
 
+static void stop_child(GPid *pidp, const char *name);
+
 GPid itest_spawn(ITestEnv *env, char **argv, const char *log)
 {
+    return itest_spawn_stdin(env, argv, log, NULL);
+}
+
+GPid itest_spawn_stdin(ITestEnv *env, char **argv, const char *log, int *stdin_fd)
+{
     install_handlers();
-    if (!g_file_test(argv[0], G_FILE_TEST_IS_EXECUTABLE))
+    if (argv[0][0] == '/' && !g_file_test(argv[0], G_FILE_TEST_IS_EXECUTABLE))
         g_error("%s does not exist: build it first (or set VP_SERVER_BIN / VP_GUESTD_BIN)",
                 argv[0]);
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -126,13 +146,31 @@ GPid itest_spawn(ITestEnv *env, char **argv, const char *log)
     g_test_message("spawn: %s", cmd);
     g_free(cmd);
     if (!g_spawn_async_with_pipes_and_fds(env->dir, (const char *const *)argv, NULL,
-                                          G_SPAWN_DO_NOT_REAP_CHILD, child_setup, NULL,
-                                          -1, fd, fd, NULL, NULL, 0, &pid, NULL, NULL,
-                                          NULL, &e))
+                                          G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH,
+                                          child_setup, NULL, -1, fd, fd, NULL, NULL, 0, &pid,
+                                          stdin_fd, NULL, NULL, &e))
         g_error("spawn %s: %s", argv[0], e->message);
     close(fd);
     track(pid, TRUE);
     return pid;
+}
+
+void itest_stop(GPid *pid, const char *name)
+{
+    stop_child(pid, name);
+}
+
+int itest_kill9(GPid *pidp)
+{
+    GPid pid = *pidp;
+    int st = 0;
+    if (pid <= 0)
+        return 0;
+    *pidp = 0;
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    track(pid, FALSE);
+    return st;
 }
 
 

@@ -64,6 +64,18 @@ void itest_start_server(ITestEnv *env, const ITestOpts *opts);
  *  child dies with the test program and is killed if the test aborts. Reap it with
  *  itest_alive() (or waitpid). */
 GPid itest_spawn(ITestEnv *env, char **argv, const char *log);
+/** itest_spawn() for a program that may be found in PATH, with @stdin_fd: NULL
+ *  (stdin is /dev/null), or where the write end of a pipe to its stdin goes (the
+ *  caller's). */
+GPid itest_spawn_stdin(ITestEnv *env, char **argv, const char *log, int *stdin_fd);
+/** Run @fn (once) when the test program aborts (a failed assertion), before the
+ *  children are killed: for what the test holds outside its temp dir (mounts, system
+ *  settings). NULL removes it. */
+void itest_on_abort(void (*fn)(void));
+/** SIGTERM, at most 3 s, then SIGKILL; reaps; *@pid = 0. */
+void itest_stop(GPid *pid, const char *name);
+/** SIGKILL and reap now; *@pid = 0. Returns the wait status. */
+int itest_kill9(GPid *pid);
 /** Kill the guestd now (SIGKILL + waitpid). */
 void itest_kill_guestd(ITestEnv *env);
 /** TRUE when @pid has not exited (reaps it when it has, recording the status). */

@@ -105,6 +105,18 @@ $(H14_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
 TESTS += $(H14_ITEST)
 # ---- end of h14 block ----
 
+# ---- issue 9: the client daemon with a real DPDK 22.11 virtio-user frontend
+# (dpdk-testpmd; tests/integration/test-dpdk-interop.c) ----
+DPDK_ITEST := $(B)/tests/integration/test-dpdk-interop
+$(DPDK_ITEST): $(B)/tests/integration/test-dpdk-interop.o $(B)/tests/integration/itest.o \
+               $(B)/tests/integration/vu_frontend.o \
+               $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
+$(DPDK_ITEST).o: | $(VP_PB_H)
+$(DPDK_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration
+$(DPDK_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd %/vhost-pci-client,$(BINS))
+TESTS += $(DPDK_ITEST)
+# ---- end of the DPDK interop block ----
 # ---- T: the bench's smoke run (tools/bench --smoke: every path measured once, no
 # figure judged), needs dpdk-testpmd; last of the host-only tests (about a minute).
 TESTS += tests/integration/test-bench-smoke.sh
