@@ -67,12 +67,16 @@
  * level. */
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
+/* ... ceiling for a listening frontend (--vhost-server-path): a restarted one is taken
+ * within a second, as QEMU's reconnect=1 does the other way round. */
+#define FE_RECONNECT_MAX_MS 1000
 #define RECONNECT_REPORT_US (30 * G_USEC_PER_SEC)
 /* Bits of GET_FEATURES that belong to vhost-user itself and are never forwarded. */
 #define VU_LEVEL_FEATURES (1ULL << VU_F_PROTOCOL_FEATURES)
 
 /** A connection that is retried with bounded exponential backoff. */
 struct retry {
+    unsigned max_ms;              /* ceiling of the delay */
     guint timer;
     unsigned delay_ms;
     unsigned failures;
@@ -440,7 +444,7 @@ static void retry_schedule(struct daemon *d, struct retry *r, GSourceFunc fn)
     if (d->shutting_down || r->timer)
         return;
     r->timer = g_timeout_add(r->delay_ms, fn, d);
-    r->delay_ms = MIN(r->delay_ms * 2, RECONNECT_MAX_MS);
+    r->delay_ms = MIN(r->delay_ms * 2, r->max_ms);
 }
 
 static void retry_reset(struct retry *r)
@@ -456,8 +460,8 @@ static void retry_failed(struct retry *r, const char *what, const char *why)
     r->failures++;
     gint64 now = g_get_monotonic_time();
     if (r->failures == 1)
-        g_warning("cannot connect to %s: %s; retrying with backoff (up to %d ms)", what, why,
-                  RECONNECT_MAX_MS);
+        g_warning("cannot connect to %s: %s; retrying with backoff (up to %u ms)", what, why,
+                  r->max_ms);
     else if (now - r->reported >= RECONNECT_REPORT_US)
         g_message("still cannot connect to %s (%u attempts): %s", what, r->failures, why);
     else
@@ -915,6 +919,8 @@ int main(int argc, char **argv)
     d->listen_fd = -1;
     retry_reset(&d->srv_retry);
     retry_reset(&d->fe_retry);
+    d->srv_retry.max_ms = RECONNECT_MAX_MS;
+    d->fe_retry.max_ms = FE_RECONNECT_MAX_MS;
 
     int rc = parse_options(d, argc, argv);
     if (rc >= 0) {
