@@ -1025,8 +1025,9 @@ static enum br_state h_renegotiate(struct br *br, const struct br_event *ev)
         return br->state;
     char reason[256];
     snprintf(reason, sizeof(reason), "feature renegotiation: the device VM accepts only 0x%"
-             PRIx64 "; reconnect (QEMU: -chardev socket,...,reconnect=N) to renegotiate",
-             br->srv_accepted);
+             PRIx64 "; the frontend renegotiates when it connects again (QEMU: -chardev "
+             "socket,...,reconnect=N; DPDK virtio-user: server=1 with --vhost-server-path, "
+             "or a restart)", br->srv_accepted);
     drop_frontend(br, reason);
     return BR_RENEGOTIATING;
 }
