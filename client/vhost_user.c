@@ -34,6 +34,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "vp_memtable.h"
+#include "vp_vring.h"
+
 /* ---- Request names ---- */
 
 static const char *const vu_request_names[VU_REQUEST_MAX] = {
@@ -262,10 +265,16 @@ static void vu_region_to_vp(const struct vu_region *r, struct vp_region *out)
     out->fd = r->fd;
 }
 
-static bool vu_ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+/** @mem as the shared memory table (protocol/vp_memtable.h: target = the frontend's
+ *  user address, file_offset = mmap_offset, slot = index in @mem), without entry @skip
+ *  (UINT32_MAX: none). Overlap checks and translations are vp_mt_*'s on it. */
+static void vu_mem_view(const struct vu_mem *mem, unsigned skip, struct vp_memtable *t)
 {
-    /* Both ranges were checked not to overflow. */
-    return a < b + blen && b < a + alen;
+    vp_mt_init(t, VP_MAX_REGIONS);
+    for (unsigned i = 0; i < mem->n; i++)
+        if (i != skip)
+            t->r[t->n++] = (struct vp_mt_region){ mem->r[i].gpa, mem->r[i].size,
+                                                  mem->r[i].uaddr, mem->r[i].mmap_offset, i };
 }
 
 /** Decode one 32-byte wire region and check it on its own (no fd, no table). */
@@ -279,13 +288,13 @@ static int vu_region_decode(struct vu_dev *dev, const char *what, const uint8_t 
     r->fd = -1;
     if (r->size == 0)
         return vu_err(dev, "%s: region gpa 0x%" PRIx64 " has zero size", what, r->gpa);
-    if (r->size > UINT64_MAX - r->gpa)
+    if (!vp_span_ok(r->gpa, r->size))
         return vu_err(dev, "%s: region guest address range 0x%" PRIx64 "+0x%" PRIx64
                       " overflows", what, r->gpa, r->size);
-    if (r->size > UINT64_MAX - r->uaddr)
+    if (!vp_span_ok(r->uaddr, r->size))
         return vu_err(dev, "%s: region gpa 0x%" PRIx64 ": user address range 0x%" PRIx64
                       "+0x%" PRIx64 " overflows", what, r->gpa, r->uaddr, r->size);
-    if (r->size > UINT64_MAX - r->mmap_offset)
+    if (!vp_span_ok(r->mmap_offset, r->size))
         return vu_err(dev, "%s: region gpa 0x%" PRIx64 ": mmap offset range 0x%" PRIx64
                       "+0x%" PRIx64 " overflows", what, r->gpa, r->mmap_offset, r->size);
     return 0;
@@ -321,32 +330,25 @@ static bool vu_region_same(const struct vu_region *a, const struct vu_region *b)
 }
 
 /** Check that @r overlaps no region of @mem other than index @skip (guest-physical
- *  and user ranges). */
+ *  and user ranges: vp_mt_check_regions with disjoint targets). */
 static int vu_mem_check_overlap(struct vu_dev *dev, const char *what, const struct vu_mem *mem,
                                 const struct vu_region *r, unsigned skip)
 {
-    for (unsigned i = 0; i < mem->n; i++) {
-        const struct vu_region *o = &mem->r[i];
-        if (i == skip)
-            continue;
-        if (vu_ranges_overlap(r->gpa, r->size, o->gpa, o->size))
-            return vu_err(dev, "%s: region gpa 0x%" PRIx64 "+0x%" PRIx64
-                          " overlaps region gpa 0x%" PRIx64 "+0x%" PRIx64,
-                          what, r->gpa, r->size, o->gpa, o->size);
-        if (vu_ranges_overlap(r->uaddr, r->size, o->uaddr, o->size))
-            return vu_err(dev, "%s: region gpa 0x%" PRIx64 ": user range 0x%" PRIx64 "+0x%" PRIx64
-                          " overlaps region gpa 0x%" PRIx64, what, r->gpa, r->uaddr, r->size,
-                          o->gpa);
-    }
+    struct vp_memtable t;
+    vu_mem_view(mem, skip, &t);
+    struct vp_mt_region c = { r->gpa, r->size, r->uaddr, r->mmap_offset, 0 };
+    vp_error e = { "" };
+    if (vp_mt_check_regions(t.r, t.n, &c, 1, VP_MT_DISJOINT_TARGETS, NULL, &e) < 0)
+        return vu_err(dev, "%s: region gpa 0x%" PRIx64 " (user address 0x%" PRIx64 "; targets "
+                      "are user addresses): %s", what, r->gpa, r->uaddr, e.msg);
     return 0;
 }
 
 static int vu_mem_find_gpa(const struct vu_mem *mem, uint64_t gpa)
 {
-    for (unsigned i = 0; i < mem->n; i++)
-        if (mem->r[i].gpa == gpa)
-            return (int)i;
-    return -1;
+    struct vp_memtable t;
+    vu_mem_view(mem, UINT32_MAX, &t);
+    return vp_mt_find(&t, gpa);
 }
 
 static unsigned vu_mem_limit(const struct vu_dev *dev)
@@ -358,53 +360,41 @@ static unsigned vu_mem_limit(const struct vu_dev *dev)
  * Translate the user range [uaddr, uaddr+len) to guest-physical through @mem; the
  * range must lie inside one region (STYLE habit 6: a ring never spans regions).
  */
-static int vu_translate(struct vu_dev *dev, const struct vu_mem *mem, uint32_t index,
+static int vu_translate(struct vu_dev *dev, const struct vp_memtable *t, uint32_t index,
                         const char *ring, uint64_t uaddr, uint64_t len, uint64_t align,
                         uint64_t *gpa)
 {
-    for (unsigned i = 0; i < mem->n; i++) {
-        const struct vu_region *r = &mem->r[i];
-        if (uaddr < r->uaddr || uaddr - r->uaddr >= r->size)
-            continue;
-        uint64_t off = uaddr - r->uaddr;
-        if (!vp_range_ok(off, len, r->size))
-            return vu_err(dev, "vring %u: %s ring at user address 0x%" PRIx64 " (%" PRIu64
-                          " bytes) crosses the end of region gpa 0x%" PRIx64, index, ring,
-                          uaddr, len, r->gpa);
-        uint64_t g = r->gpa + off;
-        if (g & (align - 1))
-            return vu_err(dev, "vring %u: %s ring guest-physical address 0x%" PRIx64
-                          " is not %" PRIu64 "-byte aligned", index, ring, g, align);
-        *gpa = g;
-        return 0;
+    uint64_t g = 0;
+    uint64_t got = vp_mt_translate_target(t, uaddr, len, &g);
+    if (got == 0)
+        return vu_err(dev, "vring %u: %s ring user address 0x%" PRIx64
+                      " is outside every memory region", index, ring, uaddr);
+    if (got < len) {
+        int k = vp_mt_lookup(t, g);
+        return vu_err(dev, "vring %u: %s ring at user address 0x%" PRIx64 " (%" PRIu64
+                      " bytes) crosses the end of region gpa 0x%" PRIx64, index, ring,
+                      uaddr, len, k >= 0 ? t->r[k].gpa : g);
     }
-    return vu_err(dev, "vring %u: %s ring user address 0x%" PRIx64
-                  " is outside every memory region", index, ring, uaddr);
-}
-
-/** Split-ring sizes (virtio 1.0 2.4, with the event index words). num 0: unknown yet,
- *  only the first byte is checked. */
-static void vu_ring_sizes(uint32_t num, uint64_t *desc, uint64_t *avail, uint64_t *used)
-{
-    if (!num) {
-        *desc = *avail = *used = 1;
-        return;
-    }
-    *desc = 16ULL * num;
-    *avail = 6ULL + 2ULL * num;
-    *used = 6ULL + 8ULL * num;
+    if (g & (align - 1))
+        return vu_err(dev, "vring %u: %s ring guest-physical address 0x%" PRIx64
+                      " is not %" PRIu64 "-byte aligned", index, ring, g, align);
+    *gpa = g;
+    return 0;
 }
 
 static int vu_vring_translate(struct vu_dev *dev, const struct vu_mem *mem, uint32_t index,
                               const struct vu_vring *q, uint32_t num, struct vp_virtq *out)
 {
-    uint64_t ld, la, lu;
-    vu_ring_sizes(num, &ld, &la, &lu);
-    int ret = vu_translate(dev, mem, index, "descriptor", q->desc_user, ld, 16, &out->desc);
+    /* Split-ring sizes (vp_vring.h); num 0: unknown yet, only the first byte counts. */
+    uint64_t ld = num ? vp_vring_desc_size(num) : 1, la = num ? vp_vring_avail_size(num) : 1,
+             lu = num ? vp_vring_used_size(num) : 1;
+    struct vp_memtable t;
+    vu_mem_view(mem, UINT32_MAX, &t);
+    int ret = vu_translate(dev, &t, index, "descriptor", q->desc_user, ld, 16, &out->desc);
     if (!ret)
-        ret = vu_translate(dev, mem, index, "avail", q->avail_user, la, 2, &out->avail);
+        ret = vu_translate(dev, &t, index, "avail", q->avail_user, la, 2, &out->avail);
     if (!ret)
-        ret = vu_translate(dev, mem, index, "used", q->used_user, lu, 4, &out->used);
+        ret = vu_translate(dev, &t, index, "used", q->used_user, lu, 4, &out->used);
     return ret;
 }
 

@@ -1085,9 +1085,9 @@ static void test_bad_regions(void)
         FE_OK(vu_fe_recv_ack(t->fe, VU_ADD_MEM_REG));
     }
     region_payload(p, 0x10000, MiB, ua + 3 * MiB, 3 * MiB);
-    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "overlaps region gpa 0x0");
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "overlaps existing region 0 [0x0,");
     region_payload(p, 8 * MiB, MiB, ua + MiB / 2, 3 * MiB);
-    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "user range");
+    expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "target range");
     region_payload(p, 8 * MiB, MiB, ua + 3 * MiB, 3 * MiB);
     expect_rejected(t, VU_ADD_MEM_REG, p, 40, &fd0, 1, "too many regions (limit 3)");
     /* removing with another size is an error, not a no-op */
