@@ -55,9 +55,6 @@ void itest_env_start(ITestEnv *env, const ITestOpts *opts);
  *  wait, SIGKILL, waitpid; scan their logs for sanitizer reports; remove the temp
  *  dir. Idempotent. */
 void itest_env_stop(ITestEnv *env);
-/** Start only the server (again, on the same paths, with @opts->server_args), e.g.
- *  after it was killed; waits until it answers its mgmt socket. */
-void itest_start_server(ITestEnv *env, const ITestOpts *opts);
 /** Start only the guestd (after the server). */
 void itest_start_guestd(ITestEnv *env);
 /** (Re)start the server of @env on its paths (after itest_env_start(), e.g. once it
