@@ -295,6 +295,19 @@ static struct vu_fe *fe_connect(T *t)
             g_error("%s: %d (%s)", #call, r_, vu_fe_error(fe));                 \
     } while (0)
 
+/* QEMU 7.2's start of the device with rings at their bases (a ring at position N has
+ * avail and used indexes N in memory: the daemon resumes a ring from its used index
+ * when SET_VRING_BASE disagrees). */
+static int fe_start(struct vu_fe *fe, const struct vu_fe_vring *v)
+{
+    for (unsigned i = 0; i < 2; i++) {
+        int r = vu_fe_ring_at(fe, &v[i]);
+        if (r)
+            return r;
+    }
+    return vu_fe_qemu72_start(fe, F_GUEST, v);
+}
+
 /* RAM 0 and its two regions (low + high), as QEMU's main RAM. */
 static void fe_ram(T *t)
 {
@@ -311,7 +324,7 @@ static void fe_up(T *t)
     t->fe = fe_connect(t);
     FE_OK(t->fe, vu_fe_qemu72_init(t->fe));
     fe_ram(t);
-    FE_OK(t->fe, vu_fe_qemu72_start(t->fe, F_GUEST, vrings));
+    FE_OK(t->fe, fe_start(t->fe, vrings));
 }
 
 /* ------------------------------ the server's view ------------------------------ */
@@ -481,7 +494,7 @@ static void test_qemu72_sequence(void)
     g_assert_true(log_has(&t, "device VM accepts virtio features 0x"));
 
     fe_ram(&t);
-    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    FE_OK(t.fe, fe_start(t.fe, vrings));
     JsonNode *st = wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "frontend + 2 regions");
     assert_registered(&t, st);
     json_node_unref(st);
@@ -514,7 +527,7 @@ static void test_qemu72_sequence(void)
     struct vu_fe_vring again[2] = { vrings[0], vrings[1] };
     again[0].base = 7;
     again[1].base = 11;
-    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, again));
+    FE_OK(t.fe, fe_start(t.fe, again));
     st = wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "frontend registered again");
     assert_registered(&t, st);
     json_node_unref(st);
@@ -590,7 +603,7 @@ static void test_memory_hotplug(void)
     FE_OK(t.fe, vu_fe_qemu72_stop(t.fe, bases));
     g_assert_cmpuint(bases[1], ==, 9);
     vu_fe_clear_ack(t.fe);
-    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    FE_OK(t.fe, fe_start(t.fe, vrings));
     g_assert_cmpuint(vu_fe_last_ack(t.fe), ==, 0);
     g_assert_true(log_has(&t, "the frontend is (re)starting its device, which a failure "
                           "reply would stop: it gets success"));
@@ -652,7 +665,7 @@ static void test_frontend_reconnect(void)
     json_node_unref(wait_server(&t, (Expect){ 0, 0, 0, 0 }, "dropped with the connection"));
     g_assert_true(log_has(&t, "frontend disconnected: "));
     FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
-    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    FE_OK(t.fe, fe_start(t.fe, vrings));
     JsonNode *st = wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered after replay");
     assert_registered(&t, st);
     json_node_unref(st);
@@ -736,7 +749,7 @@ static void test_server_late(void)
     g_assert_cmphex(vu_fe_offered_features(t.fe), ==, VP_NET_FEATURES | F_PROTO);
     g_assert_true(log_has(&t, "no feature answer from the vhost-pci server within"));
     fe_ram(&t);
-    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    FE_OK(t.fe, fe_start(t.fe, vrings));
     wait_log(&t, "the device is registered once the connection is back");
 
     g_assert_cmpint(symlink(t.env.sock, late), ==, 0); /* the server appears */
@@ -817,7 +830,7 @@ static void test_fd_connected(void)
     FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
     g_assert_cmphex(vu_fe_offered_features(t.fe), ==, VP_NET_FEATURES | F_PROTO);
     fe_ram(&t);
-    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    FE_OK(t.fe, fe_start(t.fe, vrings));
     JsonNode *st = wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered over --fd");
     assert_registered(&t, st);
     json_node_unref(st);
@@ -964,7 +977,7 @@ static void test_datapath_positions(void)
     const struct vu_fe_vring *rx = &vrings[0], *tx = &vrings[1];
     ring_reset(ram, rx);
     ring_reset(ram, tx);
-    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    FE_OK(t.fe, fe_start(t.fe, vrings));
     json_node_unref(wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered"));
 
     /* One 2 KiB receive buffer, one frame (12-byte virtio-net header + 60 bytes). */
@@ -1306,7 +1319,7 @@ static void test_renegotiation(void)
     g_assert_cmphex(vu_fe_offered_features(t.fe), ==, VP_NET_FEATURES | F_PROTO);
     fe_ram(&t);
     /* The memory goes to the server as QEMU adds it (answered by the pump). */
-    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    FE_OK(t.fe, fe_start(t.fe, vrings));
     g_assert_cmpuint(f.handled, ==, 2);
     f.sfd = -1; /* the rest is read here */
 
@@ -1393,7 +1406,7 @@ static void test_hotplug_verdicts(void)
     FE_OK(t.fe, vu_fe_qemu72_init(t.fe));
     fe_ram(&t);
     f.action = FS_DONE; /* the memory as QEMU adds it */
-    FE_OK(t.fe, vu_fe_qemu72_start(t.fe, F_GUEST, vrings));
+    FE_OK(t.fe, fe_start(t.fe, vrings));
     g_assert_cmpuint(f.handled, ==, 2);
     int sfd = f.sfd;
     f.sfd = -1; /* the handshake is read here */

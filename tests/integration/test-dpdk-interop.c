@@ -925,6 +925,8 @@ static int connect_unix(const char *path)
 static void fe_one_start(D *d, struct vu_fe *fe, uint8_t *ram, unsigned n)
 {
     FE_OK(d, fe, vu_fe_dpdk_init(fe));
+    FE_OK(d, fe, vu_fe_ring_at(fe, &fe_rings[0])); /* a fresh ring, as DPDK's */
+    FE_OK(d, fe, vu_fe_ring_at(fe, &fe_rings[1]));
     FE_OK(d, fe, vu_fe_dpdk_start(fe, (1ULL << VP_VIRTIO_F_VERSION_1) |
                                       (1ULL << VP_VIRTIO_NET_F_MRG_RXBUF), fe_rings));
     memset(ram + FE_RXBUF, 0, 2048);

@@ -620,8 +620,6 @@ int vu_fe_qemu72_start(struct vu_fe *fe, uint64_t features, const struct vu_fe_v
     }
     for (unsigned i = 0; i < fe->nqueues; i++) {
         const struct vu_fe_vring *v = &vrings[i];
-        if ((r = vu_fe_ring_at(fe, v)))
-            return r;
         if ((r = vu_fe_set_state(fe, VU_SET_VRING_NUM, i, v->num, false)) ||
             (r = vu_fe_set_state(fe, VU_SET_VRING_BASE, i, v->base, false)) ||
             (r = vu_fe_set_vring_addr(fe, i, vu_fe_uaddr(fe, 0, v->desc_off),
@@ -678,8 +676,7 @@ int vu_fe_dpdk_start(struct vu_fe *fe, uint64_t features, const struct vu_fe_vri
         return r;
     for (unsigned i = 0; i < fe->nqueues; i++) {
         const struct vu_fe_vring *v = &vrings[i];
-        if ((r = vu_fe_ring_at(fe, v)) ||
-            (r = vu_fe_set_state(fe, VU_SET_VRING_NUM, i, v->num, false)) ||
+        if ((r = vu_fe_set_state(fe, VU_SET_VRING_NUM, i, v->num, false)) ||
             (r = vu_fe_set_state(fe, VU_SET_VRING_BASE, i, v->base, false)) ||
             (r = vu_fe_set_vring_addr(fe, i, vu_fe_uaddr(fe, 0, v->desc_off),
                                       vu_fe_uaddr(fe, 0, v->avail_off),

@@ -152,8 +152,9 @@ int vu_fe_qemu10_init(struct vu_fe *fe);
 /** The guest starts the device: SET_FEATURES(@features | PROTOCOL_FEATURES when
  *  offered), ADD_MEM_REG per live region (or SET_MEM_TABLE without
  *  CONFIGURE_MEM_SLOTS), then per queue SET_VRING_NUM, SET_VRING_BASE,
- *  SET_VRING_ADDR (user addresses of RAM 0), SET_VRING_KICK, SET_VRING_CALL. Each
- *  ring's avail and used indexes in RAM 0 are set to its base first (vu_fe_ring_at). */
+ *  SET_VRING_ADDR (user addresses of RAM 0), SET_VRING_KICK, SET_VRING_CALL. The
+ *  rings' memory is the caller's (vu_fe_ring_at makes a ring look like one at its
+ *  base: a backend may check the used index against SET_VRING_BASE). */
 int vu_fe_qemu72_start(struct vu_fe *fe, uint64_t features, const struct vu_fe_vring *vrings);
 /** Shutdown: GET_VRING_BASE per queue; the answers go to @bases (may be NULL). */
 int vu_fe_qemu72_stop(struct vu_fe *fe, uint32_t *bases);
@@ -164,7 +165,7 @@ int vu_fe_qemu72_stop(struct vu_fe *fe, uint32_t *bases);
  *  only: memory goes as SET_MEM_TABLE). */
 int vu_fe_dpdk_init(struct vu_fe *fe);
 /** Port start: SET_VRING_CALL per ring, SET_FEATURES, SET_MEM_TABLE (need_reply), per
- *  ring NUM, BASE, ADDR, KICK (indexes in RAM 0 set to the base first), then
+ *  ring NUM, BASE, ADDR, KICK (the rings' memory is the caller's), then
  *  SET_VRING_ENABLE 1 ring by ring. Returns -EIO when the backend fails the
  *  SET_MEM_TABLE (DPDK: "Failed to start device"). */
 int vu_fe_dpdk_start(struct vu_fe *fe, uint64_t features, const struct vu_fe_vring *vrings);
