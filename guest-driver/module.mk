@@ -4,7 +4,8 @@
 
 GUESTD_SRCS := guest-driver/log.c guest-driver/loop.c guest-driver/json.c \
                guest-driver/ctrlarea.c guest-driver/controlq.c \
-               guest-driver/device.c guest-driver/controlplane.c guest-driver/status.c \
+               guest-driver/device.c guest-driver/device_windows.c \
+               guest-driver/device_msgs.c guest-driver/controlplane.c guest-driver/status.c \
                guest-driver/bus_local.c guest-driver/bus_pci.c
 GUESTD_MAIN  := guest-driver/main.c
 
