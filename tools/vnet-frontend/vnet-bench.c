@@ -7,10 +7,13 @@
  * frames echoed by a second thread over a UNIX SOCK_SEQPACKET socketpair (two kernel
  * copies each way).
  *
- *   vnet-bench --server PATH [--seconds S] [--sizes 64,1500] [--window N]
+ *   vnet-bench --server PATH [--seconds S] [--sizes 64,1500] [--window N] [--pairs N]
  *
  * Prints, per frame size: frames/s and Gbit/s (frame bytes carried one way) for
  * vhost-pci and for the baseline, and their ratio. Figures only: no pass/fail.
+ * With --pairs N (multi-queue, issue 10) the frontend has N queue pairs, each driven
+ * by a thread of its own with the same window; the vhost-pci figure is their sum
+ * (guestd polls pair q on its worker q: run it with --workers >= N).
  */
 #include <errno.h>
 #include <glib.h>
@@ -91,6 +94,43 @@ static Result run_vhost_pci(VnetFe *fe, gsize size, double seconds, guint window
                      .frames = got };
 }
 
+typedef struct {
+    VnetFe *fe;
+    gsize size;
+    double seconds;
+    guint window;
+    Result r;
+} PairRun;
+
+static gpointer pair_thread(gpointer data)
+{
+    PairRun *pr = data;
+    pr->r = run_vhost_pci(pr->fe, pr->size, pr->seconds, pr->window);
+    return NULL;
+}
+
+/* Every pair of @fe at once, one thread each; the sum of their figures. */
+static Result run_pairs(VnetFe *fe, guint npairs, gsize size, double seconds, guint window)
+{
+    if (npairs == 1)
+        return run_vhost_pci(fe, size, seconds, window);
+    PairRun runs[VNET_FE_MAX_PAIRS];
+    GThread *th[VNET_FE_MAX_PAIRS];
+    for (guint i = 0; i < npairs; i++) {
+        runs[i] = (PairRun){ .fe = vnet_fe_pair(fe, i), .size = size, .seconds = seconds,
+                             .window = window };
+        th[i] = g_thread_new("pair", pair_thread, &runs[i]);
+    }
+    Result sum = { 0 };
+    for (guint i = 0; i < npairs; i++) {
+        g_thread_join(th[i]);
+        sum.fps += runs[i].r.fps;
+        sum.gbps += runs[i].r.gbps;
+        sum.frames += runs[i].r.frames;
+    }
+    return sum;
+}
+
 /* ------------------------------ baseline ------------------------------ */
 
 typedef struct {
@@ -162,28 +202,35 @@ int main(int argc, char **argv)
 {
     char *server = NULL, *sizes = NULL;
     double seconds = 2.0;
-    gint window = 128;
+    gint window = 128, pairs = 1;
     GOptionEntry entries[] = {
         { "server", 0, 0, G_OPTION_ARG_FILENAME, &server, "vhost-pci-server socket", "PATH" },
         { "seconds", 0, 0, G_OPTION_ARG_DOUBLE, &seconds, "seconds per measurement (2)", "S" },
         { "sizes", 0, 0, G_OPTION_ARG_STRING, &sizes, "frame sizes (64,1500)", "LIST" },
         { "window", 0, 0, G_OPTION_ARG_INT, &window, "frames in flight (128)", "N" },
+        { "pairs", 0, 0, G_OPTION_ARG_INT, &pairs, "queue pairs, one thread each (1)", "N" },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
     };
     GError *err = NULL;
     GOptionContext *ctx = g_option_context_new("- vhost-pci data path benchmark");
     g_option_context_add_main_entries(ctx, entries, NULL);
-    if (!g_option_context_parse(ctx, &argc, &argv, &err) || !server || window <= 0) {
-        fprintf(stderr, "vnet-bench: %s\n", err ? err->message : "--server PATH is required");
+    if (!g_option_context_parse(ctx, &argc, &argv, &err) || !server || window <= 0 ||
+        pairs < 1 || pairs > VNET_FE_MAX_PAIRS) {
+        fprintf(stderr, "vnet-bench: %s\n", err ? err->message
+                                               : "--server PATH is required; --pairs 1..16");
         return 2;
     }
     g_option_context_free(ctx);
-    VnetVm *vm = vnet_vm_new(server, NULL, 8u << 20, &err);
+    gsize ram = 8u << 20; /* a power of two with room for every pair's rings and buffers */
+    while (ram < (8u << 20) + (gsize)pairs * (2u << 20))
+        ram *= 2;
+    VnetVm *vm = vnet_vm_new(server, NULL, ram, &err);
     if (!vm) {
         fprintf(stderr, "vnet-bench: %s\n", err->message);
         return 1;
     }
-    VnetFeConfig cfg = { .device_id = 1, .qsize = 256, .rx_buf_size = 2048 };
+    VnetFeConfig cfg = { .device_id = 1, .qsize = 256, .rx_buf_size = 2048,
+                         .pairs = (guint)pairs };
     VnetFe *fe = vnet_fe_new(vm, &cfg, &err);
     if (!fe) {
         fprintf(stderr, "vnet-bench: %s\n", err->message);
@@ -191,8 +238,8 @@ int main(int argc, char **argv)
     }
     char **list = g_strsplit(sizes ? sizes : "64,1500", ",", -1);
     printf("vhost-pci data path: frontend -> guestd (loopback endpoint) -> frontend, "
-           "features 0x%" G_GINT64_MODIFIER "x, %u-entry rings, %d frames in flight\n",
-           fe->features, cfg.qsize, window);
+           "features 0x%" G_GINT64_MODIFIER "x, %u-entry rings, %d frames in flight, "
+           "%d queue pair(s)\n", fe->features, cfg.qsize, window, pairs);
     printf("baseline: the same frames echoed over a UNIX SOCK_SEQPACKET socketpair by a "
            "thread\n");
     printf("%-6s %14s %10s %14s %10s %8s\n", "bytes", "vhost-pci f/s", "Gbit/s",
@@ -203,8 +250,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "vnet-bench: bad size %s (22..65536)\n", *s);
             continue;
         }
-        run_vhost_pci(fe, size, 0.2, (guint)window); /* warm-up */
-        Result v = run_vhost_pci(fe, size, seconds, (guint)window);
+        run_pairs(fe, (guint)pairs, size, 0.2, (guint)window); /* warm-up */
+        Result v = run_pairs(fe, (guint)pairs, size, seconds, (guint)window);
         Result b = run_socketpair(size, seconds, (guint)window);
         printf("%-6zu %14.0f %10.3f %14.0f %10.3f %7.2fx\n", size, v.fps, v.gbps, b.fps, b.gbps,
                b.fps > 0 ? v.fps / b.fps : 0.0);
