@@ -223,6 +223,7 @@ static void reply_features(struct br *br, uint64_t f, const char *how)
     if (br->wait != BR_WAIT_FEATURES)
         return;
     br->wait = BR_WAIT_NONE;
+    f |= br->cfg.frontend_features;
     br_log(br, BR_LOG_INFO, "GET_FEATURES: offering the frontend 0x%" PRIx64 " (%s)", f, how);
     emit(br, &(struct br_action){ .type = BR_ACT_REPLY_FEATURES, .features = f });
 }
@@ -548,7 +549,8 @@ static enum br_state do_register(struct br *br)
         if (!mirror_same(br, &br->mem[i]))
             br->reg_new_gpa[br->reg_nnew++] = br->mem[i].r.gpa;
     }
-    uint64_t features = br->fe_features & ~(1ULL << VU_F_PROTOCOL_FEATURES);
+    uint64_t features = br->fe_features & ~(1ULL << VU_F_PROTOCOL_FEATURES) &
+                        ~br->cfg.frontend_features;
     br->reg_token = new_token(br);
     br->served_mask = mask;
     br_log(br, BR_LOG_INFO, "handshake: MEMORY_INFO(ADD) of %u region(s), FEATURE_BITS 0x%"

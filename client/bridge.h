@@ -164,6 +164,10 @@ struct br_config {
                                 VP_NET_FEATURES) */
     unsigned nqueues;        /* virtqueues of the frontend, even, 2..VU_MAX_QUEUES
                                 (default 2) */
+    uint64_t frontend_features; /* virtio bits offered to the frontend on top of what
+                                   the device VM accepts and never forwarded to it
+                                   (VIRTIO_NET_F_MQ with several queue pairs: the
+                                   device VM sees them as virtqueues) */
     bool log_refusals_only;  /* --memory-refusal log: never fail a memory request */
     int settle_ms;           /* default 20 */
     int features_wait_ms;    /* default 3000 */

@@ -23,7 +23,9 @@
  *   --fd N                      an inherited socket, listening or connected
  *
  * One frontend connection at a time (a second is refused), one NET frontend
- * (--device-id) with one receiveq/transmitq pair.
+ * (--device-id) with --queues receiveq/transmitq pairs (virtqueues 2k and 2k+1; the
+ * frontend's VMM keeps the virtio-net control queue and enables pairs with
+ * SET_VRING_ENABLE, which the bridge turns into DEVICE_INFO updates).
  *
  * Security model: the daemon parses no peer input itself. The frontend's requests are
  * framed and validated by the vhost-user core (client/vhost_user.c), the server's
@@ -60,8 +62,8 @@
 #include "vp_wire.h"
 #include "vpclient.h"
 
-/* Virtqueues of the frontend: one receiveq/transmitq pair (multi-queue not supported). */
-#define NQUEUES 2
+/* Most queue pairs --queues takes (a DEVICE_INFO carries at most VP_MAX_VIRTQS). */
+#define MAX_PAIRS (VU_MAX_QUEUES / 2)
 /* Reconnection backoff (server, and the frontend with --vhost-server-path): first
  * retry, ceiling, and how often a still failing reconnection is reported above debug
  * level. */
@@ -96,6 +98,7 @@ struct daemon {
     char *memory_refusal_opt;
     double ack_timeout_s;
     gboolean print_caps;
+    gint queue_pairs;
 
     uint64_t offer;               /* virtio features asked of the server */
     bool log_refusals_only;       /* --memory-refusal log */
@@ -582,7 +585,7 @@ static void serve_connection(struct daemon *d, int sock)
         close(sock);
         return;
     }
-    struct vu_dev_config cfg = { .nqueues = NQUEUES };
+    struct vu_dev_config cfg = { .nqueues = 2 * (unsigned)d->queue_pairs };
     vp_error err = { "" };
     d->vu_conn++;
     d->vu = vu_glib_new(sock, &cfg, &vu_ops, d, NULL, &err);
@@ -793,6 +796,11 @@ static int parse_options(struct daemon *d, int argc, char **argv)
           "reports a failed start, QEMU a failed vhost start); 'log' only logs it and "
           "answers success. A frontend restarting its device with memory the device VM "
           "has always gets success", "reply|log" },
+        { "queues", 'q', 0, G_OPTION_ARG_INT, &d->queue_pairs,
+          "Queue pairs offered to the frontend (default 1; with more: VIRTIO_NET_F_MQ and "
+          "VHOST_USER_PROTOCOL_F_MQ; QEMU: -netdev vhost-user,queues=N; DPDK: "
+          "queues=N,cq=1). A frontend set up for more is refused at its start with a "
+          "reason", "N" },
         { "ack-timeout", 't', 0, G_OPTION_ARG_DOUBLE, &d->ack_timeout_s,
           "Seconds to wait for each server ACK (default 15)", "SECONDS" },
         { "log-level", 0, 0, G_OPTION_ARG_STRING, &d->log_level,
@@ -857,6 +865,10 @@ static int parse_options(struct daemon *d, int argc, char **argv)
         fprintf(stderr, "vhost-pci-client: --server PATH is required (see --help)\n");
         return 2;
     }
+    if (d->queue_pairs < 1 || d->queue_pairs > MAX_PAIRS) {
+        fprintf(stderr, "vhost-pci-client: --queues must be in 1..%d\n", MAX_PAIRS);
+        return 2;
+    }
     if (d->device_id < 0) {
         fprintf(stderr, "vhost-pci-client: --device-id must be >= 0\n");
         return 2;
@@ -916,6 +928,7 @@ int main(int argc, char **argv)
     d->opt_fd = -1;
     d->device_id = 1;
     d->ack_timeout_s = 15.0;
+    d->queue_pairs = 1;
     d->listen_fd = -1;
     retry_reset(&d->srv_retry);
     retry_reset(&d->fe_retry);
@@ -936,7 +949,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     struct br_config bc = { .device_id = (uint64_t)d->device_id, .offer = d->offer,
-                            .nqueues = NQUEUES, .log_refusals_only = d->log_refusals_only };
+                            .nqueues = 2 * (unsigned)d->queue_pairs,
+                            .frontend_features = d->queue_pairs > 1 ? 1ULL << VU_F_NET_MQ : 0,
+                            .log_refusals_only = d->log_refusals_only };
     d->br = br_new(&bc, act, br_log_glib, d);
     if (!d->br) {
         fprintf(stderr, "vhost-pci-client: out of memory\n");
@@ -964,8 +979,8 @@ int main(int argc, char **argv)
                 : d->vhost_server_path ? g_strdup_printf("connecting to %s", d->vhost_server_path)
                 : g_strdup_printf("fd %d", d->opt_fd);
     g_message("client_uuid %s, device_id %" G_GINT64_FORMAT ", vhost-user socket %s, "
-              "server %s, offering features 0x%" PRIx64, d->uuid_str, d->device_id, where,
-              d->server_path, d->offer);
+              "server %s, offering features 0x%" PRIx64 ", %d queue pair(s)", d->uuid_str,
+              d->device_id, where, d->server_path, d->offer, d->queue_pairs);
     g_free(where);
     srv_connect(d);
     if (d->vhost_server_path)

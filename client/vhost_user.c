@@ -167,6 +167,7 @@ struct vu_dev {
     uint64_t pf_offered;
     uint64_t protocol_features;
     bool owner;
+    unsigned excess;          /* highest virtqueue index + 1 named beyond nqueues */
 
     struct vu_mem mem;
     struct vu_mem scratch;    /* candidate table while a change is validated */
@@ -867,10 +868,26 @@ static int vu_reset_owner_exec(struct vu_dev *dev, struct vu_msg *m)
     return 0;
 }
 
+/** A frontend set up for more queue pairs than configured is refused at its memory
+ *  table (SET_MEM_TABLE, ADD_MEM_REG): the first request of its start that a frontend
+ *  waits for (REPLY_ACK), so it reports a failed start in its own words. */
+static int vu_check_excess(struct vu_dev *dev, const char *what)
+{
+    if (!dev->excess)
+        return 0;
+    return vu_err(dev, "%s: the frontend set up virtqueue %u, but this backend offers %u "
+                  "queue pair(s): start it with at most %u (DPDK: queues=%u; QEMU: "
+                  "-netdev vhost-user,queues=%u), or the backend with more", what,
+                  dev->excess - 1, dev->cfg.nqueues / 2, dev->cfg.nqueues / 2,
+                  dev->cfg.nqueues / 2, dev->cfg.nqueues / 2);
+}
+
 /** SET_MEM_TABLE: the whole table; applied as a difference to the current one. */
 static int vu_set_mem_table_exec(struct vu_dev *dev, struct vu_msg *m)
 {
     static const char what[] = "SET_MEM_TABLE";
+    if (vu_check_excess(dev, what) < 0)
+        return -EINVAL;
     uint32_t n = vp_get_le32(m->payload);
     if (n == 0 || n > VU_MEM_TABLE_MAX)
         return vu_err(dev, "%s: %u regions (1..%u)", what, n, VU_MEM_TABLE_MAX);
@@ -925,6 +942,8 @@ static int vu_set_mem_table_exec(struct vu_dev *dev, struct vu_msg *m)
 static int vu_add_mem_reg_exec(struct vu_dev *dev, struct vu_msg *m)
 {
     static const char what[] = "ADD_MEM_REG";
+    if (vu_check_excess(dev, what) < 0)
+        return -EINVAL;
     struct vu_region r;
     /* payload: u64 padding, then one region */
     int ret = vu_region_decode(dev, what, m->payload + 8, &r);
@@ -1257,10 +1276,19 @@ static const struct vu_handler *vu_check_request(struct vu_dev *dev, const struc
         index = vp_get_le64(m->payload) & VU_VRING_IDX_MASK;
     else
         has_index = false;
-    if (has_index && index >= dev->cfg.nqueues) {
+    if (has_index && index >= dev->cfg.nqueues &&
+        (h->qidx != VU_Q_U64 || index >= VU_MAX_QUEUES)) {
         vu_err(dev, "%s: vring index %" PRIu64 " out of range (%u queues)", name, index,
                dev->cfg.nqueues);
         return NULL;
+    }
+    if (has_index && index >= dev->cfg.nqueues && index + 1 > dev->excess) {
+        /* Kept, never started: the frontend is told at its memory table. */
+        if (!dev->excess)
+            vu_log(dev, VU_LOG_WARNING, "vhost-user: %s names virtqueue %" PRIu64 ": the "
+                   "frontend is set up for more queue pairs than the %u this backend offers",
+                   name, index, dev->cfg.nqueues / 2);
+        dev->excess = (unsigned)index + 1;
     }
     return h;
 }
@@ -1682,6 +1710,11 @@ const char *vu_dev_error(const struct vu_dev *dev)
 bool vu_dev_is_started(const struct vu_dev *dev)
 {
     return vu_any_running(dev);
+}
+
+unsigned vu_dev_excess_queues(const struct vu_dev *dev)
+{
+    return dev->excess;
 }
 
 uint64_t vu_dev_features(const struct vu_dev *dev)

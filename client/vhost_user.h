@@ -112,6 +112,8 @@ enum vu_request {
 #define VU_F_PROTOCOL_FEATURES 30     /* VHOST_USER_F_PROTOCOL_FEATURES, always offered */
 #define VU_F_IOMMU_PLATFORM 33        /* needs IOTLB messages, not supported */
 #define VU_F_RING_PACKED 34           /* vhost-pci carries split rings only */
+#define VU_F_NET_MQ 22                /* VIRTIO_NET_F_MQ: several queue pairs, their
+                                         control queue stays with the frontend's VMM */
 
 /* Protocol feature bits. */
 #define VU_PF_MQ 0
@@ -146,7 +148,11 @@ enum vu_log_level {
 /** Configuration, copied by vu_dev_new(). Zero fields take the default. */
 struct vu_dev_config {
     /** Virtqueues (not pairs): an even number in 2..VU_MAX_QUEUES, default 2 (one
-     *  receiveq/transmitq pair). A request naming a queue >= nqueues is an error. */
+     *  receiveq/transmitq pair). A request naming a queue >= nqueues is an error,
+     *  except SET_VRING_KICK/CALL/ERR up to VU_MAX_QUEUES - 1: a frontend set up for
+     *  more queue pairs than offered (DPDK's virtio-user sends its call fds before it
+     *  negotiates anything) is then refused at its memory table, with a reason, where
+     *  it can print the failure (see vu_dev_excess_queues). */
     unsigned nqueues;
     /** Answer to GET_MAX_MEM_SLOTS and limit of the memory table: 1..VP_MAX_REGIONS,
      *  default VP_MAX_REGIONS. */
@@ -306,6 +312,9 @@ const char *vu_dev_error(const struct vu_dev *dev);
 /** True while at least one virtqueue runs (ops->vring_started until its
  *  GET_VRING_BASE). */
 bool vu_dev_is_started(const struct vu_dev *dev);
+/** Highest virtqueue index + 1 the frontend named beyond the configured ones (0:
+ *  none): it is set up for more queue pairs than this backend has. */
+unsigned vu_dev_excess_queues(const struct vu_dev *dev);
 /** Negotiated virtio features (SET_FEATURES) and protocol features. */
 uint64_t vu_dev_features(const struct vu_dev *dev);
 uint64_t vu_dev_protocol_features(const struct vu_dev *dev);

@@ -73,6 +73,8 @@ typedef struct {
     char prefix[64];
     int cpu;                    /* the CPU testpmd's lcores share */
     bool small;                 /* -m 128 (fast starts) instead of the issue's -m 512 */
+    unsigned tp_queues;         /* testpmd's queue pairs (0: 1) */
+    const char *daemon_queues;  /* the daemon's --queues (NULL: its default) */
     int fds_server, fds_guestd, fds_client;
 } D;
 
@@ -129,7 +131,8 @@ static void daemon_start(D *d)
     d->client_log = g_strdup_printf("%s/client%u.log", d->env.dir, ++d->nclient);
     const char *argv[] = { bin, d->connect_mode ? "--vhost-server-path" : "--socket-path",
                            d->vu_path, "--server", d->env.sock, "--log-level", "debug",
-                           "--ack-timeout", "10", NULL };
+                           "--ack-timeout", "10", d->daemon_queues ? "--queues" : NULL,
+                           d->daemon_queues, NULL };
     d->client_pid = itest_spawn(&d->env, (char **)argv, d->client_log);
     g_free(bin);
     gint64 deadline = g_get_monotonic_time() + (gint64)TMO * 1000;
@@ -165,10 +168,13 @@ static gboolean tp_start(D *d)
     g_free(d->tp_log);
     d->tp_log = g_strdup_printf("%s/testpmd%u.log", d->env.dir, ++d->ntp);
     g_snprintf(d->prefix, sizeof(d->prefix), "vp-interop-%d-%u", getpid(), d->ntp);
-    char lcores[32], vdev[512];
+    char lcores[32], vdev[512], rxq[32], txq[32];
+    unsigned nq = d->tp_queues ? d->tp_queues : 1;
     g_snprintf(lcores, sizeof(lcores), "0@%d,1@%d", d->cpu, d->cpu);
-    g_snprintf(vdev, sizeof(vdev), "net_virtio_user0,path=%s,queues=1%s", d->vu_path,
-               d->connect_mode ? ",server=1" : "");
+    g_snprintf(vdev, sizeof(vdev), "net_virtio_user0,path=%s,queues=%u%s%s", d->vu_path, nq,
+               nq > 1 ? ",cq=1" : "", d->connect_mode ? ",server=1" : "");
+    g_snprintf(rxq, sizeof(rxq), "--rxq=%u", nq);
+    g_snprintf(txq, sizeof(txq), "--txq=%u", nq);
     if (d->connect_mode)
         unlink(d->vu_path); /* testpmd binds it; a killed one left it behind */
     GPtrArray *a = g_ptr_array_new();
@@ -186,7 +192,7 @@ static gboolean tp_start(D *d)
     }
     const char *tail[] = { "--", "-i", d->small ? "--total-num-mbufs=4096"
                                                 : "--total-num-mbufs=16384",
-                           "--forward-mode=io", NULL };
+                           "--forward-mode=io", rxq, txq, NULL };
     for (guint i = 0; i < G_N_ELEMENTS(tail); i++)
         g_ptr_array_add(a, (gpointer)tail[i]);
     d->tp_pid = itest_spawn_stdin(&d->env, (char **)a->pdata, d->tp_log, &d->tp_in);
@@ -872,6 +878,45 @@ static void test_server_restart(void)
     env_stop(&d);
 }
 
+/* Multi-queue (issue 10, client side): the daemon offers --queues 2; testpmd with
+ * queues=2 (cq=1: its control queue stays with virtio-user, as QEMU keeps it) is
+ * registered with 4 virtqueues once it enables its second pair; a testpmd set up for
+ * 4 pairs is refused at its start: DPDK prints "Failed to start device", the daemon
+ * says why and what to change. (Traffic on every pair needs guestd to serve them.) */
+static void test_queues(void)
+{
+    D d;
+    env_start(&d, false, true);
+    d.daemon_queues = "2";
+    daemon_start(&d);
+    d.small = true;
+    d.tp_queues = 2;
+    g_assert_true(tp_start(&d));
+    gint64 deadline = g_get_monotonic_time() + (gint64)TMO * 1000;
+    while (count_in(d.client_log, "net 1 with 4 virtqueues is served by the device VM") == 0) {
+        if (g_get_monotonic_time() > deadline)
+            FAIL(&d, "testpmd's two queue pairs were not registered");
+        g_usleep(20000);
+    }
+    JsonNode *st = itest_server_status(&d.env);
+    JsonObject *dev = json_array_get_object_element(
+        json_object_get_array_member(json_node_get_object(st), "devices"), 0);
+    g_assert_cmpint(itest_int(itest_elem(dev, "frontends", 0), "nvirtqs"), ==, 4);
+    json_node_unref(st);
+    tp_quit(&d);
+    tp_cleanup_runtime(&d);
+
+    d.tp_queues = 4;
+    g_assert_true(tp_start(&d));
+    if (count_in(d.tp_log, "Failed to start device") == 0)
+        FAIL(&d, "testpmd with 4 queue pairs does not report a start failure");
+    if (count_in(d.client_log, "the frontend set up virtqueue 7, but this backend offers 2 "
+                 "queue pair(s): start it with at most 2") == 0)
+        FAIL(&d, "the daemon does not say why");
+    tp_quit(&d);
+    env_stop(&d);
+}
+
 /* ------------------------------ many restarts (scripted DPDK order) ------------------------------ */
 
 static const struct vu_fe_vring fe_rings[2] = {
@@ -1013,6 +1058,7 @@ int main(int argc, char **argv)
     g_test_add_func("/interop/dpdk/refused-memory", test_refused_memory);
     g_test_add_func("/interop/dpdk/renegotiation", test_renegotiation);
     g_test_add_func("/interop/dpdk/server-restart", test_server_restart);
+    g_test_add_func("/interop/dpdk/queues", test_queues);
     g_test_add_func("/interop/scripted/restarts", test_restarts);
     return g_test_run();
 }

@@ -50,9 +50,11 @@
 #define RAM_GPA 0x100000000ULL   /* one region: RAM 0 at this guest-physical address */
 #define MOVED 5                  /* buffers the scripted device VM uses per registration */
 
-static const struct vu_fe_vring vrings[2] = {
+static const struct vu_fe_vring vrings[4] = {
     {256, 0x10000, 0x11000, 0x12000, 3},
     {256, 0x20000, 0x21000, 0x22000, 9},
+    {128, 0x30000, 0x31000, 0x32000, 0},
+    {128, 0x38000, 0x39000, 0x3a000, 0},
 };
 
 /* ------------------------------ the scripted server ------------------------------ */
@@ -82,14 +84,15 @@ typedef struct {
     const char *mem_reason;
     bool registered;                /* a DEVICE_INFO(ADD) is in effect */
     struct vp_device_info reg;      /* ... its copy (fds dup'ed) */
-    uint16_t pos[2];                /* where the "device VM" has moved the rings */
+    uint16_t pos[4];                /* where the "device VM" has moved the rings */
     unsigned nadd, ndel, nmem_add, nmem_del, nfeatures, nconfirm;
     uint64_t features_sent;         /* FEATURE_BITS of the last handshake */
     uint64_t accept;                /* FEATURE_BITS_ACK: accepted bits (0: all) */
     unsigned nregions_held;
 
     /* the frontend side as the test sent it */
-    bool sent_enable[2];
+    unsigned npairs;                /* queue pairs of the daemon and the frontend */
+    bool sent_enable[4];
     bool check_enable;              /* DPDK/QEMU 10: ADD only after both enables */
 
     /* the bridge's actions */
@@ -173,8 +176,8 @@ static void server_answer(H *h, struct req *r)
         struct br_event ev = { .type = BR_EV_DEL_ACK, .token = a->token, .status = BR_OK };
         if (h->registered) {
             /* The device VM used MOVED buffers of each ring: positions and used index. */
-            ev.npositions = 2;
-            for (unsigned q = 0; q < 2; q++) {
+            ev.npositions = h->reg.nvirtqs;
+            for (unsigned q = 0; q < h->reg.nvirtqs; q++) {
                 h->pos[q] = (uint16_t)(h->reg.virtqs[q].last_avail_idx + MOVED);
                 set_used_idx(h, q, h->pos[q]);
                 ev.positions[q] = (struct vp_virtq_pos){ q, h->pos[q] };
@@ -216,9 +219,13 @@ static void server_receive(H *h, const struct br_action *a)
             g_error("DEVICE_INFO(ADD) before the frontend enabled both rings");
         if (h->registered)
             g_error("DEVICE_INFO(ADD) while registered (no DEVICE_INFO(DEL) before)");
-        g_assert_cmpuint(d->nvirtqs, ==, 2);
+        g_assert_cmpuint(d->nvirtqs, >=, 2);
+        g_assert_cmpuint(d->nvirtqs, <=, 2 * h->npairs);
+        g_assert_cmpuint(d->nvirtqs % 2, ==, 0);
         g_assert_cmpuint(a->nregions, >=, 1);
-        for (unsigned q = 0; q < 2; q++) {
+        for (unsigned q = 0; q < d->nvirtqs; q++) {
+            if (h->check_enable && !h->sent_enable[q])
+                g_error("DEVICE_INFO(ADD) carries virtqueue %u, which is not enabled", q);
             g_assert_cmpuint(d->virtqs[q].index, ==, q);
             g_assert_cmpuint(d->virtqs[q].num, ==, vrings[q].num);
             g_assert_cmphex(d->virtqs[q].desc, ==, RAM_GPA + vrings[q].desc_off);
@@ -423,6 +430,7 @@ typedef struct {
     bool unsealed;                  /* the frontend's RAM is not sealed (DPDK) */
     uint64_t ram_size;              /* 0: RAM_SIZE */
     bool log_refusals_only;         /* --memory-refusal log */
+    unsigned pairs;                 /* queue pairs (0: 1) */
 } HOpts;
 
 static void h_setup_opts(H *h, Frontend kind, bool defer, const HOpts *o)
@@ -437,21 +445,22 @@ static void h_setup_opts(H *h, Frontend kind, bool defer, const HOpts *o)
     h->check_enable = kind != FRONTEND_QEMU72;
     vp_device_info_init(&h->reg);
     vp_test_socketpair(h->sv);
-    struct br_config cfg = { .device_id = 1, .nqueues = 2,
+    h->npairs = o->pairs ? o->pairs : 1;
+    struct br_config cfg = { .device_id = 1, .nqueues = 2 * h->npairs,
                              .log_refusals_only = o->log_refusals_only };
     h->br = br_new(&cfg, act, log_cb, h);
     g_assert_nonnull(h->br);
     vp_error err = { "" };
-    struct vu_dev_config vc = { .nqueues = 2 };
+    struct vu_dev_config vc = { .nqueues = 2 * h->npairs };
     h->vu = vu_dev_new(h->sv[0], &vc, &ops, h, &err);
     g_assert_nonnull(h->vu);
-    h->fe = vu_fe_new(h->sv[1], 2, pump, h);
+    h->fe = vu_fe_new(h->sv[1], 2 * h->npairs, pump, h);
     vu_fe_set_timeout(h->fe, 2000);
     uint64_t size = o->ram_size ? o->ram_size : RAM_SIZE;
     vu_fe_set_ram_sealed(h->fe, !o->unsealed);
     g_assert_cmpint(vu_fe_ram_new(h->fe, size), ==, 0);
     g_assert_cmpint(vu_fe_region_new(h->fe, 0, 0, RAM_GPA, size), ==, 0);
-    for (unsigned q = 0; q < 2; q++) {
+    for (unsigned q = 0; q < 2 * h->npairs; q++) {
         g_assert_cmpint(vu_fe_ring_at(h->fe, &vrings[q]), ==, 0);
         h->pos[q] = vrings[q].base;
     }
@@ -879,6 +888,41 @@ static void test_shutdown(void)
     h_teardown(h);
 }
 
+/* Two queue pairs, DPDK's order: the device is registered with pair 0 once its rings
+ * are enabled, then pair 1's enables make it DEVICE_INFO(DEL) + ADD with 4 virtqueues
+ * from the positions; disabling pair 1 goes back to 2; pair 0's positions survive. */
+static void test_two_pairs(void)
+{
+    H hh, *h = &hh;
+    h_setup_opts(h, FRONTEND_DPDK, false, &(HOpts){ .pairs = 2 });
+    fe_init(h);
+    static const Step start[] = {
+        R(S_CALL, 0), R(S_CALL, 1), R(S_CALL, 2), R(S_CALL, 3), R(S_FEATURES, 0), R(S_MEM, 0),
+        RING(0), RING(1), RING(2), RING(3), R(S_ENABLE, 0), R(S_ENABLE, 1), R(S_END, 0)
+    };
+    play(h, start, 0, false);
+    fire_settle(h);
+    drain(h);
+    g_assert_true(h->registered);
+    g_assert_cmpuint(h->reg.nvirtqs, ==, 2);
+    play(h, (const Step[]){ R(S_ENABLE, 2), R(S_ENABLE, 3), R(S_END, 0) }, 0, false);
+    fire_settle(h);
+    drain(h);
+    g_assert_true(h->registered);
+    g_assert_cmpuint(h->reg.nvirtqs, ==, 4);
+    g_assert_cmphex(br_served_mask(h->br), ==, 0xf);
+    g_assert_cmpuint(h->reg.virtqs[0].last_avail_idx, ==, vrings[0].base + MOVED);
+    g_assert_cmpuint(h->reg.virtqs[3].last_avail_idx, ==, vrings[3].base);
+    play(h, (const Step[]){ R(S_DISABLE, 2), R(S_DISABLE, 3), R(S_END, 0) }, 0, false);
+    fire_settle(h);
+    drain(h);
+    g_assert_cmpuint(h->reg.nvirtqs, ==, 2);
+    g_assert_cmpuint(h->reg.virtqs[0].last_avail_idx, ==, vrings[0].base + 2 * MOVED);
+    g_assert_cmpuint(h->nadd, ==, 3);
+    g_assert_cmpuint(h->ndel, ==, 2);
+    h_teardown(h);
+}
+
 /* The table: a few transitions that must and must not exist. */
 static void test_table(void)
 {
@@ -905,5 +949,6 @@ int main(int argc, char **argv)
     g_test_add_func("/bridge/frontend-gone", test_frontend_gone);
     g_test_add_func("/bridge/shutdown", test_shutdown);
     g_test_add_func("/bridge/table", test_table);
+    g_test_add_func("/bridge/two-pairs", test_two_pairs);
     return g_test_run();
 }

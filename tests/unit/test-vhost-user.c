@@ -1347,6 +1347,29 @@ static void test_bad_flood_budget(void)
     t_teardown(t);
 }
 
+/* A frontend set up for more queue pairs than configured (DPDK's virtio-user sends
+ * the call fds of all its rings before it negotiates): its call fds are taken, its
+ * start is refused at the memory table with a reason, the connection lives on; other
+ * requests naming such a queue are still errors. */
+static void test_excess_queues(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    FE_OK(vu_fe_set_vring_fd(t->fe, VU_SET_VRING_CALL, 2, false));
+    FE_OK(vu_fe_set_vring_fd(t->fe, VU_SET_VRING_CALL, 3, false));
+    FE_OK(vu_fe_set_u64(t->fe, VU_SET_FEATURES, VP_NET_FEATURES | F_PROTO, false));
+    g_assert_cmpint(vu_fe_add_mem_reg(t->fe, t->low), ==, -EIO);
+    assert_reason(vu_dev_error(t->dev), "ADD_MEM_REG: the frontend set up virtqueue 3, but "
+                  "this backend offers 1 queue pair(s): start it with at most 1");
+    g_assert_cmpuint(vu_dev_excess_queues(t->dev), ==, 4);
+    g_assert_false(vu_dev_is_broken(t->dev));
+    uint8_t p[8];
+    state_payload(p, 2, 256);
+    expect_rejected(t, VU_SET_VRING_NUM, p, 8, NULL, 0, "vring index 2 out of range");
+    t_teardown(t);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -1364,6 +1387,7 @@ int main(int argc, char **argv)
     g_test_add_func("/vhost-user/running-vring-changes", test_running_vring_changes);
     g_test_add_func("/vhost-user/running-vring-locked", test_running_vring_locked);
     g_test_add_func("/vhost-user/reconnect-replay", test_reconnect_replay);
+    g_test_add_func("/vhost-user/excess-queues", test_excess_queues);
     g_test_add_func("/vhost-user/fail-and-free-in-callback", test_fail_and_free_in_callback);
     g_test_add_func("/vhost-user/fail-from-outside", test_fail_from_outside);
     g_test_add_func("/vhost-user/bad/truncated-header", test_bad_truncated_header);
