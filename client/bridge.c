@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "vp_memtable.h"
 #include "vp_wire.h"
 
 /* ---- State ---- */
@@ -40,18 +41,19 @@ struct br_ring {
     bool pos_from_device;      /* ... the latter */
 };
 
-/** A region of the frontend's memory table (fd: a dup, owned), with its file. */
-struct br_region {
-    struct vp_region r;
+/** A region's backing file: fd (a dup the bridge owns; -1 where only the identity
+ *  matters) and identity, the server's idea of "the same file". */
+struct br_file {
+    int fd;
     dev_t st_dev;
     ino_t st_ino;
 };
 
-/** A region the server holds of ours (the server's identity: gpa + file). */
-struct br_mirror {
-    uint64_t gpa, size, mmap_offset;
-    dev_t st_dev;
-    ino_t st_ino;
+/** A set of regions keyed by guest-physical address: the shared memory table
+ *  (protocol/vp_memtable.h; file_offset = mmap_offset) and each region's file. */
+struct br_regions {
+    struct vp_memtable t;
+    struct br_file f[VP_MAX_REGIONS];   /* f[i] is t.r[i]'s */
 };
 
 /** Which request of the frontend waits for an answer (the vhost-user core reads
@@ -71,7 +73,8 @@ struct br_memop {
     uint32_t op;               /* VP_OP_ADD / VP_OP_DEL */
     bool may_refuse;           /* a refusal fails the frontend's request */
     bool running;              /* a ring ran when it came (a hot-plug) */
-    struct br_region reg;      /* ADD: fd owned */
+    struct vp_region reg;      /* the region (reg.fd: -1, see file) */
+    struct br_file file;       /* ADD: fd owned */
 };
 
 #define BR_EVQ 16
@@ -97,10 +100,8 @@ struct br {
     uint32_t wait_index;       /* BR_WAIT_VRING_BASE */
 
     struct br_ring ring[VU_MAX_QUEUES];
-    struct br_region mem[VP_MAX_REGIONS];
-    unsigned nmem;
-    struct br_mirror mirror[VP_MAX_REGIONS];
-    unsigned nmirror;
+    struct br_regions mem;     /* the frontend's table as the device VM may get it */
+    struct br_regions mirror;  /* what the server holds of ours (identities only) */
     struct br_memop memop;
 
     uint64_t next_token;
@@ -271,76 +272,86 @@ static int file_identity(int fd, dev_t *dev, ino_t *ino, uint64_t *size)
     return 0;
 }
 
-static int mem_find(const struct br *br, uint64_t gpa)
+static struct br_file no_file(void)
 {
-    for (unsigned i = 0; i < br->nmem; i++)
-        if (br->mem[i].r.gpa == gpa)
-            return (int)i;
-    return -1;
+    return (struct br_file){ -1, 0, 0 };
 }
 
-static void mem_remove(struct br *br, uint64_t gpa)
+static void rs_init(struct br_regions *s)
 {
-    int i = mem_find(br, gpa);
-    if (i < 0)
+    vp_mt_init(&s->t, VP_MAX_REGIONS);
+    for (unsigned i = 0; i < VP_MAX_REGIONS; i++)
+        s->f[i] = no_file();
+}
+
+static int rs_find(const struct br_regions *s, uint64_t gpa)
+{
+    return vp_mt_find(&s->t, gpa);
+}
+
+static void rs_remove_at(struct br_regions *s, unsigned i)
+{
+    vp_close_fd(&s->f[i].fd);
+    vp_mt_remove_at(&s->t, i);
+    memmove(&s->f[i], &s->f[i + 1], (s->t.n - i) * sizeof(s->f[0]));
+    s->f[s->t.n] = no_file();
+}
+
+static void rs_remove(struct br_regions *s, uint64_t gpa)
+{
+    int i = rs_find(s, gpa);
+    if (i >= 0)
+        rs_remove_at(s, (unsigned)i);
+}
+
+static void rs_clear(struct br_regions *s)
+{
+    while (s->t.n)
+        rs_remove_at(s, s->t.n - 1);
+}
+
+/** Put region @r with its file @f (f->fd is taken, set to -1) into @s, replacing one
+ *  at the same gpa. A region that does not fit the table (overlap, full) is logged
+ *  and dropped: the vhost-user core checked the frontend's table already. */
+static void rs_put(struct br *br, struct br_regions *s, const struct vp_region *r,
+                   struct br_file *f)
+{
+    rs_remove(s, r->gpa);
+    struct vp_mt_region m = { r->gpa, r->size, r->gpa, r->mmap_offset, 0 };
+    vp_error err = { "" };
+    if (vp_mt_add(&s->t, &m, 1, 0, NULL, &err) < 0) {
+        br_log(br, BR_LOG_WARNING, "region gpa 0x%" PRIx64 ": %s", r->gpa, err.msg);
+        vp_close_fd(&f->fd);
         return;
-    vp_close_fd(&br->mem[i].r.fd);
-    br->mem[i] = br->mem[--br->nmem];
-}
-
-/** Put @reg (its fd is taken) into the frontend's table, replacing one at its gpa. */
-static void mem_put(struct br *br, struct br_region *reg)
-{
-    mem_remove(br, reg->r.gpa);
-    if (br->nmem < VP_MAX_REGIONS) {
-        br->mem[br->nmem++] = *reg;
-        reg->r.fd = -1;
-    } else {
-        vp_close_fd(&reg->r.fd);
     }
+    s->f[s->t.n - 1] = *f;
+    f->fd = -1;
 }
 
-static void mem_clear(struct br *br)
+/** Entry @i of @s as a region (its fd, -1 in the mirror). */
+static struct vp_region rs_region(const struct br_regions *s, unsigned i)
 {
-    for (unsigned i = 0; i < br->nmem; i++)
-        vp_close_fd(&br->mem[i].r.fd);
-    br->nmem = 0;
+    const struct vp_mt_region *m = &s->t.r[i];
+    return (struct vp_region){ m->gpa, m->size, m->file_offset, s->f[i].fd };
 }
 
-static int mirror_find(const struct br *br, uint64_t gpa)
+/** Does @s hold exactly @r (same gpa, size, offset, file)? */
+static bool rs_same(const struct br_regions *s, const struct vp_region *r,
+                    const struct br_file *f)
 {
-    for (unsigned i = 0; i < br->nmirror; i++)
-        if (br->mirror[i].gpa == gpa)
-            return (int)i;
-    return -1;
-}
-
-static void mirror_remove(struct br *br, uint64_t gpa)
-{
-    int i = mirror_find(br, gpa);
-    if (i >= 0)
-        br->mirror[i] = br->mirror[--br->nmirror];
-}
-
-static void mirror_put(struct br *br, const struct br_region *reg)
-{
-    struct br_mirror m = { reg->r.gpa, reg->r.size, reg->r.mmap_offset, reg->st_dev,
-                           reg->st_ino };
-    int i = mirror_find(br, m.gpa);
-    if (i >= 0)
-        br->mirror[i] = m;
-    else if (br->nmirror < VP_MAX_REGIONS)
-        br->mirror[br->nmirror++] = m;
-}
-
-static bool mirror_same(const struct br *br, const struct br_region *reg)
-{
-    int i = mirror_find(br, reg->r.gpa);
+    int i = rs_find(s, r->gpa);
     if (i < 0)
         return false;
-    const struct br_mirror *m = &br->mirror[i];
-    return m->size == reg->r.size && m->mmap_offset == reg->r.mmap_offset &&
-           m->st_dev == reg->st_dev && m->st_ino == reg->st_ino;
+    const struct vp_mt_region *m = &s->t.r[i];
+    return m->size == r->size && m->file_offset == r->mmap_offset &&
+           s->f[i].st_dev == f->st_dev && s->f[i].st_ino == f->st_ino;
+}
+
+/** The server holds region @r of the frontend's table too (identity only). */
+static void mirror_put(struct br *br, const struct vp_region *r, const struct br_file *f)
+{
+    struct br_file id = { -1, f->st_dev, f->st_ino };
+    rs_put(br, &br->mirror, r, &id);
 }
 
 /** MEMORY_INFO(DEL) of every region the server holds that the frontend's table does
@@ -348,18 +359,14 @@ static bool mirror_same(const struct br *br, const struct br_region *reg)
 static void mirror_del_stale(struct br *br, bool all)
 {
     unsigned n = 0;
-    for (unsigned i = 0; i < br->nmirror;) {
-        const struct br_mirror *m = &br->mirror[i];
-        int k = all ? -1 : mem_find(br, m->gpa);
-        bool kept = k >= 0 && br->mem[k].r.size == m->size &&
-                    br->mem[k].r.mmap_offset == m->mmap_offset &&
-                    br->mem[k].st_dev == m->st_dev && br->mem[k].st_ino == m->st_ino;
-        if (kept) {
+    for (unsigned i = 0; i < br->mirror.t.n;) {
+        struct vp_region m = rs_region(&br->mirror, i);
+        if (!all && rs_same(&br->mem, &m, &br->mirror.f[i])) {
             i++;
             continue;
         }
-        br->regions[n++] = (struct vp_region){ m->gpa, m->size, m->mmap_offset, -1 };
-        br->mirror[i] = br->mirror[--br->nmirror];
+        br->regions[n++] = m;
+        rs_remove_at(&br->mirror, i);
     }
     if (n == 0 || !br->link_up)
         return;
@@ -375,24 +382,20 @@ static void mirror_del_stale(struct br *br, bool all)
  */
 static int read_used_idx(const struct br *br, uint64_t used, uint16_t *idx)
 {
-    for (unsigned i = 0; i < br->nmem; i++) {
-        const struct vp_region *r = &br->mem[i].r;
-        if (used < r->gpa || used - r->gpa >= r->size)
-            continue;
-        uint64_t off = used - r->gpa;
-        if (!vp_range_ok(off, 4, r->size))
-            return -1;
-        uint8_t b[2];
-        ssize_t n;
-        do {
-            n = pread(r->fd, b, 2, (off_t)(r->mmap_offset + off + 2));
-        } while (n < 0 && errno == EINTR);
-        if (n != 2)
-            return -1;
-        *idx = vp_get_le16(b);
-        return 0;
-    }
-    return -1;
+    uint64_t target;
+    int i = vp_mt_lookup(&br->mem.t, used);
+    if (i < 0 || vp_mt_translate(&br->mem.t, used, 4, &target) < 4)
+        return -1;
+    uint64_t off = br->mem.t.r[i].file_offset + (used - br->mem.t.r[i].gpa) + 2;
+    uint8_t b[2];
+    ssize_t n;
+    do {
+        n = pread(br->mem.f[i].fd, b, 2, (off_t)off);
+    } while (n < 0 && errno == EINTR);
+    if (n != 2)
+        return -1;
+    *idx = vp_get_le16(b);
+    return 0;
 }
 
 /* ---- Rings ---- */
@@ -527,7 +530,7 @@ static enum br_state do_register(struct br *br)
                "registered once the connection is back");
         return BR_READY;
     }
-    if (br->nmem == 0 || mask == 0)
+    if (br->mem.t.n == 0 || mask == 0)
         return BR_READY; /* cannot happen: servable rings lie in memory */
     mirror_del_stale(br, false);
     struct vp_device_info *d = &br->dev;
@@ -544,21 +547,22 @@ static enum br_state do_register(struct br *br)
         q->last_avail_idx = ring_resume_pos(br, i);
     }
     br->reg_nnew = 0;
-    for (unsigned i = 0; i < br->nmem; i++) {
-        br->regions[i] = br->mem[i].r;
-        if (!mirror_same(br, &br->mem[i]))
-            br->reg_new_gpa[br->reg_nnew++] = br->mem[i].r.gpa;
+    unsigned nmem = br->mem.t.n;
+    for (unsigned i = 0; i < nmem; i++) {
+        br->regions[i] = rs_region(&br->mem, i);
+        if (!rs_same(&br->mirror, &br->regions[i], &br->mem.f[i]))
+            br->reg_new_gpa[br->reg_nnew++] = br->regions[i].gpa;
     }
     uint64_t features = br->fe_features & ~(1ULL << VU_F_PROTOCOL_FEATURES) &
                         ~br->cfg.frontend_features;
     br->reg_token = new_token(br);
     br->served_mask = mask;
     br_log(br, BR_LOG_INFO, "handshake: MEMORY_INFO(ADD) of %u region(s), FEATURE_BITS 0x%"
-           PRIx64 ", DEVICE_INFO(ADD) of net %" PRIu64 " with %u virtqueue(s)", br->nmem,
+           PRIx64 ", DEVICE_INFO(ADD) of net %" PRIu64 " with %u virtqueue(s)", nmem,
            features, dev_id(br), d->nvirtqs);
-    for (unsigned i = 0; i < br->nmem; i++)
+    for (unsigned i = 0; i < nmem; i++)
         br_log(br, BR_LOG_INFO, "  region gpa 0x%" PRIx64 " size 0x%" PRIx64 " mmap_offset 0x%"
-               PRIx64, br->mem[i].r.gpa, br->mem[i].r.size, br->mem[i].r.mmap_offset);
+               PRIx64, br->regions[i].gpa, br->regions[i].size, br->regions[i].mmap_offset);
     for (unsigned i = 0; i < d->nvirtqs; i++) {
         const struct vp_virtq *q = &d->virtqs[i];
         br_log(br, BR_LOG_INFO, "  virtqueue %u: num %u desc 0x%" PRIx64 " avail 0x%" PRIx64
@@ -566,10 +570,10 @@ static enum br_state do_register(struct br *br)
                q->used, q->last_avail_idx);
     }
     /* The server runs its jobs in order: later requests come after these. */
-    for (unsigned i = 0; i < br->nmem; i++)
-        mirror_put(br, &br->mem[i]);
+    for (unsigned i = 0; i < nmem; i++)
+        mirror_put(br, &br->regions[i], &br->mem.f[i]);
     emit(br, &(struct br_action){ .type = BR_ACT_SEND_HANDSHAKE, .token = br->reg_token,
-                                  .features = features, .nregions = br->nmem,
+                                  .features = features, .nregions = nmem,
                                   .regions = br->regions, .dev = d });
     return BR_REGISTERING;
 }
@@ -605,7 +609,7 @@ static enum br_state h_fe_connected(struct br *br, const struct br_event *ev)
 {
     (void)ev;
     rings_reset(br);
-    mem_clear(br);
+    rs_clear(&br->mem);
     br->fe_features = 0;
     br->wait = BR_WAIT_NONE;
     return BR_CONFIGURING;
@@ -623,10 +627,10 @@ static enum br_state h_fe_gone(struct br *br, const struct br_event *ev)
     br->reg_token = 0;
     br->served_mask = 0;
     br->wait = BR_WAIT_NONE;
-    vp_close_fd(&br->memop.reg.r.fd);
+    vp_close_fd(&br->memop.file.fd);
     br->memop.token = 0;
     rings_reset(br);
-    mem_clear(br);
+    rs_clear(&br->mem);
     mirror_del_stale(br, true);
     return br->state == BR_SHUTDOWN ? BR_SHUTDOWN : BR_IDLE;
 }
@@ -713,39 +717,42 @@ static const char *refusal_effect(const struct br *br, const struct br_memop *m)
 static enum br_state h_mem_change(struct br *br, const struct br_event *ev)
 {
     bool add = ev->type == BR_EV_MEM_ADD;
-    struct br_region reg = { ev->region, 0, 0 };
-    reg.r.fd = -1;
-    uint64_t fsize = 0;
-    int have_id = file_identity(ev->region.fd, &reg.st_dev, &reg.st_ino, &fsize);
+    struct vp_region reg = ev->region;
+    struct br_file file = no_file();
+    int have_id = file_identity(reg.fd, &file.st_dev, &file.st_ino, NULL);
+    reg.fd = -1;
     br->wait = BR_WAIT_MEM;
-    if (add && (!br->link_up || (have_id == 0 && mirror_same(br, &reg)))) {
-        reg.r.fd = dup_fd(ev->region.fd);
+    if (add && (!br->link_up || (have_id == 0 && rs_same(&br->mirror, &reg, &file)))) {
+        file.fd = dup_fd(ev->region.fd);
         br_log(br, BR_LOG_INFO, "region gpa 0x%" PRIx64 " size 0x%" PRIx64 " added%s",
-               reg.r.gpa, reg.r.size, br->link_up ? " (the server has it)" :
+               reg.gpa, reg.size, br->link_up ? " (the server has it)" :
                "; the device VM gets it with the next handshake");
-        mem_put(br, &reg);
+        rs_put(br, &br->mem, &reg, &file);
         reply_mem(br, 0);
         return br->state;
     }
-    if (!add && (!br->link_up || mirror_find(br, reg.r.gpa) < 0)) {
+    if (!add && (!br->link_up || rs_find(&br->mirror, reg.gpa) < 0)) {
         br_log(br, BR_LOG_INFO, "region gpa 0x%" PRIx64 " size 0x%" PRIx64 " removed (not on "
-               "the server)", reg.r.gpa, reg.r.size);
-        mem_remove(br, reg.r.gpa);
+               "the server)", reg.gpa, reg.size);
+        rs_remove(&br->mem, reg.gpa);
         reply_mem(br, 0);
         return br->state;
     }
     struct br_memop *m = &br->memop;
-    vp_close_fd(&m->reg.r.fd);
+    vp_close_fd(&m->file.fd);
     m->token = new_token(br);
     m->op = add ? VP_OP_ADD : VP_OP_DEL;
     m->running = any_running(br);
-    m->may_refuse = !br->cfg.log_refusals_only && (m->running || (add && br->nmirror == 0));
+    m->may_refuse = !br->cfg.log_refusals_only &&
+                    (m->running || (add && br->mirror.t.n == 0));
     m->reg = reg;
-    m->reg.r.fd = add ? dup_fd(ev->region.fd) : -1;
-    br->regions[0] = m->reg.r;
+    m->file = file;
+    m->file.fd = add ? dup_fd(ev->region.fd) : -1;
+    br->regions[0] = reg;
+    br->regions[0].fd = m->file.fd;
     br_log(br, BR_LOG_INFO, "%s: MEMORY_INFO(%s) of gpa 0x%" PRIx64 " size 0x%" PRIx64,
            m->running ? (add ? "hot-add" : "hot-remove") : "memory", add ? "ADD" : "DEL",
-           reg.r.gpa, reg.r.size);
+           reg.gpa, reg.size);
     emit(br, &(struct br_action){ .type = BR_ACT_SEND_MEMORY, .token = m->token, .op = m->op,
                                   .nregions = 1, .regions = br->regions });
     return br->state;
@@ -763,44 +770,44 @@ static enum br_state h_mem_ack(struct br *br, const struct br_event *ev)
         return br->state;
     }
     m->token = 0;
-    struct br_region *reg = &m->reg;
+    const struct vp_region *reg = &m->reg;
     bool add = m->op == VP_OP_ADD;
     const char *what = m->running ? (add ? "hot-add" : "hot-remove") : (add ? "add" : "removal");
     if (ev->status == BR_OK) {
         if (add) {
-            mirror_put(br, reg);
-            mem_put(br, reg);
+            mirror_put(br, reg, &m->file);
+            rs_put(br, &br->mem, reg, &m->file);
         } else {
-            mirror_remove(br, reg->r.gpa);
-            mem_remove(br, reg->r.gpa);
+            rs_remove(&br->mirror, reg->gpa);
+            rs_remove(&br->mem, reg->gpa);
         }
         if (m->running)
             br_log(br, BR_LOG_MESSAGE, "hot-%s region gpa 0x%" PRIx64 " size 0x%" PRIx64
-                   ": MEMORY_INFO_ACK(%s)", add ? "added" : "removed", reg->r.gpa,
-                   reg->r.size, add ? "ADD_DONE" : "DEL_DONE");
+                   ": MEMORY_INFO_ACK(%s)", add ? "added" : "removed", reg->gpa,
+                   reg->size, add ? "ADD_DONE" : "DEL_DONE");
         else
             br_log(br, BR_LOG_INFO, "memory: region gpa 0x%" PRIx64 " size 0x%" PRIx64
-                   " %s the device VM", reg->r.gpa, reg->r.size,
+                   " %s the device VM", reg->gpa, reg->size,
                    add ? "taken by" : "removed from");
         reply_mem(br, 0);
         return br->state;
     }
     char fix[512] = "";
     if (add)
-        refusal_fix(reg->r.fd, fix, sizeof(fix));
-    bool first = add && br->nmirror == 0 && !m->running;
+        refusal_fix(m->file.fd, fix, sizeof(fix));
+    bool first = add && br->mirror.t.n == 0 && !m->running;
     br_log(br, first && m->may_refuse ? BR_LOG_ERROR : BR_LOG_WARNING,
            "%s of region gpa 0x%" PRIx64 " size 0x%" PRIx64 " failed: %s (%s%s)%s", what,
-           reg->r.gpa, reg->r.size, why(ev), refusal_effect(br, m),
+           reg->gpa, reg->size, why(ev), refusal_effect(br, m),
            add ? "; the device VM cannot reach buffers placed there" : "", fix);
     if (m->may_refuse) {
-        vp_close_fd(&reg->r.fd);
+        vp_close_fd(&m->file.fd);
         reply_mem(br, -EIO);
     } else if (add) {
-        mem_put(br, reg); /* the frontend has it: the handshake offers it again */
+        rs_put(br, &br->mem, reg, &m->file); /* the frontend has it: offered again */
         reply_mem(br, 0);
     } else {
-        mem_remove(br, reg->r.gpa);
+        rs_remove(&br->mem, reg->gpa);
         reply_mem(br, 0);
     }
     return br->state;
@@ -962,7 +969,7 @@ static void handshake_memory(struct br *br, const struct br_event *ev)
 {
     if (ev->token == br->reg_token && ev->mem_status != BR_OK) {
         for (unsigned i = 0; i < br->reg_nnew; i++)
-            mirror_remove(br, br->reg_new_gpa[i]);
+            rs_remove(&br->mirror, br->reg_new_gpa[i]);
         br->reg_nnew = 0;
     }
 }
@@ -1038,7 +1045,7 @@ static enum br_state h_srv_up(struct br *br, const struct br_event *ev)
 {
     (void)ev;
     br->link_up = true;
-    br->nmirror = 0;
+    rs_clear(&br->mirror);
     br->feat_token = new_token(br);
     emit(br, &(struct br_action){ .type = BR_ACT_SEND_FEATURES, .token = br->feat_token,
                                   .features = br->cfg.offer });
@@ -1055,7 +1062,7 @@ static enum br_state h_srv_down(struct br *br, const struct br_event *ev)
 {
     (void)ev;
     br->link_up = false;
-    br->nmirror = 0;
+    rs_clear(&br->mirror);
     br->feat_token = 0;
     br->del_token = 0;
     if (br->state == BR_REGISTERING || br->state == BR_SERVED || br->state == BR_STOPPING) {
@@ -1253,7 +1260,9 @@ struct br *br_new(const struct br_config *cfg, br_action_fn act, br_log_fn log, 
     br->log = log;
     br->opaque = opaque;
     br->state = BR_IDLE;
-    br->memop.reg.r.fd = -1;
+    br->memop.file = no_file();
+    rs_init(&br->mem);
+    rs_init(&br->mirror);
     for (unsigned i = 0; i < VU_MAX_QUEUES; i++)
         br->ring[i].vq.kick_fd = br->ring[i].vq.call_fd = -1;
     return br;
@@ -1264,8 +1273,8 @@ void br_free(struct br *br)
     if (!br)
         return;
     rings_reset(br);
-    mem_clear(br);
-    vp_close_fd(&br->memop.reg.r.fd);
+    rs_clear(&br->mem);
+    vp_close_fd(&br->memop.file.fd);
     free(br);
 }
 
