@@ -1,8 +1,9 @@
 /*
  * vpclient_core.c - libvhostpci-client core: the connection, the table of requests
  * waiting for their ACK (keyed by msg_seq), ACK matching and deadlines. No event
- * loop here: vpclient_glib.c calls vpc_on_readable() when the socket is readable
- * and vpc_expire() when the earliest deadline has passed.
+ * loop here: an adapter (vpclient_glib.c) calls vpc_on_readable() when the socket is
+ * readable and vpc_expire() when the earliest deadline has passed, and learns what
+ * changed through the hooks it gave vpc_new() (struct vpc_loop).
  *
  * Security model: the server is another process and may send anything. Framing
  * goes through vp_reader_read() (header checked, fds bounded and closed with the
@@ -36,13 +37,19 @@ void vpc_make_hdr(VpClient *c, struct vp_sock_hdr *hdr, guint64 seq)
     memcpy(hdr->uuid, c->uuid, VP_UUID_LEN);
 }
 
+void vpc_deadlines_changed(VpClient *c)
+{
+    if (c->loop && c->loop->deadlines)
+        c->loop->deadlines(c, c->loop_data);
+}
+
 guint64 vpc_register(VpClient *c, VpcRequest *req, int timeout_ms)
 {
     req->seq = c->next_seq++;
     req->timeout_us = timeout_ms < 0 ? -1 : (gint64)timeout_ms * 1000;
     req->deadline = req->timeout_us < 0 ? -1 : g_get_monotonic_time() + req->timeout_us;
     g_hash_table_insert(c->pending, &req->seq, req);
-    vpc_timer_update(c);
+    vpc_deadlines_changed(c);
     return req->seq;
 }
 
@@ -52,7 +59,7 @@ void vpc_unregister(VpClient *c, guint64 seq)
     if (req) {
         g_hash_table_steal(c->pending, &seq);
         g_free(req);
-        vpc_timer_update(c);
+        vpc_deadlines_changed(c);
     }
 }
 
@@ -205,7 +212,7 @@ void vpc_on_readable(VpClient *c)
         dispatch(c, &msg);
         vp_msg_clear(&msg);
     }
-    vpc_timer_update(c);
+    vpc_deadlines_changed(c);
     vp_client_unref(c);
 }
 
@@ -247,7 +254,7 @@ void vpc_expire(VpClient *c, gint64 now)
         g_error_free(e);
     }
     g_ptr_array_free(due, TRUE);
-    vpc_timer_update(c);
+    vpc_deadlines_changed(c);
     vp_client_unref(c);
 }
 
@@ -262,7 +269,7 @@ void vpc_rearm_deadlines(VpClient *c)
         if (req->timeout_us >= 0)
             req->deadline = now + req->timeout_us;
     }
-    vpc_timer_update(c);
+    vpc_deadlines_changed(c);
 }
 
 /* ------------------------------ connection ------------------------------ */
@@ -272,7 +279,8 @@ void vpc_close_with(VpClient *c, VpClientErrorCode code, const char *msg)
     if (c->fd < 0)
         return;
     g_debug("closing connection: %s", msg);
-    vpc_sources_detach(c);
+    if (c->loop && c->loop->closed)
+        c->loop->closed(c, c->loop_data);
     vp_reader_reset(&c->reader);
     vp_close_fd(&c->fd);
 
@@ -320,7 +328,7 @@ void vpc_send_failed(VpClient *c, int ret, const char *what, GError **error)
     }
 }
 
-VpClient *vp_client_new_from_fd(int fd, const guint8 *uuid)
+VpClient *vpc_new(int fd, const guint8 *uuid, const struct vpc_loop *loop, void *data)
 {
     g_return_val_if_fail(fd >= 0, NULL);
     int fl = fcntl(fd, F_GETFL);
@@ -338,26 +346,26 @@ VpClient *vp_client_new_from_fd(int fd, const guint8 *uuid)
     c->next_seq = 1;
     vp_reader_init(&c->reader);
     c->pending = g_hash_table_new(g_int64_hash, g_int64_equal);
-    c->context = g_main_context_ref_thread_default();
-    vpc_sources_attach(c);
+    c->loop = loop;
+    c->loop_data = data;
     return c;
 }
 
-VpClient *vp_client_connect(const char *path, const guint8 *uuid, GError **error)
+int vpc_connect_fd(const char *path, GError **error)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (!path || strlen(path) >= sizeof(sa.sun_path)) {
         g_set_error(error, VP_CLIENT_ERROR, VP_CLIENT_ERROR_IO,
                     "server socket path %s is too long (at most %zu bytes)",
                     path ? path : "(null)", sizeof(sa.sun_path) - 1);
-        return NULL;
+        return -1;
     }
     strcpy(sa.sun_path, path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         g_set_error(error, VP_CLIENT_ERROR, VP_CLIENT_ERROR_IO, "socket: %s",
                     g_strerror(errno));
-        return NULL;
+        return -1;
     }
     while (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         if (errno == EINTR)
@@ -366,9 +374,9 @@ VpClient *vp_client_connect(const char *path, const guint8 *uuid, GError **error
         close(fd);
         g_set_error(error, VP_CLIENT_ERROR, VP_CLIENT_ERROR_IO,
                     "connect to vhost-pci server %s: %s", path, g_strerror(e));
-        return NULL;
+        return -1;
     }
-    return vp_client_new_from_fd(fd, uuid);
+    return fd;
 }
 
 VpClient *vp_client_ref(VpClient *c)
@@ -390,9 +398,9 @@ void vp_client_unref(VpClient *c)
     vpc_close_with(c, VP_CLIENT_ERROR_CANCELLED, "the client was freed");
     if (--c->ref > 0)
         return; /* a callback took a reference */
-    vpc_sources_detach(c);
+    if (c->loop && c->loop->destroy)
+        c->loop->destroy(c, c->loop_data);
     g_hash_table_destroy(c->pending);
-    g_main_context_unref(c->context);
     g_free(c);
 }
 

@@ -1,8 +1,9 @@
 /*
  * vpclient_glib.c - the GLib adapter of libvhostpci-client: a g_unix_fd source on
- * the socket, one timer source armed at the earliest request deadline, and the
- * blocking wrappers, which move both sources to a private GMainContext and iterate
- * it until their request has completed.
+ * the socket, one timer source armed at the earliest request deadline (the core's
+ * vpc_loop hooks keep them current), the public constructors that attach them, and
+ * the blocking wrappers, which move both sources to a private GMainContext and
+ * iterate it until their request has completed. The core never calls into this file.
  */
 #define G_LOG_DOMAIN "vhost-pci-client"
 
@@ -11,6 +12,18 @@
 #include <glib-unix.h>
 
 /* ------------------------------ sources ------------------------------ */
+
+/** The adapter's state of one client (its vpc_loop data). */
+typedef struct {
+    GMainContext *context;        /* ref held */
+    GSource *watch;               /* socket readable */
+    GSource *timer;               /* earliest deadline */
+} VpcGlib;
+
+static VpcGlib *glib_of(VpClient *c)
+{
+    return c->loop_data;
+}
 
 static gboolean watch_cb(gint fd, GIOCondition cond, gpointer data)
 {
@@ -40,52 +53,87 @@ static GSourceFuncs timer_funcs = {
     .dispatch = timer_dispatch,
 };
 
-void vpc_sources_attach(VpClient *c)
+static void timer_update(VpClient *c, void *data)
 {
+    VpcGlib *g = data;
+    if (g->timer)
+        g_source_set_ready_time(g->timer, vpc_next_deadline(c));
+}
+
+static void sources_attach(VpClient *c)
+{
+    VpcGlib *g = glib_of(c);
     if (c->fd < 0)
         return;
-    c->watch = g_unix_fd_source_new(c->fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
-    g_source_set_callback(c->watch, G_SOURCE_FUNC(watch_cb), c, NULL);
-    g_source_set_name(c->watch, "vhost-pci-client socket");
-    g_source_attach(c->watch, c->context);
+    g->watch = g_unix_fd_source_new(c->fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
+    g_source_set_callback(g->watch, G_SOURCE_FUNC(watch_cb), c, NULL);
+    g_source_set_name(g->watch, "vhost-pci-client socket");
+    g_source_attach(g->watch, g->context);
 
-    c->timer = g_source_new(&timer_funcs, sizeof(TimerSource));
-    ((TimerSource *)c->timer)->client = c;
-    g_source_set_name(c->timer, "vhost-pci-client timeouts");
-    g_source_attach(c->timer, c->context);
-    vpc_timer_update(c);
+    g->timer = g_source_new(&timer_funcs, sizeof(TimerSource));
+    ((TimerSource *)g->timer)->client = c;
+    g_source_set_name(g->timer, "vhost-pci-client timeouts");
+    g_source_attach(g->timer, g->context);
+    timer_update(c, g);
 }
 
-void vpc_sources_detach(VpClient *c)
+static void sources_detach(VpClient *c, void *data)
 {
-    if (c->watch) {
-        g_source_destroy(c->watch);
-        g_source_unref(c->watch);
-        c->watch = NULL;
+    (void)c;
+    VpcGlib *g = data;
+    if (g->watch) {
+        g_source_destroy(g->watch);
+        g_source_unref(g->watch);
+        g->watch = NULL;
     }
-    if (c->timer) {
-        g_source_destroy(c->timer);
-        g_source_unref(c->timer);
-        c->timer = NULL;
+    if (g->timer) {
+        g_source_destroy(g->timer);
+        g_source_unref(g->timer);
+        g->timer = NULL;
     }
 }
 
-void vpc_timer_update(VpClient *c)
+static void glib_destroy(VpClient *c, void *data)
 {
-    if (c->timer)
-        g_source_set_ready_time(c->timer, vpc_next_deadline(c));
+    VpcGlib *g = data;
+    sources_detach(c, g);
+    g_main_context_unref(g->context);
+    g_free(g);
+}
+
+static const struct vpc_loop glib_loop = {
+    .deadlines = timer_update,
+    .closed = sources_detach,
+    .destroy = glib_destroy,
+};
+
+VpClient *vp_client_new_from_fd(int fd, const guint8 *uuid)
+{
+    g_return_val_if_fail(fd >= 0, NULL);
+    VpcGlib *g = g_new0(VpcGlib, 1);
+    g->context = g_main_context_ref_thread_default();
+    VpClient *c = vpc_new(fd, uuid, &glib_loop, g);
+    sources_attach(c);
+    return c;
+}
+
+VpClient *vp_client_connect(const char *path, const guint8 *uuid, GError **error)
+{
+    int fd = vpc_connect_fd(path, error);
+    return fd < 0 ? NULL : vp_client_new_from_fd(fd, uuid);
 }
 
 void vp_client_attach(VpClient *c, GMainContext *context)
 {
+    VpcGlib *g = glib_of(c);
     if (!context)
         context = g_main_context_default();
-    if (context == c->context)
+    if (context == g->context)
         return;
-    vpc_sources_detach(c);
-    g_main_context_unref(c->context);
-    c->context = g_main_context_ref(context);
-    vpc_sources_attach(c);
+    sources_detach(c, g);
+    g_main_context_unref(g->context);
+    g->context = g_main_context_ref(context);
+    sources_attach(c);
 }
 
 /* --------------------------- blocking wrappers --------------------------- */
@@ -108,7 +156,7 @@ typedef struct {
 static void sync_enter(VpClient *c, SyncScope *s)
 {
     s->ctx = g_main_context_new();
-    s->old = g_main_context_ref(c->context);
+    s->old = g_main_context_ref(glib_of(c)->context);
     g_main_context_push_thread_default(s->ctx);
     vp_client_attach(c, s->ctx);
 }

@@ -373,7 +373,7 @@ static void hs_done(VpClient *c, VpcRequest *req, const VpClientReply *reply,
             c->reneg_accepted = hs->res.accepted;
             c->reneg_end = hs_round_end;
             c->reneg_data = hs_ref(hs);
-            vpc_timer_update(c);
+            vpc_deadlines_changed(c);
             g_info("device VM accepted features 0x%" G_GINT64_MODIFIER "x of the offered 0x%"
                    G_GINT64_MODIFIER "x: renegotiation round", hs->res.accepted,
                    hs->res.offered);

@@ -1,8 +1,11 @@
 /*
  * vpclient_private.h - internals shared by the files of libvhostpci-client:
  * vpclient_core.c (connection, requests, ACK matching, deadlines; no event loop),
- * vpclient_glib.c (the GSource adapter and the blocking wrappers) and
- * vpclient_ops.c (the protocol operations and the handshake).
+ * vpclient_ops.c (the protocol operations and the handshake, on the core) and
+ * vpclient_glib.c (the GSource adapter, the constructors that attach it, and the
+ * blocking wrappers, on both). Calls go one way: glib -> ops -> core, glib -> core;
+ * the core tells the adapter what changed through the loop hooks it was given
+ * (vpc_loop), never by calling it.
  */
 #ifndef VPCLIENT_PRIVATE_H
 #define VPCLIENT_PRIVATE_H
@@ -10,6 +13,19 @@
 #include "vpclient.h"
 
 typedef struct VpcRequest VpcRequest;
+
+/**
+ * What the core tells its event-loop adapter. All called with the client, and the
+ * adapter's @data given to vpc_new().
+ *  deadlines  the earliest deadline changed (vpc_next_deadline(); -1: none)
+ *  closed     the socket is closed: stop watching it (before pending callbacks run)
+ *  destroy    the client is being freed: release everything of the adapter's
+ */
+struct vpc_loop {
+    void (*deadlines)(VpClient *c, void *data);
+    void (*closed)(VpClient *c, void *data);
+    void (*destroy)(VpClient *c, void *data);
+};
 
 /** Internal completion hook of a request (the handshake uses it); when set it runs
  *  instead of the public callback. */
@@ -56,13 +72,23 @@ struct _VpClient {
     VpClientClosedFunc closed_func;
     gpointer closed_data;
 
-    /* GLib adapter. */
-    GMainContext *context;        /* ref held */
-    GSource *watch;               /* socket readable */
-    GSource *timer;               /* earliest deadline */
+    /* The event loop's hooks (the GLib adapter's, vpclient_glib.c). */
+    const struct vpc_loop *loop;
+    void *loop_data;
 };
 
 /* ---- core (vpclient_core.c) ---- */
+
+/** A client on the connected stream socket @fd (taken over: made non-blocking,
+ *  closed by the client) for @uuid (NULL: a random one), with one reference; @loop
+ *  and @data are its event loop's hooks (kept). */
+VpClient *vpc_new(int fd, const guint8 *uuid, const struct vpc_loop *loop, void *data);
+
+/** Connect a stream socket to @path. Returns the fd, or -1 with VP_CLIENT_ERROR_IO. */
+int vpc_connect_fd(const char *path, GError **error);
+
+/** The earliest deadline may have changed: tell the adapter. */
+void vpc_deadlines_changed(VpClient *c);
 
 /** Fill a socket header for the next request (type set by the vp_send_* call). */
 void vpc_make_hdr(VpClient *c, struct vp_sock_hdr *hdr, guint64 seq);
@@ -94,14 +120,5 @@ void vpc_rearm_deadlines(VpClient *c);
 
 /** End the connection with @code/@msg: fail pending requests, closed callback. */
 void vpc_close_with(VpClient *c, VpClientErrorCode code, const char *msg);
-
-/* ---- GLib adapter (vpclient_glib.c) ---- */
-
-/** Create the socket watch and timer on c->context. */
-void vpc_sources_attach(VpClient *c);
-/** Destroy both sources. */
-void vpc_sources_detach(VpClient *c);
-/** Set the timer's ready time to vpc_next_deadline(). */
-void vpc_timer_update(VpClient *c);
 
 #endif
