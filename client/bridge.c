@@ -1032,11 +1032,12 @@ static enum br_state h_renegotiate(struct br *br, const struct br_event *ev)
                                   .features = ev->features });
     if (!current)
         return br->state;
-    char reason[256];
+    char reason[512];
     snprintf(reason, sizeof(reason), "feature renegotiation: the device VM accepts only 0x%"
-             PRIx64 "; the frontend renegotiates when it connects again (QEMU: -chardev "
-             "socket,...,reconnect=N; DPDK virtio-user: server=1 with --vhost-server-path, "
-             "or a restart)", br->srv_accepted);
+             PRIx64 "; the frontend renegotiates when it connects again (DPDK virtio-user: "
+             "server=1 with --vhost-server-path, or a restart; QEMU refuses a backend that "
+             "offers less than its guest acked, \"vhost lacks feature mask\": a restart "
+             "of QEMU)", br->srv_accepted);
     drop_frontend(br, reason);
     return BR_RENEGOTIATING;
 }
