@@ -17,6 +17,8 @@
 
 #include "vpclient_private.h"
 
+#include "vp_proto.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -99,28 +101,27 @@ static GPtrArray *collect(VpClient *c, gint64 now)
 
 static const char *ack_name(guint16 req_type)
 {
-    return vp_msg_type_name(req_type + 1u);
+    int t = vp_proto_reply_type(req_type);
+    return t < 0 ? "ACK" : vp_msg_type_name((guint16)t);
 }
 
 /* --------------------------- ACK dispatch --------------------------- */
 
-/* Check that @ack fits @req. Returns NULL when it is a success, else the error. */
+/* Check that @ack fits @req (the protocol's table, protocol/vp_proto.h, says which
+ * results may answer which request and which of them is success). Returns NULL when
+ * it is a success, else the error. */
 static GError *judge_ack(const VpcRequest *req, const struct vp_ack *ack)
 {
     const char *what = vp_msg_type_name(req->type);
+    const char *opname = req->type == VP_MSG_FEATURE_BITS ? "offer"
+                       : req->op == VP_OP_ADD ? "ADD" : "DEL";
 
-    if (req->type == VP_MSG_FEATURE_BITS) {
-        if (ack->feature_bits & ~req->features)
-            return g_error_new(VP_CLIENT_ERROR, VP_CLIENT_ERROR_PROTOCOL,
-                               "FEATURE_BITS_ACK (seq %" G_GUINT64_FORMAT ") accepts bits "
-                               "0x%" G_GINT64_MODIFIER "x that were not offered "
-                               "(offer 0x%" G_GINT64_MODIFIER "x)",
-                               req->seq, ack->feature_bits & ~req->features, req->features);
-        return NULL;
-    }
-
-    guint64 done = req->op == VP_OP_ADD ? VP_ACK_ADD_DONE : VP_ACK_DEL_DONE;
-    guint64 fail = req->op == VP_OP_ADD ? VP_ACK_ADD_FAIL : VP_ACK_DEL_FAIL;
+    if (req->type == VP_MSG_FEATURE_BITS && (ack->feature_bits & ~req->features))
+        return g_error_new(VP_CLIENT_ERROR, VP_CLIENT_ERROR_PROTOCOL,
+                           "FEATURE_BITS_ACK (seq %" G_GUINT64_FORMAT ") accepts bits "
+                           "0x%" G_GINT64_MODIFIER "x that were not offered "
+                           "(offer 0x%" G_GINT64_MODIFIER "x)",
+                           req->seq, ack->feature_bits & ~req->features, req->features);
     if (req->type == VP_MSG_DEVICE_INFO &&
         (ack->device_type != req->device_type || ack->device_id != req->device_id))
         return g_error_new(VP_CLIENT_ERROR, VP_CLIENT_ERROR_PROTOCOL,
@@ -128,18 +129,18 @@ static GError *judge_ack(const VpcRequest *req, const struct vp_ack *ack)
                            G_GUINT64_FORMAT ", the request named %s/%" G_GUINT64_FORMAT,
                            req->seq, vp_device_type_name(ack->device_type), ack->device_id,
                            vp_device_type_name(req->device_type), req->device_id);
-    if (ack->result == done)
+    if (!vp_proto_result_fits(req->type, req->op, ack->result))
+        return g_error_new(VP_CLIENT_ERROR, VP_CLIENT_ERROR_PROTOCOL,
+                           "%s(%s) seq %" G_GUINT64_FORMAT " answered with result %s (%"
+                           G_GUINT64_FORMAT ")", what, opname, req->seq,
+                           vp_ack_result_name(ack->result), ack->result);
+    if (vp_proto_result_done(req->type, req->op, ack->result))
         return NULL;
-    if (ack->result == fail)
-        return g_error_new(VP_CLIENT_ERROR, VP_CLIENT_ERROR_REJECTED,
-                           "%s(%s) seq %" G_GUINT64_FORMAT " failed: %s_ACK(%s): %s",
-                           what, req->op == VP_OP_ADD ? "ADD" : "DEL", req->seq, what,
-                           vp_ack_result_name(ack->result),
-                           ack->reason[0] ? ack->reason : "(no reason given)");
-    return g_error_new(VP_CLIENT_ERROR, VP_CLIENT_ERROR_PROTOCOL,
-                       "%s(%s) seq %" G_GUINT64_FORMAT " answered with result %s (%"
-                       G_GUINT64_FORMAT ")", what, req->op == VP_OP_ADD ? "ADD" : "DEL",
-                       req->seq, vp_ack_result_name(ack->result), ack->result);
+    return g_error_new(VP_CLIENT_ERROR, VP_CLIENT_ERROR_REJECTED,
+                       "%s(%s) seq %" G_GUINT64_FORMAT " failed: %s(%s): %s",
+                       what, opname, req->seq, ack_name(req->type),
+                       vp_ack_result_name(ack->result),
+                       ack->reason[0] ? ack->reason : "(no reason given)");
 }
 
 static void dispatch(VpClient *c, struct vp_msg *msg)
@@ -147,8 +148,7 @@ static void dispatch(VpClient *c, struct vp_msg *msg)
     guint16 type = msg->hdr.type;
     guint64 seq = msg->hdr.seq;
 
-    if (type != VP_MSG_MEMORY_INFO_ACK && type != VP_MSG_DEVICE_INFO_ACK &&
-        type != VP_MSG_FEATURE_BITS_ACK) {
+    if (!vp_proto_is_ack(type)) {
         c->ignored++;
         g_message("server sent %s (seq %" G_GUINT64_FORMAT "), not an ACK: ignored",
                   vp_msg_type_name(type), seq);
@@ -162,7 +162,7 @@ static void dispatch(VpClient *c, struct vp_msg *msg)
                   vp_msg_type_name(type), seq);
         return;
     }
-    if (type != req->type + 1u) {
+    if ((int)type != vp_proto_reply_type(req->type)) {
         GError *e = g_error_new(VP_CLIENT_ERROR, VP_CLIENT_ERROR_PROTOCOL,
                                 "server answered %s seq %" G_GUINT64_FORMAT " with %s",
                                 vp_msg_type_name(req->type), seq, vp_msg_type_name(type));
