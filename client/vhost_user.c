@@ -26,7 +26,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +34,12 @@
 #include <unistd.h>
 
 #include "vp_memtable.h"
+#include "vp_outq.h"
 #include "vp_vring.h"
+
+/** Bytes of replies the core queues for a frontend that does not read them (a reply
+ *  is at most 76 bytes): beyond that the frontend is dropped. */
+#define VU_OUTQ_MAX (64 * 1024)
 
 /* ---- Request names ---- */
 
@@ -152,6 +156,9 @@ struct vu_dev {
 
     void (*watch)(struct vu_dev *, bool, void *);
     void *watch_data;
+    void (*owatch)(struct vu_dev *, bool, void *);
+    void *owatch_data;
+    struct vp_outq outq;      /* replies not written yet (protocol/vp_outq.h) */
     void (*log)(struct vu_dev *, enum vu_log_level, const char *, void *);
     void *log_data;
 
@@ -540,8 +547,9 @@ static int vu_check_rings(struct vu_dev *dev)
 
 /* ---- Sending ---- */
 
-/** Send one reply (flags: version | REPLY). Small messages; on a full socket buffer
- *  wait up to a second for room. Failure breaks the device. */
+/** Send one reply (flags: version | REPLY) through the output queue: what the socket
+ *  does not take now goes out when it is writable (never a blocking wait). A queue
+ *  over VU_OUTQ_MAX or a send error breaks the device. */
 static int vu_send_reply(struct vu_dev *dev, uint32_t request, const void *payload, uint32_t size)
 {
     uint8_t buf[VU_HDR_SIZE + 64];
@@ -552,31 +560,17 @@ static int vu_send_reply(struct vu_dev *dev, uint32_t request, const void *paylo
     vp_put_le32(buf + 8, size);
     if (size)
         memcpy(buf + VU_HDR_SIZE, payload, size);
-    size_t len = VU_HDR_SIZE + size, off = 0;
-    while (off < len) {
-        ssize_t n = send(dev->sock, buf + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n >= 0) {
-            off += (size_t)n;
-            continue;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            struct pollfd pfd = {.fd = dev->sock, .events = POLLOUT};
-            int r = poll(&pfd, 1, 1000);
-            if (r > 0)
-                continue;
-            if (r < 0 && errno == EINTR)
-                continue;
-            vu_err(dev, "reply to %s: the frontend does not read its socket",
-                   vu_request_name(request));
-            vu_break(dev, EIO);
-            return -EIO;
-        }
-        int e = errno;
-        vu_err(dev, "reply to %s: send: %s", vu_request_name(request), strerror(e));
+    int r = vp_outq_push(&dev->outq, buf, VU_HDR_SIZE + size, NULL, 0, request);
+    if (r == -ENOBUFS) {
+        vu_err(dev, "reply to %s: the frontend does not read its socket (%zu bytes of "
+               "replies queued)", vu_request_name(request), dev->outq.bytes);
         vu_break(dev, EIO);
-        return -e;
+        return -EIO;
+    }
+    if (r < 0) {
+        vu_err(dev, "reply to %s: send: %s", vu_request_name(request), strerror(-r));
+        vu_break(dev, EIO);
+        return r;
     }
     return 0;
 }
@@ -1442,6 +1436,7 @@ static int vu_recv_step(struct vu_dev *dev)
 
 static void vu_release(struct vu_dev *dev)
 {
+    vp_outq_clear(&dev->outq);
     vu_msg_close_fds(&dev->msg);
     vu_job_clear(&dev->job);
     dev->got = 0;
@@ -1469,6 +1464,7 @@ static void vu_disconnect(struct vu_dev *dev)
 static void vu_destroy(struct vu_dev *dev)
 {
     dev->watch = NULL;
+    dev->owatch = NULL;
     vu_release(dev);
     free(dev);
 }
@@ -1487,6 +1483,17 @@ static void vu_leave(struct vu_dev *dev)
     if (--dev->depth == 0 && dev->free_pending)
         vu_destroy(dev);
 }
+
+static void vu_outq_want_writable(void *opaque, bool on)
+{
+    struct vu_dev *dev = opaque;
+    if (dev->owatch)
+        dev->owatch(dev, on, dev->owatch_data);
+}
+
+static const struct vp_outq_ops vu_outq_ops = {
+    .want_writable = vu_outq_want_writable,
+};
 
 struct vu_dev *vu_dev_new(int sock, const struct vu_dev_config *cfg,
                           const struct vu_dev_ops *ops, void *opaque, vp_error *err)
@@ -1525,6 +1532,7 @@ struct vu_dev *vu_dev_new(int sock, const struct vu_dev_config *cfg,
         return NULL;
     }
     dev->sock = sock;
+    vp_outq_init(&dev->outq, sock, VU_OUTQ_MAX, &vu_outq_ops, dev);
     dev->cfg = c;
     if (ops)
         dev->ops = *ops;
@@ -1542,6 +1550,7 @@ void vu_dev_free(struct vu_dev *dev)
     if (!dev)
         return;
     dev->watch = NULL;
+    dev->owatch = NULL;
     dev->ops.disconnected = NULL;
     if (dev->depth > 0) {
         dev->free_pending = true;
@@ -1558,6 +1567,26 @@ void vu_dev_set_watch(struct vu_dev *dev,
 {
     dev->watch = watch;
     dev->watch_data = data;
+}
+
+void vu_dev_set_output_watch(struct vu_dev *dev,
+                             void (*watch)(struct vu_dev *dev, bool want_output, void *data),
+                             void *data)
+{
+    dev->owatch = watch;
+    dev->owatch_data = data;
+}
+
+int vu_dev_flush_output(struct vu_dev *dev)
+{
+    vu_enter(dev);
+    int r = dev->broken ? -EPIPE : vp_outq_flush(&dev->outq);
+    if (r < 0 && !dev->broken) {
+        vu_err(dev, "writing replies: %s", strerror(-r));
+        vu_break(dev, EIO);
+    }
+    vu_leave(dev);
+    return r;
 }
 
 void vu_dev_set_log(struct vu_dev *dev,

@@ -260,6 +260,17 @@ void vu_dev_set_watch(struct vu_dev *dev,
                       void (*watch)(struct vu_dev *dev, bool want_input, void *data),
                       void *data);
 
+/** Output hook (for adapters): called with want_output true when replies wait for
+ *  the socket to become writable, false when they are out; then call
+ *  vu_dev_flush_output(). The core never blocks on a full socket (replies queue in a
+ *  protocol/vp_outq; a frontend that lets more than 64 KiB of them pile up is dropped). */
+void vu_dev_set_output_watch(struct vu_dev *dev,
+                             void (*watch)(struct vu_dev *dev, bool want_output, void *data),
+                             void *data);
+/** The socket is writable: write the queued replies. Returns 0 or a negative errno
+ *  (the device is then broken; ops->disconnected follows). */
+int vu_dev_flush_output(struct vu_dev *dev);
+
 /** Log hook; without one the core logs nothing. @msg is one line without newline. */
 void vu_dev_set_log(struct vu_dev *dev,
                     void (*log)(struct vu_dev *dev, enum vu_log_level level,

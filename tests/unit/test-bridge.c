@@ -402,8 +402,10 @@ static const struct vu_dev_ops ops = {
  * server, the server then answers what it got. */
 static void drain(H *h)
 {
-    if (h->vu && !vu_dev_is_broken(h->vu))
+    if (h->vu && !vu_dev_is_broken(h->vu)) {
+        vu_dev_flush_output(h->vu); /* replies the socket did not take at once */
         vu_dev_handle_input(h->vu);
+    }
     if (h->defer) {
         server_answer_all(h);
         if (h->vu && !vu_dev_is_broken(h->vu))

@@ -1347,6 +1347,37 @@ static void test_bad_flood_budget(void)
     t_teardown(t);
 }
 
+/* Replies the socket does not take at once queue (the core never blocks on a full
+ * socket): a frontend that reads them late gets all of them in order; one that lets
+ * more than 64 KiB of them pile up is dropped with a reason. */
+static void test_reply_queue(void)
+{
+    struct t tt, *t = &tt;
+    t_setup(t);
+    FE_OK(vu_fe_qemu72_init(t->fe));
+    int small = 4096;
+    g_assert_cmpint(setsockopt(vu_dev_fd(t->dev), SOL_SOCKET, SO_SNDBUF, &small,
+                               sizeof(small)), ==, 0);
+    g_assert_cmpint(setsockopt(vu_fe_sock(t->fe), SOL_SOCKET, SO_RCVBUF, &small,
+                               sizeof(small)), ==, 0);
+    const unsigned n = 1500; /* 30 KB of replies: more than the socket holds */
+    for (unsigned i = 0; i < n; i++)
+        FE_OK(vu_fe_send(t->fe, VU_SET_OWNER, VU_FLAG_NEED_REPLY, NULL, 0, NULL, 0));
+    pump(NULL);
+    g_assert_false(vu_dev_is_broken(t->dev));
+    for (unsigned i = 0; i < n; i++)
+        FE_OK(vu_fe_recv_ack(t->fe, VU_SET_OWNER));
+    /* Now it stops reading for good. */
+    for (unsigned i = 0; i < 8000 && !vu_dev_is_broken(t->dev); i++) {
+        if (vu_fe_send(t->fe, VU_SET_OWNER, VU_FLAG_NEED_REPLY, NULL, 0, NULL, 0) < 0)
+            break;
+        pump(NULL);
+    }
+    WAIT_FOR(t->disconnected == 1);
+    assert_reason(t->reason, "the frontend does not read its socket");
+    t_teardown(t);
+}
+
 /* A frontend set up for more queue pairs than configured (DPDK's virtio-user sends
  * the call fds of all its rings before it negotiates): its call fds are taken, its
  * start is refused at the memory table with a reason, the connection lives on; other
@@ -1388,6 +1419,7 @@ int main(int argc, char **argv)
     g_test_add_func("/vhost-user/running-vring-locked", test_running_vring_locked);
     g_test_add_func("/vhost-user/reconnect-replay", test_reconnect_replay);
     g_test_add_func("/vhost-user/excess-queues", test_excess_queues);
+    g_test_add_func("/vhost-user/reply-queue", test_reply_queue);
     g_test_add_func("/vhost-user/fail-and-free-in-callback", test_fail_and_free_in_callback);
     g_test_add_func("/vhost-user/fail-from-outside", test_fail_from_outside);
     g_test_add_func("/vhost-user/bad/truncated-header", test_bad_truncated_header);
