@@ -1120,7 +1120,8 @@ static int vu_vring_fd_exec(struct vu_dev *dev, struct vu_msg *m, int **slot_out
  *  false), or a change of its enabled state (any ring). */
 static void vu_notify_vring(struct vu_dev *dev, uint32_t index, bool enable_change)
 {
-    if ((!dev->vq[index].running && !enable_change) || !dev->ops.vring_changed)
+    if ((!dev->vq[index].running && !enable_change) || !dev->ops.vring_changed ||
+        index >= dev->cfg.nqueues) /* a queue beyond the configured ones never runs */
         return;
     if (vu_vring_info_fill(dev, index) < 0)
         return; /* cannot happen: checked at start and on every memory change */
@@ -1270,10 +1271,9 @@ static const struct vu_handler *vu_check_request(struct vu_dev *dev, const struc
         index = vp_get_le64(m->payload) & VU_VRING_IDX_MASK;
     else
         has_index = false;
-    if (has_index && index >= dev->cfg.nqueues &&
-        (h->qidx != VU_Q_U64 || index >= VU_MAX_QUEUES)) {
-        vu_err(dev, "%s: vring index %" PRIu64 " out of range (%u queues)", name, index,
-               dev->cfg.nqueues);
+    if (has_index && index >= VU_MAX_QUEUES) {
+        vu_err(dev, "%s: vring index %" PRIu64 " out of range (%u queues, at most %u)", name,
+               index, dev->cfg.nqueues, VU_MAX_QUEUES);
         return NULL;
     }
     if (has_index && index >= dev->cfg.nqueues && index + 1 > dev->excess) {

@@ -148,11 +148,12 @@ enum vu_log_level {
 /** Configuration, copied by vu_dev_new(). Zero fields take the default. */
 struct vu_dev_config {
     /** Virtqueues (not pairs): an even number in 2..VU_MAX_QUEUES, default 2 (one
-     *  receiveq/transmitq pair). A request naming a queue >= nqueues is an error,
-     *  except SET_VRING_KICK/CALL/ERR up to VU_MAX_QUEUES - 1: a frontend set up for
-     *  more queue pairs than offered (DPDK's virtio-user sends its call fds before it
-     *  negotiates anything) is then refused at its memory table, with a reason, where
-     *  it can print the failure (see vu_dev_excess_queues). */
+     *  receiveq/transmitq pair). A request naming a queue in nqueues..VU_MAX_QUEUES-1
+     *  is taken but that queue never runs: a frontend set up for more queue pairs than
+     *  offered (DPDK's virtio-user sends the call fds of all its rings before it
+     *  negotiates anything, and enables its pairs whatever happened) is refused at its
+     *  memory table, with a reason, where it can print the failure (see
+     *  vu_dev_excess_queues). An index from VU_MAX_QUEUES on is an error. */
     unsigned nqueues;
     /** Answer to GET_MAX_MEM_SLOTS and limit of the memory table: 1..VP_MAX_REGIONS,
      *  default VP_MAX_REGIONS. */

@@ -1059,8 +1059,8 @@ static void bad_send(guint i, struct vu_fe *fe)
     case 1: /* a header announcing 1 MiB of payload */
         FE_OK(fe, send_hdr(fe, VU_SET_FEATURES, 0, 1 << 20, NULL, 0, NULL, 0));
         break;
-    case 2: /* SET_VRING_NUM of queue 5 (the daemon has 2), verdict requested */
-        vp_put_le32(p, 5);
+    case 2: /* SET_VRING_NUM of queue 70 (no frontend has that many), verdict requested */
+        vp_put_le32(p, 70);
         vp_put_le32(p + 4, 256);
         FE_OK(fe, send_hdr(fe, VU_SET_VRING_NUM, VU_FLAG_NEED_REPLY, 8, p, 8, NULL, 0));
         break;
@@ -1111,7 +1111,7 @@ static const BadCase bad_cases[] = {
     { "truncated header", BAD_CLOSES, "truncated header" },
     { "payload size over the limit", BAD_CLOSES, "over the limit" },
     { "queue index out of range (need_reply)", BAD_FAILS,
-      "SET_VRING_NUM: vring index 5 out of range (2 queues)" },
+      "SET_VRING_NUM: vring index 70 out of range (2 queues, at most 64)" },
     { "queue index out of range", BAD_CLOSES,
       "SET_VRING_ADDR: vring index 200 out of range" },
     { "wrong fd count (2 call fds)", BAD_CLOSES, "SET_VRING_CALL: wrong fd count" },
