@@ -208,6 +208,16 @@ int vp_validate_no_overlap(const struct vp_region *a, unsigned na,
                            const struct vp_region *b, unsigned nb, vp_error *err);
 
 /**
+ * Check the kick and call fds of a DEVICE_INFO (issue 12.1): each one present must be
+ * an eventfd (its /proc/self/fd link is "anon_inode:[eventfd]"): a pipe, socket, file
+ * or other fd is refused, since whoever signals it (the device VM's QEMU, guestd)
+ * writes 8 bytes into it and must not block or feed another object. Returns 0 or
+ * -EINVAL with a reason naming the queue, the fd (kick or call) and what it is.
+ * Takes nothing and changes nothing.
+ */
+int vp_validate_device_fds(const struct vp_device_info *di, vp_error *err);
+
+/**
  * Validate a DEVICE_INFO: known device type, op ADD with 1..VP_MAX_VIRTQS virtqueues
  * (DEL: none), distinct indexes, num a power of two in [1, 32768], ring addresses
  * non-zero, aligned (desc 16, avail 2, used 4) and not overflowing with the ring

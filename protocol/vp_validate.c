@@ -15,15 +15,18 @@
  *     SIGBUS whoever maps it (the device VM's QEMU). Plain files have no seals, so
  *     they are accepted only with VP_VALIDATE_ALLOW_UNSEALED;
  *   - fds that are not regular files (sockets, pipes, devices, directories) are
- *     rejected: mmap of them means something else entirely.
+ *     rejected: mmap of them means something else entirely; kick and call fds must
+ *     be eventfds (vp_validate_device_fds): whoever signals them writes into them.
  * Nothing here takes ownership of an fd or changes the structs.
  */
 #include "vp_msg.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "vp_memtable.h"
 
@@ -135,6 +138,45 @@ int vp_validate_no_overlap(const struct vp_region *a, unsigned na,
     for (unsigned i = 0; i < nb; i++)
         tb[i] = (struct vp_mt_region){ .gpa = b[i].gpa, .size = b[i].size };
     return vp_mt_check_regions(ta, na, tb, nb, 0, NULL, err);
+}
+
+/* What fd @fd is, for a reason: "an eventfd" when it is one (returns true). */
+static bool fd_is_eventfd(int fd, char *what, size_t size)
+{
+    char path[64], link[128];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof(link) - 1);
+    if (n < 0) {
+        snprintf(what, size, "not an open fd (%s)", strerror(errno));
+        return false;
+    }
+    link[n] = 0;
+    if (strcmp(link, "anon_inode:[eventfd]") == 0) {
+        snprintf(what, size, "an eventfd");
+        return true;
+    }
+    struct stat st;
+    if (strncmp(link, "anon_inode:", 11) == 0)
+        snprintf(what, size, "%s", link + 11);  /* "[timerfd]", "[eventpoll]" ... */
+    else if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode))
+        snprintf(what, size, "%s", fd_kind(st.st_mode));
+    else
+        snprintf(what, size, "a file");
+    return false;
+}
+
+int vp_validate_device_fds(const struct vp_device_info *di, vp_error *err)
+{
+    for (unsigned i = 0; i < di->nvirtqs && i < VP_MAX_VIRTQS; i++) {
+        const int fds[2] = { di->virtqs[i].kick_fd, di->virtqs[i].call_fd };
+        for (int k = 0; k < 2; k++) {
+            char what[160];
+            if (fds[k] >= 0 && !fd_is_eventfd(fds[k], what, sizeof(what)))
+                return vp_fail(err, -EINVAL, "virtqueue %u: %s fd is %s, not an eventfd",
+                               di->virtqs[i].index, k ? "call" : "kick", what);
+        }
+    }
+    return 0;
 }
 
 int vp_validate_device_info(const struct vp_device_info *di, vp_error *err)

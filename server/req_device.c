@@ -233,7 +233,7 @@ int srv_req_device_info(const struct srv_req *rq, struct vp_msg *msg, vp_error *
         return r;  /* framing: the caller disconnects; msg still owns the fds */
     uint64_t fail = di->op == VP_OP_DEL ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL;
     vp_error verr = { "" };
-    if (vp_validate_device_info(di, &verr) < 0)
+    if (vp_validate_device_info(di, &verr) < 0 || vp_validate_device_fds(di, &verr) < 0)
         goto reject;
     if (!t->dev) {
         vp_fail(&verr, -ENODEV, "no vhost-pci device for this client_uuid: send "

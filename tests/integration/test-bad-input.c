@@ -541,6 +541,50 @@ static void test_bad_device_info(Fx *fx, gconstpointer data)
     assert_still_serving(fx);
 }
 
+/* Issue 12.1: kick and call fds must be eventfds. A pipe nobody reads as a call fd
+ * would block whoever signals it (guestd's doorbell, the device VM's QEMU); a socket
+ * or a memfd means something else. Each is refused with a reason, its fds are closed,
+ * and A's device keeps working. */
+static void test_call_fd_not_eventfd(Fx *fx, gconstpointer data)
+{
+    (void)data;
+    guint8 uuid[16];
+    memcpy(uuid, vp_client_get_uuid(fx->a), 16);
+    VpClient *c = other_client(fx, uuid);
+    int p[2], sv[2];
+    g_assert_cmpint(pipe2(p, O_CLOEXEC), ==, 0);
+    vp_test_socketpair(sv);
+    int mem = vp_test_memfd("kick", 4096, FALSE);
+    int efds[4];
+    itest_eventfds(efds);
+    const struct { int q; gboolean call; int fd; const char *why; } cases[] = {
+        { 0, TRUE, p[1], "virtqueue 0: call fd is a pipe, not an eventfd" },
+        { 1, FALSE, sv[0], "virtqueue 1: kick fd is a socket, not an eventfd" },
+        { 1, TRUE, mem, "virtqueue 1: call fd is a file, not an eventfd" },
+    };
+    for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+        struct vp_device_info di;
+        itest_net_device(&di, 5, RING_GPA + 0x40000, 0, 0, efds);
+        if (cases[i].call)
+            di.virtqs[cases[i].q].call_fd = cases[i].fd;
+        else
+            di.virtqs[cases[i].q].kick_fd = cases[i].fd;
+        VpClientReply rep;
+        GError *e = NULL;
+        gboolean ok = vp_client_device_add_sync(c, &di, TMO, &rep, &e);
+        expect_client_fail(c, ok, &rep, e, VP_ACK_ADD_FAIL, cases[i].why);
+    }
+    vp_client_close(c);
+    vp_client_unref(c);
+    vp_close_fds(efds, 4);
+    close(p[0]);
+    close(p[1]);
+    close(sv[0]);
+    close(sv[1]);
+    close(mem);
+    assert_still_serving(fx);
+}
+
 /* ------------------------------ management socket ------------------------------ */
 
 /* An unknown command whose bytes are not UTF-8 (nor printable) is still answered with
@@ -631,6 +675,7 @@ int main(int argc, char **argv)
     ADD("unsealed-memfd", test_unsealed_memfd);
     ADD("del-unknown", test_del_unknown);
     ADD("bad-device-info", test_bad_device_info);
+    ADD("call-fd-not-eventfd", test_call_fd_not_eventfd);
     ADD("mgmt-bad-command", test_mgmt_bad_command);
 #undef ADD
     g_test_add_func("/bad-input/bogus-guestd-ack", test_bogus_guestd_ack);
