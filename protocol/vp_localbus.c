@@ -57,18 +57,23 @@ static const struct lb_type_info *lb_type(uint32_t type)
     return &lb_types[type];
 }
 
-int vp_lb_send(int sock, const struct vp_lb_msg *m, const int *fds, unsigned nfds)
+void vp_lb_encode(const struct vp_lb_msg *m, unsigned char buf[VP_LB_MSG_SIZE])
 {
-    if (nfds > VP_LB_MAX_FDS || (nfds && !fds))
-        return -EINVAL;
-
-    unsigned char buf[VP_LB_MSG_SIZE];
     vp_put_le32(buf + LB_TYPE, m->type);
     vp_put_le32(buf + LB_SLOT, m->slot);
     vp_put_le32(buf + LB_DEVFN, m->devfn);
     vp_put_le32(buf + LB_COUNT, m->count);
     vp_put_le64(buf + LB_SIZE, m->size);
     vp_put_le64(buf + LB_ARG, m->arg);
+}
+
+int vp_lb_send(int sock, const struct vp_lb_msg *m, const int *fds, unsigned nfds)
+{
+    if (nfds > VP_LB_MAX_FDS || (nfds && !fds))
+        return -EINVAL;
+
+    unsigned char buf[VP_LB_MSG_SIZE];
+    vp_lb_encode(m, buf);
 
     size_t done = 0;
     bool fds_sent = nfds == 0;

@@ -62,6 +62,9 @@ struct vp_lb_msg {
     uint64_t size, arg;
 };
 
+/** Encode @m into its 32 wire bytes (for a non-blocking writer such as vp_outq). */
+void vp_lb_encode(const struct vp_lb_msg *m, unsigned char buf[VP_LB_MSG_SIZE]);
+
 /**
  * Send @m with @nfds fds (caller keeps them). Blocking; handles partial writes and
  * EINTR; MSG_NOSIGNAL. Returns 0 or -errno (-EINVAL: nfds > VP_LB_MAX_FDS).

@@ -53,6 +53,8 @@ int vp_outq_push(struct vp_outq *q, const void *data, size_t len, const int *fds
         return -EINVAL;
     if (q->max_bytes && (len > q->max_bytes || q->bytes > q->max_bytes - len))
         return -ENOBUFS;
+    if (q->max_fds && nfds > q->max_fds - (q->nfds < q->max_fds ? q->nfds : q->max_fds))
+        return -ENOBUFS;
     struct vp_outq_msg *m = malloc(sizeof(*m) + len);
     if (!m)
         return -ENOMEM;
@@ -77,6 +79,7 @@ int vp_outq_push(struct vp_outq *q, const void *data, size_t len, const int *fds
         q->head = m;
     q->tail = m;
     q->bytes += len;
+    q->nfds += m->nfds;
     q->count++;
     if (was_idle) {
         int r = vp_outq_flush(q);
@@ -125,6 +128,7 @@ int vp_outq_flush(struct vp_outq *q)
         if (m->nfds) {
             /* The fds went with the first byte: the peer has its own now. */
             q->fds_sent += m->nfds;
+            q->nfds -= m->nfds;
             vp_close_fds(m->fds, m->nfds);
             m->nfds = 0;
         }
@@ -148,6 +152,7 @@ void vp_outq_clear(struct vp_outq *q)
     q->head = q->tail = NULL;
     q->head_off = 0;
     q->bytes = 0;
+    q->nfds = 0;
     q->count = 0;
     q->error = 0;
     watch(q, false);

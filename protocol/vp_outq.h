@@ -14,9 +14,9 @@
  * the caller keeps its own. The queue closes its copies once their message's first
  * byte went out (the peer has its own then), and on vp_outq_clear().
  *
- * Bounds: at most max_bytes queued (a push that would exceed it is refused with
- * -ENOBUFS and queues nothing: the owner decides, e.g. disconnects a client that does
- * not read). Errors: the first send error is sticky (q->error); the queue then sends
+ * Bounds: at most max_bytes queued, and at most max_fds fds held (set it after
+ * vp_outq_init; 0: none); a push that would exceed either is refused with -ENOBUFS
+ * and queues nothing: the owner decides, e.g. disconnects a peer that does not read. Errors: the first send error is sticky (q->error); the queue then sends
  * nothing more and the owner clears it.
  *
  * libc only. One thread per queue.
@@ -44,6 +44,8 @@ struct vp_outq {
     int fd;                              /* the socket (borrowed) */
     size_t max_bytes;                    /* queued bytes allowed; 0: no bound */
     size_t bytes;                        /* queued bytes not yet written */
+    unsigned max_fds;                    /* queued fds allowed; 0: no bound */
+    unsigned nfds;                       /* queued fds not yet sent */
     unsigned count;                      /* queued messages */
     struct vp_outq_msg *head, *tail;
     size_t head_off;                     /* bytes of the head already written */

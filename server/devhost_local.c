@@ -33,9 +33,12 @@
 #include "unix_listen.h"
 #include "vp_ctrlarea.h"
 #include "vp_localbus.h"
+#include "vp_outq_glib.h"
 
-/* How long one send to guestd may block before that guestd is given up on. */
+/* How long guestd may read nothing while messages wait for it before it is given up
+ * on, and how much may wait (a replay of every devfn is far less). */
 #define LB_SEND_TIMEOUT_MS 5000
+#define LB_MAX_QUEUED_BYTES (16u << 10)
 
 struct lb_window {
     uint32_t devfn;
@@ -76,6 +79,9 @@ struct lb_host {
     guint listen_src;
     int conn_fd;
     guint conn_src;
+    struct vp_outq_glib out;   /* messages to guestd, written without blocking */
+    guint stall_timer;         /* guestd must make progress while messages wait */
+    uint64_t stall_mark;       /* messages sent when the timer was armed */
     GPtrArray *controls;   /* struct lb_control*, plugging order */
     GList *later;          /* struct lb_later* */
     GList *waits;          /* struct lb_wait* */
@@ -130,7 +136,7 @@ static void complete_later(struct lb_host *h, vp_devhost_done_fn done, void *opa
     l->opaque = opaque;
     l->ret = ret;
     g_strlcpy(l->reason, reason ? reason : "", sizeof(l->reason));
-    l->src = g_idle_add(later_fire, l);
+    l->src = g_idle_add_full(G_PRIORITY_DEFAULT, later_fire, l, NULL);  /* fair: 12.2 */
     h->later = g_list_prepend(h->later, l);
 }
 
@@ -149,17 +155,55 @@ static void complete_dup_failed(struct lb_host *h, vp_devhost_done_fn done, void
 
 static void disconnect(struct lb_host *h, const char *why);
 
-/* Send one message to guestd if connected; a send error drops the connection (the
+/* Messages wait for guestd: it must take at least one every LB_SEND_TIMEOUT_MS. */
+static gboolean stall_check(gpointer data)
+{
+    struct lb_host *h = data;
+    if (vp_outq_idle(&h->out.q) || h->out.q.msgs_sent != h->stall_mark) {
+        h->stall_mark = h->out.q.msgs_sent;
+        if (!vp_outq_idle(&h->out.q))
+            return G_SOURCE_CONTINUE;
+        h->stall_timer = 0;
+        return G_SOURCE_REMOVE;
+    }
+    h->stall_timer = 0;
+    char why[160];
+    g_snprintf(why, sizeof(why), "send failed: it read nothing for %d ms (%u messages "
+               "waiting)", LB_SEND_TIMEOUT_MS, h->out.q.count);
+    disconnect(h, why);
+    return G_SOURCE_REMOVE;
+}
+
+static void on_send_error(void *opaque, int err)
+{
+    char why[128];
+    g_snprintf(why, sizeof(why), "send failed: %s", g_strerror(-err));
+    disconnect(opaque, why);
+}
+
+/* Send one message to guestd if connected, through the output queue (never
+ * blocking); a send error, or a guestd that stops reading, drops the connection (the
  * registry keeps the state for the next guestd). */
 static void lb_send(struct lb_host *h, const struct vp_lb_msg *m, const int *fds, unsigned nfds)
 {
     if (h->conn_fd < 0)
         return;
-    int r = vp_lb_send(h->conn_fd, m, fds, nfds);
+    unsigned char buf[VP_LB_MSG_SIZE];
+    vp_lb_encode(m, buf);
+    int r = vp_outq_push(&h->out.q, buf, sizeof(buf), fds, nfds, 0);
     if (r < 0) {
-        char why[128];
-        g_snprintf(why, sizeof(why), "send failed: %s", g_strerror(-r));
+        char why[160];
+        if (r == -ENOBUFS)
+            g_snprintf(why, sizeof(why), "send failed: it does not read (%u messages waiting)",
+                       h->out.q.count);
+        else
+            g_snprintf(why, sizeof(why), "send failed: %s", g_strerror(-r));
         disconnect(h, why);
+        return;
+    }
+    if (!vp_outq_idle(&h->out.q) && !h->stall_timer) {
+        h->stall_mark = h->out.q.msgs_sent;
+        h->stall_timer = g_timeout_add(LB_SEND_TIMEOUT_MS, stall_check, h);
     }
 }
 
@@ -213,6 +257,10 @@ static void disconnect(struct lb_host *h, const char *why)
     if (h->conn_src)
         g_source_remove(h->conn_src);
     h->conn_src = 0;
+    if (h->stall_timer)
+        g_source_remove(h->stall_timer);
+    h->stall_timer = 0;
+    vp_outq_glib_destroy(&h->out);
     vp_close_fd(&h->conn_fd);
     /* Nothing is mapped by a guestd that has gone: pending unplugs are done. */
     while (h->waits)
@@ -286,17 +334,14 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
         close(c);
         return G_SOURCE_CONTINUE;
     }
-    /* vp_lb_send/recv are blocking; guestd's messages are 32 bytes. A send is
-     * bounded all the same: a guestd that stops reading would otherwise stall the
-     * whole server once the socket buffer is full; it is disconnected instead. */
+    /* Reads are vp_lb_recv's (32-byte messages, bounded by itself); writes go through
+     * the output queue, so a guestd that stops reading never stalls the server: it is
+     * disconnected after LB_SEND_TIMEOUT_MS without progress, or LB_MAX_QUEUED_BYTES. */
     int fl = fcntl(c, F_GETFL);
     if (fl >= 0)
         fcntl(c, F_SETFL, fl & ~O_NONBLOCK);
-    struct timeval tv = { .tv_sec = LB_SEND_TIMEOUT_MS / 1000,
-                          .tv_usec = (LB_SEND_TIMEOUT_MS % 1000) * 1000 };
-    if (setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
-        g_warning("local bus: SO_SNDTIMEO: %s", g_strerror(errno));
     h->conn_fd = c;
+    vp_outq_glib_init(&h->out, NULL, c, LB_MAX_QUEUED_BYTES, NULL, on_send_error, h);
     h->conn_src = g_unix_fd_add(c, G_IO_IN | G_IO_HUP | G_IO_ERR, on_conn, h);
     g_message("local bus: vhost-pci-guestd connected; replaying %u control function(s)",
               h->controls->len);
@@ -333,6 +378,9 @@ static void local_destroy(struct vp_devhost *hh)
         g_source_remove(h->listen_src);
     if (h->conn_src)
         g_source_remove(h->conn_src);
+    if (h->stall_timer)
+        g_source_remove(h->stall_timer);
+    vp_outq_glib_destroy(&h->out);
     vp_close_fd(&h->conn_fd);
     vp_close_fd(&h->listen_fd);
     unlink(h->path);
