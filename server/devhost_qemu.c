@@ -196,7 +196,7 @@ static gboolean op_finish_idle(gpointer data)
 /* Complete without touching QEMU, never before the caller returned (devhost.h). */
 static void op_finish_later(struct qh_op *op)
 {
-    op->idle = g_idle_add(op_finish_idle, op);
+    op->idle = g_idle_add_full(G_PRIORITY_DEFAULT, op_finish_idle, op, NULL);
 }
 
 /* A QMP callback of an operation whose host is being destroyed: drop it silently. */

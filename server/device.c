@@ -30,9 +30,11 @@ static gboolean service_idle(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
+/* At the default priority, like the clients' sockets: internal work gets its turn
+ * in every iteration however busy a client keeps its socket (issue 12.2). */
 static void cq_schedule(void *opaque)
 {
-    g_idle_add(service_idle, srv_device_ref(opaque));
+    g_idle_add_full(G_PRIORITY_DEFAULT, service_idle, srv_device_ref(opaque), NULL);
 }
 
 static void cq_driver_ok(void *opaque, bool replay)

@@ -42,8 +42,9 @@ void srv_req_answer(const struct srv_req *rq, uint16_t type, uint64_t result,
     struct vp_ack a;
     srv_ack_fill(&a, result, reason, di);
     if (reason)
-        g_message("client %s: %s seq %" PRIu64 " -> %s: %s", rq->uuid_str,
-                  vp_msg_type_name(type), rq->seq, vp_ack_result_name(result), reason);
+        SRV_LOG_PEER(rq->log, rq->uuid_str, G_LOG_LEVEL_MESSAGE,
+                     "client %s: %s seq %" PRIu64 " -> %s: %s", rq->uuid_str,
+                     vp_msg_type_name(type), rq->seq, vp_ack_result_name(result), reason);
     srv_reply(rq->srv, rq->session_id, type, rq->seq, &a);
 }
 
@@ -99,11 +100,13 @@ void srv_job_finish(struct srv_job *job, uint64_t result, const char *reason,
     if (job->kind->internal)
         ;  /* its outcome is logged by what it did */
     else if (result == VP_ACK_ADD_FAIL || result == VP_ACK_DEL_FAIL)
-        g_message("device %s: %s -> %s: %s", q->name, job->kind->name,
-                  vp_ack_result_name(result), ack->reason);
+        SRV_LOG_PEER(q->log, q->name, G_LOG_LEVEL_MESSAGE, "device %s: %s -> %s: %s", q->name,
+                     job->kind->name, vp_ack_result_name(result), ack->reason);
     else
-        g_info("device %s: %s -> %s", q->name, job->kind->name,
-               job->kind->type == VP_MSG_FEATURE_BITS ? "accepted" : vp_ack_result_name(result));
+        SRV_LOG_PEER(q->log, q->name, G_LOG_LEVEL_INFO, "device %s: %s -> %s", q->name,
+                     job->kind->name,
+                     job->kind->type == VP_MSG_FEATURE_BITS ? "accepted"
+                                                            : vp_ack_result_name(result));
     srv_job_reply(job, ack);
     g_queue_remove(&q->jobs, job);
     job_free(job);
@@ -159,14 +162,16 @@ static gboolean jobs_run(gpointer data)
 static void jobs_kick(struct srv_jobq *q)
 {
     if (!q->stopped && !q->idle && !g_queue_is_empty(&q->jobs))
-        q->idle = g_idle_add(jobs_run, q);
+        q->idle = g_idle_add_full(G_PRIORITY_DEFAULT, jobs_run, q, NULL);  /* fair: 12.2 */
 }
 
-void srv_jobq_init(struct srv_jobq *q, struct vp_server *srv, const char *name)
+void srv_jobq_init(struct srv_jobq *q, struct vp_server *srv, const char *name,
+                   struct srv_ratelimit *log)
 {
     memset(q, 0, sizeof(*q));
     q->srv = srv;
     q->name = name;
+    q->log = log;
     g_queue_init(&q->jobs);
 }
 
@@ -198,8 +203,9 @@ static gboolean job_timeout(gpointer data)
     if (job->phase == SRV_JOB_QUEUED) {
         srv_job_finish(job, result, why, NULL);  /* never started: just drop it */
     } else {
-        g_warning("device %s: %s: %s (it goes on in the background)", q->name,
-                  job->kind->name, why);
+        SRV_LOG_PEER(q->log, q->name, G_LOG_LEVEL_WARNING,
+                     "device %s: %s: %s (it goes on in the background)", q->name,
+                     job->kind->name, why);
         struct vp_ack a;
         srv_job_fill_ack(job, &a, result, why);
         srv_job_reply(job, &a);

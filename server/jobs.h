@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "cq_dev.h"
+#include "ratelimit.h"
 #include "vp_msg.h"
 
 struct vp_server;
@@ -41,6 +42,7 @@ struct srv_req {
     uint64_t session_id;                 /* the connection that asked */
     uint64_t seq;                        /* its msg_seq, echoed in the ACK */
     const char *uuid_str;                /* client_uuid text, for logs */
+    struct srv_ratelimit *log;           /* the lines this client causes (its tenant's) */
 };
 
 /** Fill @ack: @result, @reason (may be NULL: none; truncated to fit) and, with @di,
@@ -104,6 +106,7 @@ struct srv_job {
 struct srv_jobq {
     struct vp_server *srv;
     const char *name;                    /* the tenant's uuid text (borrowed), for logs */
+    struct srv_ratelimit *log;           /* the tenant's log limit (borrowed) */
     GQueue jobs;                         /* struct srv_job* */
     guint idle;                          /* pending start of the head job */
     bool stopped;                        /* the tenant is going: nothing starts any more */
@@ -112,7 +115,9 @@ struct srv_jobq {
 /** Requests a tenant queues at most (each may hold up to VP_MAX_FDS fds). */
 #define SRV_MAX_QUEUED_JOBS 64
 
-void srv_jobq_init(struct srv_jobq *q, struct vp_server *srv, const char *name);
+/** An empty queue of tenant @name (borrowed) logging under @log (borrowed). */
+void srv_jobq_init(struct srv_jobq *q, struct vp_server *srv, const char *name,
+                   struct srv_ratelimit *log);
 /** Nothing starts any more (the tenant is being destroyed). */
 void srv_jobq_stop(struct srv_jobq *q);
 /** Fail every queued job with @why (a job waiting for the client is settled instead). */

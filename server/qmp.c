@@ -249,6 +249,7 @@ void qmp_schedule_pump(qmp_client *c)
     if (c->pump_src || c->freeing)
         return;
     c->pump_src = g_idle_source_new();
+    g_source_set_priority(c->pump_src, G_PRIORITY_DEFAULT);
     g_source_set_callback(c->pump_src, qmp_on_pump, c, NULL);
     g_source_attach(c->pump_src, c->ctx);
 }

@@ -259,7 +259,8 @@ void srv_req_device_del_implicit(struct srv_tenant *t, const struct srv_frontend
     di->op = VP_OP_DEL;
     di->device_type = fe->device_type;
     di->device_id = fe->device_id;
-    g_info("device %s: implicit DEVICE_INFO(DEL) of %s %" PRIu64 " (connection closed)",
-           t->uuid_str, vp_device_type_name(fe->device_type), fe->device_id);
+    SRV_LOG_PEER(&t->log, t->uuid_str, G_LOG_LEVEL_INFO,
+                 "device %s: implicit DEVICE_INFO(DEL) of %s %" PRIu64 " (connection closed)",
+                 t->uuid_str, vp_device_type_name(fe->device_type), fe->device_id);
     dev_job_enqueue(t, di, 0, 0);
 }

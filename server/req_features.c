@@ -113,8 +113,9 @@ int srv_req_feature_bits(const struct srv_req *rq, struct vp_msg *msg, vp_error 
         struct vp_ack a;
         srv_ack_fill(&a, VP_ACK_ADD_DONE, NULL, NULL);
         a.feature_bits = bits & VP_NET_FEATURES;
-        g_info("client %s: FEATURE_BITS 0x%" PRIx64 " before any device: accepted 0x%" PRIx64,
-               rq->uuid_str, bits, a.feature_bits);
+        SRV_LOG_PEER(rq->log, rq->uuid_str, G_LOG_LEVEL_INFO,
+                     "client %s: FEATURE_BITS 0x%" PRIx64 " before any device: accepted 0x%"
+                     PRIx64, rq->uuid_str, bits, a.feature_bits);
         srv_reply(rq->srv, rq->session_id, VP_MSG_FEATURE_BITS_ACK, rq->seq, &a);
         return 0;
     }
@@ -161,23 +162,26 @@ int srv_req_feature_bits_ack(const struct srv_req *rq, struct vp_msg *msg, vp_er
     struct srv_job *head = t->dev ? srv_jobs_head(&t->jobs) : NULL;
     if (!head || head->phase != SRV_JOB_WAIT_CLIENT || head->kind != &features_kind) {
         srv->counters.bad_messages++;
-        g_warning("client %s: FEATURE_BITS_ACK seq %" PRIu64 " while no renegotiation is "
-                  "pending; ignored", rq->uuid_str, rq->seq);
+        SRV_LOG_PEER(rq->log, rq->uuid_str, G_LOG_LEVEL_WARNING,
+                     "client %s: FEATURE_BITS_ACK seq %" PRIu64 " while no renegotiation is "
+                     "pending; ignored", rq->uuid_str, rq->seq);
         return 0;
     }
     struct feat_job *fj = feat_job(head);
     struct srv_device *dev = t->dev;
     if (ack.feature_bits & ~dev->features_accepted) {
         srv->counters.bad_messages++;
-        g_warning("client %s: FEATURE_BITS_ACK 0x%" PRIx64 " has bits the device did not accept "
-                  "(0x%" PRIx64 "); still waiting", rq->uuid_str, ack.feature_bits,
-                  dev->features_accepted);
+        SRV_LOG_PEER(rq->log, rq->uuid_str, G_LOG_LEVEL_WARNING,
+                     "client %s: FEATURE_BITS_ACK 0x%" PRIx64 " has bits the device did not "
+                     "accept (0x%" PRIx64 "); still waiting", rq->uuid_str, ack.feature_bits,
+                     dev->features_accepted);
         return 0;
     }
     if (fj->reneg_relaying) {
         srv->counters.bad_messages++;
-        g_warning("client %s: second FEATURE_BITS_ACK seq %" PRIu64 " ignored", rq->uuid_str,
-                  rq->seq);
+        SRV_LOG_PEER(rq->log, rq->uuid_str, G_LOG_LEVEL_WARNING,
+                     "client %s: second FEATURE_BITS_ACK seq %" PRIu64 " ignored", rq->uuid_str,
+                     rq->seq);
         return 0;
     }
     g_message("device %s: client confirmed renegotiated features 0x%" PRIx64, dev->uuid_str,

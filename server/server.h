@@ -35,6 +35,7 @@
 #include <stdint.h>
 
 #include "devhost.h"
+#include "ratelimit.h"
 #include "vp_msg.h"
 
 /** Command-line options. */
@@ -69,6 +70,7 @@ struct vp_server {
         uint64_t messages, bad_messages, disconnects;
     } counters;
     struct srv_mgmt *mgmt;
+    struct srv_ratelimit conn_log;       /* connection events (accept, close, framing) */
     /** Hook: send a socket ACK of @type answering @seq on session @session_id (set by
      *  session.c; a session that has gone gets nothing). */
     void (*reply)(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64_t seq,

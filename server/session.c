@@ -61,7 +61,8 @@ void srv_session_close(struct srv_session *s, const char *why)
     uint64_t id = s->id;
     struct srv_tenant *t = s->tenant;
     s->tenant = NULL;  /* the hold goes to the tenant's closing below */
-    g_info("client %s: connection %" PRIu64 " closed (%s)", s->uuid_str, id, why);
+    SRV_LOG_PEER(&srv->conn_log, "connections", G_LOG_LEVEL_INFO,
+                 "client %s: connection %" PRIu64 " closed (%s)", s->uuid_str, id, why);
     srv->counters.disconnects++;
     if (s->src)
         g_source_remove(s->src);
@@ -100,7 +101,7 @@ static void close_deferred(struct vp_server *srv, uint64_t id, const char *why)
     c->srv = srv;
     c->id = id;
     g_strlcpy(c->why, why, sizeof(c->why));
-    g_idle_add(close_later_cb, c);
+    g_idle_add_full(G_PRIORITY_DEFAULT, close_later_cb, c, NULL);
 }
 
 /* A reply could not be written from the writable watch (vp_outq_glib). */
@@ -162,7 +163,8 @@ static int bind_uuid(struct srv_session *s, const struct vp_msg *msg, vp_error *
     if (!s->tenant) {
         s->tenant = srv_tenant_bind(s->srv, msg->hdr.uuid);
         uuid_unparse_lower(msg->hdr.uuid, s->uuid_str);
-        g_info("client %s: connection %" PRIu64 " bound", s->uuid_str, s->id);
+        SRV_LOG_PEER(&s->srv->conn_log, "connections", G_LOG_LEVEL_INFO,
+                     "client %s: connection %" PRIu64 " bound", s->uuid_str, s->id);
         return 0;
     }
     if (memcmp(s->tenant->uuid, msg->hdr.uuid, VP_UUID_LEN) != 0)
@@ -188,7 +190,8 @@ static int handle_message(struct srv_session *s, struct vp_msg *msg, vp_error *e
         return vp_fail(err, -EPROTO, "%s with %u fds (at most %u)", rule->name, msg->nfds,
                        rule->max_fds);
     const struct srv_req rq = { .srv = srv, .tenant = s->tenant, .session_id = s->id,
-                                .seq = msg->hdr.seq, .uuid_str = s->uuid_str };
+                                .seq = msg->hdr.seq, .uuid_str = s->uuid_str,
+                                .log = &s->tenant->log };
     if (!(rule->client_states & session_state(s)) || !handlers[type]) {
         switch (rule->reject) {
         case VP_REJECT_DISCONNECT:
@@ -197,8 +200,9 @@ static int handle_message(struct srv_session *s, struct vp_msg *msg, vp_error *e
             return reject_with_ack(&rq, msg, rule->reject_why, err);
         case VP_REJECT_IGNORE:
             srv->counters.bad_messages++;
-            g_warning("client %s: %s seq %" PRIu64 " ignored: %s", s->uuid_str, rule->name,
-                      msg->hdr.seq, rule->reject_why);
+            SRV_LOG_PEER(rq.log, s->uuid_str, G_LOG_LEVEL_WARNING,
+                         "client %s: %s seq %" PRIu64 " ignored: %s", s->uuid_str, rule->name,
+                         msg->hdr.seq, rule->reject_why);
             return 0;
         }
     }
@@ -226,7 +230,8 @@ static gboolean on_readable(gint fd, GIOCondition cond, gpointer data)
                 g_snprintf(why, sizeof(why), "peer closed");
             } else {
                 srv->counters.bad_messages++;
-                g_warning("client %s: %s: disconnecting", s->uuid_str, err.msg);
+                SRV_LOG_PEER(&srv->conn_log, "connections", G_LOG_LEVEL_WARNING,
+                             "client %s: %s: disconnecting", s->uuid_str, err.msg);
                 g_snprintf(why, sizeof(why), "framing error: %s", err.msg);
             }
             s->src = 0;
@@ -237,7 +242,8 @@ static gboolean on_readable(gint fd, GIOCondition cond, gpointer data)
         vp_msg_clear(&msg);  /* closes every fd no handler took */
         if (r < 0) {
             srv->counters.bad_messages++;
-            g_warning("client %s: %s: disconnecting", s->uuid_str, err.msg);
+            SRV_LOG_PEER(&srv->conn_log, "connections", G_LOG_LEVEL_WARNING,
+                         "client %s: %s: disconnecting", s->uuid_str, err.msg);
             char why[300];
             g_snprintf(why, sizeof(why), "protocol error: %s", err.msg);
             s->src = 0;
@@ -280,7 +286,8 @@ void srv_session_new(struct vp_server *srv, int fd)
     vp_outq_glib_init(&s->out, NULL, fd, MAX_QUEUED_REPLY_BYTES, NULL, on_send_error, s);
     s->src = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_readable, s);
     g_hash_table_insert(srv->sessions, &s->id, s);
-    g_info("connection %" PRIu64 " accepted", s->id);
+    SRV_LOG_PEER(&srv->conn_log, "connections", G_LOG_LEVEL_INFO,
+                 "connection %" PRIu64 " accepted", s->id);
 }
 
 void srv_sessions_close_all(struct vp_server *srv, const char *why)

@@ -22,7 +22,7 @@ struct srv_tenant *srv_tenant_bind(struct vp_server *srv, const uint8_t *uuid)
         t->srv = srv;
         memcpy(t->uuid, uuid, VP_UUID_LEN);
         uuid_unparse_lower(uuid, t->uuid_str);
-        srv_jobq_init(&t->jobs, srv, t->uuid_str);
+        srv_jobq_init(&t->jobs, srv, t->uuid_str, &t->log);
         g_hash_table_insert(srv->tenants, t->uuid_str, t);
     }
     t->nconns++;

@@ -18,6 +18,7 @@
 
 #include "device.h"
 #include "jobs.h"
+#include "ratelimit.h"
 #include "vp_wire.h"
 
 struct vp_server;
@@ -30,6 +31,7 @@ struct srv_tenant {
     unsigned nconns;                     /* connections bound to this uuid */
     struct srv_device *dev;              /* its vhost-pci device (a reference), or NULL */
     struct srv_jobq jobs;                /* its requests (jobs.h) */
+    struct srv_ratelimit log;            /* lines this driver VM causes (12.2) */
     bool closing;                        /* last connection gone: DEL + destroy queued */
     guint closing_timer;                 /* bound on that (closing.c) */
 };

@@ -93,6 +93,18 @@ $(H15_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
 TESTS += $(H15_ITEST)
 # ---- end of h15 block ----
 
+# ---- P (issue 12, the server's side): limits, fairness, identity
+# (tests/integration/test-server-limits.c) ----
+P12_ITEST := $(B)/tests/integration/test-server-limits
+$(P12_ITEST): $(B)/tests/integration/test-server-limits.o $(B)/tests/integration/itest.o \
+              $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS) -lpthread
+$(P12_ITEST).o: | $(VP_PB_H)
+$(P12_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Iserver
+$(P12_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
+TESTS += $(P12_ITEST)
+# ---- end of P block ----
+
 # ---- h14: a guest driver that is killed or breaks and is replaced
 # (tests/integration/test-driver-reset.c: restart, data path, NEEDS_RESET) ----
 H14_ITEST := $(B)/tests/integration/test-driver-reset
