@@ -15,8 +15,9 @@ struct vp_outq_msg {
     struct vp_outq_msg *next;
     uint64_t tag;
     size_t len;
+    size_t cost;                         /* what it counts against max_bytes */
     unsigned nfds;                       /* fds still to attach (0 once sent) */
-    int fds[VP_OUTQ_MAX_FDS];
+    int *fds;                            /* nfds of them, after data[] */
     uint8_t data[];
 };
 
@@ -51,17 +52,23 @@ int vp_outq_push(struct vp_outq *q, const void *data, size_t len, const int *fds
         return q->error;
     if (len == 0 || nfds > VP_OUTQ_MAX_FDS || (nfds && !fds))
         return -EINVAL;
-    if (q->max_bytes && (len > q->max_bytes || q->bytes > q->max_bytes - len))
+    /* Bytes plus what holding them costs: one short message is not free. */
+    size_t cost = sizeof(struct vp_outq_msg) + len + nfds * sizeof(int);
+    if (len > SIZE_MAX / 2 || (q->max_bytes && (cost > q->max_bytes ||
+                                                  q->cost > q->max_bytes - cost)))
         return -ENOBUFS;
     if (q->max_fds && nfds > q->max_fds - (q->nfds < q->max_fds ? q->nfds : q->max_fds))
         return -ENOBUFS;
-    struct vp_outq_msg *m = malloc(sizeof(*m) + len);
+    size_t dlen = (len + sizeof(int) - 1) / sizeof(int) * sizeof(int);
+    struct vp_outq_msg *m = malloc(sizeof(*m) + dlen + nfds * sizeof(int));
     if (!m)
         return -ENOMEM;
     m->next = NULL;
     m->tag = tag;
     m->len = len;
+    m->cost = cost;
     m->nfds = 0;
+    m->fds = (int *)(void *)(m->data + dlen);
     memcpy(m->data, data, len);
     for (unsigned i = 0; i < nfds; i++) {
         int c = fds[i] >= 0 ? fcntl(fds[i], F_DUPFD_CLOEXEC, 0) : -1;
@@ -79,6 +86,7 @@ int vp_outq_push(struct vp_outq *q, const void *data, size_t len, const int *fds
         q->head = m;
     q->tail = m;
     q->bytes += len;
+    q->cost += cost;
     q->nfds += m->nfds;
     q->count++;
     if (was_idle) {
@@ -98,6 +106,7 @@ static void head_done(struct vp_outq *q)
         q->tail = NULL;
     q->head_off = 0;
     q->count--;
+    q->cost -= m->cost;
     q->msgs_sent++;
     uint64_t tag = m->tag;
     msg_free(m);
@@ -152,6 +161,7 @@ void vp_outq_clear(struct vp_outq *q)
     q->head = q->tail = NULL;
     q->head_off = 0;
     q->bytes = 0;
+    q->cost = 0;
     q->nfds = 0;
     q->count = 0;
     q->error = 0;

@@ -14,7 +14,8 @@
  * the caller keeps its own. The queue closes its copies once their message's first
  * byte went out (the peer has its own then), and on vp_outq_clear().
  *
- * Bounds: at most max_bytes queued, and at most max_fds fds held (set it after
+ * Bounds: at most max_bytes queued, counting each message's bookkeeping too (a flood
+ * of short messages costs what it costs), and at most max_fds fds held (set it after
  * vp_outq_init; 0: none); a push that would exceed either is refused with -ENOBUFS
  * and queues nothing: the owner decides, e.g. disconnects a peer that does not read. Errors: the first send error is sticky (q->error); the queue then sends
  * nothing more and the owner clears it.
@@ -42,8 +43,9 @@ struct vp_outq_ops {
 /** A queue. Fields are read-only for the owner. */
 struct vp_outq {
     int fd;                              /* the socket (borrowed) */
-    size_t max_bytes;                    /* queued bytes allowed; 0: no bound */
+    size_t max_bytes;                    /* queued cost allowed; 0: no bound */
     size_t bytes;                        /* queued bytes not yet written */
+    size_t cost;                         /* queued bytes + per-message bookkeeping */
     unsigned max_fds;                    /* queued fds allowed; 0: no bound */
     unsigned nfds;                       /* queued fds not yet sent */
     unsigned count;                      /* queued messages */

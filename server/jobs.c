@@ -66,6 +66,8 @@ void srv_job_fill_ack(const struct srv_job *job, struct vp_ack *ack, uint64_t re
         ack->device_type = job->device_type;
         ack->device_id = job->device_id;
     }
+    if (!vp_proto_result_done(job->kind->type, job->kind->op, result) && job->kind->fail_ack)
+        job->kind->fail_ack(job, ack);
 }
 
 void srv_job_reply(struct srv_job *job, const struct vp_ack *ack)

@@ -42,6 +42,7 @@ struct srv_req {
     uint64_t session_id;                 /* the connection that asked */
     uint64_t seq;                        /* its msg_seq, echoed in the ACK */
     const char *uuid_str;                /* client_uuid text, for logs */
+    unsigned uid;                        /* the connection's uid (SO_PEERCRED) */
     struct srv_ratelimit *log;           /* the lines this client causes (its tenant's) */
 };
 
@@ -84,6 +85,9 @@ struct srv_job_kind {
     /** Why a job queued behind this one in SRV_JOB_WAIT_CLIENT timed out ("... within
      *  N s" is appended). */
     const char *wait_why;
+    /** What a failure answer built by the queue carries besides result, reason and the
+     *  device echo (may be NULL). */
+    void (*fail_ack)(const struct srv_job *job, struct vp_ack *ack);
 };
 
 /** One job. Kinds embed it as the first member of their own struct. */

@@ -7,10 +7,12 @@
 #include "server.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <glib-unix.h>
 
@@ -58,9 +60,55 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
                 g_warning("accept: %s", g_strerror(-c));
             break;
         }
-        srv_session_new(srv, c);
+        /* Who connected (SO_PEERCRED): its uid owns what it creates (issue 12.6). */
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        vp_error err = { "" };
+        if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+            g_warning("accept: SO_PEERCRED: %s; connection closed", g_strerror(errno));
+            close(c);
+            continue;
+        }
+        if (srv_limit_connection(srv, cred.uid, &err) < 0) {
+            SRV_LOG_PEER(&srv->conn_log, "connections", G_LOG_LEVEL_WARNING,
+                         "connection from pid %d uid %u refused: %s", (int)cred.pid,
+                         (unsigned)cred.uid, err.msg);
+            close(c);
+            continue;
+        }
+        srv_session_new(srv, c, cred.uid, cred.pid);
     }
     return G_SOURCE_CONTINUE;
+}
+
+/* --socket-group / --socket-mode: the access of the sockets created from now on. */
+static int socket_access(const struct srv_options *o)
+{
+    unsigned gid = (unsigned)-1, mode = o->socket_group ? 0660 : 0600;
+    if (o->socket_group) {
+        struct group *g = getgrnam(o->socket_group);
+        char *end = NULL;
+        unsigned long n = strtoul(o->socket_group, &end, 10);
+        if (g)
+            gid = (unsigned)g->gr_gid;
+        else if (end && !*end && end != o->socket_group)
+            gid = (unsigned)n;
+        else {
+            fprintf(stderr, "vhost-pci-server: --socket-group: no group '%s'\n", o->socket_group);
+            return -1;
+        }
+    }
+    if (o->socket_mode) {
+        char *end = NULL;
+        unsigned long m = strtoul(o->socket_mode, &end, 8);
+        if (!end || *end || end == o->socket_mode || m > 0777) {
+            fprintf(stderr, "vhost-pci-server: --socket-mode must be octal, at most 0777\n");
+            return -1;
+        }
+        mode = (unsigned)m;
+    }
+    srv_unix_set_access(mode, gid);
+    return 0;
 }
 
 /* Every queued request may hold up to VP_MAX_FDS fds: use the whole fd allowance. */
@@ -157,6 +205,11 @@ int main(int argc, char **argv)
         { "ack-timeout", 't', 0, G_OPTION_ARG_DOUBLE, &srv->opt.ack_timeout_s,
           "Seconds to wait for the device VM driver's controlq ACK (and for unplugs) before "
           "failing a request (default 10)", "SECONDS" },
+        { "socket-group", 0, 0, G_OPTION_ARG_STRING, &srv->opt.socket_group,
+          "Let this group use the sockets (--listen, --mgmt, --local-bus: mode 0660); by "
+          "default only their owner may (0600)", "GROUP" },
+        { "socket-mode", 0, 0, G_OPTION_ARG_STRING, &srv->opt.socket_mode,
+          "Mode of the sockets, octal (default 0600, 0660 with --socket-group)", "MODE" },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
     };
     GOptionContext *ctx = g_option_context_new("- vhost-pci server for one device VM");
@@ -172,6 +225,8 @@ int main(int argc, char **argv)
         "  vhost-pci-server --listen /run/vp.sock --device-host qemu --qmp /run/devvm-qmp.sock\n"
         "SIGINT/SIGTERM: unplug every device (bounded by --ack-timeout), remove the sockets, exit.\n");
     g_option_context_add_main_entries(ctx, entries, NULL);
+    srv_limits_init(&srv->limits);
+    g_option_context_add_group(ctx, srv_limits_option_group(&srv->limits));
     GError *gerr = NULL;
     if (!g_option_context_parse(ctx, &argc, &argv, &gerr)) {
         fprintf(stderr, "vhost-pci-server: %s (see --help)\n", gerr->message);
@@ -201,6 +256,8 @@ int main(int argc, char **argv)
     if (srv->timeout_ms == 0)
         srv->timeout_ms = 1;
     srv->validate_flags = srv->opt.allow_unsealed ? VP_VALIDATE_ALLOW_UNSEALED : 0;
+    if (socket_access(&srv->opt) < 0)
+        return 2;
 
     bool known = false;
     for (size_t i = 0; i < G_N_ELEMENTS(hosts); i++) {
@@ -226,11 +283,22 @@ int main(int argc, char **argv)
         fprintf(stderr, "vhost-pci-server: --device-host local needs --local-bus PATH\n");
         return 2;
     }
+    {
+        const struct vp_devhost_ops *o = srv->host_ops;
+        unsigned step = o->devfn_step ? o->devfn_step : 1;
+        unsigned functions = (MIN(o->devfn_last, 255u) - o->devfn_first) / step + 1;
+        vp_error lerr = { "" };
+        if (srv_limits_finish(&srv->limits, functions, &lerr) < 0) {
+            fprintf(stderr, "vhost-pci-server: %s\n", lerr.msg);
+            return 2;
+        }
+    }
 
     raise_fd_limit();
     srv->loop = g_main_loop_new(NULL, FALSE);
     srv_sessions_init(srv);
     srv->tenants = g_hash_table_new(g_str_hash, g_str_equal);
+    srv->uids = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
     int rc = 1;
     vp_error err = { "" };
     struct vp_devhost_config hc = { .local_bus = srv->opt.local_bus, .qmp = srv->opt.qmp,
@@ -278,6 +346,7 @@ out:
     if (srv->host)
         srv->host_ops->destroy(srv->host);
     g_hash_table_destroy(srv->tenants);
+    g_hash_table_destroy(srv->uids);
     if (srv->loop)
         g_main_loop_unref(srv->loop);
     g_free(srv->opt.listen_path);
@@ -286,5 +355,7 @@ out:
     g_free(srv->opt.qmp);
     g_free(srv->opt.mgmt_path);
     g_free(srv->opt.log_level);
+    g_free(srv->opt.socket_group);
+    g_free(srv->opt.socket_mode);
     return rc;
 }

@@ -78,6 +78,7 @@ static void device_json(JsonBuilder *b, struct srv_tenant *t)
     add_int(b, "accepted", (gint64)dev->features_accepted);
     json_builder_end_object(b);
     add_int(b, "connections", t->nconns);
+    add_int(b, "owner_uid", t->owner_uid);
 
     json_builder_set_member_name(b, "windows");
     json_builder_begin_array(b);

@@ -104,6 +104,34 @@ static bool rings_inside(struct srv_job *job, struct srv_device *dev,
     return true;
 }
 
+/* Vectors @dev holds, the fresh ones just handed out included (those the new info no
+ * longer uses are released when the guest driver acknowledges it). */
+static unsigned live_vectors(const struct srv_device *dev)
+{
+    unsigned n = 0;
+    for (int v = 0; v < VP_MAX_VECTORS; v++)
+        n += dev->vectors.v[v].used;
+    return n;
+}
+
+/* Fds the server would hold for @dev's client: its windows, and the kick and call fds
+ * of its frontends with @fe in place of @old. */
+static unsigned held_fds(const struct srv_device *dev, const struct srv_frontend *old,
+                         const struct srv_frontend *fe)
+{
+    unsigned n = 0;
+    for (int i = 0; i < VP_MAX_WINDOWS; i++)
+        n += dev->mem.wins[i].used;
+    for (guint i = 0; i < dev->frontends->len; i++) {
+        const struct srv_frontend *f = g_ptr_array_index(dev->frontends, i);
+        for (uint32_t q = 0; f != old && q < f->nvirtqs; q++)
+            n += (f->virtqs[q].kick_fd >= 0) + (f->virtqs[q].call_fd >= 0);
+    }
+    for (uint32_t q = 0; q < fe->nvirtqs; q++)
+        n += (fe->virtqs[q].kick_fd >= 0) + (fe->virtqs[q].call_fd >= 0);
+    return n;
+}
+
 static void dev_add_start(struct srv_job *job)
 {
     struct dev_job *dj = dev_job(job);
@@ -129,7 +157,11 @@ static void dev_add_start(struct srv_job *job)
         di->virtqs[i].kick_fd = di->virtqs[i].call_fd = -1;
     }
     if (srv_frontend_assign_vectors(fe, old, &dev->vectors, dj->fresh_vec, &dj->nfresh,
-                                    &err) < 0) {
+                                    &err) < 0 ||
+        srv_limit_frontends(dev->srv, live_vectors(dev), held_fds(dev, old, fe), &err) < 0) {
+        for (unsigned k = 0; k < dj->nfresh; k++)
+            srv_vector_free(&dev->vectors, dj->fresh_vec[k]);
+        dj->nfresh = 0;
         srv_frontend_free(fe);
         srv_job_fail(job, "%s", err.msg);
         return;
@@ -233,7 +265,8 @@ int srv_req_device_info(const struct srv_req *rq, struct vp_msg *msg, vp_error *
         return r;  /* framing: the caller disconnects; msg still owns the fds */
     uint64_t fail = di->op == VP_OP_DEL ? VP_ACK_DEL_FAIL : VP_ACK_ADD_FAIL;
     vp_error verr = { "" };
-    if (vp_validate_device_info(di, &verr) < 0 || vp_validate_device_fds(di, &verr) < 0)
+    if (vp_validate_device_info(di, &verr) < 0 || vp_validate_device_fds(di, &verr) < 0 ||
+        srv_limit_virtqueues(rq->srv, di->device_type, di->nvirtqs, &verr) < 0)
         goto reject;
     if (!t->dev) {
         vp_fail(&verr, -ENODEV, "no vhost-pci device for this client_uuid: send "

@@ -95,8 +95,24 @@ static void features_wait_timeout(struct srv_job *job)
     srv_job_finish(job, VP_ACK_ADD_DONE, NULL, NULL);
 }
 
+/* A FEATURE_BITS answered ADD_FAIL (the driver did not answer in time, the device
+ * needs reset) still carries a meaningful accepted set (issue 12, off the design: it
+ * used to be 0, which a client reading only the bits takes for "nothing accepted"):
+ * the bits the device settled on, or, before any, what the shipped guest driver
+ * supports, as answered before a device exists. */
+static void features_fail_ack(const struct srv_job *job, struct vp_ack *ack)
+{
+    const struct feat_job *fj = (const struct feat_job *)job;
+    const struct srv_device *dev = fj->dev ? fj->dev : job->tenant->dev;
+    if (dev && dev->feat_state != FEAT_NONE)
+        ack->feature_bits = dev->features_accepted & fj->features;
+    else
+        ack->feature_bits = fj->features & VP_NET_FEATURES;
+}
+
 static const struct srv_job_kind features_kind = {
     .name = "FEATURE_BITS", .type = VP_MSG_FEATURE_BITS, .op = VP_OP_ADD,
+    .fail_ack = features_fail_ack,
     .start = features_start, .free = feat_job_free, .wait_timeout = features_wait_timeout,
     .wait_why = "feature renegotiation was not confirmed by the client's FEATURE_BITS_ACK",
 };
@@ -123,6 +139,8 @@ int srv_req_feature_bits(const struct srv_req *rq, struct vp_msg *msg, vp_error 
     if (srv_jobs_full(&t->jobs, &verr)) {
         struct vp_ack a;
         srv_ack_fill(&a, VP_ACK_ADD_FAIL, verr.msg, NULL);
+        a.feature_bits = t->dev->feat_state != FEAT_NONE ? t->dev->features_accepted & bits
+                                                          : bits & VP_NET_FEATURES;
         srv_reply(rq->srv, rq->session_id, VP_MSG_FEATURE_BITS_ACK, rq->seq, &a);
         return 0;
     }

@@ -216,6 +216,32 @@ static struct srv_add_plan *plan_regions(struct srv_job *job, struct srv_device 
     return plan;
 }
 
+/* The client's PCI functions and exposed memory after @plan (12.4/12.5): within its
+ * limits, else fail @job. A clone holds the old device's functions and memory until it
+ * replaces it. */
+static bool within_limits(struct srv_job *job, struct srv_device *dev,
+                          const struct srv_add_plan *plan)
+{
+    unsigned nold = 0;
+    uint64_t old = 0, add = 0;
+    for (int i = 0; i < VP_MAX_WINDOWS; i++) {
+        if (dev->mem.wins[i].used) {
+            nold++;
+            old += dev->mem.wins[i].file.size;
+        }
+    }
+    for (unsigned n = 0; n < plan->nnew; n++)
+        add += plan->newwin[n].size;
+    unsigned functions = plan->clone ? 2 + 2 * nold + plan->nnew : 1 + nold + plan->nnew;
+    vp_error err = { "" };
+    if (srv_limit_memory(dev->srv, job->tenant, functions, old + add, plan->clone ? old : 0,
+                         &err) < 0) {
+        srv_job_fail(job, "%s", err.msg);
+        return false;
+    }
+    return true;
+}
+
 static void mem_add_start(struct srv_job *job)
 {
     struct mem_job *mj = mem_job(job);
@@ -237,6 +263,10 @@ static void mem_add_start(struct srv_job *job)
     struct srv_add_plan *plan = plan_regions(job, dev, mi, files, keep, (unsigned)nkeep);
     if (!plan)
         return;
+    if (!within_limits(job, dev, plan)) {
+        g_free(plan);
+        return;
+    }
     if (plan->clone) {
         struct srv_clone_mem add = { plan, mi, keep, (unsigned)nkeep };
         if (srv_clone_start(&mj->clone, dev, &add, mem_clone_done, mj, &err) < 0)
@@ -382,12 +412,8 @@ int srv_req_memory_info(const struct srv_req *rq, struct vp_msg *msg, vp_error *
         vp_fail(&verr, -ENODEV, "no vhost-pci device for this client_uuid");
         goto reject;
     }
-    if (!t->dev) {
-        struct srv_device *dev = srv_device_new(srv, t->uuid, &verr);
-        if (!dev)
-            goto reject;
-        srv_tenant_set_device(t, dev);
-    }
+    if (!t->dev && srv_tenant_create_device(t, rq->uid, &verr) < 0)
+        goto reject;
     srv_job_enqueue(&t->jobs, &mem_job_new(t, mi, rq->session_id, rq->seq)->base);
     return 0;
 

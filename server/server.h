@@ -35,6 +35,7 @@
 #include <stdint.h>
 
 #include "devhost.h"
+#include "resources.h"
 #include "ratelimit.h"
 #include "vp_msg.h"
 
@@ -48,6 +49,8 @@ struct srv_options {
     char *log_level;
     gboolean allow_unsealed;
     double ack_timeout_s;
+    char *socket_group;                  /* --socket-group: opens the sockets to a group */
+    char *socket_mode;                   /* --socket-mode: octal (0600, 0660 with a group) */
 };
 
 /** The server. One per process. */
@@ -71,6 +74,8 @@ struct vp_server {
     } counters;
     struct srv_mgmt *mgmt;
     struct srv_ratelimit conn_log;       /* connection events (accept, close, framing) */
+    struct srv_limits limits;            /* the resource model (resources.h) */
+    GHashTable *uids;                    /* uid -> struct srv_uid_usage* (resources.c) */
     /** Hook: send a socket ACK of @type answering @seq on session @session_id (set by
      *  session.c; a session that has gone gets nothing). */
     void (*reply)(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64_t seq,

@@ -92,8 +92,6 @@ static gboolean close_later_cb(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
-/* Reply bytes a client may leave unread before it is disconnected. */
-#define MAX_QUEUED_REPLY_BYTES (1u << 20)
 
 static void close_deferred(struct vp_server *srv, uint64_t id, const char *why)
 {
@@ -113,8 +111,27 @@ static void on_send_error(void *opaque, int err)
     close_deferred(s->srv, s->id, why);
 }
 
+/* Unread reply bytes of every connection together (12.3). */
+static uint64_t reply_bytes_total(struct vp_server *srv, struct srv_session **largest)
+{
+    uint64_t sum = 0;
+    GHashTableIter it;
+    gpointer k, v;
+    *largest = NULL;
+    g_hash_table_iter_init(&it, srv->sessions);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        struct srv_session *s = v;
+        sum += s->out.q.cost;
+        if (!*largest || s->out.q.cost > (*largest)->out.q.cost)
+            *largest = s;
+    }
+    return sum;
+}
+
 /* The server's reply hook (vp_server.reply): the ACK goes into the session's bounded
- * output queue, written now or when the socket takes it. */
+ * output queue, written now or when the socket takes it. Past the per-connection
+ * bound (--max-reply-bytes) that connection is closed; past the bound of all
+ * connections together (--max-reply-bytes-total) the one with most unread bytes is. */
 static void session_reply(struct vp_server *srv, uint64_t session_id, uint16_t type,
                           uint64_t seq, const struct vp_ack *ack)
 {
@@ -126,11 +143,25 @@ static void session_reply(struct vp_server *srv, uint64_t session_id, uint16_t t
     uint8_t *buf = NULL;
     size_t len = 0;
     int r = vp_pack_ack(type, &hdr, ack, &buf, &len);
+    struct srv_session *largest;
+    if (r == 0 && !vp_outq_idle(&s->out.q) &&
+        reply_bytes_total(srv, &largest) + len > srv->limits.max_reply_bytes_total) {
+        char why[200];
+        g_snprintf(why, sizeof(why), "it leaves %zu reply bytes unread, the most of all "
+                   "connections, which together reached --max-reply-bytes-total",
+                   largest->out.q.cost);
+        close_deferred(srv, largest->id, why);
+        if (largest == s) {
+            free(buf);
+            return;
+        }
+    }
     if (r == 0)
         r = vp_outq_push(&s->out.q, buf, len, NULL, 0, 0);
     free(buf);
     if (r == -ENOBUFS) {
-        close_deferred(srv, session_id, "the client does not read its ACKs");
+        close_deferred(srv, session_id, "the client does not read its ACKs (more than "
+                       "--max-reply-bytes unread)");
     } else if (r < 0) {
         /* Closed from the loop: the caller may be in the middle of a job. */
         char why[200];
@@ -157,12 +188,23 @@ static int reject_with_ack(const struct srv_req *rq, struct vp_msg *msg, const c
     return 0;
 }
 
-/* Bind @s to the uuid of its first message; later messages must carry the same. */
+/* Bind @s to the uuid of its first message; later messages must carry the same. A
+ * uuid whose device another uid created is not this connection's (12.6); the nil
+ * uuid names nobody. */
 static int bind_uuid(struct srv_session *s, const struct vp_msg *msg, vp_error *err)
 {
     if (!s->tenant) {
+        static const uint8_t nil[VP_UUID_LEN];
+        if (memcmp(msg->hdr.uuid, nil, VP_UUID_LEN) == 0)
+            return vp_fail(err, -EPROTO, "the nil client_uuid names no driver VM");
+        struct srv_tenant *t = srv_tenant_lookup(s->srv, msg->hdr.uuid);
+        if (t && t->dev && t->owner_uid != s->uid)
+            return vp_fail(err, -EACCES, "client_uuid is in use by another user (uid %u); "
+                           "this connection is uid %u", t->owner_uid, s->uid);
         s->tenant = srv_tenant_bind(s->srv, msg->hdr.uuid);
         uuid_unparse_lower(msg->hdr.uuid, s->uuid_str);
+        if (srv_limit_client_connection(s->srv, s->tenant, err) < 0)
+            return -EUSERS;
         SRV_LOG_PEER(&s->srv->conn_log, "connections", G_LOG_LEVEL_INFO,
                      "client %s: connection %" PRIu64 " bound", s->uuid_str, s->id);
         return 0;
@@ -184,6 +226,15 @@ static int handle_message(struct srv_session *s, struct vp_msg *msg, vp_error *e
     const struct vp_msg_rule *rule = vp_proto_rule(type);
     if (!rule)  /* vp_reader_read already rejects these */
         return vp_fail(err, -EPROTO, "unknown message type %u", type);
+    /* A client's requests carry increasing msg_seq (DESIGN 4); its ACKs (the
+     * renegotiation round) carry the seq they answer. */
+    if (!rule->is_ack) {
+        if (s->seq_seen && msg->hdr.seq <= s->last_seq)
+            return vp_fail(err, -EPROTO, "%s msg_seq %" PRIu64 " does not increase (the last "
+                           "request had %" PRIu64 ")", rule->name, msg->hdr.seq, s->last_seq);
+        s->seq_seen = true;
+        s->last_seq = msg->hdr.seq;
+    }
     g_debug("client %s: %s seq %" PRIu64 " (%u bytes, %u fds)", s->uuid_str, rule->name,
             msg->hdr.seq, msg->hdr.len, msg->nfds);
     if (msg->nfds > rule->max_fds)
@@ -191,7 +242,7 @@ static int handle_message(struct srv_session *s, struct vp_msg *msg, vp_error *e
                        rule->max_fds);
     const struct srv_req rq = { .srv = srv, .tenant = s->tenant, .session_id = s->id,
                                 .seq = msg->hdr.seq, .uuid_str = s->uuid_str,
-                                .log = &s->tenant->log };
+                                .uid = s->uid, .log = &s->tenant->log };
     if (!(rule->client_states & session_state(s)) || !handlers[type]) {
         switch (rule->reject) {
         case VP_REJECT_DISCONNECT:
@@ -266,6 +317,8 @@ static void session_free(gpointer p)
     vp_close_fd(&s->fd);
     if (s->tenant)
         srv_tenant_unbind(s->tenant);
+    srv_uid_usage(s->srv, s->uid)->connections--;
+    srv_uid_usage_trim(s->srv, s->uid);
     g_free(s);
 }
 
@@ -275,19 +328,23 @@ void srv_sessions_init(struct vp_server *srv)
     srv->reply = session_reply;
 }
 
-void srv_session_new(struct vp_server *srv, int fd)
+void srv_session_new(struct vp_server *srv, int fd, unsigned uid, int pid)
 {
     struct srv_session *s = g_new0(struct srv_session, 1);
     s->srv = srv;
     s->id = ++srv->next_session_id;
     s->fd = fd;
+    s->uid = uid;
+    s->pid = pid;
+    srv_uid_usage(srv, uid)->connections++;
     g_strlcpy(s->uuid_str, "(unbound)", sizeof(s->uuid_str));
     vp_reader_init(&s->reader);
-    vp_outq_glib_init(&s->out, NULL, fd, MAX_QUEUED_REPLY_BYTES, NULL, on_send_error, s);
+    vp_outq_glib_init(&s->out, NULL, fd, (size_t)srv->limits.max_reply_bytes, NULL,
+                      on_send_error, s);
     s->src = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_readable, s);
     g_hash_table_insert(srv->sessions, &s->id, s);
     SRV_LOG_PEER(&srv->conn_log, "connections", G_LOG_LEVEL_INFO,
-                 "connection %" PRIu64 " accepted", s->id);
+                 "connection %" PRIu64 " accepted (pid %d, uid %u)", s->id, pid, uid);
 }
 
 void srv_sessions_close_all(struct vp_server *srv, const char *why)

@@ -31,12 +31,16 @@ struct srv_session {
     struct vp_outq_glib out;             /* replies not yet written (bounded) */
     struct srv_tenant *tenant;           /* bound by the first message (a connection hold) */
     char uuid_str[37];
+    unsigned uid;                        /* the peer's uid (SO_PEERCRED at accept) */
+    int pid;                             /* ... and pid, for logs */
+    bool seq_seen;
+    uint64_t last_seq;                   /* msg_seq of its last request (must increase) */
 };
 
 /** Install the server's reply hook (vp_server.reply) and create its session table. */
 void srv_sessions_init(struct vp_server *srv);
-/** Accept a new client on @fd (takes ownership). */
-void srv_session_new(struct vp_server *srv, int fd);
+/** Accept a new client on @fd (takes ownership), connected by @uid / @pid. */
+void srv_session_new(struct vp_server *srv, int fd, unsigned uid, int pid);
 /** Close a session: its tenant learns (implicit DEL of its frontends, device destroy
  *  when it was the last connection; only the count while shutting down). */
 void srv_session_close(struct srv_session *s, const char *why);

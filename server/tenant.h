@@ -30,6 +30,7 @@ struct srv_tenant {
     char uuid_str[37];
     unsigned nconns;                     /* connections bound to this uuid */
     struct srv_device *dev;              /* its vhost-pci device (a reference), or NULL */
+    unsigned owner_uid;                  /* the uid that created the device (while dev) */
     struct srv_jobq jobs;                /* its requests (jobs.h) */
     struct srv_ratelimit log;            /* lines this driver VM causes (12.2) */
     bool closing;                        /* last connection gone: DEL + destroy queued */
@@ -40,8 +41,10 @@ struct srv_tenant {
 struct srv_tenant *srv_tenant_lookup(struct vp_server *srv, const uint8_t *uuid);
 /** A connection binds @uuid: the tenant (created when new) with one more connection. */
 struct srv_tenant *srv_tenant_bind(struct vp_server *srv, const uint8_t *uuid);
-/** Give @t its first device @dev (takes the caller's reference). */
-void srv_tenant_set_device(struct srv_tenant *t, struct srv_device *dev);
+/** Create @t's device for a connection of @uid (its first MEMORY_INFO(ADD)): checks
+ *  the device limits (overall, per uid), records @uid as the owner. 0, or -errno with
+ *  a reason in @err (no device then). */
+int srv_tenant_create_device(struct srv_tenant *t, unsigned uid, vp_error *err);
 /** Make @nd (a clone; the caller's reference is taken) @t's device and return the
  *  old one (the caller destroys it and drops the reference). Queued jobs stay and
  *  run on @nd. */

@@ -18,6 +18,15 @@ static int fill_addr(const char *path, struct sockaddr_un *sa, vp_error *err)
     return 0;
 }
 
+static unsigned sock_mode = 0600;
+static unsigned sock_gid = (unsigned)-1;
+
+void srv_unix_set_access(unsigned mode, unsigned gid)
+{
+    sock_mode = mode & 0777;
+    sock_gid = gid;
+}
+
 int srv_unix_listen(const char *path, vp_error *err)
 {
     struct sockaddr_un sa;
@@ -42,10 +51,24 @@ int srv_unix_listen(const char *path, vp_error *err)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return vp_fail(err, -errno, "socket: %s", strerror(errno));
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 16) < 0) {
-        int e = errno;
+    /* Created with the final mode (bits beyond it masked), then given its group. */
+    mode_t old = umask(~(mode_t)sock_mode & 0777);
+    int b = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+    int e = errno;
+    umask(old);
+    if (b < 0 || listen(fd, 16) < 0) {
+        e = b < 0 ? e : errno;
         close(fd);
+        if (b == 0)
+            unlink(path);
         return vp_fail(err, -e, "cannot listen on %s: %s", path, strerror(e));
+    }
+    if ((sock_gid != (unsigned)-1 && chown(path, (uid_t)-1, (gid_t)sock_gid) < 0) ||
+        chmod(path, sock_mode) < 0) {
+        e = errno;
+        close(fd);
+        unlink(path);
+        return vp_fail(err, -e, "cannot set the access of %s: %s", path, strerror(e));
     }
     return fd;
 }

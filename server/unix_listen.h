@@ -1,6 +1,7 @@
 /*
  * unix_listen.h - listening UNIX stream sockets for the server's three sockets
- * (--listen, --local-bus, --mgmt).
+ * (--listen, --local-bus, --mgmt), created with restrictive modes (issue 12.6): owner
+ * only (0600) unless srv_unix_set_access() opened them to a group.
  */
 #ifndef VP_SERVER_UNIX_LISTEN_H
 #define VP_SERVER_UNIX_LISTEN_H
@@ -14,6 +15,11 @@
  * reason in @err.
  */
 int srv_unix_listen(const char *path, vp_error *err);
+
+/** The mode and group of every socket srv_unix_listen() creates from now on (@gid
+ *  (gid_t)-1: keep the process's group). The socket file is created with this mode
+ *  (umask around bind), so there is no moment with wider access. Default 0600. */
+void srv_unix_set_access(unsigned mode, unsigned gid);
 
 /** accept4() a connection as non-blocking + close-on-exec; -errno on error. */
 int srv_unix_accept(int listen_fd);
