@@ -279,15 +279,15 @@ static void plug_windows(struct srv_clone *c, struct srv_clone_mem *add)
 }
 
 int srv_clone_start(struct srv_clone **out, struct srv_device *dev, struct srv_clone_mem *add,
-                    srv_clone_done_fn done, void *opaque, vp_error *err)
+                    bool renumber, const char *why, srv_clone_done_fn done, void *opaque,
+                    vp_error *err)
 {
     *out = NULL;
     struct srv_device *nd = srv_device_new(dev->srv, dev->uuid, err);
     if (!nd)
         return -ENOSPC;
     uint64_t bar_size = add ? add->plan->bar_size : dev->mem.bar_size;
-    g_info("device %s: memory does not fit the BAR (0x%" PRIx64 "): cloning with BAR 0x%" PRIx64,
-           dev->uuid_str, dev->mem.bar_size, bar_size);
+    g_info("device %s: %s: cloning with BAR 0x%" PRIx64, dev->uuid_str, why, bar_size);
     struct srv_clone *c = g_new0(struct srv_clone, 1);
     *out = c;
     c->dev = srv_device_ref(dev);
@@ -298,9 +298,18 @@ int srv_clone_start(struct srv_clone **out, struct srv_device *dev, struct srv_c
     nd->features_offered = dev->features_offered;
     nd->features_accepted = dev->features_accepted;
     nd->feat_state = dev->feat_state == FEAT_NONE ? FEAT_NONE : FEAT_SETTLED;
-    nd->vectors = dev->vectors;
-    for (guint i = 0; i < dev->frontends->len; i++)
-        g_ptr_array_add(nd->frontends, srv_frontend_copy(g_ptr_array_index(dev->frontends, i)));
+    uint16_t map[VP_MAX_VECTORS];
+    if (renumber)
+        srv_vectors_compact(&dev->vectors, &nd->vectors, map);
+    else
+        nd->vectors = dev->vectors;
+    for (guint i = 0; i < dev->frontends->len; i++) {
+        struct srv_frontend *fe = srv_frontend_copy(g_ptr_array_index(dev->frontends, i));
+        for (uint32_t q = 0; renumber && q < fe->nvirtqs; q++)
+            if (fe->call_vector[q] != VP_NO_VECTOR)
+                fe->call_vector[q] = map[fe->call_vector[q]];
+        g_ptr_array_add(nd->frontends, fe);
+    }
     nd->on_driver_ok = clone_driver_ok;
     nd->on_driver_ok_opaque = c;
 

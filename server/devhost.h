@@ -71,6 +71,7 @@ struct vp_devhost_control {
 struct vp_devhost_ops {
     const char *name;        /* "local", "qemu": the value of --device-host */
     uint32_t devfn_first, devfn_last, devfn_step;  /* devfn range, see above */
+    uint32_t max_vectors;    /* vectors set_peer_vectors can announce (0: VP_MAX_VECTORS) */
 
     /** Create the host (connect/listen). Returns NULL with a reason in @err. */
     struct vp_devhost *(*create)(const struct vp_devhost_config *cfg, vp_error *err);

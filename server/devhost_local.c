@@ -556,6 +556,7 @@ const struct vp_devhost_ops vp_devhost_local_ops = {
     .devfn_first = 1,
     .devfn_last = 255,
     .devfn_step = 1,
+    .max_vectors = VP_LB_MAX_FDS,  /* one message carries the whole list */
     .create = local_create,
     .destroy = local_destroy,
     .plug_control = local_plug_control,

@@ -87,6 +87,7 @@ struct srv_device *srv_device_new(struct vp_server *srv, const uint8_t *uuid, vp
     dev->ca.fd = dev->rx_kick_fd = dev->tx_kick_fd = dev->irq_fd = -1;
     srv_mem_init(&dev->mem);
     dev->frontends = g_ptr_array_new_with_free_func((GDestroyNotify)srv_frontend_free);
+    dev->vectors.max = srv->host_ops->max_vectors;
     srv_cq_init(&dev->cq, dev->uuid_str, &dev->ca, -1, &cq_hooks, dev,
                 &srv->counters.bad_messages);
 

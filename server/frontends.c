@@ -82,8 +82,8 @@ int srv_frontend_assign_vectors(struct srv_frontend *fe, const struct srv_fronte
                 srv_vector_free(vt, fresh[k]);
             *nfresh = first;
             return vp_fail(err, -ENOSPC, "no free doorbell vector for virtqueue %u: this "
-                           "vhost-pci device has handed out all %d (vectors are never "
-                           "reused)", q->index, VP_MAX_VECTORS);
+                           "vhost-pci device has handed out all %u (vectors are never "
+                           "reused)", q->index, vt->next);
         }
         fe->call_vector[i] = (uint16_t)v;
     }

@@ -36,11 +36,29 @@ void srv_reply(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64
         srv->reply(srv, session_id, type, seq, ack);
 }
 
+/* Name of the request @ack_type answers, with its op when it has one: for the record. */
+static void request_name(uint16_t ack_type, uint64_t result, char *out, size_t size)
+{
+    const struct vp_msg_rule *ack = vp_proto_rule(ack_type);
+    const struct vp_msg_rule *req = ack && ack->answers >= 0 ? vp_proto_rule((unsigned)ack->answers)
+                                                              : NULL;
+    if (req && req->has_op)
+        g_snprintf(out, size, "%s(%s)", req->name,
+                   result == VP_ACK_DEL_FAIL || result == VP_ACK_DEL_DONE ? "DEL" : "ADD");
+    else
+        g_strlcpy(out, req ? req->name : "request", size);
+}
+
 void srv_req_answer(const struct srv_req *rq, uint16_t type, uint64_t result,
                     const char *reason, const struct vp_device_info *di)
 {
     struct vp_ack a;
     srv_ack_fill(&a, result, reason, di);
+    if (result == VP_ACK_ADD_FAIL || result == VP_ACK_DEL_FAIL) {
+        char name[40];
+        request_name(type, result, name, sizeof(name));
+        srv_refusal_note(&rq->srv->refusals, rq->uuid_str, name, rq->seq, result, a.reason);
+    }
     if (reason)
         SRV_LOG_PEER(rq->log, rq->uuid_str, G_LOG_LEVEL_MESSAGE,
                      "client %s: %s seq %" PRIu64 " -> %s: %s", rq->uuid_str,
@@ -87,6 +105,15 @@ static void job_free(struct srv_job *job)
     job->kind->free(job);
 }
 
+/* A failure answer of @job (not yet recorded): into the server's refusals. */
+static void note_refusal(struct srv_job *job, const struct vp_ack *ack)
+{
+    if (job->replied)
+        return;  /* recorded when it was answered */
+    srv_refusal_note(&job->q->srv->refusals, job->q->name, job->kind->name, job->sock_seq,
+                     ack->result, ack->reason);
+}
+
 void srv_job_finish(struct srv_job *job, uint64_t result, const char *reason,
                     const struct vp_ack *ack)
 {
@@ -99,16 +126,18 @@ void srv_job_finish(struct srv_job *job, uint64_t result, const char *reason,
         srv_job_fill_ack(job, &a, result, reason);
         ack = &a;
     }
-    if (job->kind->internal)
+    if (job->kind->internal) {
         ;  /* its outcome is logged by what it did */
-    else if (result == VP_ACK_ADD_FAIL || result == VP_ACK_DEL_FAIL)
+    } else if (result == VP_ACK_ADD_FAIL || result == VP_ACK_DEL_FAIL) {
+        note_refusal(job, ack);
         SRV_LOG_PEER(q->log, q->name, G_LOG_LEVEL_MESSAGE, "device %s: %s -> %s: %s", q->name,
                      job->kind->name, vp_ack_result_name(result), ack->reason);
-    else
+    } else {
         SRV_LOG_PEER(q->log, q->name, G_LOG_LEVEL_INFO, "device %s: %s -> %s", q->name,
                      job->kind->name,
                      job->kind->type == VP_MSG_FEATURE_BITS ? "accepted"
                                                             : vp_ack_result_name(result));
+    }
     srv_job_reply(job, ack);
     g_queue_remove(&q->jobs, job);
     job_free(job);
@@ -210,6 +239,7 @@ static gboolean job_timeout(gpointer data)
                      job->kind->name, why);
         struct vp_ack a;
         srv_job_fill_ack(job, &a, result, why);
+        note_refusal(job, &a);
         srv_job_reply(job, &a);
     }
     return G_SOURCE_REMOVE;

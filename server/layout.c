@@ -165,9 +165,14 @@ int srv_vector_find(const struct srv_vectors *t, uint64_t device_id, uint32_t in
     return -1;
 }
 
+static unsigned vectors_max(const struct srv_vectors *t)
+{
+    return t->max && t->max < VP_MAX_VECTORS ? t->max : VP_MAX_VECTORS;
+}
+
 int srv_vector_alloc(struct srv_vectors *t, uint64_t device_id, uint32_t index)
 {
-    if (t->next >= VP_MAX_VECTORS)
+    if (t->next >= vectors_max(t))
         return -ENOSPC;
     int v = (int)t->next++;
     t->v[v] = (struct srv_vector){ true, device_id, index };
@@ -185,6 +190,33 @@ void srv_vector_free_device(struct srv_vectors *t, uint64_t device_id)
     for (int v = 0; v < VP_MAX_VECTORS; v++)
         if (t->v[v].used && t->v[v].device_id == device_id)
             t->v[v].used = false;
+}
+
+unsigned srv_vectors_used(const struct srv_vectors *t)
+{
+    unsigned n = 0;
+    for (unsigned v = 0; v < VP_MAX_VECTORS; v++)
+        n += t->v[v].used;
+    return n;
+}
+
+bool srv_vectors_exhausted(const struct srv_vectors *t)
+{
+    return t->next >= vectors_max(t);
+}
+
+void srv_vectors_compact(const struct srv_vectors *from, struct srv_vectors *to,
+                         uint16_t map[VP_MAX_VECTORS])
+{
+    memset(to, 0, sizeof(*to));
+    to->max = from->max;
+    for (unsigned v = 0; v < VP_MAX_VECTORS; v++) {
+        map[v] = 0xffff;
+        if (!from->v[v].used)
+            continue;
+        map[v] = (uint16_t)to->next;
+        to->v[to->next++] = from->v[v];
+    }
 }
 
 unsigned srv_vectors_count(const struct srv_vectors *t)

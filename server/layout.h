@@ -97,12 +97,13 @@ struct srv_vector {
 struct srv_vectors {
     struct srv_vector v[VP_MAX_VECTORS];
     unsigned next;        /* next number never handed out */
+    unsigned max;         /* numbers the device host can announce (0: VP_MAX_VECTORS) */
 };
 
 /** Vector of (device_id, index), or -1. */
 int srv_vector_find(const struct srv_vectors *t, uint64_t device_id, uint32_t index);
-/** A fresh vector for (device_id, index), marked used. -ENOSPC when all
- *  VP_MAX_VECTORS numbers of this device have been handed out. */
+/** A fresh vector for (device_id, index), marked used. -ENOSPC when all the numbers
+ *  of this device (t->max, at most VP_MAX_VECTORS) have been handed out. */
 int srv_vector_alloc(struct srv_vectors *t, uint64_t device_id, uint32_t index);
 /** Release vector @vec (ignored when out of range). */
 void srv_vector_free(struct srv_vectors *t, int vec);
@@ -110,5 +111,14 @@ void srv_vector_free(struct srv_vectors *t, int vec);
 void srv_vector_free_device(struct srv_vectors *t, uint64_t device_id);
 /** Number of vectors to announce: highest used vector + 1 (0 when none). */
 unsigned srv_vectors_count(const struct srv_vectors *t);
+/** Vectors in use. */
+unsigned srv_vectors_used(const struct srv_vectors *t);
+/** Every number has been handed out (a new call fd needs a fresh control function). */
+bool srv_vectors_exhausted(const struct srv_vectors *t);
+/** Renumber @from's used vectors 0, 1, ... in order into @to (a fresh table with the
+ *  same max, as for a new control function); @map[v] gets the new number of old vector
+ *  v (VP_NO_VECTOR for unused ones). */
+void srv_vectors_compact(const struct srv_vectors *from, struct srv_vectors *to,
+                         uint16_t map[VP_MAX_VECTORS]);
 
 #endif

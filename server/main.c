@@ -17,6 +17,7 @@
 #include <glib-unix.h>
 
 #include "mgmt.h"
+#include "resources.h"
 #include "session.h"
 #include "tenant.h"
 #include "unix_listen.h"
@@ -225,8 +226,10 @@ int main(int argc, char **argv)
         "  vhost-pci-server --listen /run/vp.sock --device-host qemu --qmp /run/devvm-qmp.sock\n"
         "SIGINT/SIGTERM: unplug every device (bounded by --ack-timeout), remove the sockets, exit.\n");
     g_option_context_add_main_entries(ctx, entries, NULL);
-    srv_limits_init(&srv->limits);
-    g_option_context_add_group(ctx, srv_limits_option_group(&srv->limits));
+    static struct srv_limits limits;
+    srv->limits = &limits;
+    srv_limits_init(srv->limits);
+    g_option_context_add_group(ctx, srv_limits_option_group(srv->limits));
     GError *gerr = NULL;
     if (!g_option_context_parse(ctx, &argc, &argv, &gerr)) {
         fprintf(stderr, "vhost-pci-server: %s (see --help)\n", gerr->message);
@@ -288,7 +291,7 @@ int main(int argc, char **argv)
         unsigned step = o->devfn_step ? o->devfn_step : 1;
         unsigned functions = (MIN(o->devfn_last, 255u) - o->devfn_first) / step + 1;
         vp_error lerr = { "" };
-        if (srv_limits_finish(&srv->limits, functions, &lerr) < 0) {
+        if (srv_limits_finish(srv->limits, functions, &lerr) < 0) {
             fprintf(stderr, "vhost-pci-server: %s\n", lerr.msg);
             return 2;
         }

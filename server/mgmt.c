@@ -133,6 +133,34 @@ static void device_json(JsonBuilder *b, struct srv_tenant *t)
     json_builder_end_object(b);
 }
 
+/* "refusals_total" and "refusals": the last refusals, oldest first, each with its fix. */
+static void refusals_json(JsonBuilder *b, const struct srv_refusals *rs)
+{
+    add_int(b, "refusals_total", (gint64)rs->total);
+    json_builder_set_member_name(b, "refusals");
+    json_builder_begin_array(b);
+    gint64 now = g_get_monotonic_time();
+    const struct srv_refusal *r;
+    for (unsigned i = 0; (r = srv_refusal_get(rs, i)) != NULL; i++) {
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "client");
+        json_builder_add_string_value(b, r->client);
+        json_builder_set_member_name(b, "request");
+        json_builder_add_string_value(b, r->request);
+        add_int(b, "seq", (gint64)r->seq);
+        json_builder_set_member_name(b, "result");
+        json_builder_add_string_value(b, vp_ack_result_name(r->result));
+        json_builder_set_member_name(b, "reason");
+        g_autofree char *reason = g_utf8_make_valid(r->reason, -1);
+        json_builder_add_string_value(b, reason);
+        json_builder_set_member_name(b, "fix");
+        json_builder_add_string_value(b, r->fix);
+        add_int(b, "age_ms", (now - r->when_us) / 1000);
+        json_builder_end_object(b);
+    }
+    json_builder_end_array(b);
+}
+
 char *srv_mgmt_status_json(struct vp_server *srv)
 {
     JsonBuilder *b = json_builder_new();
@@ -146,6 +174,7 @@ char *srv_mgmt_status_json(struct vp_server *srv)
     add_int(b, "bad_messages", (gint64)srv->counters.bad_messages);
     add_int(b, "disconnects", (gint64)srv->counters.disconnects);
     json_builder_end_object(b);
+    refusals_json(b, &srv->refusals);
     json_builder_set_member_name(b, "devices");
     json_builder_begin_array(b);
     GList *ts = srv_tenants_sorted(srv);

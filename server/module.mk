@@ -8,7 +8,7 @@ SERVER_SRCS := $(SERVER_CORE_SRCS) $(SERVER_HOST_SRCS) server/unix_listen.c \
                server/frontends.c server/cqmsg.c server/device.c server/clone.c \
                server/jobs.c server/tenant.c server/req_memory.c server/req_device.c \
                server/req_features.c server/closing.c server/session.c server/mgmt.c \
-               server/ratelimit.c server/resources.c server/main.c
+               server/ratelimit.c server/resources.c server/refusals.c server/main.c
 
 SERVER_OBJS := $(SERVER_SRCS:%.c=$(B)/%.o)
 

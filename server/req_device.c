@@ -15,6 +15,8 @@
 #include <errno.h>
 #include <inttypes.h>
 
+#include "clone.h"
+#include "resources.h"
 #include "cqmsg.h"
 #include "server.h"
 #include "tenant.h"
@@ -27,6 +29,8 @@ struct dev_job {
     struct srv_frontend *new_fe;
     int fresh_vec[VP_MAX_VIRTQS];        /* ADD: vectors handed out for it */
     unsigned nfresh;
+    struct srv_clone *clone;             /* ADD: moving the device to fresh vectors */
+    bool moved;                          /* ... done once already */
 };
 
 static struct dev_job *dev_job(struct srv_job *job)
@@ -37,6 +41,7 @@ static struct dev_job *dev_job(struct srv_job *job)
 static void dev_job_free(struct srv_job *job)
 {
     struct dev_job *dj = dev_job(job);
+    srv_clone_cancel(dj->clone);
     if (dj->di) {
         vp_device_info_close_fds(dj->di);
         g_free(dj->di);
@@ -104,6 +109,64 @@ static bool rings_inside(struct srv_job *job, struct srv_device *dev,
     return true;
 }
 
+static void dev_add_start(struct srv_job *job);
+
+/* The device is on its new control function (or the move failed): run the request
+ * again there. */
+static void vectors_moved(void *opaque, struct srv_device *nd, const char *fail)
+{
+    struct dev_job *dj = opaque;
+    struct srv_job *job = &dj->base;
+    dj->clone = NULL;
+    if (!nd) {
+        srv_job_fail(job, "the device's doorbell vectors ran out and moving it to a fresh "
+                     "control function failed: %s", fail);
+        return;
+    }
+    struct srv_device *old = srv_tenant_swap_device(job->tenant, nd);
+    if (old) {
+        srv_device_destroy(old, "replaced by its clone (fresh doorbell vectors)");
+        srv_device_unref(old);
+    }
+    dev_add_start(job);
+}
+
+/* Every vector number of the control function was handed out (they are never reused:
+ * QEMU's ivshmem cannot take one back). Move the device to a fresh control function
+ * with the cloning machinery (issue 9 item 5): its frontends stop, and resume on the
+ * clone at the positions they stopped at, with their live vectors renumbered; then
+ * this request runs again there. */
+static void move_to_fresh_vectors(struct srv_job *job, const char *why)
+{
+    struct dev_job *dj = dev_job(job);
+    struct srv_device *dev = dj->dev;
+    vp_error err = { "" };
+    unsigned nwin = 0;
+    uint64_t mem = 0;
+    for (int i = 0; i < VP_MAX_WINDOWS; i++) {
+        if (dev->mem.wins[i].used) {
+            nwin++;
+            mem += dev->mem.wins[i].file.size;
+        }
+    }
+    if (dj->moved) {
+        srv_job_fail(job, "%s, even on a fresh control function", why);
+        return;
+    }
+    if (srv_limit_memory(dev->srv, job->tenant, 2 + 2 * nwin, mem, mem, &err) < 0) {
+        srv_job_fail(job, "%s; moving the device to a fresh control function: %s", why,
+                     err.msg);
+        return;
+    }
+    dj->moved = true;
+    g_message("device %s: all %u doorbell vector numbers of its control function are used "
+              "up: moving it to a fresh one", dev->uuid_str, dev->vectors.next);
+    if (srv_clone_start(&dj->clone, dev, NULL, true, "doorbell vectors used up",
+                        vectors_moved, dj, &err) < 0)
+        srv_job_fail(job, "%s; cannot move the device to a fresh control function: %s", why,
+                     err.msg);
+}
+
 /* Vectors @dev holds, the fresh ones just handed out included (those the new info no
  * longer uses are released when the guest driver acknowledges it). */
 static unsigned live_vectors(const struct srv_device *dev)
@@ -156,8 +219,20 @@ static void dev_add_start(struct srv_job *job)
         fe->virtqs[i] = di->virtqs[i];  /* the frontend takes the kick/call fds */
         di->virtqs[i].kick_fd = di->virtqs[i].call_fd = -1;
     }
-    if (srv_frontend_assign_vectors(fe, old, &dev->vectors, dj->fresh_vec, &dj->nfresh,
-                                    &err) < 0 ||
+    int r = srv_frontend_assign_vectors(fe, old, &dev->vectors, dj->fresh_vec, &dj->nfresh,
+                                        &err);
+    if (r == -ENOSPC && srv_vectors_exhausted(&dev->vectors)) {
+        /* The request keeps its fds for when it runs again on the fresh device. */
+        for (uint32_t i = 0; i < di->nvirtqs; i++) {
+            di->virtqs[i].kick_fd = fe->virtqs[i].kick_fd;
+            di->virtqs[i].call_fd = fe->virtqs[i].call_fd;
+            fe->virtqs[i].kick_fd = fe->virtqs[i].call_fd = -1;
+        }
+        srv_frontend_free(fe);
+        move_to_fresh_vectors(job, err.msg);
+        return;
+    }
+    if (r < 0 ||
         srv_limit_frontends(dev->srv, live_vectors(dev), held_fds(dev, old, fe), &err) < 0) {
         for (unsigned k = 0; k < dj->nfresh; k++)
             srv_vector_free(&dev->vectors, dj->fresh_vec[k]);

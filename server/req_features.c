@@ -141,6 +141,8 @@ int srv_req_feature_bits(const struct srv_req *rq, struct vp_msg *msg, vp_error 
         srv_ack_fill(&a, VP_ACK_ADD_FAIL, verr.msg, NULL);
         a.feature_bits = t->dev->feat_state != FEAT_NONE ? t->dev->features_accepted & bits
                                                           : bits & VP_NET_FEATURES;
+        srv_refusal_note(&rq->srv->refusals, rq->uuid_str, "FEATURE_BITS", rq->seq,
+                         VP_ACK_ADD_FAIL, verr.msg);
         srv_reply(rq->srv, rq->session_id, VP_MSG_FEATURE_BITS_ACK, rq->seq, &a);
         return 0;
     }

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "clone.h"
+#include "resources.h"
 #include "cqmsg.h"
 #include "server.h"
 #include "tenant.h"
@@ -269,7 +270,10 @@ static void mem_add_start(struct srv_job *job)
     }
     if (plan->clone) {
         struct srv_clone_mem add = { plan, mi, keep, (unsigned)nkeep };
-        if (srv_clone_start(&mj->clone, dev, &add, mem_clone_done, mj, &err) < 0)
+        char why[96];
+        g_snprintf(why, sizeof(why), "memory does not fit the BAR (0x%" PRIx64 ")",
+                   dev->mem.bar_size);
+        if (srv_clone_start(&mj->clone, dev, &add, false, why, mem_clone_done, mj, &err) < 0)
             srv_job_fail(job, "cannot clone the vhost-pci device: %s", err.msg);
         g_free(plan);
         return;
@@ -412,7 +416,8 @@ int srv_req_memory_info(const struct srv_req *rq, struct vp_msg *msg, vp_error *
         vp_fail(&verr, -ENODEV, "no vhost-pci device for this client_uuid");
         goto reject;
     }
-    if (!t->dev && srv_tenant_create_device(t, rq->uid, &verr) < 0)
+    if (!t->dev && (srv_limit_device(srv, rq->uid, &verr) < 0 ||
+                    srv_tenant_create_device(t, rq->uid, &verr) < 0))
         goto reject;
     srv_job_enqueue(&t->jobs, &mem_job_new(t, mi, rq->session_id, rq->seq)->base);
     return 0;

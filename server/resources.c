@@ -146,7 +146,7 @@ struct srv_uid_usage *srv_uid_usage(struct vp_server *srv, unsigned uid)
 void srv_uid_usage_trim(struct vp_server *srv, unsigned uid)
 {
     struct srv_uid_usage *u = g_hash_table_lookup(srv->uids, GUINT_TO_POINTER(uid));
-    if (u && !u->connections && !u->devices)
+    if (u && !u->connections)
         g_hash_table_remove(srv->uids, GUINT_TO_POINTER(uid));
 }
 
@@ -154,7 +154,7 @@ void srv_uid_usage_trim(struct vp_server *srv, unsigned uid)
 
 int srv_limit_connection(struct vp_server *srv, unsigned uid, vp_error *err)
 {
-    const struct srv_limits *l = &srv->limits;
+    const struct srv_limits *l = srv->limits;
     if (g_hash_table_size(srv->sessions) >= (guint)l->max_connections)
         return vp_fail(err, -EUSERS, "the server has %u client connections, the most "
                        "--max-connections allows", g_hash_table_size(srv->sessions));
@@ -165,31 +165,32 @@ int srv_limit_connection(struct vp_server *srv, unsigned uid, vp_error *err)
     return 0;
 }
 
-int srv_limit_client_connection(struct vp_server *srv, const struct srv_tenant *t,
-                                vp_error *err)
+int srv_limit_client_connection(struct vp_server *srv, unsigned nconns, vp_error *err)
 {
-    if (t->nconns > (unsigned)srv->limits.max_connections_per_client)
+    if (nconns > (unsigned)srv->limits->max_connections_per_client)
         return vp_fail(err, -EUSERS, "this client_uuid has %u connections, the most "
-                       "--max-connections-per-client allows", t->nconns - 1);
+                       "--max-connections-per-client allows", nconns - 1);
     return 0;
 }
 
 int srv_limit_device(struct vp_server *srv, unsigned uid, vp_error *err)
 {
-    const struct srv_limits *l = &srv->limits;
-    unsigned devices = 0;
+    const struct srv_limits *l = srv->limits;
+    unsigned devices = 0, owned = 0;
     GHashTableIter it;
     gpointer k, v;
     g_hash_table_iter_init(&it, srv->tenants);
-    while (g_hash_table_iter_next(&it, &k, &v))
-        devices += ((struct srv_tenant *)v)->dev != NULL;
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        const struct srv_tenant *t = v;
+        devices += t->dev != NULL;
+        owned += t->dev && t->owner_uid == uid;
+    }
     if (devices >= (unsigned)l->max_devices)
         return vp_fail(err, -ENOSPC, "the server has %u vhost-pci devices, the most "
                        "--max-devices allows", devices);
-    struct srv_uid_usage *u = g_hash_table_lookup(srv->uids, GUINT_TO_POINTER(uid));
-    if (u && u->devices >= (unsigned)l->max_devices_per_uid)
+    if (owned >= (unsigned)l->max_devices_per_uid)
         return vp_fail(err, -EDQUOT, "uid %u owns %u vhost-pci devices, the most "
-                       "--max-devices-per-uid allows", uid, u->devices);
+                       "--max-devices-per-uid allows", uid, owned);
     return 0;
 }
 
@@ -206,7 +207,7 @@ static uint64_t device_memory(const struct srv_device *dev)
 int srv_limit_memory(struct vp_server *srv, const struct srv_tenant *t, unsigned functions,
                      uint64_t memory, uint64_t extra_memory, vp_error *err)
 {
-    const struct srv_limits *l = &srv->limits;
+    const struct srv_limits *l = srv->limits;
     if (functions > (unsigned)l->max_functions_per_client)
         return vp_fail(err, -EDQUOT, "this client would use %u PCI functions (control and "
                        "memory windows%s), the most --max-functions-per-client allows is %d",
@@ -232,7 +233,7 @@ int srv_limit_memory(struct vp_server *srv, const struct srv_tenant *t, unsigned
 
 int srv_limit_frontends(struct vp_server *srv, unsigned vectors, unsigned fds, vp_error *err)
 {
-    const struct srv_limits *l = &srv->limits;
+    const struct srv_limits *l = srv->limits;
     if (vectors > (unsigned)l->max_vectors_per_client)
         return vp_fail(err, -EDQUOT, "this client would hold %u doorbell vectors (call "
                        "eventfds), the most --max-vectors-per-client allows is %d", vectors,
@@ -246,10 +247,10 @@ int srv_limit_frontends(struct vp_server *srv, unsigned vectors, unsigned fds, v
 int srv_limit_virtqueues(struct vp_server *srv, uint32_t device_type, uint32_t nvirtqs,
                          vp_error *err)
 {
-    unsigned max = 2u * (unsigned)srv->limits.max_queue_pairs;
+    unsigned max = 2u * (unsigned)srv->limits->max_queue_pairs;
     if (device_type == VP_DEV_NET && nvirtqs > max)
         return vp_fail(err, -EINVAL, "a net frontend has at most %u virtqueues (%d queue "
-                       "pairs, --max-queue-pairs), not %u", max, srv->limits.max_queue_pairs,
+                       "pairs, --max-queue-pairs), not %u", max, srv->limits->max_queue_pairs,
                        nvirtqs);
     return 0;
 }

@@ -11,8 +11,9 @@
  *   per uid          connections, devices (client_uuids with a device)
  *   overall          connections, devices, peer memory exposed, unread reply bytes
  *
- * Checks read the state the server keeps anyway (tenants, devices, sessions) plus a
- * small per-uid table. Main thread.
+ * Checks read the state the server keeps anyway (tenants and their devices, the
+ * sessions' count) plus a per-uid connection count. Callers include this header (the
+ * server struct holds the limits by pointer). Main thread.
  */
 #ifndef VP_SERVER_RESOURCES_H
 #define VP_SERVER_RESOURCES_H
@@ -56,11 +57,10 @@ int srv_limits_finish(struct srv_limits *l, unsigned host_functions, vp_error *e
 
 /* ---- per-uid usage ---- */
 
-/** What one local user holds. */
+/** What one local user holds (its devices are counted from the tenants). */
 struct srv_uid_usage {
     unsigned uid;
     unsigned connections;
-    unsigned devices;
 };
 
 /** The usage of @uid (created empty on first use). */
@@ -72,9 +72,8 @@ void srv_uid_usage_trim(struct vp_server *srv, unsigned uid);
 
 /** A new connection from @uid (at accept). */
 int srv_limit_connection(struct vp_server *srv, unsigned uid, vp_error *err);
-/** One more connection of client @t (when a connection binds its uuid). */
-int srv_limit_client_connection(struct vp_server *srv, const struct srv_tenant *t,
-                                vp_error *err);
+/** A client_uuid with @nconns connections, the new one included (when it binds). */
+int srv_limit_client_connection(struct vp_server *srv, unsigned nconns, vp_error *err);
 /** A device for client @t of @uid (its first MEMORY_INFO(ADD)). */
 int srv_limit_device(struct vp_server *srv, unsigned uid, vp_error *err);
 /** Client @t would hold @functions PCI functions, @memory bytes of windows (its whole

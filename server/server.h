@@ -35,8 +35,10 @@
 #include <stdint.h>
 
 #include "devhost.h"
-#include "resources.h"
 #include "ratelimit.h"
+
+struct srv_limits;
+#include "refusals.h"
 #include "vp_msg.h"
 
 /** Command-line options. */
@@ -74,8 +76,9 @@ struct vp_server {
     } counters;
     struct srv_mgmt *mgmt;
     struct srv_ratelimit conn_log;       /* connection events (accept, close, framing) */
-    struct srv_limits limits;            /* the resource model (resources.h) */
+    struct srv_limits *limits;           /* the resource model (resources.h) */
     GHashTable *uids;                    /* uid -> struct srv_uid_usage* (resources.c) */
+    struct srv_refusals refusals;        /* what was refused lately (refusals.h) */
     /** Hook: send a socket ACK of @type answering @seq on session @session_id (set by
      *  session.c; a session that has gone gets nothing). */
     void (*reply)(struct vp_server *srv, uint64_t session_id, uint16_t type, uint64_t seq,

@@ -26,6 +26,7 @@
 #include "req_device.h"
 #include "req_features.h"
 #include "req_memory.h"
+#include "resources.h"
 #include "server.h"
 #include "tenant.h"
 #include "vp_proto.h"
@@ -145,7 +146,7 @@ static void session_reply(struct vp_server *srv, uint64_t session_id, uint16_t t
     int r = vp_pack_ack(type, &hdr, ack, &buf, &len);
     struct srv_session *largest;
     if (r == 0 && !vp_outq_idle(&s->out.q) &&
-        reply_bytes_total(srv, &largest) + len > srv->limits.max_reply_bytes_total) {
+        reply_bytes_total(srv, &largest) + len > srv->limits->max_reply_bytes_total) {
         char why[200];
         g_snprintf(why, sizeof(why), "it leaves %zu reply bytes unread, the most of all "
                    "connections, which together reached --max-reply-bytes-total",
@@ -203,7 +204,7 @@ static int bind_uuid(struct srv_session *s, const struct vp_msg *msg, vp_error *
                            "this connection is uid %u", t->owner_uid, s->uid);
         s->tenant = srv_tenant_bind(s->srv, msg->hdr.uuid);
         uuid_unparse_lower(msg->hdr.uuid, s->uuid_str);
-        if (srv_limit_client_connection(s->srv, s->tenant, err) < 0)
+        if (srv_limit_client_connection(s->srv, s->tenant->nconns, err) < 0)
             return -EUSERS;
         SRV_LOG_PEER(&s->srv->conn_log, "connections", G_LOG_LEVEL_INFO,
                      "client %s: connection %" PRIu64 " bound", s->uuid_str, s->id);
@@ -339,7 +340,7 @@ void srv_session_new(struct vp_server *srv, int fd, unsigned uid, int pid)
     srv_uid_usage(srv, uid)->connections++;
     g_strlcpy(s->uuid_str, "(unbound)", sizeof(s->uuid_str));
     vp_reader_init(&s->reader);
-    vp_outq_glib_init(&s->out, NULL, fd, (size_t)srv->limits.max_reply_bytes, NULL,
+    vp_outq_glib_init(&s->out, NULL, fd, (size_t)srv->limits->max_reply_bytes, NULL,
                       on_send_error, s);
     s->src = g_unix_fd_add(fd, G_IO_IN | G_IO_HUP | G_IO_ERR, on_readable, s);
     g_hash_table_insert(srv->sessions, &s->id, s);

@@ -45,14 +45,10 @@ static void release_if_unused(struct srv_tenant *t)
 
 int srv_tenant_create_device(struct srv_tenant *t, unsigned uid, vp_error *err)
 {
-    int r = srv_limit_device(t->srv, uid, err);
-    if (r < 0)
-        return r;
     t->dev = srv_device_new(t->srv, t->uuid, err);
     if (!t->dev)
         return -ENOSPC;
     t->owner_uid = uid;
-    srv_uid_usage(t->srv, uid)->devices++;
     return 0;
 }
 
@@ -77,8 +73,6 @@ void srv_tenant_destroy_device(struct srv_tenant *t, const char *why)
     t->dev = NULL;
     srv_device_destroy(dev, why);
     srv_device_unref(dev);
-    srv_uid_usage(t->srv, t->owner_uid)->devices--;
-    srv_uid_usage_trim(t->srv, t->owner_uid);
     t->closing = false;
     t->jobs.stopped = false;                 /* a new device may come */
     release_if_unused(t);

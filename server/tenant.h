@@ -41,9 +41,9 @@ struct srv_tenant {
 struct srv_tenant *srv_tenant_lookup(struct vp_server *srv, const uint8_t *uuid);
 /** A connection binds @uuid: the tenant (created when new) with one more connection. */
 struct srv_tenant *srv_tenant_bind(struct vp_server *srv, const uint8_t *uuid);
-/** Create @t's device for a connection of @uid (its first MEMORY_INFO(ADD)): checks
- *  the device limits (overall, per uid), records @uid as the owner. 0, or -errno with
- *  a reason in @err (no device then). */
+/** Create @t's device for a connection of @uid (its first MEMORY_INFO(ADD); the caller
+ *  checked the device limits) and record @uid as its owner. 0, or -errno with a reason
+ *  in @err (no device then). */
 int srv_tenant_create_device(struct srv_tenant *t, unsigned uid, vp_error *err);
 /** Make @nd (a clone; the caller's reference is taken) @t's device and return the
  *  old one (the caller destroys it and drops the reference). Queued jobs stay and

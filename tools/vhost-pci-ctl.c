@@ -136,6 +136,17 @@ static void print_status(JsonObject *root)
            "   bad messages: %" G_GINT64_FORMAT "   disconnects: %" G_GINT64_FORMAT "\n",
            iget(root, "connections"), iget(c, "messages"), iget(c, "bad_messages"),
            iget(c, "disconnects"));
+    JsonArray *refs = aget(root, "refusals");
+    guint nr = refs ? json_array_get_length(refs) : 0;
+    if (nr)
+        printf("refusals: %" G_GINT64_FORMAT " since the server started; the last %u:\n",
+               iget(root, "refusals_total"), nr);
+    for (guint i = 0; i < nr; i++) {
+        JsonObject *r = elem(refs, i);
+        printf("  %.1f s ago  client %s: %s seq %" G_GINT64_FORMAT " -> %s: %s\n    fix: %s\n",
+               iget(r, "age_ms") / 1000.0, sget(r, "client"), sget(r, "request"),
+               iget(r, "seq"), sget(r, "result"), sget(r, "reason"), sget(r, "fix"));
+    }
     JsonArray *devs = aget(root, "devices");
     guint n = devs ? json_array_get_length(devs) : 0;
     printf("devices: %u\n", n);

@@ -97,10 +97,11 @@ TESTS += $(H15_ITEST)
 # (tests/integration/test-server-limits.c) ----
 P12_ITEST := $(B)/tests/integration/test-server-limits
 $(P12_ITEST): $(B)/tests/integration/test-server-limits.o $(B)/tests/integration/itest.o \
-              $(B)/tests/testutil.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+              $(ITEST_FRAMES) $(VNET_FE_OBJ) $(B)/tests/testutil.o $(B)/libvhostpci-client.a \
+              $(B)/libvhostpci.a
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS) -lpthread
 $(P12_ITEST).o: | $(VP_PB_H)
-$(P12_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Iserver
+$(P12_ITEST).o: CFLAGS_HOST += -Iclient -Itests -Itests/integration -Iserver -Itools/vnet-frontend
 $(P12_ITEST): | $(filter %/vhost-pci-server %/vhost-pci-guestd,$(BINS))
 TESTS += $(P12_ITEST)
 # ---- end of P block ----

@@ -16,10 +16,16 @@
  *  seq-and-nil-uuid, features-timeout-bits   off the design (issue 12)
  *  identity        restrictive socket modes, a uuid bound to the uid that created its
  *                  device, a device quota per uid (12.6)
+ *  refusals        what was refused, why and the fix, in the mgmt JSON and
+ *                  vhost-pci-ctl status (issue 9 item 4)
+ *  vector-move     1000 frontend starts on one device: it moves to a fresh control
+ *                  function each time its 256 doorbell vectors are used up (issue 9
+ *                  item 5), another frontend's traffic going on across the moves
  * Every case ends with the server alive and at its baseline of fds.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <glib/gstdio.h>
 #include <grp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -34,6 +40,8 @@
 #include <unistd.h>
 
 #include "itest.h"
+#include "itest_frames.h"
+#include "vp_ctrlarea.h"
 
 #define MiB (1ULL << 20)
 #define TMO ITEST_TIMEOUT_MS
@@ -621,6 +629,152 @@ static void test_identity(void)
     itest_env_stop(&env);
 }
 
+/* ------------------------------ 9.5: vectors that do not run out ------------------------------ */
+
+static const gsize FRAME_SIZES[] = { 60, 1514, 9000 };
+
+/* Receive frames on @fe until @got reaches @sent (bounded), checking each. */
+static void recv_all(VnetFe *fe, guint64 *got, guint64 sent, const char *what)
+{
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    while (*got < sent) {
+        if (!itest_fe_recv_frames(fe, 0, got, FRAME_SIZES, G_N_ELEMENTS(FRAME_SIZES), 7, what)) {
+            g_assert_cmpint(g_get_monotonic_time(), <, deadline);
+            vnet_fe_wait(fe, 0, 10);
+        }
+    }
+}
+
+/* A frontend restarted 1000 times on one long-lived device (each start brings fresh
+ * call eventfds, so fresh doorbell vector numbers, never reused): the device moves to a
+ * fresh control function whenever its 256 numbers are used up, and every start still
+ * succeeds. Meanwhile another frontend of the same device keeps looping traffic back
+ * through guestd, with frames in flight across the moves: its queues resume where they
+ * stopped, nothing is lost or repeated. (Every DEVICE_INFO was refused after 128
+ * starts.) */
+#define RESTARTS 1000
+static void test_vector_move(void)
+{
+    g_autofree char *tmp = g_dir_make_tmp("vp-vmove-XXXXXX", NULL);
+    char *wrapper = itest_guestd_endpoint_wrapper(tmp, "loopback");
+    g_setenv("VP_GUESTD_BIN", wrapper, TRUE);
+    ITestEnv env;
+    itest_env_start(&env, NULL);
+    g_unsetenv("VP_GUESTD_BIN");
+    int fds = baseline_fds(&env);
+
+    VnetVm *vm = itest_vnet_vm(&env, 4 * MiB);
+    VnetFe *fe = itest_vnet_fe(vm, &(VnetFeConfig){ .device_id = 1 });
+    itest_loop_traffic(fe, 0, 100, FRAME_SIZES, G_N_ELEMENTS(FRAME_SIZES), 16, 7, 10);
+    guint64 sent = 100, got = 100;
+    guint64 ring = vnet_vm_alloc(vm, 0, 0x20000, 0x1000);
+    g_assert_cmpuint(ring, !=, 0);
+    gint64 t0 = g_get_monotonic_time();
+    for (unsigned i = 0; i < RESTARTS; i++) {
+        if (i % 50 == 0)  /* frames in flight across the next starts */
+            itest_fe_send_frames(fe, 0, sent + 16, &sent, got, 16, FRAME_SIZES,
+                                 G_N_ELEMENTS(FRAME_SIZES), 7);
+        int efds[4];
+        itest_eventfds(efds);
+        struct vp_device_info di;
+        itest_net_device(&di, 2, ring, 0, 0, efds);
+        VpClientReply rep;
+        GError *e = NULL;
+        if (!vp_client_device_add_sync(vm->client, &di, TMO, &rep, &e))
+            g_error("start %u: %s", i, e ? e->message : "?");
+        vp_close_fds(efds, 4);
+        if (!vp_client_device_del_sync(vm->client, VP_DEV_NET, 2, TMO, &rep, &e))
+            g_error("stop %u: %s", i, e ? e->message : "?");
+        if (i % 50 == 49)
+            recv_all(fe, &got, sent, "frames across vector moves");
+    }
+    g_test_message("%d starts in %" G_GINT64_FORMAT " ms", RESTARTS,
+                   (g_get_monotonic_time() - t0) / 1000);
+    itest_loop_traffic(fe, sent, 100, FRAME_SIZES, G_N_ELEMENTS(FRAME_SIZES), 16, 7, 10);
+    JsonNode *s = itest_server_status(&env);
+    JsonObject *d = itest_server_device(s, vm->uuid);
+    g_assert_nonnull(d);
+    gint64 clones = itest_int(d, "counters.clones");
+    g_test_message("moved to a fresh control function %" G_GINT64_FORMAT " times", clones);
+    g_assert_cmpint(clones, >=, (2 * RESTARTS) / VP_MAX_VECTORS - 1);
+    json_node_unref(s);
+    JsonNode *g = itest_guestd_status(&env);
+    g_assert_cmpuint(itest_ndevices(g), ==, 1);  /* the old control functions are gone */
+    json_node_unref(g);
+    vnet_fe_free(fe);
+    vnet_vm_free(vm);
+    itest_wait_fds(env.server_pid, fds, TMO, "server after the vector moves");
+    itest_env_stop(&env);
+    unlink(wrapper);
+    g_free(wrapper);
+    g_rmdir(tmp);
+}
+
+/* ------------------------------ 9.4: refusals shown ------------------------------ */
+
+/* What the device VM refused shows in the mgmt JSON and in `vhost-pci-ctl status`:
+ * which client, which request, why, and what fixes it. */
+static void test_refusals(void)
+{
+    ITestEnv env;
+    itest_env_start(&env, NULL);
+    VpClient *c = itest_client(&env, NULL);
+    char uuid[37];
+    itest_uuid(c, uuid);
+    /* Refused by the server: a 3 MiB memory file cannot be a BAR. */
+    int odd = memfd_of(3 * MiB);
+    struct vp_region r = { .gpa = 0, .size = MiB, .fd = odd };
+    char why[300];
+    g_assert_cmpuint(memory_add(&env, c, &r, 1, why, sizeof(why)), ==, VP_ACK_ADD_FAIL);
+    close(odd);
+    /* Refused by the guest driver: a blk frontend. */
+    int ram = memfd_of(MiB);
+    r.fd = ram;
+    g_assert_cmpuint(memory_add(&env, c, &r, 1, why, sizeof(why)), ==, VP_ACK_ADD_DONE);
+    int efds[4];
+    itest_eventfds(efds);
+    struct vp_device_info di;
+    itest_net_device(&di, 9, RING_GPA, 0, 0, efds);
+    di.device_type = VP_DEV_BLK;
+    VpClientReply rep;
+    GError *e = NULL;
+    g_assert_false(vp_client_device_add_sync(c, &di, TMO, &rep, &e));
+    g_clear_error(&e);
+
+    JsonNode *s = itest_server_status(&env);
+    JsonObject *root = json_node_get_object(s);
+    g_assert_cmpint(itest_int(root, "refusals_total"), ==, 2);
+    JsonObject *r0 = itest_elem(root, "refusals", 0), *r1 = itest_elem(root, "refusals", 1);
+    g_assert_cmpstr(json_object_get_string_member(r0, "client"), ==, uuid);
+    g_assert_cmpstr(json_object_get_string_member(r0, "request"), ==, "MEMORY_INFO(ADD)");
+    g_assert_cmpstr(json_object_get_string_member(r0, "result"), ==, "ADD_FAIL");
+    g_assert_nonnull(strstr(json_object_get_string_member(r0, "reason"), "not a power of two"));
+    g_assert_nonnull(strstr(json_object_get_string_member(r0, "fix"),
+                            "a power of two in size (QEMU: -m 512M"));
+    g_assert_cmpstr(json_object_get_string_member(r1, "request"), ==, "DEVICE_INFO(ADD)");
+    g_assert_nonnull(strstr(json_object_get_string_member(r1, "reason"),
+                            "device type blk not supported by vhost-pci-guestd"));
+    g_assert_nonnull(strstr(json_object_get_string_member(r1, "fix"),
+                            "serves virtio-net frontends only"));
+    json_node_unref(s);
+    const char *argv[] = { "--mgmt", env.mgmt, "status", NULL };
+    int st = -1;
+    char *out = itest_run_ctl(argv, &st);
+    g_test_message("%s", out);
+    g_assert_cmpint(st, ==, 0);
+    g_assert_nonnull(strstr(out, "refusals: 2 since the server started"));
+    g_assert_nonnull(strstr(out, "-> ADD_FAIL: memory file of region 0 is 3145728 bytes, not a "
+                                 "power of two"));
+    g_assert_nonnull(strstr(out, "fix: give the driver VM memory whose backing files are a "
+                                 "power of two"));
+    g_free(out);
+    vp_close_fds(efds, 4);
+    close(ram);
+    vp_client_close(c);
+    vp_client_unref(c);
+    itest_env_stop(&env);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -634,5 +788,7 @@ int main(int argc, char **argv)
     g_test_add_func("/server-limits/seq-and-nil-uuid", test_seq_and_nil_uuid);
     g_test_add_func("/server-limits/features-timeout-bits", test_features_timeout_bits);
     g_test_add_func("/server-limits/identity", test_identity);
+    g_test_add_func("/server-limits/vector-move", test_vector_move);
+    g_test_add_func("/server-limits/refusals", test_refusals);
     return g_test_run();
 }
