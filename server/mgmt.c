@@ -50,6 +50,20 @@ struct mgmt_conn {
     struct vp_outq_glib out;    /* the answer being written */
 };
 
+/* The document built in @b as text (caller frees); @b is consumed. */
+static char *render(JsonBuilder *b, gboolean pretty)
+{
+    JsonGenerator *g = json_generator_new();
+    JsonNode *root = json_builder_get_root(b);
+    json_generator_set_root(g, root);
+    json_generator_set_pretty(g, pretty);
+    char *s = json_generator_to_data(g, NULL);
+    json_node_unref(root);
+    g_object_unref(g);
+    g_object_unref(b);
+    return s;
+}
+
 static void add_int(JsonBuilder *b, const char *name, gint64 v)
 {
     json_builder_set_member_name(b, name);
@@ -184,16 +198,7 @@ char *srv_mgmt_status_json(struct vp_server *srv)
     g_list_free(ts);
     json_builder_end_array(b);
     json_builder_end_object(b);
-
-    JsonGenerator *g = json_generator_new();
-    JsonNode *root = json_builder_get_root(b);
-    json_generator_set_root(g, root);
-    json_generator_set_pretty(g, TRUE);
-    char *s = json_generator_to_data(g, NULL);
-    json_node_unref(root);
-    g_object_unref(g);
-    g_object_unref(b);
-    return s;
+    return render(b, TRUE);
 }
 
 static void conn_free(struct mgmt_conn *c)
@@ -219,14 +224,7 @@ static char *error_json(const char *line)
     json_builder_add_string_value(b, e);
     g_free(e);
     json_builder_end_object(b);
-    JsonGenerator *g = json_generator_new();
-    JsonNode *root = json_builder_get_root(b);
-    json_generator_set_root(g, root);
-    char *out = json_generator_to_data(g, NULL);
-    json_node_unref(root);
-    g_object_unref(g);
-    g_object_unref(b);
-    return out;
+    return render(b, FALSE);
 }
 
 /* The answer could not be written (the client went away). */
