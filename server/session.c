@@ -327,6 +327,7 @@ void srv_sessions_init(struct vp_server *srv)
 {
     srv->sessions = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, session_free);
     srv->reply = session_reply;
+    srv->conn_log.burst = SRV_CONN_LOG_BURST;
 }
 
 void srv_session_new(struct vp_server *srv, int fd, unsigned uid, int pid)
