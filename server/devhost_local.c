@@ -13,8 +13,10 @@
  * Security model: guestd is another process. Its messages go through vp_lb_recv()
  * (fixed size, type and fd-count checked); only HELLO and EJECTED are accepted,
  * anything else, and any socket error, closes that connection (after closing every
- * received fd). A second guestd while one is connected is refused, unless the first
- * one has already hung up (a restart): then the registry is replayed to the new one.
+ * received fd). A second guestd while one is connected waits up to LB_TAKEOVER_MS
+ * for the first one to hang up (a restart: its EOF can reach us after the successor's
+ * connect, e.g. through a relay), then the registry is replayed to it; if the first
+ * one stays, the second is refused.
  */
 #define G_LOG_DOMAIN "vp-server"
 #include <glib.h>
@@ -38,6 +40,9 @@
 /* How long guestd may read nothing while messages wait for it before it is given up
  * on, and how much may wait (a replay of every devfn is far less). */
 #define LB_SEND_TIMEOUT_MS 5000
+
+/* How long a second guestd waits for the connected one to go (see above). */
+#define LB_TAKEOVER_MS 1000
 #define LB_MAX_QUEUED_BYTES (16u << 10)
 
 struct lb_window {
@@ -79,6 +84,8 @@ struct lb_host {
     guint listen_src;
     int conn_fd;
     guint conn_src;
+    int next_fd;               /* a second guestd, waiting for conn_fd to go */
+    guint next_timer;          /* ... for LB_TAKEOVER_MS */
     struct vp_outq_glib out;   /* messages to guestd, written without blocking */
     guint stall_timer;         /* guestd must make progress while messages wait */
     uint64_t stall_mark;       /* messages sent when the timer was armed */
@@ -249,6 +256,8 @@ static void wait_finish(struct lb_wait *w, int ret, const char *reason)
     g_free(w);
 }
 
+static void adopt(struct lb_host *h, int c);
+
 static void disconnect(struct lb_host *h, const char *why)
 {
     if (h->conn_fd < 0)
@@ -265,6 +274,13 @@ static void disconnect(struct lb_host *h, const char *why)
     /* Nothing is mapped by a guestd that has gone: pending unplugs are done. */
     while (h->waits)
         wait_finish(h->waits->data, 0, "");
+    if (h->next_fd >= 0) {  /* its successor was waiting */
+        g_source_remove(h->next_timer);
+        h->next_timer = 0;
+        int c = h->next_fd;
+        h->next_fd = -1;
+        adopt(h, c);
+    }
 }
 
 static gboolean on_conn(gint fd, GIOCondition cond, gpointer data)
@@ -320,6 +336,16 @@ static bool conn_gone(int fd)
     return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
+static gboolean on_takeover_timeout(gpointer data)
+{
+    struct lb_host *h = data;
+    h->next_timer = 0;
+    g_warning("local bus: a second vhost-pci-guestd connected while one is running; "
+              "refusing it");
+    vp_close_fd(&h->next_fd);
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
 {
     struct lb_host *h = data;
@@ -329,11 +355,24 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
         return G_SOURCE_CONTINUE;
     if (h->conn_fd >= 0 && conn_gone(h->conn_fd))
         disconnect(h, "EOF, seen when a new one connected");  /* a restart: take the new one */
-    if (h->conn_fd >= 0) {
-        g_warning("local bus: a second vhost-pci-guestd connected; refusing it");
+    if (h->conn_fd < 0) {
+        adopt(h, c);
+    } else if (h->next_fd < 0) {
+        /* Perhaps a restart whose predecessor's EOF is still on its way. */
+        g_info("local bus: a second vhost-pci-guestd connected; it waits up to %d ms "
+               "for the first one to go", LB_TAKEOVER_MS);
+        h->next_fd = c;
+        h->next_timer = g_timeout_add(LB_TAKEOVER_MS, on_takeover_timeout, h);
+    } else {
+        g_warning("local bus: a third vhost-pci-guestd connected; refusing it");
         close(c);
-        return G_SOURCE_CONTINUE;
     }
+    return G_SOURCE_CONTINUE;
+}
+
+/* Make @c the connection to guestd (none is connected) and replay the registry. */
+static void adopt(struct lb_host *h, int c)
+{
     /* Reads are vp_lb_recv's (32-byte messages, bounded by itself); writes go through
      * the output queue, so a guestd that stops reading never stalls the server: it is
      * disconnected after LB_SEND_TIMEOUT_MS without progress, or LB_MAX_QUEUED_BYTES. */
@@ -346,7 +385,6 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
     g_message("local bus: vhost-pci-guestd connected; replaying %u control function(s)",
               h->controls->len);
     replay(h);
-    return G_SOURCE_CONTINUE;
 }
 
 static struct vp_devhost *local_create(const struct vp_devhost_config *cfg, vp_error *err)
@@ -363,6 +401,7 @@ static struct vp_devhost *local_create(const struct vp_devhost_config *cfg, vp_e
     h->path = g_strdup(cfg->local_bus);
     h->listen_fd = fd;
     h->conn_fd = -1;
+    h->next_fd = -1;
     h->controls = g_ptr_array_new_with_free_func(control_free);
     h->listen_src = g_unix_fd_add(fd, G_IO_IN, on_accept, h);
     g_message("local bus: listening on %s for vhost-pci-guestd", h->path);
@@ -380,6 +419,9 @@ static void local_destroy(struct vp_devhost *hh)
         g_source_remove(h->conn_src);
     if (h->stall_timer)
         g_source_remove(h->stall_timer);
+    if (h->next_timer)
+        g_source_remove(h->next_timer);
+    vp_close_fd(&h->next_fd);
     vp_outq_glib_destroy(&h->out);
     vp_close_fd(&h->conn_fd);
     vp_close_fd(&h->listen_fd);

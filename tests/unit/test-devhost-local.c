@@ -83,76 +83,148 @@ static void test_plug_control_bad_fd(void)
     }
 }
 
+/* A local host on a fresh bus socket with control function 3 in its registry
+ * (replayed when a guestd connects). */
+struct fixture {
+    char *dir, *path;
+    struct vp_devhost *h;
+    int efd, ca, before;
+};
+
+static void fixture_start(struct fixture *f)
+{
+    f->dir = g_dir_make_tmp("vp-lbhost-XXXXXX", NULL);
+    f->path = g_build_filename(f->dir, "bus.sock", NULL);
+    vp_error err = { "" };
+    struct vp_devhost_config cfg = { .local_bus = f->path, .timeout_ms = 1000 };
+    f->before = vp_count_open_fds();
+    f->h = vp_devhost_local_ops.create(&cfg, &err);
+    g_assert_nonnull(f->h);
+    f->efd = eventfd(0, EFD_CLOEXEC);
+    f->ca = vp_test_memfd("ca", VP_CA_SIZE, TRUE);
+    struct vp_devhost_control ctl = {
+        .devfn = 3, .ctrl_fd = f->ca, .ctrl_size = VP_CA_SIZE,
+        .rx_kick_fd = f->efd, .tx_kick_fd = f->efd, .irq_fd = f->efd, .nvectors = 8,
+    };
+    struct outcome o = { FALSE, 0, "" };
+    vp_devhost_local_ops.plug_control(f->h, &ctl, on_done, &o);
+    VP_SPIN_UNTIL(o.done, WAIT_MS);
+    g_assert_true(o.done);
+    g_assert_cmpint(o.ret, ==, 0);
+}
+
+/* Destroy the host: it leaves no fd open. */
+static void fixture_stop(struct fixture *f)
+{
+    vp_close_fd(&f->ca);
+    vp_close_fd(&f->efd);
+    vp_devhost_local_ops.destroy(f->h);
+    vp_assert_fds(f->before);
+    g_rmdir(f->dir);
+    g_free(f->dir);
+    g_free(f->path);
+}
+
+static int bus_connect(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    g_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
+    g_assert_cmpint(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+    return fd;
+}
+
+static gboolean readable(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    return poll(&p, 1, 0) == 1;
+}
+
+/* The next message on @fd (within WAIT_MS; its fds closed): its type, or -errno. */
+static int next_type(int fd)
+{
+    VP_SPIN_UNTIL(readable(fd), WAIT_MS);
+    g_assert_true(readable(fd));
+    struct vp_lb_msg m;
+    int fds[4];
+    unsigned n = 0;
+    vp_error err = { "" };
+    int r = vp_lb_recv(fd, &m, fds, 4, &n, &err);
+    vp_close_fds(fds, n);
+    return r < 0 ? r : (int)m.type;
+}
+
 /* A guestd that connects and then never reads: once the socket buffer is full the
  * host must not block the server for ever on the next message; it gives up on that
  * guestd (disconnect, the registry stays for the next one). The process is killed by
  * SIGALRM (a failure) if a send blocks without a bound. */
 static void test_guestd_not_reading(void)
 {
-    g_autofree char *dir = g_dir_make_tmp("vp-lbhost-XXXXXX", NULL);
-    g_autofree char *path = g_build_filename(dir, "bus.sock", NULL);
-    vp_error err = { "" };
-    struct vp_devhost_config cfg = { .local_bus = path, .timeout_ms = 1000 };
-    int before = vp_count_open_fds();
-    struct vp_devhost *h = vp_devhost_local_ops.create(&cfg, &err);
-    g_assert_nonnull(h);
-
-    /* A control function in the registry, replayed when the guestd connects. */
-    int efd = eventfd(0, EFD_CLOEXEC);
-    int ca = vp_test_memfd("ca", VP_CA_SIZE, TRUE);
-    struct vp_devhost_control ctl = {
-        .devfn = 3, .ctrl_fd = ca, .ctrl_size = VP_CA_SIZE,
-        .rx_kick_fd = efd, .tx_kick_fd = efd, .irq_fd = efd, .nvectors = 8,
-    };
-    struct outcome o = { FALSE, 0, "" };
-    vp_devhost_local_ops.plug_control(h, &ctl, on_done, &o);
-    VP_SPIN_UNTIL(o.done, WAIT_MS);
-    g_assert_true(o.done);
-    g_assert_cmpint(o.ret, ==, 0);
-
-    int gd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    g_strlcpy(sa.sun_path, path, sizeof(sa.sun_path));
-    g_assert_cmpint(connect(gd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
-    struct pollfd p = { .fd = gd, .events = POLLIN };
-    VP_SPIN_UNTIL(poll(&p, 1, 0) == 1, WAIT_MS);  /* accepted: the replay arrives */
-    struct vp_lb_msg m;
-    int fds[4];
-    unsigned n = 0;
-    g_assert_cmpint(vp_lb_recv(gd, &m, fds, 4, &n, &err), ==, 0);
-    g_assert_cmpuint(m.type, ==, VP_LB_PLUG_CONTROL);
-    vp_close_fds(fds, n);
+    struct fixture f;
+    fixture_start(&f);
+    int gd = bus_connect(f.path);
+    g_assert_cmpint(next_type(gd), ==, VP_LB_PLUG_CONTROL);  /* accepted: the replay */
 
     /* From now on the guestd reads nothing: 1000 fd-less messages, far more than a
      * socket buffer holds. */
     g_test_expect_message("vp-server", G_LOG_LEVEL_WARNING,
                           "local bus: vhost-pci-guestd disconnected (send failed: *)");
     alarm(30);
+    vp_error err = { "" };
     for (unsigned i = 0; i < 1000; i++)
-        g_assert_cmpint(vp_devhost_local_ops.set_peer_vectors(h, 3, VP_ID_DRIVER_VM, NULL, 0,
-                                                               &err), ==, 0);
+        g_assert_cmpint(vp_devhost_local_ops.set_peer_vectors(f.h, 3, VP_ID_DRIVER_VM, NULL,
+                                                               0, &err), ==, 0);
     alarm(0);
     g_test_assert_expected_messages();
 
     /* What did get through is followed by EOF: the host closed the connection. */
     unsigned got = 0;
-    for (;;) {
-        p.revents = 0;
-        g_assert_cmpint(poll(&p, 1, WAIT_MS), ==, 1);
-        int r = vp_lb_recv(gd, &m, fds, 4, &n, &err);
-        if (r == -ECONNRESET)
-            break;
-        g_assert_cmpint(r, ==, 0);
-        g_assert_cmpuint(m.type, ==, VP_LB_PEER_VECTORS);
+    int t;
+    while ((t = next_type(gd)) != -ECONNRESET) {
+        g_assert_cmpint(t, ==, VP_LB_PEER_VECTORS);
         got++;
     }
     g_assert_cmpuint(got, <, 1000);
     vp_close_fd(&gd);
-    vp_close_fd(&ca);
-    vp_close_fd(&efd);
-    vp_devhost_local_ops.destroy(h);
-    vp_assert_fds(before);
-    g_rmdir(dir);
+    fixture_stop(&f);
+}
+
+/* A restarted guestd can connect before its predecessor's EOF reaches the host (a
+ * relay on the bus, or scheduling): the newcomer waits for the old connection to go
+ * and then gets the replay (it used to be refused at once, leaving no guestd). A
+ * second guestd next to one that stays is refused after LB_TAKEOVER_MS. */
+static void test_successor_before_eof(void)
+{
+    struct fixture f;
+    fixture_start(&f);
+    int g1 = bus_connect(f.path);
+    g_assert_cmpint(next_type(g1), ==, VP_LB_PLUG_CONTROL);
+    int g2 = bus_connect(f.path);  /* the successor, while g1 is still connected */
+    VP_SPIN_UNTIL(FALSE, 200);
+    g_assert_false(readable(g2));  /* waiting, not refused (no EOF) nor served */
+    g_test_expect_message("vp-server", G_LOG_LEVEL_WARNING,
+                          "local bus: vhost-pci-guestd disconnected (EOF)");
+    vp_close_fd(&g1);
+    g_assert_cmpint(next_type(g2), ==, VP_LB_PLUG_CONTROL);
+    g_test_assert_expected_messages();
+
+    /* A third one while g2 stays: refused after the takeover wait. */
+    int g3 = bus_connect(f.path);
+    VP_SPIN_UNTIL(FALSE, 100);  /* accepted: it waits */
+    g_test_expect_message("vp-server", G_LOG_LEVEL_WARNING,
+                          "local bus: a second vhost-pci-guestd connected while one is "
+                          "running; refusing it");
+    g_assert_cmpint(next_type(g3), ==, -ECONNRESET);
+    g_test_assert_expected_messages();
+    g_assert_false(readable(g2));  /* g2 is still the one */
+    vp_close_fd(&g3);
+
+    g_test_expect_message("vp-server", G_LOG_LEVEL_WARNING,
+                          "local bus: vhost-pci-guestd disconnected (EOF)");
+    vp_close_fd(&g2);
+    VP_SPIN_UNTIL(FALSE, 100);
+    g_test_assert_expected_messages();
+    fixture_stop(&f);
 }
 
 int main(int argc, char **argv)
@@ -160,5 +232,6 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/devhost-local/plug-control-bad-fd", test_plug_control_bad_fd);
     g_test_add_func("/devhost-local/guestd-not-reading", test_guestd_not_reading);
+    g_test_add_func("/devhost-local/successor-before-eof", test_successor_before_eof);
     return g_test_run();
 }
