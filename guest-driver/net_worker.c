@@ -263,6 +263,16 @@ int net_assign(struct gd_net *net)
         want = net->max_workers;
     while (net->nworkers > want)
         worker_stop_last(net);
+    /* Leaving inline mode (threads wanted again, e.g. a device's clone starting its
+     * port after the old one stopped): the endpoint lets go of what it watches on the
+     * control loop for index 0 before thread 0 takes it over. Otherwise both the
+     * control loop and thread 0 would serve that endpoint queue (a TAP queue read on
+     * one thread, its held frame delivered on the other) and fill one receiveq at once. */
+    if (want && net->inl_started) {
+        if (net->ep->ops->worker_stopped)
+            net->ep->ops->worker_stopped(net->ep, 0);
+        net->inl_started = false;
+    }
     while (net->nworkers < want && worker_start(net) == 0)
         ;
     /* Inline mode, or not even one thread could start: the control loop polls. */

@@ -101,6 +101,11 @@ struct cap_ep {
     int refuse;                   /* > 0: answer -EAGAIN that many more times */
     unsigned offers;              /* tx() calls */
     struct gd_net_port *last_port;
+    /* Which loop serves each endpoint queue (worker_started .. worker_stopped); a
+     * second start of one index without a stop in between is a bug (two threads
+     * would serve the queue). Called on the control thread only. */
+    struct gd_loop *served_by[GD_NET_MAX_WORKERS];
+    unsigned starts, stops;
 };
 
 static int cap_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct iovec *iov,
@@ -143,9 +148,32 @@ static void cap_free(struct gd_endpoint *ep)
     g_free(c);
 }
 
+static void cap_worker_started(struct gd_endpoint *ep, unsigned index, struct gd_loop *loop)
+{
+    struct cap_ep *c = (struct cap_ep *)ep;
+    g_assert_cmpuint(index, <, GD_NET_MAX_WORKERS);
+    g_assert_nonnull(loop);
+    if (c->served_by[index])
+        g_error("endpoint queue %u started on loop %p while still served by loop %p "
+                "(no worker_stopped in between)", index, (void *)loop,
+                (void *)c->served_by[index]);
+    c->served_by[index] = loop;
+    c->starts++;
+}
+
+static void cap_worker_stopped(struct gd_endpoint *ep, unsigned index)
+{
+    struct cap_ep *c = (struct cap_ep *)ep;
+    g_assert_cmpuint(index, <, GD_NET_MAX_WORKERS);
+    g_assert_nonnull(c->served_by[index]);
+    c->served_by[index] = NULL;
+    c->stops++;
+}
+
 static const struct gd_endpoint_ops cap_ops = {
     .name = "capture", .port_added = cap_port_added, .port_removed = cap_port_removed,
     .tx = cap_tx, .free = cap_free,
+    .worker_started = cap_worker_started, .worker_stopped = cap_worker_stopped,
 };
 
 /* -------------------------------- fixture -------------------------------- */
@@ -194,12 +222,20 @@ static void add_frontend(struct fx *f, uint16_t lai0, uint16_t lai1)
     g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_DONE);
 }
 
-/* The fixture with data path endpoint @ep (NULL: the capture endpoint, f->ep). */
-static void fx_init_ep(struct fx *f, uint64_t features, struct gd_endpoint *ep);
+/* The fixture with data path endpoint @ep (NULL: the capture endpoint, f->ep) and
+ * at most @workers data path threads (0: inline, the control loop polls). */
+static void fx_init_full(struct fx *f, uint64_t features, struct gd_endpoint *ep,
+                         unsigned workers);
 
-static void fx_init(struct fx *f, uint64_t features) { fx_init_ep(f, features, NULL); }
+static void fx_init(struct fx *f, uint64_t features) { fx_init_full(f, features, NULL, 0); }
 
 static void fx_init_ep(struct fx *f, uint64_t features, struct gd_endpoint *ep)
+{
+    fx_init_full(f, features, ep, 0);
+}
+
+static void fx_init_full(struct fx *f, uint64_t features, struct gd_endpoint *ep,
+                         unsigned workers)
 {
     memset(f, 0, sizeof(*f));
     gd_log_set_level(g_test_verbose() ? GD_LOG_DEBUG : GD_LOG_ERROR);
@@ -217,6 +253,7 @@ static void fx_init_ep(struct fx *f, uint64_t features, struct gd_endpoint *ep)
         ep = &f->ep->base;
     }
     f->net = gd_net_new(f->loop, ep);
+    g_assert_cmpint(gd_net_set_workers(f->net, workers), ==, 0);
     gd_cp_set_datapath(f->cp, &gd_net_ops, f->net);
 
     f->bus.win_size = WIN_SIZE;
@@ -605,6 +642,43 @@ static void test_loopback_overlap(void)
     fx_fini(&f);
 }
 
+/* The port of a device stops and a new one starts (what a clone does: the old device's
+ * frontend is deleted, the clone's is added): with data path threads, the thread goes,
+ * the control loop serves the endpoint meanwhile, and when a thread is needed again
+ * the control loop lets go of the endpoint's queue first. Regression: the control loop
+ * kept the TAP queue's fd watch while thread 0 also served that queue, two threads
+ * filled one receiveq, and the driver VM saw a used entry twice ("id 168 is not a
+ * head!") and stopped receiving after a clone. */
+static void test_workers_restart(void)
+{
+    struct fx f;
+    fx_init_full(&f, VP_NET_FEATURES, NULL, 1);
+    g_assert_nonnull(f.ep->served_by[0]);
+    g_assert_true(f.ep->served_by[0] != f.loop); /* thread 0's loop */
+    g_assert_cmpuint(f.ep->starts, ==, 1);
+
+    struct vp_cq_msg m, ack;
+    fk_dev_msg(&m, VP_OP_DEL, VP_DEV_NET, 1, 0, 0);
+    roundtrip(&f, &m, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_DEL_DONE);
+    g_assert_cmpuint(gd_net_nports(f.net), ==, 0);
+    g_assert_true(f.ep->served_by[0] == f.loop); /* no thread: the control loop */
+    g_assert_cmpuint(f.ep->stops, ==, 1);
+
+    for (int round = 0; round < 3; round++) {
+        add_frontend(&f, 0, 0);
+        g_assert_cmpuint(gd_net_nports(f.net), ==, 1);
+        g_assert_nonnull(f.ep->served_by[0]);
+        g_assert_true(f.ep->served_by[0] != f.loop); /* thread 0 only */
+        fk_dev_msg(&m, VP_OP_DEL, VP_DEV_NET, 1, 0, 0);
+        roundtrip(&f, &m, &ack);
+        g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_DEL_DONE);
+        g_assert_true(f.ep->served_by[0] == f.loop);
+    }
+    g_assert_cmpuint(f.ep->starts, ==, f.ep->stops + 1); /* the control loop's, still on */
+    fx_fini(&f);
+}
+
 static void test_endpoint_specs(void)
 {
     int before = vp_count_open_fds();
@@ -653,6 +727,7 @@ int main(int argc, char **argv)
     g_test_add_func("/guestd-net/broken-queue", test_broken_queue);
     g_test_add_func("/guestd-net/legacy-header", test_legacy_header);
     g_test_add_func("/guestd-net/loopback-overlap", test_loopback_overlap);
+    g_test_add_func("/guestd-net/workers-restart", test_workers_restart);
     g_test_add_func("/guestd-net/endpoint-specs", test_endpoint_specs);
     return g_test_run();
 }
