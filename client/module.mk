@@ -4,8 +4,11 @@
 # of other owners are not written yet.
 #   $(B)/libvhostpci-client.a   link before $(B)/libvhostpci.a
 
+# The vhost-user core: the parent vhost_user.c and its children (vhost_user_priv.h).
+VU_CORE_SRCS := client/vhost_user.c client/vhost_user_io.c client/vhost_user_mem.c \
+                client/vhost_user_vring.c client/vhost_user_features.c
 VPCLIENT_SRCS := client/vpclient_core.c client/vpclient_glib.c client/vpclient_ops.c client/bridge.c \
-                 $(wildcard client/vhost_user.c)
+                 $(VU_CORE_SRCS)
 VPCLIENT_OBJS := $(VPCLIENT_SRCS:%.c=$(B)/%.o)
 
 # vp_msg.h users need the generated protobuf header only through libvhostpci, but
@@ -18,9 +21,9 @@ $(B)/libvhostpci-client.a: $(VPCLIENT_OBJS)
 BINS += $(B)/libvhostpci-client.a
 
 # ---- vhost-user backend core (helper h8): client/vhost_user*.c ----
-# vhost_user.c is picked up by VPCLIENT_SRCS above; the GLib adapter joins the
+# VU_CORE_SRCS is picked up by VPCLIENT_SRCS above; the GLib adapter joins the
 # library here. The unit test also links the scripted frontend of tests/integration.
-VU_OBJS := $(B)/client/vhost_user.o $(B)/client/vhost_user_glib.o
+VU_OBJS := $(VU_CORE_SRCS:%.c=$(B)/%.o) $(B)/client/vhost_user_glib.o
 $(B)/libvhostpci-client.a: $(B)/client/vhost_user_glib.o
 $(VU_OBJS): | $(VP_PB_H)
 

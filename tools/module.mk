@@ -41,7 +41,7 @@ BINS += $(B)/tools/vhost-pci-frontend $(B)/tools/vnet-bench
 $(B)/tools/vu-pingpong.o: CFLAGS_HOST += -Iclient -Itests/integration
 $(B)/tools/vu-pingpong.o: | $(VP_PB_H)
 $(B)/tools/vu-pingpong: $(B)/tools/vu-pingpong.o $(B)/tests/integration/vu_frontend.o \
-                        $(B)/client/vhost_user.o \
+                        $(VU_CORE_SRCS:%.c=$(B)/%.o) \
                         $(B)/libvhostpci.a
 	$(if $(Q),@echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)

@@ -45,7 +45,7 @@ FUZZ_VP_OBJS := $(VP_SRCS:%.c=$(FZ)/obj/%.o) $(FZ)/obj/gen/vhost_pci.pb-c.o
 FUZZ_GUESTD_OBJS := $(GUESTD_SRCS:%.c=$(FZ)/obj/%.o)
 FUZZ_EXTRA_controlq := $(FUZZ_GUESTD_OBJS)
 FUZZ_EXTRA_vring := $(FUZZ_GUESTD_OBJS)
-FUZZ_EXTRA_vhost-user := $(FZ)/obj/client/vhost_user.o
+FUZZ_EXTRA_vhost-user := $(VU_CORE_SRCS:%.c=$(FZ)/obj/%.o)
 FUZZ_EXTRA_qmp := $(SERVER_QMP_SRCS:%.c=$(FZ)/obj/%.o)
 FUZZ_EXTRA_ivshmem := $(FZ)/obj/server/ivshmem_endpoint.o
 
