@@ -7,8 +7,12 @@
 # The vhost-user core: the parent vhost_user.c and its children (vhost_user_priv.h).
 VU_CORE_SRCS := client/vhost_user.c client/vhost_user_io.c client/vhost_user_mem.c \
                 client/vhost_user_vring.c client/vhost_user_features.c
-VPCLIENT_SRCS := client/vpclient_core.c client/vpclient_glib.c client/vpclient_ops.c client/bridge.c \
-                 $(VU_CORE_SRCS)
+# The bridge state machine: the parent bridge.c and its children (bridge_priv.h).
+BRIDGE_SRCS := client/bridge.c client/bridge_transitions.c client/bridge_requests.c \
+               client/bridge_rings.c client/bridge_mem.c
+BRIDGE_OBJS := $(BRIDGE_SRCS:%.c=$(B)/%.o)
+VPCLIENT_SRCS := client/vpclient_core.c client/vpclient_glib.c client/vpclient_ops.c \
+                 $(BRIDGE_SRCS) $(VU_CORE_SRCS)
 VPCLIENT_OBJS := $(VPCLIENT_SRCS:%.c=$(B)/%.o)
 
 # vp_msg.h users need the generated protobuf header only through libvhostpci, but
@@ -39,7 +43,7 @@ $(B)/tests/unit/test-vhost-user: $(B)/tests/unit/test-vhost-user.o \
 $(B)/tests/unit/test-bridge.o: CFLAGS_HOST += -Iclient -Itests -Itests/integration
 $(B)/tests/unit/test-bridge.o: | $(VP_PB_H)
 $(B)/tests/unit/test-bridge: $(B)/tests/unit/test-bridge.o \
-    $(B)/tests/integration/vu_frontend.o $(VU_OBJS) $(B)/client/bridge.o \
+    $(B)/tests/integration/vu_frontend.o $(VU_OBJS) $(BRIDGE_OBJS) \
     $(B)/tests/testutil.o $(B)/libvhostpci.a
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 # ---- end of h8 block ----
