@@ -48,11 +48,14 @@ $(B)/tests/unit/test-bridge: $(B)/tests/unit/test-bridge.o \
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 # ---- end of h8 block ----
 
-# ---- vhost-pci-client daemon (helper h11): client/main.c ----
-# The driver VM's vhost-user backend: vhost-user core + libvhostpci-client.
+# ---- vhost-pci-client daemon (helper h11): client/main.c + client/daemon_*.c ----
+# The driver VM's vhost-user backend: vhost-user core + libvhostpci-client. main.c is
+# the parent, daemon_*.c its children (daemon.h).
 VPC_DAEMON := $(B)/client/vhost-pci-client
-$(B)/client/main.o: | $(VP_PB_H)
-$(VPC_DAEMON): $(B)/client/main.o $(B)/libvhostpci-client.a $(B)/libvhostpci.a
+VPC_DAEMON_OBJS := $(B)/client/main.o $(B)/client/daemon_options.o \
+                   $(B)/client/daemon_bridge.o $(B)/client/daemon_conn.o
+$(VPC_DAEMON_OBJS): | $(VP_PB_H)
+$(VPC_DAEMON): $(VPC_DAEMON_OBJS) $(B)/libvhostpci-client.a $(B)/libvhostpci.a
 	$(if $(Q),@echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 BINS += $(VPC_DAEMON)
