@@ -60,9 +60,10 @@ struct gd_loop {
     unsigned busy_skips;          /* iterations since then that skipped it */
 };
 
-/* While pollers keep finding work and nothing is due, fds are checked (one ppoll
- * syscall) only every GD_FD_CHECK_NS or GD_FD_CHECK_ITERS iterations: a busy data
- * path then spends no syscall per batch, and fd events wait at most that long. */
+/* While the loop spins (pollers found work, or did so less than spin_ns ago) and
+ * nothing is due, fds are checked (one ppoll syscall) only every GD_FD_CHECK_NS or
+ * GD_FD_CHECK_ITERS iterations: a busy or just-idle data path then spends no
+ * syscall per batch or per empty poll, and fd events wait at most that long. */
 #define GD_FD_CHECK_NS 50000ULL
 #define GD_FD_CHECK_ITERS 32
 
@@ -288,8 +289,8 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
     if (max_wait_ns >= 0 && (wait < 0 || max_wait_ns < wait))
         wait = max_wait_ns;
 
-    /* 3. Wait for fds (or, busy, skip the syscall for a while). */
-    if (wait == 0 && work > 0 && loop->busy_skips < GD_FD_CHECK_ITERS &&
+    /* 3. Wait for fds (or, spinning, skip the syscall for a while). */
+    if (wait == 0 && loop->npollers && loop->busy_skips < GD_FD_CHECK_ITERS &&
         now - loop->fds_checked_ns < GD_FD_CHECK_NS) {
         bool timer_due = false;
         for (unsigned i = 0; i < loop->ntimers && !timer_due; i++)

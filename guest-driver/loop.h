@@ -10,9 +10,9 @@
  *    any poller reports work the loop does not sleep at all; once every poller has
  *    been idle for the spin window, the loop sleeps in growing steps (doubling from
  *    1 us) up to the smallest max_sleep_ns of the registered pollers, and wakes at
- *    once for fd events and timers. While pollers keep finding work, fds are
- *    checked (one ppoll) only every 50 us or 32 iterations, whichever comes first,
- *    so a busy data path makes no syscall per batch.
+ *    once for fd events and timers. While the loop spins (busy, or within the spin
+ *    window), fds are checked (one ppoll) only every 50 us or 32 iterations,
+ *    whichever comes first, so a polling data path makes no syscall per poll.
  *
  * Sources may be added or removed from inside any callback (removal takes effect
  * immediately: a removed source is never called again). Ids are > 0 and never reused.

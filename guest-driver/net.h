@@ -36,8 +36,9 @@
  * Scheduling: each worker polls adaptively (busy while there is work, then sleeping
  * in growing steps up to GD_NET_MAX_SLEEP_NS). Kicks stay with the server (DESIGN 3),
  * so the port asks the driver VM not to kick while it is busy, and asks for kicks
- * (event index / NO_NOTIFY) only when idle: on the transmitq when the loop goes
- * idle, on the receiveq only while a frame waits for buffers. The driver VM is
+ * (event index / NO_NOTIFY) only when idle: on the transmitq after
+ * GD_NET_IDLE_POLLS polls without work, on the receiveq only while a frame waits
+ * for buffers. The driver VM is
  * interrupted (doorbell to its call vector) only when vring_need_event says so.
  *
  * Stopping: frontend_stop and memory_del publish what was used and leave each
@@ -68,6 +69,9 @@
 #define GD_NET_MAX_SLEEP_NS (1000 * 1000ULL)
 /** Chains handled per queue per poll before other queues get a turn. */
 #define GD_NET_BUDGET 64
+/** Polls without work after which a worker asks for transmitq kicks (roughly the
+ *  loop's spin window: it is about to sleep). */
+#define GD_NET_IDLE_POLLS 256
 /** Most worker threads (and queue pairs served in parallel). */
 #define GD_NET_MAX_WORKERS 32
 

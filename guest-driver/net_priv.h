@@ -103,7 +103,8 @@ struct net_worker {
     int poller;
     struct net_pair **pairs;      /* the pairs it polls */
     unsigned npairs, cap;
-    bool idle;                    /* last poll found no work (transmitq kicks on) */
+    bool idle;                    /* idle long enough: transmitq kicks on */
+    unsigned idle_polls;          /* polls without work since the last work */
     bool retry;                   /* buffers arrived while kicks were being enabled */
     /* thread workers only */
     bool thread;

@@ -79,14 +79,17 @@ int net_worker_poll(struct net_worker *w)
         net_pair_flush(w->pairs[i]);
     if (work) {
         /* Busy: the driver VMs need not kick, we are polling anyway. */
+        w->idle_polls = 0;
         if (w->idle) {
             w->idle = false;
             for (unsigned i = 0; i < w->npairs; i++)
                 net_pair_tx_notify(w->pairs[i], false);
         }
-    } else if (!w->idle) {
-        /* Going idle: ask for transmitq kicks, then re-check (virtio's
-         * disable / drain / enable / re-check). */
+    } else if (!w->idle && ++w->idle_polls >= GD_NET_IDLE_POLLS) {
+        /* Idle for a while (about when the loop stops spinning): ask for transmitq
+         * kicks, then re-check (virtio's disable / drain / enable / re-check). Not at
+         * the first empty poll: a frame every few microseconds would make the driver
+         * VM kick (a syscall) for each one. */
         w->idle = true;
         for (unsigned i = 0; i < w->npairs; i++)
             net_pair_tx_notify(w->pairs[i], true);
