@@ -5,7 +5,8 @@
  *
  * Per control function (ivshmem-doorbell):
  *   endpoint listening on <rundir>/ctl-<devfn>-<gen>.sock (before QEMU hears of it),
- *     with peer 0 = [rx kick, tx kick], peer 1 = [irq]; peer 2 via set_peer_vectors
+ *     with peer 0 = [rx kick, tx kick], peer 1 (the device VM itself) = no eventfd
+ *     (see "own vectors" below); peer 2 via set_peer_vectors
  *   chardev-add {"id": CHR, "backend": {"type": "socket", "data": {"addr": {"type":
  *     "unix", "data": {"path": P}}, "server": false}}}      (client, no reconnect)
  *   device_add {"driver": "ivshmem-doorbell", "id": ID, "chardev": CHR,
@@ -28,7 +29,19 @@
  *     QEMU's heap): set_peer_vectors refuses to change a vector QEMU holds (-ENOTSUP);
  *     the server must give new call fds fresh vector numbers;
  *   - device_del completes only when the guest ejects: on timeout the function stays
- *     a "zombie" whose back end is removed when DEVICE_DELETED finally arrives.
+ *     a "zombie" whose back end is removed when DEVICE_DELETED finally arrives;
+ *   - own vectors: QEMU is never given an eventfd for the device VM's own id (peer
+ *     1). Without KVM irqfd (always under TCG) ivshmem watches each such eventfd with
+ *     qemu_set_fd_handler(fd, ivshmem_vector_notify, &s->msi_vectors[v]), and its
+ *     unplug (ivshmem_exit -> close_peer_eventfds) closes the fd without removing
+ *     that handler (7.2 and 10.0 alike). The main loop keeps polling the fd number
+ *     with a pointer into the freed device; the next fd QEMU opens under that number
+ *     (a memfd of add-fd or object-add, a socket, an eventfd) polls readable and QEMU
+ *     runs ivshmem_vector_notify on freed memory: SIGSEGV, the whole device VM gone.
+ *     Every destroy, clone or restart of a client unplugs a control function, so the
+ *     interrupt into the device VM is given up instead: guestd polls the controlq
+ *     (a userspace driver cannot enable MSI-X anyway), and the server's writes to its
+ *     irq eventfd reach no one. The local host still passes it (no QEMU there).
  * The device VM must keep its own PCI devices below slot 8 (we use slots 8..31).
  *
  * Security model: QEMU is the peer; everything it answers goes through qmp.c's checks
@@ -405,9 +418,10 @@ static void qemu_plug_control(struct vp_devhost *hh, const struct vp_devhost_con
     /* The endpoint serves before QEMU is told about it (DESIGN: QEMU spins on an
      * endpoint that is not serving). */
     path = g_strdup_printf("%s/ctl-%02x-%u.sock", h->rundir, ctl->devfn, gen);
+    /* No eventfd for VP_ID_DEVICE_VM (ctl->irq_fd stays ours): QEMU would leave a
+     * dangling fd handler for it behind when this function is unplugged (top of file). */
     fn->ep = ivshmem_endpoint_new(NULL, path, ctl->ctrl_fd, VP_ID_DEVICE_VM, &err);
-    if (!fn->ep || ivshmem_endpoint_set_peer(fn->ep, VP_ID_SERVER, kicks, 2, &err) < 0 ||
-        ivshmem_endpoint_set_peer(fn->ep, VP_ID_DEVICE_VM, &ctl->irq_fd, 1, &err) < 0) {
+    if (!fn->ep || ivshmem_endpoint_set_peer(fn->ep, VP_ID_SERVER, kicks, 2, &err) < 0) {
         op_fail(op, -EINVAL, "control function devfn 0x%x: %s", ctl->devfn, err.msg);
         fn_forget(h, fn);
         op->fn = NULL;
