@@ -6,11 +6,14 @@
 #   ping both ways; a bulk transfer each way whose md5sum matches on both ends;
 #   driver VM memory hot-plug (object-add memory-backend-memfd + device_add pc-dimm):
 #   a new window in the server's device and in guestd's view of the device VM, traffic
-#   continues; hot-unplug (DEVICE_DELETED) removes the window again; hot-plug beyond
-#   the logical BAR clones the device (new control function, the old one unplugged)
-#   and traffic continues; a non-power-of-two memory file gets ADD_FAIL, the device
-#   VM's QEMU stays up and the driver VM's QEMU gets a failure reply without losing its
-#   network (also across a virtio-net reset); shutting the driver VM down makes the server destroy the device
+#   continues; hot-unplug (DEVICE_DELETED) removes the window again; a client daemon
+#   restart (the server destroys the device and builds a new one) leaves the device
+#   VM's QEMU running, also when the fd numbers the unplug freed are reused in it at
+#   once (make soak's crash), and traffic resumes; hot-plug beyond the logical BAR
+#   clones the device (new control function, the old one unplugged) and traffic
+#   continues; a non-power-of-two memory file gets ADD_FAIL, the device VM's QEMU stays
+#   up and the driver VM's QEMU gets a failure reply without losing its network (also
+#   across a virtio-net reset); shutting the driver VM down makes the server destroy the device
 #   and the device VM sees the functions unplugged; `down` leaves no process and no
 #   socket; no log has a crash or sanitizer report. Every check reads real state:
 #   vhost-pci-ctl --json (server), guestd's status socket in the device VM (through
@@ -32,7 +35,7 @@ ctl=$B/tools/vhost-pci-ctl
 
 # shellcheck source=../tap.sh
 . tests/tap.sh
-tap_plan 14
+tap_plan 16
 # Cases that depend on a failed step: not ok, with the reason.
 blocked=
 need_pair() { [ -z "$blocked" ] && return 0; not_ok "$1" "not run: $blocked"; return 1; }
@@ -160,7 +163,82 @@ if need_pair "hot-unplug removes the window after DEL_DONE"; then
     fi
 fi
 
-# 9-10. hot-plug beyond the logical BAR: clone
+# 9-10 run on the healthy pair, before the clone and ADD_FAIL cases (11-13) that can
+# leave its data path broken: they test the client restart, not what came before.
+no_device() {
+    [ "$(srv '.devices | length')" = 0 ] && [ -z "$(dev_functions | tr -d ' ')" ] &&
+    [ "$(gd '.devices | length')" = 0 ]
+}
+device_back() {   # the server and guestd have one device again, with windows mapped
+    [ "$(srv '.devices | length')" = 1 ] && [ "$(gd '.devices | length')" = 1 ] &&
+    [ "$(srv '.devices[0].windows | length')" -ge 1 ] 2>/dev/null &&
+    [ "$(gd "[.devices[0].windows[] | select(.mapped)] | length")" = "$(srv '.devices[0].windows | length')" ]
+}
+dev_running() {
+    [[ "$("${pair[@]}" qmp dev --timeout 10 '{"execute":"query-status"}' 2>&1)" == *'"status": "running"'* ]]
+}
+
+# 9. client restart (make soak's crash): the server destroys the device (its last
+#    connection closed) and builds a new one at once; the driver VM's QEMU reconnects.
+c9="client restart: device destroyed and rebuilt, device VM QEMU up, traffic"
+if need_pair "$c9"; then
+    t0=$(now_ms)
+    destroys0=$(grep -c 'destroying (its last client connection closed)' "$run/server.log")
+    if ! out=$("${pair[@]}" restart-client 2>&1) || ! "${pair[@]}" wait-link --timeout "$T" >/dev/null 2>&1; then
+        not_ok "$c9" "${out:-no link after the restart}" "$(state)"
+    elif ! dev_running || ! wait_for "$T" device_back; then
+        not_ok "$c9" "device VM: $("${pair[@]}" qmp dev --timeout 10 '{"execute":"query-status"}' 2>&1)" "$(state)"
+    elif ! out=$(traffic 2>&1); then
+        not_ok "$c9" "$out" "$(state)"
+    elif [ "$(grep -c 'destroying (its last client connection closed)' "$run/server.log")" -le "$destroys0" ]; then
+        not_ok "$c9" "no new 'destroying (its last client connection closed)' in server.log"
+    else
+        ok "$c9: server destroyed and rebuilt the device (slot $(srv '.devices[0].slot')), traffic: $(tr '\n' ';' <<<"$out") ($(secs "$t0") s)"
+    fi
+fi
+
+# 10. the same, deterministically: once the old device's functions are unplugged, the
+#     device VM's QEMU opens fds under every number the unplug freed (memory backends:
+#     memfds, always readable). QEMU's ivshmem leaves a main-loop handler behind for
+#     each own-vector eventfd it was given; a reused number then runs it on freed memory
+#     (SIGSEGV: what make soak hit at random). The server gives it none (devhost_qemu.c).
+c10="client stopped, device unplugged, its fd numbers reused in the device VM's QEMU: QEMU up; client back, ping"
+if need_pair "$c10"; then
+    t0=$(now_ms)
+    fill() {   # object-add (or object-del with "del") 16 small memfd backends, one QMP session
+        local i cmds=() out
+        for i in $(seq 1 16); do
+            if [ "$1" = add ]; then
+                cmds+=("{\"execute\":\"object-add\",\"arguments\":{\"qom-type\":\"memory-backend-memfd\",\"id\":\"vp-fill$i\",\"size\":1048576,\"share\":true}}")
+            else
+                cmds+=("{\"execute\":\"object-del\",\"arguments\":{\"id\":\"vp-fill$i\"}}")
+            fi
+        done
+        out=$("${pair[@]}" qmp dev --timeout 30 "${cmds[@]}" 2>&1) &&
+            [ "$(grep -c '"return"' <<<"$out")" -ge 16 ] && ! grep -q '"error"' <<<"$out"
+    }
+    if ! out=$("${pair[@]}" stop-client 2>&1); then
+        not_ok "$c10" "$out"
+    elif ! wait_for "$T" no_device; then
+        not_ok "$c10" "the device was not destroyed after the client stopped" "$(state)" "device VM functions: $(dev_functions)"
+    elif ! fill add || ! dev_running || ! dev_running; then
+        not_ok "$c10" "the device VM's QEMU died once fd numbers were reused: $("${pair[@]}" qmp dev --timeout 5 '{"execute":"query-status"}' 2>&1)" \
+            "dev.qemu.log: $(tail -n 3 "$run/dev.qemu.log")"
+        blocked="the device VM's QEMU died (case 10)"
+    elif ! fill del || ! out=$("${pair[@]}" start-client 2>&1) || ! "${pair[@]}" wait-link --timeout "$T" >/dev/null 2>&1 ||
+         ! wait_for "$T" device_back; then
+        not_ok "$c10" "${out:-} no device or link after the client came back" "$(state)"
+    elif ! out=$("${pair[@]}" ping -c 2 2>&1); then
+        not_ok "$c10" "$out" "$(state)"
+    else
+        ok "$c10: 16 memfds in the freed fd numbers, QEMU running; device rebuilt at slot $(srv '.devices[0].slot'), ping: $(tr '\n' ';' <<<"$out") ($(secs "$t0") s)"
+    fi
+fi
+
+# 11-12. hot-plug beyond the logical BAR: clone (of the device cases 9-10 rebuilt,
+# when they did)
+s=$(srv '.devices[0].slot') b=$(srv '.devices[0].bar_size')
+[[ "$s" =~ ^[0-9]+$ ]] && [[ "$b" =~ ^[0-9]+$ ]] && slot0=$s bar0=$b
 cloned() {
     local c s
     c=$(srv '.devices[0].counters.clones') s=$(srv '.devices[0].slot')
@@ -189,54 +267,50 @@ if need_pair "traffic after the clone"; then
     else not_ok "traffic after the clone" "$out" "$(state)"; fi
 fi
 
-# 11. a memory file that is not a power of two: ADD_FAIL, the device VM's QEMU stays up;
+# 13. a memory file that is not a power of two: ADD_FAIL, the device VM's QEMU stays up;
 #     the driver VM's QEMU gets a failure reply to ADD_MEM_REG (it logs "vhost_set_mem_table
 #     failed" and keeps its vhost device running), traffic goes on, and a reset of the
 #     driver VM's virtio-net with that DIMM still plugged (QEMU's vhost_dev_start offers
 #     the region again) still brings the link back.
-c11="non-power-of-two memory: ADD_FAIL, QEMUs stay up, driver VM networking survives"
+c13="non-power-of-two memory: ADD_FAIL, QEMUs stay up, driver VM networking survives"
 reset_drv_net() {   # unbind + bind virtio_net in the driver VM, address again
     "${pair[@]}" exec drv --timeout 30 -- 'd=$(basename $(readlink /sys/class/net/eth0/device)) &&
         echo $d > /sys/bus/virtio/drivers/virtio_net/unbind && sleep 1 &&
         echo $d > /sys/bus/virtio/drivers/virtio_net/bind && sleep 1 &&
         ip link set eth0 up && ip addr add 10.77.0.2/24 dev eth0'
 }
-if need_pair "$c11"; then
+if need_pair "$c13"; then
     w1=$(srv '.devices[0].windows | length')
     # Offline in the guest: it never puts data there (the device VM cannot reach it).
     if ! dimm=$("${pair[@]}" hotplug-mem 384M --no-online 2>&1); then
-        not_ok "$c11" "$dimm"
+        not_ok "$c13" "$dimm"
     elif wait_for 30 grep -q 'ADD_FAIL.*not a power of two' "$run/server.log"; then
         sleep 2
         st=$("${pair[@]}" qmp dev --timeout 10 '{"execute":"query-status"}' 2>&1)
         st2=$("${pair[@]}" qmp drv --timeout 10 '{"execute":"query-status"}' 2>&1)
         if [[ "$st" != *'"status": "running"'* ]] || [[ "$st2" != *'"status": "running"'* ]] ||
            [ "$(srv '.devices[0].windows | length')" != "$w1" ]; then
-            not_ok "$c11" "device VM query-status: $st" "driver VM query-status: $st2" "$(state)"
+            not_ok "$c13" "device VM query-status: $st" "driver VM query-status: $st2" "$(state)"
         elif ! grep -q 'size 0x18000000 failed: .*(the frontend gets a failure reply' "$run/client.log" ||
              ! grep -q 'vhost_set_mem_table failed' "$run/drv.qemu.log"; then
-            not_ok "$c11" "no failure reply to ADD_MEM_REG seen in client.log / drv.qemu.log" \
+            not_ok "$c13" "no failure reply to ADD_MEM_REG seen in client.log / drv.qemu.log" \
                 "$(tail -n 5 "$run/client.log")" "drv.qemu.log: $(tail -n 3 "$run/drv.qemu.log")"
         elif ! out=$(traffic 2>&1); then
-            not_ok "$c11" "traffic with the refused DIMM plugged: $out" "$(state)"
+            not_ok "$c13" "traffic with the refused DIMM plugged: $out" "$(state)"
         elif ! r=$(reset_drv_net 2>&1) || ! "${pair[@]}" wait-link --timeout 30 >/dev/null 2>&1 ||
              ! out2=$(traffic 2>&1); then
-            not_ok "$c11" "after a virtio-net reset in the driver VM: ${r:-} ${out2:-no link}" \
+            not_ok "$c13" "after a virtio-net reset in the driver VM: ${r:-} ${out2:-no link}" \
                 "drv.qemu.log: $(tail -n 3 "$run/drv.qemu.log")" "$(state)"
         else
             ok "384 MiB file refused: '$(grep -h 'ADD_FAIL.*not a power of two' "$run/server.log" | head -n1 | sed 's/^.*: client [^:]*: //' | cut -c1-120)'; QEMUs running, windows still $w1; driver QEMU: '$(grep -m1 'vhost_set_mem_table failed' "$run/drv.qemu.log")'; traffic OK, and again after a virtio-net reset"
         fi
     else
-        not_ok "$c11" "no 'ADD_FAIL ... not a power of two' in server.log within 30 s" "$(state)"
+        not_ok "$c13" "no 'ADD_FAIL ... not a power of two' in server.log within 30 s" "$(state)"
     fi
     "${pair[@]}" hotplug-mem --remove "$dimm" >/dev/null 2>&1
 fi
 
-# 12. driver VM shutdown: DEVICE_INFO(DEL), the server destroys the device, functions unplugged
-no_device() {
-    [ "$(srv '.devices | length')" = 0 ] && [ -z "$(dev_functions | tr -d ' ')" ] &&
-    [ "$(gd '.devices | length')" = 0 ]
-}
+# 14. driver VM shutdown: DEVICE_INFO(DEL), the server destroys the device, functions unplugged
 if need_pair "driver VM shutdown: device destroyed, functions unplugged in the device VM"; then
     t0=$(now_ms)
     drv_pid=$(cat "$run/drv.pid" 2>/dev/null)
@@ -254,7 +328,7 @@ if need_pair "driver VM shutdown: device destroyed, functions unplugged in the d
     fi
 fi
 
-# 13. down: nothing left
+# 15. down: nothing left
 t0=$(now_ms)
 out=$("${pair[@]}" down 2>&1); rc=$?
 left=$(pgrep -af -- "$run/" 2>/dev/null)
@@ -265,7 +339,7 @@ else
     not_ok "down leaves nothing behind" "rc=$rc: $out" "processes: $left" "sockets: $socks"
 fi
 
-# 14. nobody crashed: no sanitizer report, assertion or segfault in any log, guestd never exited
+# 16. nobody crashed: no sanitizer report, assertion or segfault in any log, guestd never exited
 bad=$(grep -HnaE 'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:|Assertion .* failed|Segmentation fault|core dumped|VP-GUESTD-EXIT|VP-INIT-ERROR' \
       "$run"/server.log "$run"/client.log "$run"/dev.qemu.log "$run"/drv.qemu.log \
       "$run"/dev.console "$run"/drv.console 2>/dev/null | head -n 10)
