@@ -63,6 +63,7 @@ struct lb_window {
     uint8_t devfn;
     int fd;
     uint64_t size;
+    uint64_t offset;       /* bytes into the file (PLUG_WINDOW arg) */
 };
 
 struct lb_control {
@@ -372,7 +373,9 @@ static void on_plug_window(struct gd_bus_local *lb, const struct vp_lb_msg *m, i
         why = "devfn already plugged";
     else if (m->size == 0)
         why = "zero size";
-    else if (check_file_size(fds[0], m->size, &err) < 0)
+    else if (m->arg % 4096 || m->arg + m->size < m->arg)
+        why = "file offset not page-aligned or beyond 64 bits";
+    else if (check_file_size(fds[0], m->arg + m->size, &err) < 0)
         why = err.msg;
     struct lb_window *w = NULL;
     for (unsigned i = 0; !why && i < LB_MAX_WINDOWS_PER_SLOT; i++) {
@@ -393,7 +396,7 @@ static void on_plug_window(struct gd_bus_local *lb, const struct vp_lb_msg *m, i
         return;
     }
     *w = (struct lb_window){ .used = true, .devfn = (uint8_t)m->devfn, .fd = fds[0],
-                             .size = m->size };
+                             .size = m->size, .offset = m->arg };
     fds[0] = -1;
     gd_info("local bus: window devfn 0x%x plugged in slot %u (%llu bytes)", m->devfn,
             m->slot, (unsigned long long)m->size);
@@ -637,7 +640,8 @@ static int lb_window_map(struct gd_bus *bus, unsigned slot, struct gd_win_id id,
     if (size == 0 || size > w->size)
         return vp_fail(err, -EINVAL, "window devfn 0x%x holds %llu bytes, %llu wanted",
                        id.devfn, (unsigned long long)w->size, (unsigned long long)size);
-    void *p = mmap(addr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, w->fd, 0);
+    void *p = mmap(addr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, w->fd,
+                   (off_t)w->offset);
     if (p == MAP_FAILED)
         return vp_fail(err, -errno, "mmap window devfn 0x%x: %s", id.devfn, strerror(errno));
     return 0;

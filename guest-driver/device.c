@@ -110,9 +110,9 @@ unsigned gd_dev_drop_regions_in(struct gd_device *dev, uint64_t off, uint64_t si
     unsigned n = 0;
     for (unsigned k = 0; k < dev->mt.n; k++) {
         const struct vp_mt_region *r = &dev->mt.r[k];
-        /* Regions are inside one window and windows do not overlap: overlap is
-         * containment; compare without sums that could wrap. */
-        if (r->target >= off && r->target - off < size)
+        /* A region may span windows that are back to back (the pieces of one file):
+         * every region overlapping the range goes (vp_ranges_overlap cannot wrap). */
+        if (vp_ranges_overlap(r->target, r->size, off, size))
             gone[n++] = *r;
     }
     if (!n)

@@ -7,8 +7,9 @@
  *
  * Security model: the window table is the server's and may change at any time; it
  * is only used through the validated copy, a window is mapped only at the size the
- * function really has, and a region enters the memory table only inside one mapped
- * window (gd_dev_window_check), so a translation never reaches outside a mapping.
+ * function really has, and a region enters the memory table only inside mapped
+ * windows that are back to back (gd_dev_window_check), so a translation never
+ * reaches outside a mapping; releasing a window drops every region overlapping it.
  * libc only.
  */
 #include <errno.h>
@@ -137,28 +138,45 @@ int gd_dev_refresh_windows(struct gd_device *dev, bool force)
     return 0;
 }
 
-/* Is [bar_offset, +size) inside one mapped window? 0; -EAGAIN when inside a window
- * listed but not mapped yet (the message may wait for it); else -ENOENT / -EINVAL. */
+/* Is [bar_offset, +size) inside mapped windows? A range may run on from one window
+ * into the next one that starts right where it ends: the pieces of a peer memory file
+ * whose size is not a power of two are windows back to back in the BAR (issue 13
+ * item 3), and the BAR reservation makes them one contiguous mapping. 0; -EAGAIN when
+ * a window it needs is listed but not mapped yet (the message may wait for it); else
+ * -ENOENT / -EINVAL. */
 int gd_dev_window_check(struct gd_device *dev, uint64_t bar_offset, uint64_t size, vp_error *err)
 {
-    for (unsigned i = 0; i < dev->nwin; i++) {
-        const struct gd_window *w = &dev->win[i];
-        if (bar_offset < w->ca.bar_offset || bar_offset - w->ca.bar_offset >= w->ca.size)
-            continue;
-        if (!vp_range_ok(bar_offset - w->ca.bar_offset, size, w->ca.size))
+    uint64_t off = bar_offset, left = size;
+    const struct gd_window *prev = NULL;
+    for (;;) {
+        const struct gd_window *w = NULL;
+        for (unsigned i = 0; i < dev->nwin && !w; i++) {
+            const struct gd_window *c = &dev->win[i];
+            if (off >= c->ca.bar_offset && off - c->ca.bar_offset < c->ca.size)
+                w = c;
+        }
+        if (!w && prev)
             return vp_fail(err, -EINVAL,
-                           "crosses the end of window devfn 0x%x [0x%llx, +0x%llx)", w->ca.devfn,
-                           (unsigned long long)w->ca.bar_offset, (unsigned long long)w->ca.size);
-        if (w->mapped)
+                           "crosses the end of window devfn 0x%x [0x%llx, +0x%llx)", prev->ca.devfn,
+                           (unsigned long long)prev->ca.bar_offset,
+                           (unsigned long long)prev->ca.size);
+        if (!w)
+            return vp_fail(err, -ENOENT, "not inside any window of the 0x%llx-byte BAR",
+                           (unsigned long long)dev->bar_size);
+        if (!w->mapped) {
+            if (w->error[0])
+                return vp_fail(err, -EINVAL, "window devfn 0x%x is unusable: %s", w->ca.devfn,
+                               w->error);
+            return vp_fail(err, -EAGAIN, "window devfn 0x%x is listed but not plugged yet",
+                           w->ca.devfn);
+        }
+        uint64_t room = w->ca.size - (off - w->ca.bar_offset);
+        if (left <= room)
             return 0;
-        if (w->error[0])
-            return vp_fail(err, -EINVAL, "window devfn 0x%x is unusable: %s", w->ca.devfn,
-                           w->error);
-        return vp_fail(err, -EAGAIN, "window devfn 0x%x is listed but not plugged yet",
-                       w->ca.devfn);
+        off += room;      /* w ends inside the BAR (validated table): no wrap */
+        left -= room;
+        prev = w;
     }
-    return vp_fail(err, -ENOENT, "not inside any window of the 0x%llx-byte BAR",
-                   (unsigned long long)dev->bar_size);
 }
 
 void gd_device_window_plugged(struct gd_device *dev, struct gd_win_id id)

@@ -21,7 +21,9 @@
  *                  id1 v0 controlq irq]; count = 4.
  *   PEER_VECTORS   slot, arg = peer id (2); fds: one eventfd per vector 0..count-1
  *                  (replaces the whole list; count 0 = peer gone).
- *   PLUG_WINDOW    slot, devfn, size = window bytes; fds: the peer memory file.
+ *   PLUG_WINDOW    slot, devfn, size = window bytes, arg = its offset in the file
+ *                  (bytes, page-aligned; nonzero for a piece of a file whose size is
+ *                  not a power of two); fds: the peer memory file.
  *   UNPLUG_WINDOW  slot, devfn.
  *   UNPLUG_CONTROL slot.
  * guestd -> server:

@@ -227,6 +227,40 @@ static void test_local_bus(void)
     g_assert_cmpint(vp_lb_send(srv, &m, NULL, 0), ==, 0);
     lb_expect(loop, srv, VP_LB_EJECTED, 3, 0x77);
 
+    /* PLUG_WINDOW with arg = a file offset (a piece of a file whose size is not a
+     * power of two, issue 13 item 3): the second half of the file is mapped. */
+    fk_set_window(fk.ca, 0, 0x10, 0, WIN_SIZE / 2);
+    fk_publish_windows(fk.ca, 1);
+    m = (struct vp_lb_msg){ .type = VP_LB_PLUG_WINDOW, .slot = 3, .devfn = 0x10, .count = 1,
+                            .size = WIN_SIZE / 2, .arg = WIN_SIZE / 2 };
+    g_assert_cmpint(vp_lb_send(srv, &m, &wfd, 1), ==, 0);
+    fk_mem_msg(&msg, VP_OP_ADD, 0x100000, WIN_SIZE / 2, 0);
+    seq = fk_send(&fk, &msg);
+    g_assert_cmpint(write(e[2], &one, 8), ==, 8);
+    ITERATE_UNTIL(loop, fk_recv_ack(&fk, &ack) == 1);
+    g_assert_cmpuint(ack.seq, ==, seq);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_DONE);
+    wmap = mmap(NULL, WIN_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, wfd, 0);
+    memcpy(wmap + WIN_SIZE / 2 + 0x20, "half", 4);
+    p = gd_device_translate(d, 0x100020, 4, &avail);
+    g_assert_nonnull(p);
+    g_assert_cmpmem(p, 4, "half", 4);
+    munmap(wmap, WIN_SIZE);
+    m = (struct vp_lb_msg){ .type = VP_LB_UNPLUG_WINDOW, .slot = 3, .devfn = 0x10 };
+    g_assert_cmpint(vp_lb_send(srv, &m, NULL, 0), ==, 0);
+    lb_expect(loop, srv, VP_LB_EJECTED, 3, 0x10);
+    /* An offset that is not page-aligned, or runs past the file's end: refused. */
+    m = (struct vp_lb_msg){ .type = VP_LB_PLUG_WINDOW, .slot = 3, .devfn = 0x10, .count = 1,
+                            .size = WIN_SIZE / 2, .arg = WIN_SIZE / 2 + 4096 };
+    g_assert_cmpint(vp_lb_send(srv, &m, &wfd, 1), ==, 0);
+    m.arg = 512;
+    g_assert_cmpint(vp_lb_send(srv, &m, &wfd, 1), ==, 0);
+    for (int i = 0; i < 5; i++)
+        gd_loop_iterate(loop, 5 * 1000 * 1000);
+    uint64_t wsize = 0;
+    g_assert_cmpint(gd_bus_window_query(bus, 3, (struct gd_win_id){ .devfn = 0x10 }, &wsize),
+                    ==, -ENOENT);
+
     /* UNPLUG_CONTROL: the device goes, EJECTED(control). */
     m = (struct vp_lb_msg){ .type = VP_LB_UNPLUG_CONTROL, .slot = 3 };
     g_assert_cmpint(vp_lb_send(srv, &m, NULL, 0), ==, 0);

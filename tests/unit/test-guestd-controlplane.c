@@ -759,6 +759,49 @@ static void test_memtable(void)
     fx_fini(&f);
 }
 
+/* Issue 13 item 3: the pieces of a file whose size is not a power of two are windows
+ * back to back in the BAR; a region may span them (one contiguous mapping), but not
+ * run into a gap; unplugging either piece drops the region. */
+static void test_region_spans_windows(void)
+{
+    struct fx f;
+    fx_init(&f, true);
+    struct gd_device *d = fx_plug(&f, 0);
+    struct vp_cq_msg m, ack;
+
+    /* Window 0: 2 MiB at 0 (the fixture's); window 1: 1 MiB at 2 MiB, right after it. */
+    fx_plug_window(&f, 1, 0x18, 1 << 20);
+    fk_set_window(f.dev[0].ca, 1, 0x18, 2 << 20, 1 << 20);
+    fk_publish_windows(f.dev[0].ca, 2);
+    /* A region of 3 MiB at BAR offset 0: 2 MiB in window 0, 1 MiB in window 1. */
+    fk_mem_msg(&m, VP_OP_ADD, 0x40000000, 3 << 20, 0);
+    fx_roundtrip(&f, 0, &m, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_DONE);
+    g_assert_cmpuint(d->mt.n, ==, 1);
+    memcpy(f.winmap[0] + (2 << 20) - 2, "ab", 2);
+    memcpy(f.winmap[1], "cd", 2);
+    uint64_t avail = 0;
+    uint8_t *p = gd_device_translate(d, 0x40000000 + (2 << 20) - 2, 4, &avail);
+    g_assert_nonnull(p);
+    g_assert_cmpuint(avail, ==, 4);
+    g_assert_cmpmem(p, 4, "abcd", 4);  /* across the boundary of the two pieces */
+
+    /* Running on past window 1's end into nothing: refused. */
+    fk_mem_msg(&m, VP_OP_ADD, 0x50000000, 2 << 20, 2 << 20);
+    fx_roundtrip(&f, 0, &m, &ack);
+    g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_FAIL);
+    g_assert_nonnull(strstr(ack.u.ack.reason, "crosses the end of window devfn 0x18"));
+
+    /* Unplugging the second piece drops the region that starts in the first. */
+    g_string_truncate(f.dp.log, 0);
+    gd_cp_bus_events.window_unplug(f.cp, 0, (struct gd_win_id){ .devfn = 0x18 });
+    g_assert_cmpuint(d->mt.n, ==, 0);
+    g_assert_cmpstr(f.dp.log->str, ==, "mdel:1 ");
+    g_assert_null(gd_device_translate(d, 0x40000000, 1, &avail));
+    fx_unplug_window(&f, 1);
+    fx_fini(&f);
+}
+
 static void test_window_changes(void)
 {
     struct fx f;
@@ -1076,6 +1119,7 @@ int main(int argc, char **argv)
     g_test_add_func("/guestd/unexpected-ack-type", test_unexpected_ack_type);
     g_test_add_func("/guestd/broken-ring", test_broken_ring);
     g_test_add_func("/guestd/window-changes", test_window_changes);
+    g_test_add_func("/guestd/region-spans-windows", test_region_spans_windows);
     g_test_add_func("/guestd/ack-backpressure", test_ack_backpressure);
     g_test_add_func("/guestd/status-json", test_status_json);
     g_test_add_func("/guestd/status-socket", test_status_socket);
