@@ -35,7 +35,7 @@ struct srv_ctrlarea {
 struct srv_ca_window {
     uint32_t devfn;       /* the window's function */
     uint64_t bar_offset;  /* bytes from the logical BAR's start */
-    uint64_t size;        /* bytes (the whole file) */
+    uint64_t size;        /* bytes (the window piece: the whole file, or one power-of-two part) */
 };
 
 /**

@@ -4,7 +4,8 @@
  *
  * A vhost-pci device is a control function (ivshmem-doorbell: the control area and
  * notification eventfds) plus one memory window function (ivshmem-plain) per peer
- * memory file. The server decides everything (devfns, the logical BAR, the control
+ * memory file, or per power-of-two piece of a file whose size is not a power of two
+ * when the host can map part of a file (windows_at_offsets). The server decides everything (devfns, the logical BAR, the control
  * area's contents); a host only plugs and unplugs functions:
  *   - `local` (devhost_local.c): hands the fds to one vhost-pci-guestd over the
  *     local bus (protocol/vp_localbus.h).
@@ -82,10 +83,18 @@ struct vp_devhost_ops {
      *  (local: the message was delivered to guestd). */
     void (*plug_control)(struct vp_devhost *h, const struct vp_devhost_control *c,
                          vp_devhost_done_fn done, void *opaque);
-    /** Plug memory window @devfn of control function @ctrl_devfn: the whole file
-     *  @fd of @size bytes (a power of two, already checked) as a BAR. */
+    /** Plug memory window @devfn of control function @ctrl_devfn: bytes
+     *  [@offset, +@size) of file @fd (@size a power of two, already checked; @offset a
+     *  multiple of SRV_PIECE_ALIGN, nonzero only when windows_at_offsets() said yes)
+     *  as a BAR. */
     void (*plug_window)(struct vp_devhost *h, uint32_t ctrl_devfn, uint32_t devfn,
-                        int fd, uint64_t size, vp_devhost_done_fn done, void *opaque);
+                        int fd, uint64_t offset, uint64_t size, vp_devhost_done_fn done,
+                        void *opaque);
+    /** Whether plug_window can map part of a file (a nonzero offset), i.e. whether a
+     *  file whose size is not a power of two can be served as several windows
+     *  (issue 13 item 3). qemu: QEMU >= 8.1 (memory-backend-file `offset`), from the
+     *  version QEMU reported at connect (false until it did); local: always. */
+    bool (*windows_at_offsets)(struct vp_devhost *h);
     /** Unplug a window. Completes when the device VM let go of it (QEMU:
      *  DEVICE_DELETED; local: EJECTED) or the host's timeout expired. */
     void (*unplug_window)(struct vp_devhost *h, uint32_t ctrl_devfn, uint32_t devfn,

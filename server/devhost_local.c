@@ -49,6 +49,7 @@ struct lb_window {
     uint32_t devfn;
     int fd;
     uint64_t size;
+    uint64_t offset;       /* bytes into the file (PLUG_WINDOW arg) */
 };
 
 struct lb_control {
@@ -231,7 +232,7 @@ static void send_vectors(struct lb_host *h, const struct lb_control *c)
 static void send_window(struct lb_host *h, const struct lb_control *c, const struct lb_window *w)
 {
     struct vp_lb_msg m = { .type = VP_LB_PLUG_WINDOW, .slot = c->devfn, .devfn = w->devfn,
-                           .count = 1, .size = w->size };
+                           .count = 1, .size = w->size, .arg = w->offset };
     lb_send(h, &m, &w->fd, 1);
 }
 
@@ -473,7 +474,8 @@ static void local_plug_control(struct vp_devhost *hh, const struct vp_devhost_co
 }
 
 static void local_plug_window(struct vp_devhost *hh, uint32_t ctrl_devfn, uint32_t devfn,
-                              int fd, uint64_t size, vp_devhost_done_fn done, void *opaque)
+                              int fd, uint64_t offset, uint64_t size, vp_devhost_done_fn done,
+                              void *opaque)
 {
     struct lb_host *h = (struct lb_host *)hh;
     struct lb_control *c = find_control(h, ctrl_devfn, NULL);
@@ -484,6 +486,7 @@ static void local_plug_window(struct vp_devhost *hh, uint32_t ctrl_devfn, uint32
     struct lb_window *w = g_new0(struct lb_window, 1);
     w->devfn = devfn;
     w->size = size;
+    w->offset = offset;
     w->fd = dup_fd(fd);
     if (w->fd < 0) {
         complete_dup_failed(h, done, opaque);
@@ -493,6 +496,13 @@ static void local_plug_window(struct vp_devhost *hh, uint32_t ctrl_devfn, uint32
     g_ptr_array_add(c->windows, w);
     send_window(h, c, w);
     complete_later(h, done, opaque, 0, "");
+}
+
+/* guestd mmap()s a window at the offset PLUG_WINDOW names: any part of a file. */
+static bool local_windows_at_offsets(struct vp_devhost *hh)
+{
+    (void)hh;
+    return true;
 }
 
 static gboolean wait_timeout(gpointer data)
@@ -603,6 +613,7 @@ const struct vp_devhost_ops vp_devhost_local_ops = {
     .destroy = local_destroy,
     .plug_control = local_plug_control,
     .plug_window = local_plug_window,
+    .windows_at_offsets = local_windows_at_offsets,
     .unplug_window = local_unplug_window,
     .set_peer_vectors = local_set_peer_vectors,
     .unplug_control = local_unplug_control,

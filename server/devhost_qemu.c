@@ -14,7 +14,9 @@
  * Per memory window (ivshmem-plain):
  *   add-fd (fd by SCM_RIGHTS) -> QEMU's fd number Q and fd set S
  *   object-add {"qom-type": "memory-backend-file", "id": MEM,
- *     "mem-path": "/proc/self/fd/Q", "size": SIZE, "share": true}
+ *     "mem-path": "/proc/self/fd/Q", "size": SIZE, "share": true[, "offset": OFF]}
+ *   ("offset", QEMU >= 8.1 only: a piece of a file whose size is not a power of two;
+ *   the version comes from query-version once QMP is ready)
  *   device_add {"driver": "ivshmem-plain", "id": ID, "memdev": MEM, "addr": "0xSLOT"}
  * Removal: device_del + DEVICE_DELETED (bounded by the config timeout; the guest must
  * eject), then object-del MEM + remove-fd {S, Q} / chardev-remove CHR + endpoint.
@@ -90,6 +92,7 @@ struct qh_op {
     vp_devhost_done_fn done;
     void *opaque;
     int fd;                     /* window: our duplicate of the file, until add-fd */
+    uint64_t offset;            /* window: bytes into the file */
     uint64_t size;
     uint32_t nvectors;
     int ret;                    /* outcome so far */
@@ -107,6 +110,7 @@ struct qemu_host {
     GPtrArray *fns;             /* struct qh_fn* */
     GList *ops;                 /* struct qh_op* pending */
     bool destroying;
+    int64_t qemu_major, qemu_minor;  /* from query-version; -1 until known */
 };
 
 static void fn_free(struct qh_fn *fn)
@@ -470,11 +474,21 @@ static void plug_window_fd(qmp_client *c, const qmp_reply *r, void *opaque)
     json_object_set_string_member(a, "mem-path", mem_path);
     json_object_set_int_member(a, "size", (gint64)op->size);
     json_object_set_boolean_member(a, "share", TRUE);
+    if (op->offset)  /* QEMU >= 8.1, checked by qemu_plug_window */
+        json_object_set_int_member(a, "offset", (gint64)op->offset);
     qmp_client_execute(op->h->qmp, "object-add", a, plug_backend_added, op);
 }
 
+/* memory-backend-file has "offset" since QEMU 8.1. */
+static bool qemu_windows_at_offsets(struct vp_devhost *hh)
+{
+    struct qemu_host *h = (struct qemu_host *)hh;
+    return h->qemu_major > 8 || (h->qemu_major == 8 && h->qemu_minor >= 1);
+}
+
 static void qemu_plug_window(struct vp_devhost *hh, uint32_t ctrl_devfn, uint32_t devfn,
-                             int fd, uint64_t size, vp_devhost_done_fn done, void *opaque)
+                             int fd, uint64_t offset, uint64_t size, vp_devhost_done_fn done,
+                             void *opaque)
 {
     struct qemu_host *h = (struct qemu_host *)hh;
     struct qh_op *op = op_new(h, "memory window", done, opaque);
@@ -493,8 +507,17 @@ static void qemu_plug_window(struct vp_devhost *hh, uint32_t ctrl_devfn, uint32_
         op_finish_later(op);
         return;
     }
-    if (fstat(fd, &st) < 0 || st.st_size < 0 || (uint64_t)st.st_size < size) {
-        op_fail(op, -EINVAL, "memory window file is smaller than %" PRIu64 " bytes", size);
+    if (offset && !qemu_windows_at_offsets(hh)) {
+        op_fail(op, -ENOTSUP, "memory window at file offset %" PRIu64 ": QEMU %" PRId64 ".%"
+                PRId64 " has no memory-backend-file offset (8.1 and later)", offset,
+                h->qemu_major, h->qemu_minor);
+        op_finish_later(op);
+        return;
+    }
+    if (fstat(fd, &st) < 0 || st.st_size < 0 || offset + size < offset ||
+        (uint64_t)st.st_size < offset + size) {
+        op_fail(op, -EINVAL, "memory window file is smaller than %" PRIu64 " + %" PRIu64
+                " bytes", offset, size);
         op_finish_later(op);
         return;
     }
@@ -505,10 +528,11 @@ static void qemu_plug_window(struct vp_devhost *hh, uint32_t ctrl_devfn, uint32_
         return;
     }
     op->size = size;
+    op->offset = offset;
     gen = ++h->gen;
     fn = fn_new(op, false, devfn, ctrl_devfn, gen);
-    g_info("qemu host: plugging memory window %s (%" PRIu64 " bytes) at devfn 0x%x",
-           fn->dev_id, size, devfn);
+    g_info("qemu host: plugging memory window %s (%" PRIu64 " bytes from file offset %"
+           PRIu64 ") at devfn 0x%x", fn->dev_id, size, offset, devfn);
     {
         g_autofree char *label = g_strdup_printf("vhost-pci %s", fn->dev_id);
         qmp_client_add_fd(h->qmp, op->fd, -1, label, plug_window_fd, op);
@@ -595,13 +619,39 @@ static int qemu_set_peer_vectors(struct vp_devhost *hh, uint32_t ctrl_devfn, uin
 
 /* ---- life cycle ------------------------------------------------------------- */
 
+/* query-version's answer: {"qemu": {"major", "minor", "micro"}, "package"}. */
+static void on_version(qmp_client *c, const qmp_reply *r, void *opaque)
+{
+    struct qemu_host *h = opaque;
+    JsonObject *v, *q;
+    (void)c;
+    if (r->ret == -ECANCELED)
+        return;  /* the host is being destroyed */
+    if (r->ret < 0 || !JSON_NODE_HOLDS_OBJECT(r->value) ||
+        !(v = json_node_get_object(r->value)) || !json_object_has_member(v, "qemu") ||
+        !JSON_NODE_HOLDS_OBJECT(json_object_get_member(v, "qemu")) ||
+        !(q = json_object_get_object_member(v, "qemu")) ||
+        !json_object_has_member(q, "major") || !json_object_has_member(q, "minor") ||
+        json_node_get_value_type(json_object_get_member(q, "major")) != G_TYPE_INT64 ||
+        json_node_get_value_type(json_object_get_member(q, "minor")) != G_TYPE_INT64) {
+        g_warning("qemu host: query-version: %s; memory files that are not a power of two "
+                  "are refused", r->ret < 0 ? r->err.msg : "unexpected answer");
+        return;
+    }
+    h->qemu_major = json_object_get_int_member(q, "major");
+    h->qemu_minor = json_object_get_int_member(q, "minor");
+    g_info("qemu host: QEMU %" PRId64 ".%" PRId64 ": windows at file offsets %s", h->qemu_major,
+           h->qemu_minor, qemu_windows_at_offsets((struct vp_devhost *)h) ? "yes" : "no");
+}
+
 static void on_qmp_state(qmp_client *c, int ret, const vp_error *err, void *opaque)
 {
     struct qemu_host *h = opaque;
     (void)c;
-    if (ret == 0)
+    if (ret == 0) {
         g_info("qemu host: QMP %s ready", h->qmp_path);
-    else
+        qmp_client_execute(h->qmp, "query-version", NULL, on_version, h);
+    } else
         g_warning("qemu host: QMP %s: %s (every later hot-plug fails)", h->qmp_path,
                   err ? err->msg : "closed");
 }
@@ -618,6 +668,7 @@ static struct vp_devhost *qemu_create(const struct vp_devhost_config *cfg, vp_er
     }
     h = g_new0(struct qemu_host, 1);
     h->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : 30000;
+    h->qemu_major = h->qemu_minor = -1;
     h->qmp_path = g_strdup(cfg->qmp);
     h->fns = g_ptr_array_new_with_free_func((GDestroyNotify)fn_free);
     h->rundir = g_dir_make_tmp("vhost-pci-qemu-XXXXXX", &gerr);
@@ -682,6 +733,7 @@ const struct vp_devhost_ops vp_devhost_qemu_ops = {
     .destroy = qemu_destroy,
     .plug_control = qemu_plug_control,
     .plug_window = qemu_plug_window,
+    .windows_at_offsets = qemu_windows_at_offsets,
     .unplug_window = qemu_unplug_window,
     .set_peer_vectors = qemu_set_peer_vectors,
     .unplug_control = qemu_unplug_control,

@@ -171,14 +171,20 @@ void srv_device_destroy(struct srv_device *dev, const char *why)
     struct vp_server *srv = dev->srv;
     srv_device_ref(dev);
     srv_device_stop(dev, why);
-    /* Windows first, then the control function. Functions still being plugged are
+    /* Windows first, then the control function. Pieces still being plugged are
      * unplugged by their plug completion (it sees dev->dead). */
     for (int i = 0; i < VP_MAX_WINDOWS; i++) {
         struct srv_window *w = &dev->mem.wins[i];
-        if (w->used && w->state == WIN_PLUGGED) {
-            srv_unplug(srv, false, dev->devfn, w->devfn);
-            w->used = false;
+        if (!w->used)
+            continue;
+        for (unsigned k = 0; k < w->npieces; k++) {
+            if (w->piece[k].state == PIECE_PLUGGED) {
+                srv_unplug(srv, false, dev->devfn, w->piece[k].devfn);
+                w->piece[k].state = PIECE_NONE;
+            }
         }
+        if (w->state == WIN_PLUGGED)
+            w->used = false;
     }
     if (dev->control_plugged) {
         srv_unplug(srv, true, dev->devfn, dev->devfn);
@@ -191,12 +197,24 @@ void srv_device_destroy(struct srv_device *dev, const char *why)
 
 /* ------------------------------ plugging ------------------------------ */
 
+/* The pieces of one window being plugged: the caller's completion runs once, when
+ * the last piece completed, with the first failure. */
+struct win_group {
+    unsigned pending;
+    int ret;
+    char reason[256];
+    srv_plug_done_fn done;
+    void *opaque;
+};
+
 struct plug_ctx {
     struct srv_device *dev;           /* a reference */
     int win;                          /* window index, -1: the control function */
+    unsigned piece;                   /* window: which piece */
+    struct win_group *group;          /* window: shared by its pieces */
     uint32_t devfn;
     uint32_t ctrl_devfn;              /* the device's control function */
-    srv_plug_done_fn done;
+    srv_plug_done_fn done;            /* control function */
     void *opaque;
 };
 
@@ -213,6 +231,48 @@ static struct plug_ctx *plug_ctx_new(struct srv_device *dev, int win, uint32_t d
     return c;
 }
 
+/* One piece of window c->win completed. A failed piece fails the window: the pieces
+ * that did plug are taken back and the window slot is freed. */
+static void window_piece_done(struct plug_ctx *c, int ret, const char *reason)
+{
+    struct srv_device *dev = c->dev;
+    struct vp_server *srv = dev->srv;
+    struct win_group *g = c->group;
+    struct srv_window *w = &dev->mem.wins[c->win];
+    struct srv_win_piece *p = &w->piece[c->piece];
+
+    if (ret < 0 && g->ret == 0) {
+        g->ret = ret;
+        g_snprintf(g->reason, sizeof(g->reason), "%s",
+                   reason && *reason ? reason : g_strerror(-ret));
+    }
+    if (ret == 0 && dev->dead)
+        srv_unplug(srv, false, c->ctrl_devfn, c->devfn);  /* destroyed meanwhile */
+    else if (ret < 0)
+        srv_devfn_free(srv, c->devfn);
+    p->state = ret == 0 && !dev->dead ? PIECE_PLUGGED : PIECE_NONE;
+    if (--g->pending == 0) {
+        if (!dev->dead) {
+            if (g->ret == 0) {
+                w->state = WIN_PLUGGED;
+            } else {
+                for (unsigned k = 0; k < w->npieces; k++) {
+                    if (w->piece[k].state == PIECE_PLUGGED)
+                        srv_unplug(srv, false, c->ctrl_devfn, w->piece[k].devfn);
+                    w->piece[k].state = PIECE_NONE;
+                }
+                vp_close_fd(&w->fd);
+                w->used = false;
+            }
+            if (g->done)
+                g->done(dev, g->opaque, g->ret, g->reason);
+        }
+        g_free(g);
+    }
+    srv_device_unref(dev);
+    g_free(c);
+}
+
 static void plug_done(void *opaque, int ret, const char *reason)
 {
     struct plug_ctx *c = opaque;
@@ -222,37 +282,28 @@ static void plug_done(void *opaque, int ret, const char *reason)
         g_warning("device %s: plugging %s devfn 0x%x failed: %s", dev->uuid_str,
                   c->win < 0 ? "control function" : "window", c->devfn,
                   reason && *reason ? reason : g_strerror(-ret));
+    if (c->win >= 0) {
+        window_piece_done(c, ret, reason);
+        return;
+    }
     if (dev->dead) {
         /* Destroyed meanwhile: take back what was plugged. */
         if (ret == 0)
-            srv_unplug(srv, c->win < 0, c->ctrl_devfn, c->devfn);
+            srv_unplug(srv, true, c->ctrl_devfn, c->devfn);
         else
             srv_devfn_free(srv, c->devfn);
-        if (c->win < 0) {
-            dev->control_plugging = false;
-            dev->devfn = 0xffffffffu;  /* handed to the unplug, or freed */
-        }
+        dev->control_plugging = false;
+        dev->devfn = 0xffffffffu;  /* handed to the unplug, or freed */
         srv_device_unref(dev);
         g_free(c);
         return;
     }
-    if (c->win < 0) {
-        dev->control_plugging = false;
-        dev->control_plugged = ret == 0;
-        if (ret == 0 && srv_vectors_count(&dev->vectors)) {
-            vp_error err = { "" };
-            if (srv_device_announce_vectors(dev, &err))
-                g_warning("device %s: %s", dev->uuid_str, err.msg);
-        }
-    } else {
-        struct srv_window *w = &dev->mem.wins[c->win];
-        if (ret == 0) {
-            w->state = WIN_PLUGGED;
-        } else {
-            srv_devfn_free(srv, w->devfn);
-            vp_close_fd(&w->fd);
-            w->used = false;
-        }
+    dev->control_plugging = false;
+    dev->control_plugged = ret == 0;
+    if (ret == 0 && srv_vectors_count(&dev->vectors)) {
+        vp_error err = { "" };
+        if (srv_device_announce_vectors(dev, &err))
+            g_warning("device %s: %s", dev->uuid_str, err.msg);
     }
     char why[300];
     g_snprintf(why, sizeof(why), "%s", reason && *reason ? reason : (ret ? g_strerror(-ret) : ""));
@@ -284,24 +335,47 @@ int srv_device_add_window(struct srv_device *dev, const struct srv_file_id *file
                           uint64_t bar_offset, srv_plug_done_fn done, void *opaque,
                           vp_error *err)
 {
+    struct srv_piece at[64];
+    unsigned n = srv_file_pieces(file->size, at);
+    int devfns[VP_MAX_WINDOWS];
     int idx = srv_mem_free_slot(&dev->mem);
     if (idx < 0) {
         close(fd);
         return vp_fail(err, -ENOSPC, "a device has at most %d memory windows", VP_MAX_WINDOWS);
     }
-    int devfn = srv_devfn_alloc(dev->srv);
-    if (devfn < 0) {
+    if (n == 0 || n > VP_MAX_WINDOWS) {
         close(fd);
-        return vp_fail(err, -ENOSPC, "no free PCI slot for a memory window");
+        return vp_fail(err, -EINVAL, "a memory file of %" PRIu64 " bytes cannot be a window",
+                       file->size);
+    }
+    for (unsigned k = 0; k < n; k++) {
+        devfns[k] = srv_devfn_alloc(dev->srv);
+        if (devfns[k] < 0) {
+            while (k > 0)
+                srv_devfn_free(dev->srv, (uint32_t)devfns[--k]);
+            close(fd);
+            return vp_fail(err, -ENOSPC, "no free PCI slot for a memory window (%u needed)", n);
+        }
     }
     struct srv_window *w = &dev->mem.wins[idx];
     *w = (struct srv_window){ .used = true, .state = WIN_PLUGGING, .file = *file,
-                              .bar_offset = bar_offset, .devfn = (uint32_t)devfn, .fd = fd };
-    struct plug_ctx *c = plug_ctx_new(dev, idx, w->devfn, done, opaque);
-    g_info("device %s: plugging window devfn 0x%x (%" PRIu64 " bytes at BAR offset 0x%" PRIx64 ")",
-           dev->uuid_str, w->devfn, file->size, bar_offset);
-    dev->srv->host_ops->plug_window(dev->srv->host, dev->devfn, w->devfn, fd, file->size,
-                                    plug_done, c);
+                              .bar_offset = bar_offset, .npieces = n, .fd = fd };
+    struct win_group *g = g_new0(struct win_group, 1);
+    g->pending = n;
+    g->done = done;
+    g->opaque = opaque;
+    for (unsigned k = 0; k < n; k++) {
+        w->piece[k] = (struct srv_win_piece){ at[k], (uint32_t)devfns[k], PIECE_PLUGGING };
+        struct plug_ctx *c = plug_ctx_new(dev, idx, w->piece[k].devfn, NULL, NULL);
+        c->piece = k;
+        c->group = g;
+        g_info("device %s: plugging window devfn 0x%x (%" PRIu64 " bytes of a %" PRIu64
+               "-byte file from offset 0x%" PRIx64 ", at BAR offset 0x%" PRIx64 ")",
+               dev->uuid_str, w->piece[k].devfn, at[k].size, file->size, at[k].file_offset,
+               bar_offset + at[k].file_offset);
+        dev->srv->host_ops->plug_window(dev->srv->host, dev->devfn, w->piece[k].devfn, fd,
+                                        at[k].file_offset, at[k].size, plug_done, c);
+    }
     return idx;
 }
 
@@ -329,10 +403,15 @@ void srv_device_drop_unused_windows(struct srv_device *dev)
         struct srv_window *w = &dev->mem.wins[i];
         if (!w->used || w->refs || w->state != WIN_PLUGGED)
             continue;
-        g_info("device %s: dropping window devfn 0x%x", dev->uuid_str, w->devfn);
+        g_info("device %s: dropping window devfn 0x%x (%u piece(s))", dev->uuid_str,
+               w->piece[0].devfn, w->npieces);
         w->used = false;
         vp_close_fd(&w->fd);
-        srv_unplug(dev->srv, false, dev->devfn, w->devfn);
+        for (unsigned k = 0; k < w->npieces; k++) {
+            if (w->piece[k].state == PIECE_PLUGGED)
+                srv_unplug(dev->srv, false, dev->devfn, w->piece[k].devfn);
+            w->piece[k].state = PIECE_NONE;
+        }
         changed = true;
     }
     if (changed)

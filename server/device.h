@@ -83,8 +83,11 @@ void srv_device_destroy(struct srv_device *dev, const char *why);
 
 /** Plug the control function (async; @done gets 0 or a reason). */
 void srv_device_plug_control(struct srv_device *dev, srv_plug_done_fn done, void *opaque);
-/** Add a window for @file (takes @fd) at @bar_offset and plug it (async). Returns the
- *  window index or -errno with a reason (no free slot / devfn; @fd closed then). */
+/** Add a window for @file (takes @fd) at @bar_offset and plug it (async): one
+ *  function per piece (srv_file_pieces(): one unless the size is not a power of two),
+ *  piece k at @bar_offset + its file offset; @done runs once, after the last piece,
+ *  with the first failure (the pieces that did plug are then unplugged). Returns the
+ *  window index or -errno with a reason (no free slot / devfns; @fd closed then). */
 int srv_device_add_window(struct srv_device *dev, const struct srv_file_id *file, int fd,
                           uint64_t bar_offset, srv_plug_done_fn done, void *opaque,
                           vp_error *err);

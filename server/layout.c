@@ -9,12 +9,46 @@
 #include <errno.h>
 #include <inttypes.h>
 
-int srv_check_window_size(unsigned index, uint64_t size, vp_error *err)
+unsigned srv_file_pieces(uint64_t size, struct srv_piece *out)
 {
-    if (!vp_is_pow2(size))
+    unsigned n = 0;
+    uint64_t off = 0;
+    for (int bit = 63; bit >= 0; bit--) {
+        uint64_t piece = 1ULL << bit;
+        if (!(size & piece))
+            continue;
+        if (out)
+            out[n] = (struct srv_piece){ off, piece };
+        n++;
+        off += piece;
+    }
+    return n;
+}
+
+uint64_t srv_window_span(uint64_t size)
+{
+    return vp_pow2ceil(size);
+}
+
+int srv_check_window_size(unsigned index, uint64_t size, bool split, vp_error *err)
+{
+    if (vp_is_pow2(size))
+        return 0;
+    if (size == 0 || !split)
         return vp_fail(err, -EINVAL,
                        "memory file of region %u is %" PRIu64 " bytes, not a power of two "
-                       "(a window is a whole file and becomes a PCI BAR)", index, size);
+                       "(a window becomes a PCI BAR; the device host cannot map part of a "
+                       "file: QEMU before 8.1 has no memory-backend-file offset)", index, size);
+    if (size % SRV_PIECE_ALIGN)
+        return vp_fail(err, -EINVAL,
+                       "memory file of region %u is %" PRIu64 " bytes: not a power of two, and "
+                       "not a multiple of %llu either (only such files are served as several "
+                       "power-of-two windows)", index, size, SRV_PIECE_ALIGN);
+    unsigned n = srv_file_pieces(size, NULL);
+    if (n > VP_MAX_WINDOWS)
+        return vp_fail(err, -EINVAL,
+                       "memory file of region %u is %" PRIu64 " bytes: %u power-of-two windows, "
+                       "a device has at most %d", index, size, n, VP_MAX_WINDOWS);
     return 0;
 }
 
@@ -77,15 +111,18 @@ static bool same_file(const struct srv_file_id *a, const struct srv_file_id *b)
 }
 
 int srv_plan_add(const struct srv_win_pos *old, unsigned nold, uint64_t bar_size,
-                 const struct srv_file_id *files, unsigned nfiles,
+                 const struct srv_file_id *files, unsigned nfiles, bool split,
                  struct srv_add_plan *plan, vp_error *err)
 {
     memset(plan, 0, sizeof(*plan));
     if (nfiles > VP_MAX_REGIONS || nold > VP_MAX_WINDOWS)
         return vp_fail(err, -EINVAL, "too many regions (%u)", nfiles);
 
+    unsigned npieces = 0;
+    for (unsigned k = 0; k < nold; k++)
+        npieces += srv_file_pieces(old[k].file.size, NULL);
     for (unsigned i = 0; i < nfiles; i++) {
-        int r = srv_check_window_size(i, files[i].size, err);
+        int r = srv_check_window_size(i, files[i].size, split, err);
         if (r)
             return r;
         int w = -1;
@@ -104,6 +141,12 @@ int srv_plan_add(const struct srv_win_pos *old, unsigned nold, uint64_t bar_size
                 return vp_fail(err, -ENOSPC,
                                "too many memory files: a device has at most %d windows",
                                VP_MAX_WINDOWS);
+            npieces += srv_file_pieces(files[i].size, NULL);
+            if (npieces > VP_MAX_WINDOWS)
+                return vp_fail(err, -ENOSPC,
+                               "memory file of region %u would be window %u: a device has at "
+                               "most %d windows (a file that is not a power of two takes one "
+                               "per power of two in its size)", i, npieces, VP_MAX_WINDOWS);
             w = (int)plan->nnew;
             plan->newwin[plan->nnew++] = files[i];
         }
@@ -113,7 +156,7 @@ int srv_plan_add(const struct srv_win_pos *old, unsigned nold, uint64_t bar_size
     if (bar_size == 0) {  /* first memory of a new device: size the BAR */
         uint64_t sizes[VP_MAX_WINDOWS];
         for (unsigned k = 0; k < plan->nnew; k++)
-            sizes[k] = plan->newwin[k].size;
+            sizes[k] = srv_window_span(plan->newwin[k].size);
         if (nold)
             return vp_fail(err, -EINVAL, "windows without a BAR");
         if (srv_place_all(sizes, plan->nnew, &plan->bar_size, plan->new_offset))
@@ -129,7 +172,7 @@ int srv_plan_add(const struct srv_win_pos *old, unsigned nold, uint64_t bar_size
     uint64_t sizes[VP_MAX_WINDOWS];
     unsigned order[VP_MAX_WINDOWS];
     for (unsigned k = 0; k < plan->nnew; k++)
-        sizes[k] = plan->newwin[k].size;
+        sizes[k] = srv_window_span(plan->newwin[k].size);
     order_by_size(sizes, plan->nnew, order);
     bool fits = true;
     for (unsigned j = 0; j < plan->nnew && fits; j++) {
@@ -148,9 +191,9 @@ int srv_plan_add(const struct srv_win_pos *old, unsigned nold, uint64_t bar_size
     uint64_t all[VP_MAX_WINDOWS];
     unsigned n = 0;
     for (unsigned k = 0; k < nold; k++)
-        all[n++] = old[k].file.size;
+        all[n++] = srv_window_span(old[k].file.size);
     for (unsigned k = 0; k < plan->nnew; k++)
-        all[n++] = plan->newwin[k].size;
+        all[n++] = srv_window_span(plan->newwin[k].size);
     if (srv_place_all(all, n, &plan->bar_size, plan->clone_offset))
         return vp_fail(err, -EOVERFLOW, "peer memory too large for a 64-bit BAR");
     plan->clone = true;

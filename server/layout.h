@@ -8,9 +8,19 @@
  * No GLib, no fds, no I/O: the callers (device.c, requests.c) own the resources and
  * the unit test tests/unit/test-server-layout.c drives these functions directly.
  *
+ * Pieces (issue 13 item 3): a file whose size is not a power of two becomes several
+ * power-of-two windows ("pieces", largest first: 384 MiB = 256 + 128) when the device
+ * host can map part of a file (QEMU >= 8.1's memory-backend-file `offset`, the local
+ * host's mmap offset). The pieces of one file sit back to back in the logical BAR from
+ * an offset aligned to pow2ceil(file size), so each piece is naturally aligned and a
+ * region's offset_in_bar_area stays the file's bar_offset + mmap_offset even when the
+ * region spans pieces. Placement reserves that aligned pow2ceil block for the file.
+ *
  * Security model: sizes come from fstat() of files a peer sent; every sum below is
  * checked for 64-bit overflow before use, and a size that is not a power of two is
- * rejected with a reason naming it (QEMU 7.2 aborts on such a BAR).
+ * rejected with a reason naming it when the host cannot split (QEMU 7.2 aborts on
+ * such a BAR), or when it is not a multiple of SRV_PIECE_ALIGN or needs more pieces
+ * than the control area has window slots.
  */
 #ifndef VP_SERVER_LAYOUT_H
 #define VP_SERVER_LAYOUT_H
@@ -26,8 +36,31 @@
 /** Identity and size of one peer memory file (from fstat). */
 struct srv_file_id {
     uint64_t dev, ino;    /* st_dev, st_ino: two fds of one file compare equal */
-    uint64_t size;        /* st_size, bytes: the window size (a window is a whole file) */
+    uint64_t size;        /* st_size, bytes: the window size (a window is a whole file,
+                             served as srv_file_pieces() pieces) */
 };
+
+/** Granularity of a file that is split into pieces (bytes): a page, the unit QEMU's
+ *  memory-backend-file offset and mmap(2) offsets work in. */
+#define SRV_PIECE_ALIGN 4096ULL
+
+/** One piece of a window: [file_offset, +size) of the file, at window bar_offset +
+ *  file_offset in the logical BAR. */
+struct srv_piece {
+    uint64_t file_offset; /* bytes into the file */
+    uint64_t size;        /* bytes, a power of two */
+};
+
+/**
+ * Split a file of @size bytes into power-of-two pieces, largest first and back to
+ * back (384 MiB -> 256 MiB at 0, 128 MiB at 256 MiB); a power of two is one piece.
+ * Fills @out[0..n) when @out is not NULL (room for 64). Returns n (0 for size 0).
+ */
+unsigned srv_file_pieces(uint64_t size, struct srv_piece *out);
+
+/** Bytes of logical BAR a window of @size reserves: pow2ceil(size) (its pieces start
+ *  at an offset aligned to it). 0 when that does not fit in 64 bits. */
+uint64_t srv_window_span(uint64_t size);
 
 /** A window already in a device's logical BAR (input to srv_plan_add). */
 struct srv_win_pos {
@@ -58,16 +91,17 @@ struct srv_add_plan {
  * Plan adding regions backed by @files[0..@nfiles) to a device whose BAR is
  * @bar_size bytes (0: no BAR yet, the first MEMORY_INFO) holding @old[0..@nold).
  * Regions whose file is already a window share it; distinct new files become new
- * windows placed with vp_bar_place() (largest first). When they do not fit, the plan
- * says clone, with bar_size = vp_bar_size_for(all window bytes) and every window
- * placed afresh.
+ * windows placed with vp_bar_place() (largest first, each reserving
+ * srv_window_span() bytes). When they do not fit, the plan says clone, with
+ * bar_size = vp_bar_size_for(all spans) and every window placed afresh.
+ * @split: the device host can serve a file as several pieces (srv_check_window_size).
  * Returns 0, or a negative errno with a reason in @err:
- *   -EINVAL  a file size that is zero or not a power of two (names region and size),
- *   -ENOSPC  more than VP_MAX_WINDOWS windows,
+ *   -EINVAL  a file size the host cannot serve (names region and size),
+ *   -ENOSPC  more than VP_MAX_WINDOWS windows or pieces in all,
  *   -EOVERFLOW  total memory too large for a 64-bit BAR.
  */
 int srv_plan_add(const struct srv_win_pos *old, unsigned nold, uint64_t bar_size,
-                 const struct srv_file_id *files, unsigned nfiles,
+                 const struct srv_file_id *files, unsigned nfiles, bool split,
                  struct srv_add_plan *plan, vp_error *err);
 
 /**
@@ -77,9 +111,11 @@ int srv_plan_add(const struct srv_win_pos *old, unsigned nold, uint64_t bar_size
  */
 int srv_place_all(const uint64_t *sizes, unsigned n, uint64_t *bar_size, uint64_t *offsets);
 
-/** Check that a memory file size can become a window: nonzero power of two.
- *  Returns 0 or -EINVAL with a reason naming region @index and the size. */
-int srv_check_window_size(unsigned index, uint64_t size, vp_error *err);
+/** Check that a memory file size can become a window: a nonzero power of two, or,
+ *  with @split (the host maps parts of files: QEMU >= 8.1, local), a nonzero multiple
+ *  of SRV_PIECE_ALIGN of at most VP_MAX_WINDOWS pieces. Returns 0 or -EINVAL with a
+ *  reason naming region @index, the size and (without @split) why it cannot be split. */
+int srv_check_window_size(unsigned index, uint64_t size, bool split, vp_error *err);
 
 /* ---- doorbell vectors of notification id 2 (the driver VM's call fds) ---- */
 

@@ -100,11 +100,15 @@ static void device_json(JsonBuilder *b, struct srv_tenant *t)
         const struct srv_window *w = &dev->mem.wins[i];
         if (!w->used)
             continue;
-        json_builder_begin_object(b);
-        add_int(b, "devfn", w->devfn);
-        add_int(b, "bar_offset", (gint64)w->bar_offset);
-        add_int(b, "size", (gint64)w->file.size);
-        json_builder_end_object(b);
+        for (unsigned k = 0; k < w->npieces; k++) {  /* one entry per function */
+            json_builder_begin_object(b);
+            add_int(b, "devfn", w->piece[k].devfn);
+            add_int(b, "bar_offset", (gint64)(w->bar_offset + w->piece[k].at.file_offset));
+            add_int(b, "size", (gint64)w->piece[k].at.size);
+            add_int(b, "file_offset", (gint64)w->piece[k].at.file_offset);
+            add_int(b, "file_size", (gint64)w->file.size);
+            json_builder_end_object(b);
+        }
     }
     json_builder_end_array(b);
 

@@ -21,7 +21,7 @@ BINS += $(B)/server/vhost-pci-server
 # Unit tests of the server's pure logic link its GLib-free core objects (an explicit
 # rule: the objects must come before libvhostpci.a on the link line).
 $(B)/tests/unit/test-server-layout: $(B)/tests/unit/test-server-layout.o \
-                                    $(SERVER_CORE_SRCS:%.c=$(B)/%.o) \
+                                    $(SERVER_CORE_SRCS:%.c=$(B)/%.o) $(B)/server/windows.o \
                                     $(B)/tests/testutil.o $(B)/libvhostpci.a
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 

@@ -13,7 +13,8 @@ static const struct {
     { "not a power of two",
       "give the driver VM memory whose backing files are a power of two in size (QEMU: -m "
       "512M, 1G, DIMMs likewise; DPDK: -m 512, or hugepages with --single-file-segments): "
-      "a window is a whole file and becomes a PCI BAR" },
+      "a window becomes a PCI BAR; or run the device VM on QEMU 8.1 or later, which serves a "
+      "file whose size is a multiple of 4 KiB as several power-of-two windows" },
     { "sealed against shrinking",
       "seal the memory file with F_SEAL_SHRINK (QEMU's memory-backend-memfd does), or start "
       "vhost-pci-server with --allow-unsealed (a shrink would then crash the device VM's QEMU)" },

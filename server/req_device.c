@@ -145,7 +145,7 @@ static void move_to_fresh_vectors(struct srv_job *job, const char *why)
     uint64_t mem = 0;
     for (int i = 0; i < VP_MAX_WINDOWS; i++) {
         if (dev->mem.wins[i].used) {
-            nwin++;
+            nwin += dev->mem.wins[i].npieces;  /* PCI functions */
             mem += dev->mem.wins[i].file.size;
         }
     }

@@ -5,7 +5,8 @@
  * was decoded by vp_decode_memory_info() (counts, fd count, fd indexes) and is
  * validated here before any state changes: vp_validate_memory_info() (sizes, no
  * overflow, no overlap, each region inside its file, memfd seals), the window size
- * of every file (a power of two: QEMU aborts on any other BAR), no overlap with the
+ * of every file (a power of two: QEMU aborts on any other BAR; or, when the host maps
+ * parts of files, a page multiple served as power-of-two pieces), no overlap with the
  * device's table, the table's limits, and for a file already plugged that the region
  * still lies inside its window. The job owns every fd of the request until a window
  * takes it; what is left is closed when the job ends.
@@ -61,6 +62,13 @@ static int file_id(int fd, struct srv_file_id *id)
     id->ino = (uint64_t)st.st_ino;
     id->size = (uint64_t)st.st_size;
     return 0;
+}
+
+/* Whether the device host serves a file that is not a power of two as several
+ * windows (QEMU >= 8.1, local; layout.h "Pieces"). */
+static bool host_splits(struct vp_server *srv)
+{
+    return srv->host_ops->windows_at_offsets(srv->host);
 }
 
 /* ------------------------------ MEMORY_INFO(ADD) ------------------------------ */
@@ -196,7 +204,8 @@ static struct srv_add_plan *plan_regions(struct srv_job *job, struct srv_device 
     int oldmap[VP_MAX_WINDOWS];
     unsigned nold = srv_mem_used_windows(&dev->mem, old, oldmap);
     struct srv_add_plan *plan = g_new0(struct srv_add_plan, 1);
-    if (srv_plan_add(old, nold, dev->mem.bar_size, kfiles, nkeep, plan, &err) < 0) {
+    if (srv_plan_add(old, nold, dev->mem.bar_size, kfiles, nkeep, host_splits(dev->srv), plan,
+                     &err) < 0) {
         g_free(plan);
         srv_job_fail(job, "%s", err.msg);
         return NULL;
@@ -223,17 +232,19 @@ static struct srv_add_plan *plan_regions(struct srv_job *job, struct srv_device 
 static bool within_limits(struct srv_job *job, struct srv_device *dev,
                           const struct srv_add_plan *plan)
 {
-    unsigned nold = 0;
+    unsigned nold = 0, nnew = 0;  /* functions: one per piece of a window */
     uint64_t old = 0, add = 0;
     for (int i = 0; i < VP_MAX_WINDOWS; i++) {
         if (dev->mem.wins[i].used) {
-            nold++;
+            nold += dev->mem.wins[i].npieces;
             old += dev->mem.wins[i].file.size;
         }
     }
-    for (unsigned n = 0; n < plan->nnew; n++)
+    for (unsigned n = 0; n < plan->nnew; n++) {
         add += plan->newwin[n].size;
-    unsigned functions = plan->clone ? 2 + 2 * nold + plan->nnew : 1 + nold + plan->nnew;
+        nnew += srv_file_pieces(plan->newwin[n].size, NULL);
+    }
+    unsigned functions = plan->clone ? 2 + 2 * nold + nnew : 1 + nold + nnew;
     vp_error err = { "" };
     if (srv_limit_memory(dev->srv, job->tenant, functions, old + add, plan->clone ? old : 0,
                          &err) < 0) {
@@ -389,7 +400,7 @@ static int check_request(struct vp_server *srv, const struct vp_memory_info *mi,
         int e = file_id(mi->regions[i].fd, &id);
         if (e < 0)
             return vp_fail(err, e, "region %u: fstat: %s", i, g_strerror(-e));
-        if (srv_check_window_size(i, id.size, err) < 0)
+        if (srv_check_window_size(i, id.size, host_splits(srv), err) < 0)
             return -EINVAL;
     }
     return 0;

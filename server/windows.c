@@ -87,8 +87,12 @@ unsigned srv_mem_plugged(const struct srv_memory *m, struct srv_ca_window *out)
     unsigned n = 0;
     for (int i = 0; i < VP_MAX_WINDOWS; i++) {
         const struct srv_window *w = &m->wins[i];
-        if (w->used && w->state == WIN_PLUGGED)
-            out[n++] = (struct srv_ca_window){ w->devfn, w->bar_offset, w->file.size };
+        if (!w->used || w->state != WIN_PLUGGED)
+            continue;
+        for (unsigned k = 0; k < w->npieces && n < VP_MAX_WINDOWS; k++)
+            out[n++] = (struct srv_ca_window){ w->piece[k].devfn,
+                                               w->bar_offset + w->piece[k].at.file_offset,
+                                               w->piece[k].at.size };
     }
     return n;
 }

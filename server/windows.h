@@ -24,13 +24,27 @@
 
 enum srv_win_state { WIN_PLUGGING, WIN_PLUGGED };
 
-/** One memory window: one peer memory file, one ivshmem-plain function. */
+/** State of one piece's function. */
+enum srv_piece_state { PIECE_NONE, PIECE_PLUGGING, PIECE_PLUGGED };
+
+/** One piece of a window: one ivshmem-plain function mapping part of the file. */
+struct srv_win_piece {
+    struct srv_piece at;                 /* file offset and size (layout.h) */
+    uint32_t devfn;
+    enum srv_piece_state state;
+};
+
+/** One memory window: one peer memory file, one ivshmem-plain function per piece
+ *  (one piece when its size is a power of two; srv_file_pieces()). The window is
+ *  WIN_PLUGGED once every piece is. */
 struct srv_window {
     bool used;                           /* slot in use */
     enum srv_win_state state;
     struct srv_file_id file;
-    uint64_t bar_offset;                 /* in the logical BAR */
-    uint32_t devfn;
+    uint64_t bar_offset;                 /* of the file's start (its first piece) in the
+                                            logical BAR, aligned to srv_window_span() */
+    unsigned npieces;
+    struct srv_win_piece piece[VP_MAX_WINDOWS];
     int fd;                              /* the memory file (owned) */
     unsigned refs;                       /* regions using it */
 };
@@ -66,7 +80,8 @@ int srv_mem_find_window(const struct srv_memory *m, const struct srv_file_id *fi
 int srv_mem_free_slot(const struct srv_memory *m);
 /** Whether any window slot is in use. */
 bool srv_mem_any_window(const struct srv_memory *m);
-/** The plugged windows as the control area lists them; returns how many (<= 32). */
+/** The plugged windows as the control area lists them, one entry per piece (at
+ *  bar_offset + its file offset); returns how many (<= 32). */
 unsigned srv_mem_plugged(const struct srv_memory *m, struct srv_ca_window *out);
 /** The used windows as srv_plan_add() wants them: @old[k] and their slots @map[k].
  *  Returns how many. */

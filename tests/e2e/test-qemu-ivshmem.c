@@ -759,7 +759,7 @@ static void test_devhost(void)
         g_assert_cmpstr(d.reason, ==, "");
     }
     memset(&d, 0, sizeof(d));
-    o->plug_window(h, 0x40, 0x48, p.win, 2u << 20, on_done, &d);
+    o->plug_window(h, 0x40, 0x48, p.win, 0, 2u << 20, on_done, &d);
     HOST_WAIT(d);
     g_assert_cmpint(d.ret, ==, 0);
 
@@ -767,13 +767,13 @@ static void test_devhost(void)
      * VM; the same devfn twice. */
     odd = vp_test_memfd("vp-e2e-odd", 3u << 20, TRUE);
     memset(&d, 0, sizeof(d));
-    o->plug_window(h, 0x40, 0x50, odd, 3u << 20, on_done, &d);
+    o->plug_window(h, 0x40, 0x50, odd, 0, 3u << 20, on_done, &d);
     g_assert_false(d.done);
     HOST_WAIT(d);
     g_assert_cmpint(d.ret, ==, -EINVAL);
     g_assert_nonnull(strstr(d.reason, "not a power of two"));
     memset(&d, 0, sizeof(d));
-    o->plug_window(h, 0x40, 0x48, p.win, 2u << 20, on_done, &d);
+    o->plug_window(h, 0x40, 0x48, p.win, 0, 2u << 20, on_done, &d);
     HOST_WAIT(d);
     g_assert_cmpint(d.ret, ==, -EEXIST);
 
@@ -781,7 +781,7 @@ static void test_devhost(void)
      * added for the window (fd, memory backend) is taken back. */
     win2 = memfd_named("vp-e2e-win2", 1u << 20, "VPWIN2");
     memset(&d, 0, sizeof(d));
-    o->plug_window(h, 0x40, 0x08, win2, 1u << 20, on_done, &d);
+    o->plug_window(h, 0x40, 0x08, win2, 0, 1u << 20, on_done, &d);
     HOST_WAIT(d);
     g_assert_cmpint(d.ret, ==, -EIO);
     g_assert_nonnull(strstr(d.reason, "not available"));

@@ -577,10 +577,11 @@ static void test_memory_hotplug(void)
     json_node_unref(st);
     g_assert_cmpuint(log_count(&t, "MEMORY_INFO_ACK(DEL_DONE)"), ==, 1);
 
-    /* A 3 MiB file cannot become a BAR: the server refuses it with a reason, which
-     * the daemon logs and turns into a failure REPLY_ACK; the frontend carries on. */
+    /* A file of 3 MiB + 512 bytes cannot become BARs (not a power of two, not a page
+     * multiple to split): the server refuses it with a reason, which the daemon logs
+     * and turns into a failure REPLY_ACK; the frontend carries on. */
     vu_fe_set_mem_repeat(t.fe, 1);
-    int ram2 = vu_fe_ram_new(t.fe, 3 * MiB);
+    int ram2 = vu_fe_ram_new(t.fe, 3 * MiB + 512);
     int bad = vu_fe_region_new(t.fe, ram2, 0, HOTPLUG_GPA, 3 * MiB);
     vu_fe_clear_ack(t.fe);
     g_assert_cmpint(vu_fe_add_mem_reg(t.fe, bad), ==, -EIO);
@@ -612,7 +613,7 @@ static void test_memory_hotplug(void)
     json_node_unref(st);
     wait_log(&t, "the device VM serves net 1 but not all of this start: ");
     g_assert_true(log_has(&t, "MEMORY_INFO_ACK(ADD_FAIL): memory file of region 2 is "
-                          "3145728 bytes"));
+                          "3146240 bytes"));
     g_assert_cmpuint(log_count(&t, "DEVICE_INFO_ACK(ADD_DONE): net 1"), ==, 2);
 
     /* QEMU's hot-unplug of it: the server never had it, no MEMORY_INFO(DEL). */
@@ -636,7 +637,7 @@ static void test_memory_refusal_log(void)
     setup_with(&t, extra, TRUE);
     fe_up(&t);
     json_node_unref(wait_server(&t, (Expect){ 1, 2, HIGH_GPA, 0 }, "registered"));
-    int ram1 = vu_fe_ram_new(t.fe, 3 * MiB);
+    int ram1 = vu_fe_ram_new(t.fe, 3 * MiB + 512);  /* refused by every device host */
     int bad = vu_fe_region_new(t.fe, (unsigned)ram1, 0, HOTPLUG_GPA, 3 * MiB);
     vu_fe_clear_ack(t.fe);
     FE_OK(t.fe, vu_fe_add_mem_reg(t.fe, bad));

@@ -762,6 +762,78 @@ static void test_memory_add_clone_doubles(ITestEnv *env, gconstpointer data)
     vm_close(&vm);
 }
 
+/* Issue 13 item 3: a memory file whose size is not a power of two (3 MiB) is served
+ * as power-of-two windows (2 MiB + 1 MiB) by a host that maps parts of files (the
+ * local host; QEMU >= 8.1). First hot-add: its 4 MiB span does not fit the 2 MiB BAR,
+ * so the device is cloned with the pieces; one region covers both pieces, at one
+ * contiguous BAR offset. A second split file fits without cloning; removing a split
+ * file removes all its windows. */
+static void test_memory_add_split(ITestEnv *env, gconstpointer data)
+{
+    (void)data;
+    Vm vm;
+    vm_open(env, &vm, NULL);
+    vm_handshake(&vm, 1, 5, 6);
+    JsonNode *s0 = itest_server_status(env);
+    gint64 old_slot = itest_int(itest_server_device(s0, vm.uuid), "slot");
+    json_node_unref(s0);
+
+    mem_add(&vm, HOTPLUG_GPA, 3 * MiB, 4);
+    Expect x = expect_default(vm.uuid);
+    x.server_devices = x.guestd_devices = 1;
+    x.regions = 2;
+    x.windows = 3;                /* RAM + 2 pieces */
+    x.frontends = 1;
+    x.bar_size = 16 * MiB;        /* pow2ceil(2 x (1 MiB + 4 MiB span)) */
+    x.not_slot = old_slot;
+    wait_expect(env, &x, "the clone with the 3 MiB file as 2 + 1 MiB windows");
+    Snap sn;
+    snap(env, vm.uuid, &sn);
+    assert_device_sane(&sn);      /* every window a power of two, aligned, mapped */
+    g_assert_cmpint(itest_int(sn.sd, "counters.clones"), ==, 1);
+    assert_region(&sn, 1, HOTPLUG_GPA, 3 * MiB, 0);
+    guint64 base = (guint64)itest_int(itest_elem(sn.sd, "regions", 1), "bar_offset");
+    guint npieces = 0;
+    for (guint i = 0; i < itest_len(sn.sd, "windows"); i++) {
+        JsonObject *w = itest_elem(sn.sd, "windows", i);
+        if (itest_int(w, "file_size") != 3 * MiB)
+            continue;
+        npieces++;
+        /* Piece k sits at the region's BAR offset + its offset in the file. */
+        g_assert_cmphex(itest_int(w, "bar_offset"), ==, base + itest_int(w, "file_offset"));
+        g_assert_cmphex(itest_int(w, "size"), ==, itest_int(w, "file_offset") ? MiB : 2 * MiB);
+    }
+    g_assert_cmpuint(npieces, ==, 2);
+    assert_frontend(&sn, 0, 1, 256, 5, 6);
+    snap_free(&sn);
+
+    /* A second 3 MiB file fits the 16 MiB BAR: no clone, two more windows. */
+    mem_add(&vm, HOTPLUG_GPA + GiB, 3 * MiB, 5);
+    x.regions = 3;
+    x.windows = 5;
+    x.not_slot = -1;
+    wait_expect(env, &x, "a second split file: 5 windows, no clone");
+    snap(env, vm.uuid, &sn);
+    assert_device_sane(&sn);
+    g_assert_cmpint(itest_int(sn.sd, "counters.clones"), ==, 1);
+    snap_free(&sn);
+
+    /* Removing it removes both of its windows. */
+    struct vp_region del = { .gpa = HOTPLUG_GPA + GiB, .size = 3 * MiB, .fd = -1 };
+    VpClientReply rep;
+    GError *e = NULL;
+    g_assert_true(vp_client_memory_del_sync(vm.c, &del, 1, TMO, &rep, &e));
+    g_assert_no_error(e);
+    assert_ack(&rep, VP_MSG_MEMORY_INFO_ACK, 6, VP_ACK_DEL_DONE);
+    x.regions = 2;
+    x.windows = 3;
+    wait_expect(env, &x, "the second split file's two windows gone");
+    snap(env, vm.uuid, &sn);
+    assert_device_sane(&sn);
+    snap_free(&sn);
+    vm_close(&vm);
+}
+
 /* MEMORY_INFO(DEL) of a hot-added region: DEL_DONE, region and window gone on both
  * sides. */
 static void test_memory_del(ITestEnv *env, gconstpointer data)
@@ -1000,6 +1072,7 @@ int main(int argc, char **argv)
     ADD("memory-add-clone", test_memory_add_clone);
     ADD("memory-add-clone-doubles", test_memory_add_clone_doubles);
     ADD("memory-del", test_memory_del);
+    ADD("memory-add-split", test_memory_add_split);
     ADD("second-frontend-shares", test_second_frontend_shares);
     ADD("two-driver-vms", test_two_driver_vms);
     ADD("last-close-destroys", test_last_close_destroys);

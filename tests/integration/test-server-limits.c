@@ -736,8 +736,9 @@ static void test_refusals(void)
     VpClient *c = itest_client(&env, NULL);
     char uuid[37];
     itest_uuid(c, uuid);
-    /* Refused by the server: a 3 MiB memory file cannot be a BAR. */
-    int odd = memfd_of(3 * MiB);
+    /* Refused by the server: a memory file of 3 MiB + 512 bytes cannot be BARs (the
+     * local host splits page multiples only, issue 13 item 3). */
+    int odd = memfd_of(3 * MiB + 512);
     struct vp_region r = { .gpa = 0, .size = MiB, .fd = odd };
     char why[300];
     g_assert_cmpuint(memory_add(&env, c, &r, 1, why, sizeof(why)), ==, VP_ACK_ADD_FAIL);
@@ -778,7 +779,7 @@ static void test_refusals(void)
     g_test_message("%s", out);
     g_assert_cmpint(st, ==, 0);
     g_assert_nonnull(strstr(out, "refusals: 2 since the server started"));
-    g_assert_nonnull(strstr(out, "-> ADD_FAIL: memory file of region 0 is 3145728 bytes, not a "
+    g_assert_nonnull(strstr(out, "-> ADD_FAIL: memory file of region 0 is 3146240 bytes: not a "
                                  "power of two"));
     g_assert_nonnull(strstr(out, "fix: give the driver VM memory whose backing files are a "
                                  "power of two"));
