@@ -59,8 +59,8 @@ static gboolean is_pow2(guint64 v) { return v && !(v & (v - 1)); }
 VnetVm *vnet_vm_new(const char *server_path, const guint8 *uuid, gsize ram_size,
                     GError **error)
 {
-    if (!is_pow2(ram_size) || ram_size < (1u << 20)) {
-        g_set_error(error, VNET_FE_ERROR, 0, "RAM size %zu is not a power of two >= 1 MiB",
+    if (ram_size < (1u << 20) || ram_size % (1u << 20)) {
+        g_set_error(error, VNET_FE_ERROR, 0, "RAM size %zu is not a multiple of 1 MiB >= 1 MiB",
                     ram_size);
         return NULL;
     }

@@ -72,7 +72,8 @@ typedef struct {
 } VnetVm;
 
 /**
- * A driver VM with @ram_size bytes of RAM (a power of two, at least 1 MiB) at
+ * A driver VM with @ram_size bytes of RAM (a multiple of 1 MiB, at least 1 MiB; the
+ * server serves one that is not a power of two only if its device host splits files) at
  * guest-physical 0, connected to the server at @server_path as @uuid (16 bytes, NULL:
  * random). Nothing is sent yet: the first vnet_fe_new() sends the RAM. NULL with
  * @error (connect failure, memfd).
