@@ -217,29 +217,60 @@ static bool vq_uses(const struct net_vq *vq, const struct vp_mt_region *regs, un
     return false;
 }
 
-static void net_memory_del(void *opaque, struct gd_device *dev, const struct vp_mt_region *regs,
-                           unsigned n)
+/* The regions a memory change is about (for the per-virtqueue steps below). */
+struct mem_change {
+    const struct vp_mt_region *regs;
+    unsigned n;
+};
+
+/* Call @fn for every virtqueue (receiveq and transmitq of every pair) of the ports of
+ * @dev; the caller has paused the workers. */
+static void for_each_vq(struct gd_net *net, const struct gd_device *dev,
+                        void (*fn)(struct gd_net_port *p, struct net_vq *vq,
+                                   const struct mem_change *c),
+                        const struct mem_change *c)
 {
-    struct gd_net *net = opaque;
-    net_pause(net);
     for (unsigned i = 0; i < net->nports; i++) {
         struct gd_net_port *p = net->ports[i];
         if (p->dev != dev)
             continue;
         for (unsigned q = 0; q < p->npairs; q++) {
-            struct net_vq *vqs[2] = { &p->pairs[q].rx, &p->pairs[q].tx };
-            for (unsigned k = 0; k < 2; k++) {
-                struct net_vq *vq = vqs[k];
-                vq->hint.size = 0; /* its region may be going */
-                if (!vq->active || !vq_uses(vq, regs, n))
-                    continue;
-                net_vq_detach(vq);
-                vq->parked = true;
-                gd_info("%s: virtqueue %u parked at %u: its rings left the memory table",
-                        p->name, vq->q->index, vq->q->last_avail_idx);
-            }
+            fn(p, &p->pairs[q].rx, c);
+            fn(p, &p->pairs[q].tx, c);
         }
     }
+}
+
+/* A region leaves: a virtqueue whose rings lie in it is parked until memory returns. */
+static void vq_memory_del(struct gd_net_port *p, struct net_vq *vq, const struct mem_change *c)
+{
+    vq->hint.size = 0; /* its region may be going */
+    if (!vq->active || !vq_uses(vq, c->regs, c->n))
+        return;
+    net_vq_detach(vq);
+    vq->parked = true;
+    gd_info("%s: virtqueue %u parked at %u: its rings left the memory table", p->name,
+            vq->q->index, vq->q->last_avail_idx);
+}
+
+/* Regions arrive: a parked virtqueue whose rings are back resumes. */
+static void vq_memory_add(struct gd_net_port *p, struct net_vq *vq, const struct mem_change *c)
+{
+    (void)c;
+    if (!vq->parked || vq->q->broken)
+        return;
+    vp_error err = { { 0 } };
+    if (net_vq_attach(vq, &err) == 0)
+        gd_info("%s: virtqueue %u resumed at %u", p->name, vq->q->index,
+                vq->q->last_avail_idx);
+}
+
+static void net_memory_del(void *opaque, struct gd_device *dev, const struct vp_mt_region *regs,
+                           unsigned n)
+{
+    struct gd_net *net = opaque;
+    net_pause(net);
+    for_each_vq(net, dev, vq_memory_del, &(struct mem_change){ regs, n });
     net_resume(net);
 }
 
@@ -247,26 +278,8 @@ static void net_memory_add(void *opaque, struct gd_device *dev, const struct vp_
                            unsigned n)
 {
     struct gd_net *net = opaque;
-    (void)regs;
-    (void)n;
     net_pause(net);
-    for (unsigned i = 0; i < net->nports; i++) {
-        struct gd_net_port *p = net->ports[i];
-        if (p->dev != dev)
-            continue;
-        for (unsigned q = 0; q < p->npairs; q++) {
-            struct net_vq *vqs[2] = { &p->pairs[q].rx, &p->pairs[q].tx };
-            for (unsigned k = 0; k < 2; k++) {
-                struct net_vq *vq = vqs[k];
-                if (!vq->parked || vq->q->broken)
-                    continue;
-                vp_error err = { { 0 } };
-                if (net_vq_attach(vq, &err) == 0)
-                    gd_info("%s: virtqueue %u resumed at %u", p->name, vq->q->index,
-                            vq->q->last_avail_idx);
-            }
-        }
-    }
+    for_each_vq(net, dev, vq_memory_add, &(struct mem_change){ regs, n });
     net_resume(net);
 }
 
