@@ -11,9 +11,10 @@
 #   VM's QEMU running, also when the fd numbers the unplug freed are reused in it at
 #   once (make soak's crash), and traffic resumes; hot-plug beyond the logical BAR
 #   clones the device (new control function, the old one unplugged) and traffic
-#   continues; a non-power-of-two memory file gets ADD_FAIL, the device VM's QEMU stays
-#   up and the driver VM's QEMU gets a failure reply without losing its network (also
-#   across a virtio-net reset); shutting the driver VM down makes the server destroy the device
+#   continues; a 384 MiB DIMM (not a power of two) becomes two windows, 256 + 128 MiB,
+#   on a QEMU with memory-backend-file's offset (10.0: traffic, hot-unplug removes both),
+#   and on 7.2 gets ADD_FAIL, the device VM's QEMU stays up and the driver VM's QEMU gets
+#   a failure reply without losing its network (also across a virtio-net reset); shutting the driver VM down makes the server destroy the device
 #   and the device VM sees the functions unplugged; `down` leaves no process and no
 #   socket; no log has a crash or sanitizer report. Every check reads real state:
 #   vhost-pci-ctl --json (server), guestd's status socket in the device VM (through
@@ -267,11 +268,72 @@ if need_pair "traffic after the clone"; then
     else not_ok "traffic after the clone" "$out" "$(state)"; fi
 fi
 
-# 13. a memory file that is not a power of two: ADD_FAIL, the device VM's QEMU stays up;
-#     the driver VM's QEMU gets a failure reply to ADD_MEM_REG (it logs "vhost_set_mem_table
-#     failed" and keeps its vhost device running), traffic goes on, and a reset of the
-#     driver VM's virtio-net with that DIMM still plugged (QEMU's vhost_dev_start offers
-#     the region again) still brings the link back.
+# 13. a memory file that is not a power of two (a 384 MiB DIMM). What happens depends on
+#     the QEMU (tools/qemu-select --features: VP_QEMU_FILE_OFFSET, memory-backend-file's
+#     `offset`, 8.1 and later):
+#   - with it (10.0): the server serves the file as two windows (256 MiB + 128 MiB, back
+#     to back in the logical BAR), both in the server's and guestd's JSON, mapped;
+#     traffic continues; its hot-unplug removes both windows (DEL_DONE).
+#   - without it (7.2): ADD_FAIL, the device VM's QEMU stays up; the driver VM's QEMU gets
+#     a failure reply to ADD_MEM_REG (it logs "vhost_set_mem_table failed" and keeps its
+#     vhost device running), traffic goes on, and a reset of the driver VM's virtio-net
+#     with that DIMM still plugged (QEMU's vhost_dev_start offers the region again) still
+#     brings the link back.
+VP_QEMU_FILE_OFFSET=0
+[ -f "$run/env" ] && eval "$(tools/qemu-select --features "$(. "$run/env"; echo "$PAIR_QEMU_VERSION")" 2>/dev/null)"
+if [ "${VP_QEMU_FILE_OFFSET:-0}" = 1 ]; then
+c13="384 MiB DIMM: two windows (256 + 128 MiB) in server and device VM, traffic, hot-unplug removes both"
+dimm_bytes=$((384 << 20))
+# The DIMM's windows as "devfn:bar_offset:size" lines, sorted by BAR offset, from the
+# server (file_size identifies them) and from guestd (same devfn, mapped).
+split_srv() { srv "[.devices[0].windows[] | select(.file_size == $dimm_bytes)] | sort_by(.bar_offset) | .[] | \"\(.devfn):\(.bar_offset):\(.size)\""; }
+split_ok() {
+    local s g
+    s=$(split_srv) || return 1
+    [ "$(wc -l <<<"$s")" = 2 ] || return 1
+    windows_are $((w1 + 2)) || return 1
+    g=$(gd "[.devices[0].windows[] | select(.mapped)] | .[] | \"\(.devfn):\(.bar_offset):\(.size)\"") || return 1
+    while IFS= read -r l; do grep -qx "$l" <<<"$g" || return 1; done <<<"$s"
+}
+if need_pair "$c13"; then
+    t0=$(now_ms)
+    w1=$(srv '.devices[0].windows | length')
+    mdels0=$(grep -c 'MEMORY_INFO(DEL) -> DEL_DONE' "$run/server.log")
+    if ! [[ "$w1" =~ ^[0-9]+$ ]]; then
+        not_ok "$c13" "no device in vhost-pci-ctl before the hot-plug" "$(state)"
+    elif ! dimm=$("${pair[@]}" hotplug-mem 384M 2>&1); then
+        not_ok "$c13" "$dimm"; dimm=
+    elif ! wait_for "$T" split_ok; then
+        not_ok "$c13" "windows before: $w1; DIMM windows (server): $(split_srv | tr '\n' ' ')" \
+            "$(grep -h 'ADD_FAIL' "$run/server.log" | tail -n 2)" "$(state)"
+    else
+        pieces=$(split_srv | tr '\n' ' ')
+        # 256 MiB then 128 MiB, the second right after the first, each aligned to its size.
+        read -r p1 p2 <<<"$pieces"
+        o1=${p1#*:}; s1=${o1#*:}; o1=${o1%:*}
+        o2=${p2#*:}; s2=${o2#*:}; o2=${o2%:*}
+        st=$("${pair[@]}" qmp dev --timeout 10 '{"execute":"query-status"}' 2>&1)
+        if [ "$s1" != $((256 << 20)) ] || [ "$s2" != $((128 << 20)) ] ||
+           [ "$o2" != $((o1 + s1)) ] || [ $((o1 % s1)) != 0 ] || [ $((o2 % s2)) != 0 ]; then
+            not_ok "$c13" "DIMM windows not 256 + 128 MiB back to back, aligned: $pieces"
+        elif [[ "$st" != *'"status": "running"'* ]]; then
+            not_ok "$c13" "device VM query-status: $st" "$(state)"
+        elif ! out=$(traffic 2>&1); then
+            not_ok "$c13" "traffic with the split DIMM plugged: $out" "$(state)"
+        elif ! out2=$("${pair[@]}" hotplug-mem --remove "$dimm" 2>&1); then
+            not_ok "$c13" "hot-unplug $dimm: $out2" "$(state)"
+        elif ! wait_for "$T" windows_are "$w1" || [ -n "$(split_srv)" ]; then
+            not_ok "$c13" "after the hot-unplug: windows not back to $w1" "$(state)"
+        elif [ "$(grep -c 'MEMORY_INFO(DEL) -> DEL_DONE' "$run/server.log")" -le "$mdels0" ]; then
+            not_ok "$c13" "no new 'MEMORY_INFO(DEL) -> DEL_DONE' in server.log"
+        else
+            ok "384 MiB DIMM ($dimm) on QEMU with memory-backend-file offset: windows $w1 -> $((w1 + 2)) (devfn:bar_offset:size $pieces) in server and guestd, all mapped; traffic OK ($(tr '\n' ';' <<<"$out" | cut -c1-100)); hot-unplug: DEL_DONE, windows back to $w1 ($(secs "$t0") s)"
+        fi
+        dimm=
+    fi
+    [ -n "$dimm" ] && "${pair[@]}" hotplug-mem --remove "$dimm" >/dev/null 2>&1
+fi
+else
 c13="non-power-of-two memory: ADD_FAIL, QEMUs stay up, driver VM networking survives"
 reset_drv_net() {   # unbind + bind virtio_net in the driver VM, address again
     "${pair[@]}" exec drv --timeout 30 -- 'd=$(basename $(readlink /sys/class/net/eth0/device)) &&
@@ -308,6 +370,7 @@ if need_pair "$c13"; then
         not_ok "$c13" "no 'ADD_FAIL ... not a power of two' in server.log within 30 s" "$(state)"
     fi
     "${pair[@]}" hotplug-mem --remove "$dimm" >/dev/null 2>&1
+fi
 fi
 
 # 14. driver VM shutdown: DEVICE_INFO(DEL), the server destroys the device, functions unplugged
