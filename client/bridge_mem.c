@@ -173,10 +173,16 @@ void br_refusal_fix(int fd, char *out, size_t len)
         return;
     uint64_t size = (uint64_t)st.st_size;
     int seals = fcntl(fd, F_GET_SEALS);
-    if (size & (size - 1))
+    if (size % 4096)
+        snprintf(out, len, "; fix: its memory file is %" PRIu64 " bytes, not a multiple of "
+                 "4 KiB pages, so no part of it can become a BAR: give the frontend memory of "
+                 "a power-of-two size (DPDK: -m 512; QEMU: size=512M)", size);
+    else if (size & (size - 1))
         snprintf(out, len, "; fix: its memory file is %" PRIu64 " bytes, not a power of two, "
-                 "and a device VM BAR must be one: give the frontend memory of a power-of-two "
-                 "size (DPDK: -m 512, not -m 500; QEMU: size=512M)", size);
+                 "and a device VM on QEMU before 8.1 maps only whole files as BARs: run the "
+                 "device VM on QEMU 8.1 or later (the file is then split into power-of-two "
+                 "windows), or give the frontend memory of a power-of-two size (DPDK: -m 512, "
+                 "not -m 500; QEMU: size=512M)", size);
     else if (seals < 0 || !(seals & F_SEAL_SHRINK))
         snprintf(out, len, "; fix: its memory file is not sealed against shrinking (DPDK "
                  "and hugetlbfs memory never is): start vhost-pci-server with "

@@ -39,6 +39,7 @@
 #include <glib.h>
 
 #include "bridge.h"
+#include "bridge_priv.h"
 #include "testutil.h"
 #include "vhost_user.h"
 #include "vu_frontend.h"
@@ -938,6 +939,34 @@ static void test_table(void)
         g_assert_cmpstr(br_state_name((enum br_state)s), !=, "?");
 }
 
+/* The cause and fix named for a memory file the device VM refused: a size that is not
+ * a page multiple (no host can map it), not a power of two (QEMU before 8.1 cannot
+ * split it), or a file not sealed against shrinking. */
+static void test_refusal_fix(void)
+{
+    int before = vp_count_open_fds();
+    char fix[512];
+    struct { uint64_t size; gboolean seal; const char *want; } cases[] = {
+        { (3 << 20) + 512, TRUE, "not a multiple of 4 KiB pages" },
+        { 384 << 20, TRUE, "QEMU 8.1 or later" },
+        { 384 << 20, TRUE, "-m 512, not -m 500" },
+        { 256 << 20, FALSE, "--allow-unsealed" },
+    };
+    for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+        int fd = vp_test_memfd("refused", cases[i].size, cases[i].seal);
+        br_refusal_fix(fd, fix, sizeof(fix));
+        g_assert_nonnull(strstr(fix, cases[i].want));
+        vp_close_fd(&fd);
+    }
+    int fd = vp_test_memfd("taken", 256 << 20, TRUE);
+    br_refusal_fix(fd, fix, sizeof(fix));
+    g_assert_cmpstr(fix, ==, ""); /* nothing we know of explains a refusal */
+    vp_close_fd(&fd);
+    br_refusal_fix(-1, fix, sizeof(fix));
+    g_assert_cmpstr(fix, ==, "");
+    vp_assert_fds(before);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -952,5 +981,6 @@ int main(int argc, char **argv)
     g_test_add_func("/bridge/shutdown", test_shutdown);
     g_test_add_func("/bridge/table", test_table);
     g_test_add_func("/bridge/two-pairs", test_two_pairs);
+    g_test_add_func("/bridge/refusal-fix", test_refusal_fix);
     return g_test_run();
 }
