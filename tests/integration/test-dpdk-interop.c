@@ -451,11 +451,26 @@ static void env_start(D *d, bool connect_mode, bool allow_unsealed)
     env_start_args(d, connect_mode, allow_unsealed, NULL);
 }
 
+/* @pid's fd count once two reads 20 ms apart agree (at most 1 s): a close that
+ * follows an event we waited for (a log line) in the same dispatch is then done. */
+static int settled_fds(GPid pid)
+{
+    int n = itest_count_fds(pid);
+    for (int k = 0; k < 50; k++) {
+        g_usleep(20000);
+        int m = itest_count_fds(pid);
+        if (m == n)
+            break;
+        n = m;
+    }
+    return n;
+}
+
 static void take_baseline(D *d)
 {
-    d->fds_server = itest_count_fds(d->env.server_pid);
-    d->fds_guestd = itest_count_fds(d->env.guestd_pid);
-    d->fds_client = itest_count_fds(d->client_pid);
+    d->fds_server = settled_fds(d->env.server_pid);
+    d->fds_guestd = settled_fds(d->env.guestd_pid);
+    d->fds_client = settled_fds(d->client_pid);
 }
 
 static void check_baseline(D *d, const char *what)
@@ -627,8 +642,13 @@ static void run_starts(D *d, unsigned n, const char *memory)
             FAIL(d, "%s: testpmd reports a failure", what);
         Counts c = traffic(d, what);
         frames += c.tx;
+        guint gone = count_in(d->client_log, "frontend disconnected");
         tp_quit(d);
         tp_cleanup_runtime(d);
+        /* The baseline (taken after the first quit) must not count the connection the
+         * daemon has not yet seen close: wait for it to say so. */
+        if (i == 0)
+            wait_log_count(d, "frontend disconnected", gone + 1);
         if (g_getenv("VP_INTEROP_FDS"))
             g_test_message("%s: fds server %d guestd %d daemon %d", what,
                            itest_count_fds(d->env.server_pid),
