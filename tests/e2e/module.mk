@@ -37,3 +37,7 @@ E2E_TESTS += tests/e2e/test-pair.sh
 # binaries it runs ($(B)/client/vhost-pci-client among them) before the e2e tests.
 E2E_TESTS += tests/e2e/test-driver-vm.sh
 # ---- end of h11 block ----
+
+# ---- T: multi-queue with real QEMU (issue 10): 4 queue pairs, 2 vCPUs per VM,
+# ethtool -L, parallel checksummed streams, memory hot-plug and unplug during them.
+E2E_TESTS += tests/e2e/test-pair-mq.sh
