@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2034,SC2154  # run, pair, blocked: tests/e2e/pair-lib.sh
 # e2e (issue 10): multi-queue virtio-net through vhost-pci with real QEMU. The pair of
 # tools/vhost-pci-pair is booted once with 4 queue pairs: the driver VM has 2 vCPUs and
 # `-netdev vhost-user,queues=4` + virtio-net-pci mq=on (vectors=10 with MSI-X on 10.0,
@@ -21,52 +22,21 @@
 #
 # Environment: VP_B (or B) build dir (default build); VP_E2E_STEP_TIMEOUT (default 120 s,
 # bound of each wait); QEMU: which QEMU (7.2, 10.0, a path; tools/qemu-select). The run
-# dir is a fresh /tmp/vp-e2e-mq.XXXXXX; its logs are copied to $VP_B/test-logs/pair-mq/
+# dir is a fresh /tmp/vp-e2e-pair-mq.XXXXXX; its logs are copied to $VP_B/test-logs/pair-mq/
 # (pair-mq-$VP_E2E_LABEL/ when tests/run sets that label) at the end.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 B=${VP_B:-${B:-build}}
 export VP_B=$B
 T=${VP_E2E_STEP_TIMEOUT:-120}
-ctl=$B/tools/vhost-pci-ctl
 PAIRS=4
 
 # shellcheck source=../tap.sh
 . tests/tap.sh
+# shellcheck source=pair-lib.sh
+. tests/e2e/pair-lib.sh
 tap_plan 10
-blocked=
-need_pair() { [ -z "$blocked" ] && return 0; not_ok "$1" "not run: $blocked"; return 1; }
-now_ms() { date +%s%3N; }
-secs() { local ms=$(( $(now_ms) - $1 )); printf '%d.%d' $((ms / 1000)) $(( (ms % 1000) / 100 )); }
-
-command -v jq >/dev/null || { echo "Bail out! jq missing (tools/install-deps)"; exit 1; }
-
-run=$(mktemp -d /tmp/vp-e2e-mq.XXXXXX)
-pair=(tools/vhost-pci-pair -q --dir "$run")
-cleanup() {
-    "${pair[@]}" down >/dev/null 2>&1
-    for p in $(pgrep -f -- "$run/" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-    local logs=$B/test-logs/pair-mq${VP_E2E_LABEL:+-$VP_E2E_LABEL}
-    mkdir -p "$logs"
-    cp "$run"/*.log "$run"/*.console "$run"/*.cmdline "$logs/" 2>/dev/null
-    rm -rf "$run"
-}
-trap cleanup EXIT
-
-srv_json() { "$ctl" --mgmt "$run/server.mgmt" status --json 2>/dev/null; }
-gd_json()  { "${pair[@]}" exec dev --timeout 15 -- vp-sockcat /run/guestd.sock 2>/dev/null; }
-srv() { srv_json | jq -r "$1" 2>/dev/null; }
-gd()  { gd_json | jq -r "$1" 2>/dev/null; }
-
-wait_for() {   # SECONDS CMD...: poll CMD every 0.5 s until it succeeds; 1 on timeout
-    local t=$1 deadline
-    shift
-    deadline=$(( $(now_ms) + t * 1000 ))
-    until "$@"; do
-        [ "$(now_ms)" -ge "$deadline" ] && return 1
-        sleep 0.5
-    done
-}
+pair_setup pair-mq
 
 # Packets per queue pair in guestd's status ("p0 p1 p2 p3": receiveq 2p + transmitq
 # 2p+1 of the first frontend), and what is broken (empty when nothing is).
@@ -159,10 +129,6 @@ fi
 # 4-5. memory hot-plug and hot-unplug during that traffic
 w0=$(srv '.devices[0].windows | length')
 dimm=
-windows_are() {
-    [ "$(srv '.devices[0].windows | length')" = "$1" ] &&
-    [ "$(gd "[.devices[0].windows[] | select(.mapped)] | length")" = "$1" ]
-}
 c4="memory hot-plug 256 MiB during the traffic: new window in server and guestd"
 if need_pair "$c4"; then
     t0=$(now_ms)
@@ -184,15 +150,10 @@ fi
 c5="hot-unplug during the traffic: MEMORY_INFO(DEL) -> DEL_DONE, window gone, no broken queue"
 if need_pair "$c5"; then
     t0=$(now_ms)
-    mdels0=$(grep -c 'MEMORY_INFO(DEL) -> DEL_DONE' "$run/server.log")
     if [ -z "$dimm" ]; then
         not_ok "$c5" "no hot-plugged dimm (case 4 failed)"
-    elif ! out=$("${pair[@]}" hotplug-mem --remove "$dimm" 2>&1); then
-        not_ok "$c5" "$out" "$(state)"
-    elif ! wait_for "$T" windows_are "$w0"; then
-        not_ok "$c5" "$(state)"
-    elif [ "$(grep -c 'MEMORY_INFO(DEL) -> DEL_DONE' "$run/server.log")" -le "$mdels0" ]; then
-        not_ok "$c5" "no new 'MEMORY_INFO(DEL) -> DEL_DONE' in server.log"
+    elif ! why=$(pair_unplug "$dimm" "$w0"); then
+        not_ok "$c5" "$why"
     elif b=$(broken_now) && [ -n "$b" ]; then
         not_ok "$c5" "broken after the hot-unplug: $b" "$(state)"
     else
@@ -243,22 +204,7 @@ if need_pair "$c8"; then
 fi
 
 # 9. down: nothing left
-t0=$(now_ms)
-out=$("${pair[@]}" down 2>&1); rc=$?
-left=$(pgrep -af -- "$run/" 2>/dev/null)
-socks=$(find "$run" -type s 2>/dev/null)
-if [ "$rc" = 0 ] && [ -z "$left" ] && [ -z "$socks" ]; then
-    ok "down: no process with $run/ on its command line, no socket left ($(secs "$t0") s)"
-else
-    not_ok "down leaves nothing behind" "rc=$rc: $out" "processes: $left" "sockets: $socks"
-fi
+pair_case_down
 
-# 10. nobody crashed
-bad=$(grep -HnaE 'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:|Assertion .* failed|Segmentation fault|core dumped|VP-GUESTD-EXIT|VP-INIT-ERROR' \
-      "$run"/server.log "$run"/client.log "$run"/dev.qemu.log "$run"/drv.qemu.log \
-      "$run"/dev.console "$run"/drv.console 2>/dev/null | head -n 10)
-if [ -z "$bad" ]; then
-    ok "no sanitizer report, assertion, segfault or guestd exit in server.log, client.log, QEMU logs, consoles"
-else
-    not_ok "no crash reports in the logs" "$bad"
-fi
+# 10. nobody crashed: no sanitizer report, assertion or segfault in any log, guestd never exited
+pair_case_no_crash

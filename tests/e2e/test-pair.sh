@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2034,SC2154  # run, pair, blocked: tests/e2e/pair-lib.sh
 # e2e: the whole of vhost-pci with real QEMU: a device VM with vhost-pci-server
 # (--device-host qemu) and a driver VM with vhost-pci-client, started by
 # tools/vhost-pci-pair. The pair is booted ONCE and every case runs against it in turn:
@@ -32,47 +33,13 @@ cd "$(dirname "$0")/../.." || exit 1
 B=${VP_B:-${B:-build}}
 export VP_B=$B
 T=${VP_E2E_STEP_TIMEOUT:-120}
-ctl=$B/tools/vhost-pci-ctl
 
 # shellcheck source=../tap.sh
 . tests/tap.sh
+# shellcheck source=pair-lib.sh
+. tests/e2e/pair-lib.sh
 tap_plan 16
-# Cases that depend on a failed step: not ok, with the reason.
-blocked=
-need_pair() { [ -z "$blocked" ] && return 0; not_ok "$1" "not run: $blocked"; return 1; }
-now_ms() { date +%s%3N; }
-secs() { local ms=$(( $(now_ms) - $1 )); printf '%d.%d' $((ms / 1000)) $(( (ms % 1000) / 100 )); }
-
-command -v jq >/dev/null || { echo "Bail out! jq missing (tools/install-deps)"; exit 1; }
-
-run=$(mktemp -d /tmp/vp-e2e-pair.XXXXXX)
-pair=(tools/vhost-pci-pair -q --dir "$run")
-cleanup() {
-    "${pair[@]}" down >/dev/null 2>&1
-    for p in $(pgrep -f -- "$run/" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-    local logs=$B/test-logs/pair${VP_E2E_LABEL:+-$VP_E2E_LABEL}
-    mkdir -p "$logs"
-    cp "$run"/*.log "$run"/*.console "$run"/*.cmdline "$logs/" 2>/dev/null
-    rm -rf "$run"
-}
-trap cleanup EXIT
-
-# JSON of the server (vhost-pci-ctl) and of guestd (its status socket, via the agent).
-srv_json() { "$ctl" --mgmt "$run/server.mgmt" status --json 2>/dev/null; }
-gd_json()  { "${pair[@]}" exec dev --timeout 15 -- vp-sockcat /run/guestd.sock 2>/dev/null; }
-srv() { srv_json | jq -r "$1" 2>/dev/null; }
-gd()  { gd_json | jq -r "$1" 2>/dev/null; }
-
-# wait_for SECONDS CMD...: poll CMD every 0.5 s until it succeeds; 1 on timeout.
-wait_for() {
-    local t=$1 deadline
-    shift
-    deadline=$(( $(now_ms) + t * 1000 ))
-    until "$@"; do
-        [ "$(now_ms)" -ge "$deadline" ] && return 1
-        sleep 0.5
-    done
-}
+pair_setup pair
 
 # State snapshot for diagnostics.
 state() {
@@ -128,10 +95,6 @@ g0=$(srv '.devices[0].generation')
 slot0=$(srv '.devices[0].slot')
 bar0=$(srv '.devices[0].bar_size')
 dimm=
-windows_are() {   # N: the server's device and guestd both have N windows, all mapped
-    [ "$(srv '.devices[0].windows | length')" = "$1" ] &&
-    [ "$(gd "[.devices[0].windows[] | select(.mapped)] | length")" = "$1" ]
-}
 if need_pair "memory hot-plug 256 MiB: new window in server and device VM"; then
     t0=$(now_ms)
     if ! [[ "$w0" =~ ^[0-9]+$ ]]; then
@@ -150,17 +113,12 @@ if need_pair "traffic after the hot-plug"; then
 fi
 if need_pair "hot-unplug removes the window after DEL_DONE"; then
     t0=$(now_ms)
-    mdels0=$(grep -c 'MEMORY_INFO(DEL) -> DEL_DONE' "$run/server.log")
     if [ -z "$dimm" ]; then
         not_ok "hot-unplug removes the window after DEL_DONE" "no hot-plugged dimm (case 6 failed)"
-    elif ! out=$("${pair[@]}" hotplug-mem --remove "$dimm" 2>&1); then
-        not_ok "hot-unplug removes the window after DEL_DONE" "$out" "$(state)"
-    elif ! wait_for "$T" windows_are "$w0"; then
-        not_ok "hot-unplug removes the window after DEL_DONE" "$(state)"
-    elif [ "$(grep -c 'MEMORY_INFO(DEL) -> DEL_DONE' "$run/server.log")" -gt "$mdels0" ]; then
+    elif why=$(pair_unplug "$dimm" "$w0"); then
         ok "hot-unplug $dimm: DEVICE_DELETED, MEMORY_INFO(DEL) -> DEL_DONE (server.log), windows back to $w0 in server and guestd ($(secs "$t0") s)"
     else
-        not_ok "hot-unplug removes the window after DEL_DONE" "no new 'MEMORY_INFO(DEL) -> DEL_DONE' in server.log"
+        not_ok "hot-unplug removes the window after DEL_DONE" "$why"
     fi
 fi
 
@@ -392,22 +350,7 @@ if need_pair "driver VM shutdown: device destroyed, functions unplugged in the d
 fi
 
 # 15. down: nothing left
-t0=$(now_ms)
-out=$("${pair[@]}" down 2>&1); rc=$?
-left=$(pgrep -af -- "$run/" 2>/dev/null)
-socks=$(find "$run" -type s 2>/dev/null)
-if [ "$rc" = 0 ] && [ -z "$left" ] && [ -z "$socks" ]; then
-    ok "down: no process with $run/ on its command line, no socket left ($(secs "$t0") s)"
-else
-    not_ok "down leaves nothing behind" "rc=$rc: $out" "processes: $left" "sockets: $socks"
-fi
+pair_case_down
 
 # 16. nobody crashed: no sanitizer report, assertion or segfault in any log, guestd never exited
-bad=$(grep -HnaE 'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:|Assertion .* failed|Segmentation fault|core dumped|VP-GUESTD-EXIT|VP-INIT-ERROR' \
-      "$run"/server.log "$run"/client.log "$run"/dev.qemu.log "$run"/drv.qemu.log \
-      "$run"/dev.console "$run"/drv.console 2>/dev/null | head -n 10)
-if [ -z "$bad" ]; then
-    ok "no sanitizer report, assertion, segfault or guestd exit in server.log, client.log, QEMU logs, consoles"
-else
-    not_ok "no crash reports in the logs" "$bad"
-fi
+pair_case_no_crash
