@@ -48,6 +48,11 @@
 
 struct gd_bus *gd_dev_bus(const struct gd_device *dev) { return dev->cp->bus; }
 
+void gd_dev_schedule_retry(struct gd_device *dev, uint64_t delay_ns)
+{
+    gd_cp_schedule_retry(dev->cp, dev->slot, delay_ns);
+}
+
 /* ------------------------------- data path hooks ------------------------------- */
 
 void gd_dev_frontend_stop(struct gd_device *dev, struct gd_frontend *fe)

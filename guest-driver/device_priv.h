@@ -26,6 +26,9 @@ gd_handler gd_dev_handler(unsigned type);
 
 /** The bus of @dev's control plane. */
 struct gd_bus *gd_dev_bus(const struct gd_device *dev);
+/** Have the control plane service @dev again in @delay_ns (0: at its next iteration):
+ *  gd_cp_schedule_retry for @dev's slot, so that device_windows.c needs only its parent. */
+void gd_dev_schedule_retry(struct gd_device *dev, uint64_t delay_ns);
 
 /* The data path's hooks (datapath.h), each a no-op without a data path. */
 void gd_dev_frontend_stop(struct gd_device *dev, struct gd_frontend *fe);

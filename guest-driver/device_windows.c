@@ -102,7 +102,7 @@ int gd_dev_refresh_windows(struct gd_device *dev, bool force)
     vp_error err = { { 0 } };
     int r = gd_ca_read_windows(dev->ca, dev->bar_size, &t, &err);
     if (r == -EAGAIN) {
-        gd_cp_schedule_retry(dev->cp, dev->slot, GD_CP_RETRY_NS);
+        gd_dev_schedule_retry(dev, GD_CP_RETRY_NS);
         return 0;
     }
     if (r < 0) {
@@ -189,7 +189,7 @@ void gd_device_window_plugged(struct gd_device *dev, struct gd_win_id id)
             continue;
         try_map(dev, w);
         if (w->mapped && dev->stalled)
-            gd_cp_schedule_retry(dev->cp, dev->slot, 0);
+            gd_dev_schedule_retry(dev, 0);
     }
 }
 

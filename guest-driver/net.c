@@ -27,6 +27,18 @@
 #include "vp_ctrlarea.h"
 #include "vp_wire.h"
 
+/* ------------------------- the calling thread's roles ------------------------- */
+
+/* Kept here, in the parent, so that net_path.c (the per-frame path) and net_worker.c
+ * (the threads) both read them without calling each other. */
+static __thread struct net_worker *cur_worker;
+static __thread struct net_pair *cur_tx_pair;
+
+struct net_worker *net_current_worker(void) { return cur_worker; }
+void net_set_current_worker(struct net_worker *w) { cur_worker = w; }
+struct net_pair *net_current_tx_pair(void) { return cur_tx_pair; }
+void net_set_current_tx_pair(struct net_pair *pair) { cur_tx_pair = pair; }
+
 /* ------------------------------ life cycle ------------------------------ */
 
 static int vq_setup(struct net_pair *pair, struct net_vq *vq, struct gd_queue *q,

@@ -144,14 +144,20 @@ int net_vq_attach(struct net_vq *vq, vp_error *err);
 /** Publish what was used and drop the ring pointers; last_avail_idx stays current. */
 void net_vq_detach(struct net_vq *vq);
 
-/* ---- net_worker.c: threads ---- */
+/* ---- net.c: the calling thread's roles (thread-local) ---- */
 
 /** The worker polling on this thread, or NULL (the control thread in worker mode). */
 struct net_worker *net_current_worker(void);
+/** Set by net_worker.c: for good on a worker thread, around one poll for the inline
+ *  worker on the control thread (@w NULL: none). */
+void net_set_current_worker(struct net_worker *w);
 /** The pair whose transmitq the current thread is draining, or NULL. */
 struct net_pair *net_current_tx_pair(void);
 /** Set by net_pair_tx around its endpoint calls. */
 void net_set_current_tx_pair(struct net_pair *pair);
+
+/* ---- net_worker.c: threads ---- */
+
 /** One poll of every pair of @w (and the endpoint). > 0 when there was work. */
 int net_worker_poll(struct net_worker *w);
 /** Park every worker (nested: only the outermost call waits). Control thread. */

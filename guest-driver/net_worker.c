@@ -31,14 +31,11 @@
 #include "loop.h"
 #include "net_priv.h"
 
-static __thread struct net_worker *cur_worker;
-static __thread struct net_pair *cur_tx_pair;
-
-struct net_worker *net_current_worker(void) { return cur_worker; }
-struct net_pair *net_current_tx_pair(void) { return cur_tx_pair; }
-void net_set_current_tx_pair(struct net_pair *pair) { cur_tx_pair = pair; }
-
-unsigned gd_net_worker_index(void) { return cur_worker ? cur_worker->index : 0; }
+unsigned gd_net_worker_index(void)
+{
+    const struct net_worker *w = net_current_worker();
+    return w ? w->index : 0;
+}
 
 /* Park here while the control thread asks (see the file comment). Returns true when
  * the worker is to end: it then touches nothing any more. */
@@ -66,8 +63,8 @@ int net_worker_poll(struct net_worker *w)
         return 0;
     /* A thread worker is its thread's for good (worker_main); the inline one only
      * while it polls (the control thread is no worker otherwise). */
-    struct net_worker *was = cur_worker;
-    cur_worker = w;
+    struct net_worker *was = net_current_worker();
+    net_set_current_worker(w);
     struct gd_net *net = w->net;
     int work = 0;
     w->retry = false;
@@ -96,7 +93,7 @@ int net_worker_poll(struct net_worker *w)
     }
     if (w->retry)
         work++;
-    cur_worker = was;
+    net_set_current_worker(was);
     return work;
 }
 
@@ -123,7 +120,7 @@ static void wake(struct net_worker *w)
 static void *worker_main(void *opaque)
 {
     struct net_worker *w = opaque;
-    cur_worker = w;
+    net_set_current_worker(w);
     int r = gd_loop_run(w->loop);
     if (r < 0)
         gd_error("data path worker %u: event loop: %s", w->index, strerror(-r));
