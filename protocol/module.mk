@@ -6,7 +6,7 @@
 VP_CORE_SRCS := protocol/vp_common.c protocol/vp_wire.c protocol/vp_controlq.c protocol/vp_memtable.c \
                 protocol/vp_proto.c protocol/vp_outq.c \
                 protocol/vp_vring.c protocol/vp_bar.c protocol/vp_localbus.c
-VP_SRCS      := $(VP_CORE_SRCS) protocol/vp_msg.c protocol/vp_validate.c \
+VP_SRCS      := $(VP_CORE_SRCS) protocol/vp_msg.c protocol/vp_payload.c protocol/vp_validate.c \
                 protocol/vp_log_glib.c protocol/vp_outq_glib.c
 
 VP_PB_C := $(B)/gen/vhost_pci.pb-c.c
@@ -21,7 +21,7 @@ $(B)/gen/vhost_pci.pb-c.o: $(VP_PB_C)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CFLAGS_HOST) -Wno-shadow -c -o $@ $<
 
-$(B)/protocol/vp_msg.o: $(VP_PB_H)
+$(B)/protocol/vp_payload.o: $(VP_PB_H)
 
 VP_CORE_OBJS  := $(VP_CORE_SRCS:%.c=$(B)/%.o)
 VP_CORE_GOBJS := $(VP_CORE_SRCS:%.c=$(B)/guest/%.o)
