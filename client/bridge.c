@@ -153,6 +153,14 @@ void br_drop_frontend(struct br *br, const char *reason)
     br_emit(br, &(struct br_action){ .type = BR_ACT_DROP_FRONTEND, .reason = reason });
 }
 
+void br_send_offer(struct br *br, bool via_device)
+{
+    br->feat_token = br_new_token(br);
+    br->feat_via_device = via_device;
+    br_emit(br, &(struct br_action){ .type = BR_ACT_SEND_FEATURES, .token = br->feat_token,
+                                     .features = br->cfg.offer });
+}
+
 /* ---- Dispatch (the table is bridge_transitions.c) ---- */
 
 bool br_transition_allowed(enum br_state from, enum br_state to)
@@ -216,6 +224,7 @@ struct br *br_new(const struct br_config *cfg, br_action_fn act, br_log_fn log, 
     br_rs_init(&br->mirror);
     for (unsigned i = 0; i < VU_MAX_QUEUES; i++)
         br->ring[i].vq.kick_fd = br->ring[i].vq.call_fd = -1;
+    br_ph_init(br);
     return br;
 }
 
@@ -226,6 +235,7 @@ void br_free(struct br *br)
     br_rings_reset(br);
     br_rs_clear(&br->mem);
     vp_close_fd(&br->memop.file.fd);
+    br_ph_close(br);
     free(br);
 }
 

@@ -28,7 +28,11 @@
  *    ADD_MEM_REG), so a refusal can fail the frontend's request where the frontend
  *    survives it (see BR_EV_MEM_ADD), with one error line naming cause and fix;
  *  - an answer that arrives for an earlier request (an earlier start, an earlier
- *    connection) is recognised by its token and never applied to the current one.
+ *    connection) is recognised by its token and never applied to the current one;
+ *  - with cfg.features_from_device, the frontend's first GET_FEATURES is answered with
+ *    what the device VM's driver accepted, asked through a placeholder region before
+ *    the frontend has memory, a smaller answer confirmed with FEATURE_BITS_ACK (spec
+ *    1.5.1.1); the placeholder leaves the server once the frontend's memory is there.
  *
  * Memory and fds: the bridge keeps its own copies (dup) of the kick/call eventfds of
  * running rings and of the memory files of the frontend's regions; it closes them when
@@ -169,6 +173,15 @@ struct br_config {
                                    (VIRTIO_NET_F_MQ with several queue pairs: the
                                    device VM sees them as virtqueues) */
     bool log_refusals_only;  /* --memory-refusal log: never fail a memory request */
+    bool features_from_device; /* --features-from-device: on connecting to the server,
+                                  before answering the frontend's first GET_FEATURES,
+                                  create the device with a placeholder region of the
+                                  bridge's own (MEMORY_INFO(ADD)) so that FEATURE_BITS
+                                  reaches the device VM's driver and its answer, with
+                                  the renegotiation round of spec 1.5.1.1 when it
+                                  accepts less, is what the frontend is offered; the
+                                  placeholder is removed once the frontend's memory is
+                                  on the device VM (bridge_placeholder.c) */
     int settle_ms;           /* default 20 */
     int features_wait_ms;    /* default 3000 */
 };

@@ -13,10 +13,14 @@
  *                         where the device VM resumes them
  *   bridge_mem.c          region sets: the frontend's memory table and the server's
  *                         mirror of it; reading a ring's used index from memory
+ *   bridge_placeholder.c  --features-from-device: the placeholder region that creates
+ *                         the device before the frontend's memory exists, so that
+ *                         FEATURE_BITS reaches the device VM's driver
  *
  * Calls between children go one way: transitions -> requests -> rings -> mem (and
- * transitions -> rings, mem); every child may call the parent's helpers; the parent
- * reaches the handlers only through br_transitions[].
+ * transitions -> rings, mem, placeholder); every child may call the parent's helpers;
+ * the parent reaches the handlers only through br_transitions[] (and creates and
+ * closes the placeholder in br_new/br_free).
  *
  * Threading: one thread (the caller of br_post), as in bridge.h. Every fd in these
  * structs is a dup the bridge owns, named at the field.
@@ -78,6 +82,26 @@ struct br_memop {
     struct br_file file;       /* ADD: fd owned */
 };
 
+/** The placeholder region of --features-from-device (bridge_placeholder.c). */
+enum br_ph_state {
+    BR_PH_NONE,        /* not on the server */
+    BR_PH_ADDING,      /* its MEMORY_INFO(ADD) waits for the ACK */
+    BR_PH_HELD,        /* the server holds it: a device exists for our client_uuid */
+};
+
+struct br_placeholder {
+    int fd;                    /* sealed memfd of BR_PH_SIZE bytes, owned; -1: none */
+    int create_errno;          /* why fd is -1 with the mode on (logged on connecting) */
+    enum br_ph_state state;
+    uint64_t token;            /* its MEMORY_INFO(ADD) in flight */
+};
+
+/** Guest-physical address and size (bytes) of the placeholder region: above what a
+ *  QEMU guest (52-bit physical addresses) or DPDK (47-bit user virtual addresses as
+ *  guest addresses) can use, so it never overlaps the frontend's regions. */
+#define BR_PH_GPA ((uint64_t)1 << 62)
+#define BR_PH_SIZE ((uint64_t)2 * 1024 * 1024)
+
 #define BR_EVQ 16
 
 struct br_qent {
@@ -109,6 +133,10 @@ struct br {
     uint64_t reg_token;        /* the registration (handshake) in flight or served */
     uint64_t del_token;        /* the DEVICE_INFO(DEL) in flight */
     uint64_t feat_token;       /* the connect-time FEATURE_BITS in flight */
+    bool feat_via_device;      /* ... sent while the server holds our placeholder: the
+                                  device VM's driver answers it, and a smaller answer
+                                  waits for our FEATURE_BITS_ACK (spec 1.5.1.2) */
+    struct br_placeholder ph;  /* --features-from-device */
     unsigned reg_nnew;         /* regions the handshake added to the mirror */
     uint64_t reg_new_gpa[VP_MAX_REGIONS];
     uint64_t served_mask;      /* virtqueues of the registered device */
@@ -203,6 +231,38 @@ void br_reply_vring_base(struct br *br, uint32_t i, const char *from);
 
 /** Drop the frontend's connection (BR_ACT_DROP_FRONTEND) with @reason (lent). */
 void br_drop_frontend(struct br *br, const char *reason);
+
+/** FEATURE_BITS(cfg.offer) to the server (BR_ACT_SEND_FEATURES), answered as
+ *  BR_EV_FEATURES_ACK with br->feat_token; @via_device: the server holds memory of
+ *  ours, so the device VM's driver answers (br->feat_via_device). */
+void br_send_offer(struct br *br, bool via_device);
+
+/* ---- bridge_placeholder.c: --features-from-device ---- */
+
+/** With cfg.features_from_device, create the placeholder's sealed memfd (a failure is
+ *  kept in ph.create_errno and logged by br_ph_start). Called by br_new. */
+void br_ph_init(struct br *br);
+
+/** Close the placeholder's memfd. Called by br_free. */
+void br_ph_close(struct br *br);
+
+/** Connected to the server (link up, mirror empty): with the mode on and no memory of
+ *  the frontend yet, send MEMORY_INFO(ADD) of the placeholder and return true (its ACK
+ *  sends the offer, br_ph_mem_ack); otherwise return false: the caller sends the offer
+ *  itself. */
+bool br_ph_start(struct br *br);
+
+/** A MEMORY_INFO_ACK: if it answers the placeholder's ADD (@ev->token), handle it
+ *  (send the offer, via the device VM's driver when the server took the region) and
+ *  return true; false for any other answer. */
+bool br_ph_mem_ack(struct br *br, const struct br_event *ev);
+
+/** The frontend's memory is on the server: MEMORY_INFO(DEL) of the placeholder if the
+ *  server holds it (fire and forget). */
+void br_ph_retire(struct br *br);
+
+/** The server connection ended: the server forgot the placeholder. */
+void br_ph_forget(struct br *br);
 
 /* ---- bridge_requests.c: requests to the vhost-pci server ---- */
 

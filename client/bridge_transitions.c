@@ -83,6 +83,8 @@ static enum br_state h_features_ack(struct br *br, const struct br_event *ev)
     if (ev->token != br->feat_token)
         return br->state;
     br->feat_token = 0;
+    bool via_device = br->feat_via_device;
+    br->feat_via_device = false;
     if (ev->status != BR_OK) {
         br_log(br, BR_LOG_WARNING, "feature negotiation with the vhost-pci server failed: %s",
                br_why(ev));
@@ -91,7 +93,18 @@ static enum br_state h_features_ack(struct br *br, const struct br_event *ev)
     uint64_t acc = ev->features & br->cfg.offer;
     if (br->feat != BR_FEAT_KNOWN || acc != br->srv_accepted)
         br_log(br, BR_LOG_MESSAGE, "device VM accepts virtio features 0x%" PRIx64 " of the "
-               "offered 0x%" PRIx64, acc, br->cfg.offer);
+               "offered 0x%" PRIx64 "%s", acc, br->cfg.offer,
+               via_device ? " (its driver's FEATURE_BITS_ACK)" : "");
+    if (via_device && acc != br->cfg.offer) {
+        /* Spec 1.5.1.1 before the frontend negotiated: re-negotiating with our driver is
+         * offering it only the accepted bits; the server waits for the confirmation. */
+        br_log(br, BR_LOG_MESSAGE, "feature renegotiation (spec 1.5.1.1): FEATURE_BITS_ACK "
+               "0x%" PRIx64 " has fewer bits than the offered 0x%" PRIx64 " (refused 0x%" PRIx64
+               "): the frontend is offered only the accepted bits; confirming them with "
+               "FEATURE_BITS_ACK", acc, br->cfg.offer, br->cfg.offer & ~acc);
+        br_emit(br, &(struct br_action){ .type = BR_ACT_CONFIRM_FEATURES, .token = ev->token,
+                                         .features = acc });
+    }
     br->feat = BR_FEAT_KNOWN;
     br->srv_accepted = acc;
     br_reply_features(br, acc, "accepted by the device VM");
@@ -173,6 +186,8 @@ static enum br_state h_mem_change(struct br *br, const struct br_event *ev)
 static enum br_state h_mem_ack(struct br *br, const struct br_event *ev)
 {
     struct br_memop *m = &br->memop;
+    if (br_ph_mem_ack(br, ev))
+        return br->state;
     if (ev->token == 0 || ev->token != m->token) {
         /* A fire-and-forget MEMORY_INFO(DEL) (stale regions, a frontend that left). */
         if (ev->status == BR_OK)
@@ -189,6 +204,7 @@ static enum br_state h_mem_ack(struct br *br, const struct br_event *ev)
         if (add) {
             br_mirror_put(br, reg, &m->file);
             br_rs_put(br, &br->mem, reg, &m->file);
+            br_ph_retire(br);
         } else {
             br_rs_remove(&br->mirror, reg->gpa);
             br_rs_remove(&br->mem, reg->gpa);
@@ -410,6 +426,8 @@ static enum br_state h_registered(struct br *br, const struct br_event *ev)
         br_log(br, BR_LOG_WARNING, "the device VM serves net %" PRIu64 " but not all of this "
                "start: %s (it cannot reach buffers in memory it refused)", br_dev_id(br),
                br_why(ev));
+    else
+        br_ph_retire(br);
     unsigned nq = 0;
     for (unsigned i = 0; i < 64; i++)
         nq += (br->served_mask >> i) & 1;
@@ -433,7 +451,9 @@ static enum br_state h_renegotiate(struct br *br, const struct br_event *ev)
     bool current = ev->token == br->reg_token && br->state == BR_REGISTERING;
     br_log(br, BR_LOG_WARNING, "feature renegotiation (spec 1.5.1.1): the device VM's driver "
            "accepted 0x%" PRIx64 " of the negotiated 0x%" PRIx64 "; the frontend must "
-           "renegotiate the smaller set", ev->features, ev->offered);
+           "renegotiate the smaller set%s", ev->features, ev->offered,
+           br->cfg.features_from_device ? "" : " (a QEMU frontend cannot: run "
+           "vhost-pci-client with --features-from-device)");
     /* Drop the refused bits from what the frontend is offered (bits the device VM
      * accepted earlier and the frontend did not negotiate stay). */
     br->srv_accepted &= ~(ev->offered & ~ev->features);
@@ -448,8 +468,12 @@ static enum br_state h_renegotiate(struct br *br, const struct br_event *ev)
     snprintf(reason, sizeof(reason), "feature renegotiation: the device VM accepts only 0x%"
              PRIx64 "; the frontend renegotiates when it connects again (DPDK virtio-user: "
              "server=1 with --vhost-server-path, or a restart; QEMU refuses a backend that "
-             "offers less than its guest acked, \"vhost lacks feature mask\": a restart "
-             "of QEMU)", br->srv_accepted);
+             "offers less than its guest acked, \"vhost lacks feature mask\": %s)",
+             br->srv_accepted, br->cfg.features_from_device ?
+             "--features-from-device did not get the device VM's answer before QEMU's "
+             "GET_FEATURES (see the log above); restart QEMU" :
+             "run vhost-pci-client with --features-from-device, which asks the device VM's "
+             "driver before answering QEMU's first GET_FEATURES, and restart QEMU");
     br_drop_frontend(br, reason);
     return BR_RENEGOTIATING;
 }
@@ -459,9 +483,8 @@ static enum br_state h_srv_up(struct br *br, const struct br_event *ev)
     (void)ev;
     br->link_up = true;
     br_rs_clear(&br->mirror);
-    br->feat_token = br_new_token(br);
-    br_emit(br, &(struct br_action){ .type = BR_ACT_SEND_FEATURES, .token = br->feat_token,
-                                     .features = br->cfg.offer });
+    if (!br_ph_start(br))
+        br_send_offer(br, false);
     if ((br->state == BR_READY && !br->timer_armed[BR_TIMER_SETTLE]) ||
         (br->state == BR_REFUSED && br_servable_mask(br))) {
         br_log(br, BR_LOG_MESSAGE, "the frontend's device is running: registering it with "
@@ -476,7 +499,9 @@ static enum br_state h_srv_down(struct br *br, const struct br_event *ev)
     (void)ev;
     br->link_up = false;
     br_rs_clear(&br->mirror);
+    br_ph_forget(br);
     br->feat_token = 0;
+    br->feat_via_device = false;
     br->del_token = 0;
     if (br->state == BR_REGISTERING || br->state == BR_SERVED || br->state == BR_STOPPING) {
         br->served_mask = 0;

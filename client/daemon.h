@@ -73,6 +73,7 @@ struct daemon {
 
     uint64_t offer;               /* virtio features asked of the server */
     bool log_refusals_only;       /* --memory-refusal log */
+    gboolean features_from_device; /* --features-from-device (br_config's) */
     int timeout_ms;               /* per server request */
     guint8 uuid[16];
     char uuid_str[37];

@@ -43,6 +43,15 @@ int daemon_parse_options(struct daemon *d, int argc, char **argv)
         { "features", 0, 0, G_OPTION_ARG_STRING, &d->features_opt,
           "virtio-net feature bits offered to the device VM (default: the vhost-pci-net "
           "set, VP_NET_FEATURES)", "MASK" },
+        { "features-from-device", 0, 0, G_OPTION_ARG_NONE, &d->features_from_device,
+          "Offer the frontend only what the device VM's guest driver accepts, asked before "
+          "answering the frontend's first GET_FEATURES: on connecting to the server the "
+          "daemon creates the device with a 2 MiB placeholder region of its own, sends "
+          "FEATURE_BITS, confirms a smaller answer with FEATURE_BITS_ACK (spec 1.5.1.1) and "
+          "removes the placeholder once the frontend's memory is there. Needed with QEMU "
+          "when the device VM accepts fewer features than offered (QEMU cannot renegotiate "
+          "after its start: \"vhost lacks feature mask\"); GET_FEATURES then waits up to "
+          "2 x --ack-timeout + 5 s for the answer", NULL },
         { "memory-refusal", 0, 0, G_OPTION_ARG_STRING, &d->memory_refusal_opt,
           "When the device VM refuses the frontend's memory: 'reply' (default) answers "
           "the frontend's SET_MEM_TABLE/ADD_MEM_REG/REM_MEM_REG with a failure when it "

@@ -122,7 +122,11 @@ int main(int argc, char **argv)
     struct br_config bc = { .device_id = (uint64_t)d->device_id, .offer = d->offer,
                             .nqueues = 2 * (unsigned)d->queue_pairs,
                             .frontend_features = d->queue_pairs > 1 ? 1ULL << VU_F_NET_MQ : 0,
-                            .log_refusals_only = d->log_refusals_only };
+                            .log_refusals_only = d->log_refusals_only,
+                            .features_from_device = d->features_from_device,
+                            /* the placeholder's MEMORY_INFO(ADD), then FEATURE_BITS */
+                            .features_wait_ms = d->features_from_device ?
+                                                2 * d->timeout_ms + 5000 : 0 };
     d->br = br_new(&bc, daemon_act, daemon_br_log, d);
     if (!d->br) {
         fprintf(stderr, "vhost-pci-client: out of memory\n");
@@ -150,8 +154,10 @@ int main(int argc, char **argv)
                 : d->vhost_server_path ? g_strdup_printf("connecting to %s", d->vhost_server_path)
                 : g_strdup_printf("fd %d", d->opt_fd);
     g_message("client_uuid %s, device_id %" G_GINT64_FORMAT ", vhost-user socket %s, "
-              "server %s, offering features 0x%" PRIx64 ", %d queue pair(s)", d->uuid_str,
-              d->device_id, where, d->server_path, d->offer, d->queue_pairs);
+              "server %s, offering features 0x%" PRIx64 "%s, %d queue pair(s)", d->uuid_str,
+              d->device_id, where, d->server_path, d->offer,
+              d->features_from_device ? " (the frontend gets what the device VM's driver "
+              "accepts: --features-from-device)" : "", d->queue_pairs);
     g_free(where);
     daemon_srv_connect(d);
     if (d->vhost_server_path)

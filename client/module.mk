@@ -9,7 +9,7 @@ VU_CORE_SRCS := client/vhost_user.c client/vhost_user_io.c client/vhost_user_mem
                 client/vhost_user_vring.c client/vhost_user_features.c
 # The bridge state machine: the parent bridge.c and its children (bridge_priv.h).
 BRIDGE_SRCS := client/bridge.c client/bridge_transitions.c client/bridge_requests.c \
-               client/bridge_rings.c client/bridge_mem.c
+               client/bridge_rings.c client/bridge_mem.c client/bridge_placeholder.c
 BRIDGE_OBJS := $(BRIDGE_SRCS:%.c=$(B)/%.o)
 VPCLIENT_SRCS := client/vpclient_core.c client/vpclient_glib.c client/vpclient_ops.c \
                  $(BRIDGE_SRCS) $(VU_CORE_SRCS)

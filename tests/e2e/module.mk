@@ -41,3 +41,7 @@ E2E_TESTS += tests/e2e/test-driver-vm.sh
 # ---- T: multi-queue with real QEMU (issue 10): 4 queue pairs, 2 vCPUs per VM,
 # ethtool -L, parallel checksummed streams, memory hot-plug and unplug during them.
 E2E_TESTS += tests/e2e/test-pair-mq.sh
+
+# ---- C: feature renegotiation with a real QEMU driver VM (issue 9): guestd refuses
+# MRG_RXBUF, vhost-pci-client --features-from-device, traffic with the reduced set.
+E2E_TESTS += tests/e2e/test-pair-features.sh

@@ -22,7 +22,8 @@
  * handed back; no fd left open).
  *
  * Other cases drive the bridge with single events: a refused memory file (the error
- * line names cause and fix), the renegotiation round, a server restart (registration
+ * line names cause and fix), the renegotiation round (after the start, and before it
+ * with --features-from-device's placeholder region), a server restart (registration
  * again, resuming from the used index), a frontend that goes away (DEL, MEMORY DEL),
  * shutdown, and answers that come too late.
  */
@@ -89,6 +90,11 @@ typedef struct {
     unsigned nadd, ndel, nmem_add, nmem_del, nfeatures, nconfirm;
     uint64_t features_sent;         /* FEATURE_BITS of the last handshake */
     uint64_t accept;                /* FEATURE_BITS_ACK: accepted bits (0: all) */
+    uint64_t feat_accept;           /* ... of a connect-time FEATURE_BITS (0: all) */
+    uint64_t confirmed;             /* the last FEATURE_BITS_ACK the bridge sent */
+    uint64_t expect_offer;          /* what GET_FEATURES offers (0: VP_NET_FEATURES) */
+    unsigned nph_add, nph_del;      /* MEMORY_INFO of the placeholder region */
+    unsigned nmem_add_at_ph_del;    /* MEMORY_INFO(ADD)s sent before its DEL */
     unsigned nregions_held;
 
     /* the frontend side as the test sent it */
@@ -151,7 +157,8 @@ static void server_answer(H *h, struct req *r)
     switch (a->type) {
     case BR_ACT_SEND_FEATURES:
         br_post(h->br, &(struct br_event){ .type = BR_EV_FEATURES_ACK, .token = a->token,
-                                           .status = BR_OK, .features = a->features });
+                                           .status = BR_OK, .features = h->feat_accept ?
+                                           h->feat_accept & a->features : a->features });
         break;
     case BR_ACT_SEND_MEMORY: {
         bool add = a->op == VP_OP_ADD;
@@ -210,6 +217,21 @@ static void server_receive(H *h, const struct br_action *a)
     }
     if (a->type == BR_ACT_SEND_MEMORY)
         a->op == VP_OP_ADD ? h->nmem_add++ : h->nmem_del++;
+    if (a->type == BR_ACT_SEND_MEMORY && a->regions[0].gpa == BR_PH_GPA) {
+        /* The placeholder: one region of its own, sealed (the server requires it), far
+         * from the frontend's memory. */
+        g_assert_cmpuint(a->nregions, ==, 1);
+        g_assert_cmphex(a->regions[0].size, ==, BR_PH_SIZE);
+        if (a->op == VP_OP_ADD) {
+            h->nph_add++;
+            int seals = fcntl(a->regions[0].fd, F_GET_SEALS);
+            g_assert_cmpint(seals & (F_SEAL_SHRINK | F_SEAL_GROW), ==,
+                            F_SEAL_SHRINK | F_SEAL_GROW);
+        } else {
+            h->nph_del++;
+            h->nmem_add_at_ph_del = h->nmem_add;
+        }
+    }
     if (a->type == BR_ACT_SEND_FEATURES)
         h->nfeatures++;
     if (a->type == BR_ACT_SEND_HANDSHAKE) {
@@ -283,6 +305,7 @@ static void act(struct br *br, const struct br_action *a, void *opaque)
         break;
     case BR_ACT_CONFIRM_FEATURES:
         h->nconfirm++;
+        h->confirmed = a->features;
         break;
     case BR_ACT_REPLY_FEATURES:
         h->features_reply = a->features;
@@ -434,6 +457,9 @@ typedef struct {
     uint64_t ram_size;              /* 0: RAM_SIZE */
     bool log_refusals_only;         /* --memory-refusal log */
     unsigned pairs;                 /* queue pairs (0: 1) */
+    bool features_from_device;      /* --features-from-device */
+    uint64_t feat_accept;           /* H.feat_accept, set before the server is up */
+    enum br_status ph_answer;       /* verdict on the placeholder's MEMORY_INFO(ADD) */
 } HOpts;
 
 static void h_setup_opts(H *h, Frontend kind, bool defer, const HOpts *o)
@@ -450,7 +476,9 @@ static void h_setup_opts(H *h, Frontend kind, bool defer, const HOpts *o)
     vp_test_socketpair(h->sv);
     h->npairs = o->pairs ? o->pairs : 1;
     struct br_config cfg = { .device_id = 1, .nqueues = 2 * h->npairs,
-                             .log_refusals_only = o->log_refusals_only };
+                             .log_refusals_only = o->log_refusals_only,
+                             .features_from_device = o->features_from_device };
+    h->feat_accept = o->feat_accept;
     h->br = br_new(&cfg, act, log_cb, h);
     g_assert_nonnull(h->br);
     vp_error err = { "" };
@@ -468,8 +496,10 @@ static void h_setup_opts(H *h, Frontend kind, bool defer, const HOpts *o)
         h->pos[q] = vrings[q].base;
     }
     /* The server is there before the frontend. */
+    h->mem_answer = o->ph_answer;
     br_post(h->br, &(struct br_event){ .type = BR_EV_SRV_UP });
     drain(h);
+    h->mem_answer = BR_OK;
     br_post(h->br, &(struct br_event){ .type = BR_EV_FE_CONNECTED });
 }
 
@@ -513,7 +543,8 @@ static void fe_init(H *h)
         FE_OK(vu_fe_qemu10_init(h->fe));
     else
         FE_OK(vu_fe_qemu72_init(h->fe));
-    g_assert_cmphex(vu_fe_offered_features(h->fe), ==, VP_NET_FEATURES | F_PROTO);
+    g_assert_cmphex(vu_fe_offered_features(h->fe), ==,
+                    (h->expect_offer ? h->expect_offer : VP_NET_FEATURES) | F_PROTO);
     drain(h);
 }
 
@@ -543,7 +574,8 @@ static void step_run(H *h, const Step *s)
     uint32_t q = s->q;
     switch (s->kind) {
     case S_FEATURES:
-        FE_OK(vu_fe_set_u64(h->fe, VU_SET_FEATURES, F_GUEST | F_PROTO, false));
+        FE_OK(vu_fe_set_u64(h->fe, VU_SET_FEATURES,
+                            (F_GUEST & vu_fe_offered_features(h->fe)) | F_PROTO, false));
         break;
     case S_MEM:
         if (h->kind == FRONTEND_DPDK)
@@ -648,7 +680,7 @@ static void check_registered(H *h)
         g_error("not registered at the end (state %s)\nbridge log:\n%s",
                 br_state_name(br_state(h->br)), h->log->str);
     g_assert_cmphex(br_served_mask(h->br), ==, 3);
-    g_assert_cmphex(h->features_sent, ==, F_GUEST);
+    g_assert_cmphex(h->features_sent, ==, F_GUEST & vu_fe_offered_features(h->fe));
     g_assert_cmpuint(h->nregions_held, >=, 1);
     for (unsigned q = 0; q < 2; q++) {
         const struct vp_virtq *v = &h->reg.virtqs[q];
@@ -781,6 +813,10 @@ static void test_renegotiation(void)
     g_assert_cmpuint(h->nconfirm, ==, 1);
     g_assert_cmpuint(h->ndrop, ==, 1);
     g_assert_nonnull(strstr(h->drop_reason, "feature renegotiation"));
+    /* QEMU cannot renegotiate after its start: the log names the fix. */
+    g_assert_nonnull(strstr(h->drop_reason, "run vhost-pci-client with --features-from-device"));
+    g_assert_true(log_has(h, "a QEMU frontend cannot: run vhost-pci-client with "
+                          "--features-from-device"));
     g_assert_cmpint(vu_fe_wait_closed(h->fe), ==, 0);
     drain(h);
     g_assert_cmpint(br_state(h->br), ==, BR_IDLE);
@@ -789,6 +825,136 @@ static void test_renegotiation(void)
     br_post(h->br, &(struct br_event){ .type = BR_EV_FE_CONNECTED });
     br_post(h->br, &(struct br_event){ .type = BR_EV_GET_FEATURES });
     g_assert_cmphex(h->features_reply, ==, VP_NET_FEATURES & ~(1ULL << VP_VIRTIO_NET_F_MRG_RXBUF));
+    h_teardown(h);
+}
+
+#define F_NO_MRG (VP_NET_FEATURES & ~(1ULL << VP_VIRTIO_NET_F_MRG_RXBUF))
+
+/* --features-from-device with QEMU 7.2's order, the device VM's driver refusing
+ * MRG_RXBUF: on connecting to the server the placeholder region creates the device,
+ * FEATURE_BITS goes to the driver, its smaller answer is confirmed (FEATURE_BITS_ACK of
+ * the accepted set) and is what GET_FEATURES offers; the frontend starts with it, is
+ * served with no renegotiation round and no drop, and the placeholder leaves the device
+ * VM once the frontend's memory is there. With @defer the server answers only when the
+ * frontend waits (GET_FEATURES waits for the device VM's answer, not the timer). */
+static void features_from_device_reduced(bool defer)
+{
+    H hh, *h = &hh;
+    h_setup_opts(h, FRONTEND_QEMU72, defer,
+                 &(HOpts){ .features_from_device = true, .feat_accept = F_NO_MRG });
+    if (!defer) {
+        g_assert_cmpuint(h->nph_add, ==, 1);
+        g_assert_cmpuint(h->nfeatures, ==, 1);
+        g_assert_cmpuint(h->nconfirm, ==, 1);
+    }
+    h->expect_offer = F_NO_MRG;
+    fe_init(h);
+    g_assert_cmpuint(h->nph_add, ==, 1);
+    g_assert_cmpuint(h->nfeatures, ==, 1);
+    g_assert_cmpuint(h->nconfirm, ==, 1);
+    g_assert_cmphex(h->confirmed, ==, F_NO_MRG);
+    g_assert_cmphex(h->features_reply, ==, F_NO_MRG);
+    g_assert_false(h->features_armed);   /* answered by the device VM, not the timer */
+    g_assert_true(log_has(h, "message: feature renegotiation (spec 1.5.1.1): "
+                          "FEATURE_BITS_ACK 0x120010020 has fewer bits than the offered "
+                          "0x120018020 (refused 0x8000)"));
+    g_assert_false(log_has(h, "provisional"));
+    g_assert_cmpuint(h->nph_del, ==, 0);  /* no memory of the frontend yet */
+    play(h, qemu72_start, 0, true);
+    fire_settle(h);
+    check_registered(h);
+    g_assert_cmphex(h->features_sent, ==, F_GUEST & F_NO_MRG);
+    g_assert_cmpuint(h->ndrop, ==, 0);
+    g_assert_false(log_has(h, "warning: feature renegotiation"));
+    g_assert_cmpuint(h->nph_del, ==, 1);
+    g_assert_cmpuint(h->nmem_add_at_ph_del, ==, 2);  /* after the frontend's region */
+    g_assert_cmpuint(h->nregions_held, ==, 1);       /* the frontend's only */
+    /* A reconnecting frontend gets the accepted set at once; no second placeholder. */
+    shutdown(vu_fe_sock(h->fe), SHUT_RDWR);
+    drain(h);
+    br_post(h->br, &(struct br_event){ .type = BR_EV_FE_CONNECTED });
+    br_post(h->br, &(struct br_event){ .type = BR_EV_GET_FEATURES });
+    g_assert_cmphex(h->features_reply, ==, F_NO_MRG);
+    g_assert_cmpuint(h->nph_add, ==, 1);
+    h_teardown(h);
+}
+
+static void test_features_from_device_reduced(void)
+{
+    features_from_device_reduced(false);
+}
+
+static void test_features_from_device_deferred(void)
+{
+    features_from_device_reduced(true);
+}
+
+/* --features-from-device, the driver accepts everything: no FEATURE_BITS_ACK, the
+ * full set is offered, the placeholder still goes once the frontend's memory is there. */
+static void test_features_from_device_all(void)
+{
+    H hh, *h = &hh;
+    h_setup_opts(h, FRONTEND_QEMU10, false, &(HOpts){ .features_from_device = true });
+    fe_init(h);
+    g_assert_cmpuint(h->nph_add, ==, 1);
+    g_assert_cmpuint(h->nconfirm, ==, 0);
+    g_assert_cmphex(h->features_reply, ==, VP_NET_FEATURES);
+    play(h, qemu10_start, 0, true);
+    fire_settle(h);
+    check_registered(h);
+    g_assert_cmpuint(h->nph_del, ==, 1);
+    g_assert_cmpuint(h->nregions_held, ==, 1);
+    h_teardown(h);
+}
+
+/* --features-from-device, the server refuses the placeholder: the offer goes without
+ * it (answered by the server, not the driver: nothing to confirm), with a warning. */
+static void test_features_from_device_refused(void)
+{
+    H hh, *h = &hh;
+    h_setup_opts(h, FRONTEND_QEMU72, false,
+                 &(HOpts){ .features_from_device = true, .ph_answer = BR_REJECTED,
+                           .feat_accept = F_NO_MRG });
+    g_assert_cmpuint(h->nph_add, ==, 1);
+    g_assert_cmpuint(h->nfeatures, ==, 1);
+    g_assert_cmpuint(h->nconfirm, ==, 0);
+    g_assert_true(log_has(h, "warning: --features-from-device: the placeholder region was "
+                          "not taken"));
+    h->expect_offer = F_NO_MRG;
+    fe_init(h);
+    play(h, qemu72_start, 0, true);
+    fire_settle(h);
+    check_registered(h);
+    g_assert_cmpuint(h->nph_del, ==, 0);
+    h_teardown(h);
+}
+
+/* --features-from-device, the server goes away before it answered the placeholder:
+ * its late answer is not taken for the placeholder's, and the next connection
+ * starts over with a new placeholder. */
+static void test_features_from_device_server_lost(void)
+{
+    H hh, *h = &hh;
+    h_setup_opts(h, FRONTEND_QEMU72, false, &(HOpts){ .features_from_device = true });
+    g_assert_cmpuint(h->nph_add, ==, 1);
+    g_assert_cmpuint(h->nfeatures, ==, 1);
+    br_post(h->br, &(struct br_event){ .type = BR_EV_SRV_DOWN, .reason = "scripted" });
+    h->defer = true;
+    br_post(h->br, &(struct br_event){ .type = BR_EV_SRV_UP });
+    g_assert_cmpuint(h->nph_add, ==, 2);
+    g_assert_cmpuint(h->pending->len, ==, 1);   /* its MEMORY_INFO(ADD), unanswered */
+    br_post(h->br, &(struct br_event){ .type = BR_EV_SRV_DOWN, .reason = "scripted" });
+    server_answer_all(h);                       /* the lost server's answer, late */
+    g_assert_cmpuint(h->nfeatures, ==, 1);      /* not taken for the placeholder's */
+    h->defer = false;
+    h->feat_accept = F_NO_MRG;
+    br_post(h->br, &(struct br_event){ .type = BR_EV_SRV_UP });
+    g_assert_cmpuint(h->nph_add, ==, 3);
+    g_assert_cmpuint(h->nfeatures, ==, 2);
+    g_assert_cmpuint(h->nconfirm, ==, 1);
+    h->expect_offer = F_NO_MRG;
+    fe_init(h);
+    g_assert_cmphex(h->features_reply, ==, F_NO_MRG);
     h_teardown(h);
 }
 
@@ -975,6 +1141,12 @@ int main(int argc, char **argv)
     g_test_add_func("/bridge/orders/dpdk", test_orders_dpdk);
     g_test_add_func("/bridge/refused-memory", test_refused_memory);
     g_test_add_func("/bridge/renegotiation", test_renegotiation);
+    g_test_add_func("/bridge/features-from-device/reduced", test_features_from_device_reduced);
+    g_test_add_func("/bridge/features-from-device/deferred", test_features_from_device_deferred);
+    g_test_add_func("/bridge/features-from-device/all", test_features_from_device_all);
+    g_test_add_func("/bridge/features-from-device/refused", test_features_from_device_refused);
+    g_test_add_func("/bridge/features-from-device/server-lost",
+                    test_features_from_device_server_lost);
     g_test_add_func("/bridge/server-restart-resumes", test_server_restart_resumes);
     g_test_add_func("/bridge/quit-while-registering", test_quit_while_registering);
     g_test_add_func("/bridge/frontend-gone", test_frontend_gone);
