@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.." || exit 1
 B=${VP_B:-${B:-build}}
 # shellcheck source=../tap.sh
 . tests/tap.sh
-tap_plan 7
+tap_plan 8
 command -v dpdk-testpmd >/dev/null || skip_rest "dpdk-testpmd not installed (tools/install-deps)"
 command -v jq >/dev/null || skip_rest "jq not installed (tools/install-deps)"
 
@@ -51,6 +51,15 @@ if tp dpdk-switch && [ "$vpsw" = ok ]; then
     else not_ok "VM to VM: ovs-dpdk neither measured nor explained"; fi
 else
     not_ok "VM to VM through dpdk-switch (and vhost-pci-switch when guestd has it) measured" "vhost-pci-switch: $vpsw" "$(grep -i switch "$out/bench.err" | tail -n 5)"
+fi
+# Two queue pairs (issue 10): both paths measured with 2 pairs, the scaling against
+# one pair computed and what bounds it said.
+mp=$(j '[.multi_pair.scaling[]? | select(.pairs == 2 and .scaling > 0 and .cpu_s_per_mframe > 0) | .path] | sort | join(",")')
+if [ "$mp" = "dpdk-vhost,vhost-pci" ] && [ "$(j '.multi_pair.bound | length > 0')" = true ]; then
+    ok "2 queue pairs on both paths: scaling $(j '[.multi_pair.scaling[] | "\(.path) \(.scaling * 100 | round / 100)x"] | join(", ")'); bound said"
+else
+    not_ok "2 queue pairs measured on both paths, scaling and bound in .multi_pair" "paths: $mp" \
+        "$(grep -i 'pairs' "$out/bench.err" | tail -n 5)"
 fi
 lat=$(j '[.latency[] | select(.median_us.median > 0 and .p99_us.median >= .median_us.median) | .path] | sort | join(",")')
 left=$(pgrep -f "vpb-$bpid-" 2>/dev/null | tr '\n' ' ')
