@@ -61,6 +61,7 @@
 #include <unistd.h>
 
 #include "devhost.h"
+#include "devhost_qemu_sweep.h"
 #include "ivshmem_endpoint.h"
 #include "qmp.h"
 #include "vp_ctrlarea.h"
@@ -656,6 +657,39 @@ static void on_qmp_state(qmp_client *c, int ret, const vp_error *err, void *opaq
                   err ? err->msg : "closed");
 }
 
+/* A restarted server: remove what the one before it left in the device VM (it was
+ * killed, so its functions, back ends and fds are still in QEMU), before anything is
+ * plugged (devhost_qemu_sweep.h). Runs before the server's main loop: no client is
+ * served until the device VM is clean. Functions the guest does not eject in time
+ * become zombies of this host (their back ends go when DEVICE_DELETED arrives), and
+ * the ids this host makes start above every generation found. */
+static void sweep_leftovers(struct qemu_host *h)
+{
+    struct qh_sweep sw;
+    vp_error err = { "" };
+
+    if (qh_sweep_leftovers(h->qmp, h->timeout_ms, &sw, &err) < 0)
+        g_warning("qemu host: cannot look for functions an earlier server left in the "
+                  "device VM: %s", err.msg);
+    h->gen = sw.max_gen;
+    for (guint i = 0; i < sw.zombies->len; i++) {
+        const struct qh_leftover *l = &g_array_index(sw.zombies, struct qh_leftover, i);
+        struct qh_fn *fn = g_new0(struct qh_fn, 1);
+
+        fn->control = l->control;
+        fn->devfn = fn->ctrl_devfn = l->devfn;
+        fn->state = QH_ZOMBIE;
+        g_strlcpy(fn->dev_id, l->dev_id, sizeof(fn->dev_id));
+        g_strlcpy(fn->backend_id, l->backend_id, sizeof(fn->backend_id));
+        fn->device_added = true;
+        fn->backend_added = l->backend;
+        fn->qemu_fd = l->qemu_fd;
+        fn->fdset_id = l->fdset_id;
+        g_ptr_array_add(h->fns, fn);
+    }
+    g_array_unref(sw.zombies);
+}
+
 static struct vp_devhost *qemu_create(const struct vp_devhost_config *cfg, vp_error *err)
 {
     struct qemu_host *h;
@@ -685,6 +719,7 @@ static struct vp_devhost *qemu_create(const struct vp_devhost_config *cfg, vp_er
     ret = qmp_client_connect(h->qmp, cfg->qmp, MAX(h->timeout_ms, 10000u), err);
     if (ret < 0)
         goto fail;
+    sweep_leftovers(h);
     return (struct vp_devhost *)h;
 
 fail:

@@ -28,7 +28,7 @@ $(B)/tests/unit/test-server-layout: $(B)/tests/unit/test-server-layout.o \
 # ---- h7: the qemu device host (QMP client + ivshmem endpoints) ----
 # A separate prerequisite line: the link recipe above uses $^, which collects the
 # prerequisites of every rule for the target.
-H7_SERVER_OBJS := $(B)/server/devhost_qemu.o $(B)/server/qmp.o $(B)/server/ivshmem_endpoint.o
+H7_SERVER_OBJS := $(B)/server/devhost_qemu.o $(B)/server/devhost_qemu_sweep.o $(B)/server/qmp.o $(B)/server/ivshmem_endpoint.o
 $(B)/server/vhost-pci-server: $(H7_SERVER_OBJS)
 
 # The local device host on its own (fd ownership on failed plugs).

@@ -23,7 +23,7 @@ guest-image:
 # through our ivshmem endpoint (the guest part uses $(B)/guest when it exists).
 H7_E2E := $(B)/tests/e2e/test-qemu-ivshmem
 $(H7_E2E): $(B)/tests/e2e/test-qemu-ivshmem.o $(B)/server/qmp.o $(B)/server/ivshmem_endpoint.o \
-           $(B)/server/devhost_qemu.o $(B)/tests/testutil.o $(B)/libvhostpci.a
+           $(B)/server/devhost_qemu.o $(B)/server/devhost_qemu_sweep.o $(B)/tests/testutil.o $(B)/libvhostpci.a
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^ $(PKG_LIBS)
 BINS += $(H7_E2E)
 E2E_TESTS += $(H7_E2E)
