@@ -10,7 +10,10 @@
 #   continues; hot-unplug (DEVICE_DELETED) removes the window again; a client daemon
 #   restart (the server destroys the device and builds a new one) leaves the device
 #   VM's QEMU running, also when the fd numbers the unplug freed are reused in it at
-#   once (make soak's crash), and traffic resumes; hot-plug beyond the logical BAR
+#   once (make soak's crash), and traffic resumes; the server killed (SIGKILL) during
+#   checksummed streams both ways and started again: it removes the functions, chardev,
+#   memory backend and fd the killed one left in the device VM, the client re-establishes
+#   the device, the streams' md5s match; hot-plug beyond the logical BAR
 #   clones the device (new control function, the old one unplugged) and traffic
 #   continues; a 384 MiB DIMM (not a power of two) becomes two windows, 256 + 128 MiB,
 #   on a QEMU with memory-backend-file's offset (10.0: traffic, hot-unplug removes both),
@@ -38,7 +41,7 @@ T=${VP_E2E_STEP_TIMEOUT:-120}
 . tests/tap.sh
 # shellcheck source=pair-lib.sh
 . tests/e2e/pair-lib.sh
-tap_plan 16
+tap_plan 17
 pair_setup pair
 
 # State snapshot for diagnostics.
@@ -191,6 +194,68 @@ if need_pair "$c10"; then
         not_ok "$c10" "$out" "$(state)"
     else
         ok "$c10: 16 memfds in the freed fd numbers, QEMU running; device rebuilt at slot $(srv '.devices[0].slot'), ping: $(tr '\n' ';' <<<"$out") ($(secs "$t0") s)"
+    fi
+fi
+
+# 10b. server restart (issue 12 item 6): the server is killed (SIGKILL) while
+#      checksummed streams run both ways; its functions, chardev, memory backend and
+#      add-fd fd stay in the device VM's QEMU. A new server with the same options
+#      removes them (device_del, DEVICE_DELETED, chardev-remove, object-del, remove-fd)
+#      before it listens; the client reconnects with backoff and re-establishes its
+#      device; the streams finish with matching md5s (TCP retransmits across the gap).
+c10b="server killed during checksummed streams and restarted: leftovers removed, one device again, streams' md5 match"
+sender_rounds() {   # stream I's rounds so far, in VM V
+    "${pair[@]}" exec "$2" --timeout 10 -- "cat /tmp/vps.$1.rounds 2>/dev/null || echo 0" 2>/dev/null
+}
+streams_moving() {  # both streams (0: driver -> device, 1: device -> driver) sent >= $1 rounds
+    local a b
+    a=$(sender_rounds 0 drv) b=$(sender_rounds 1 dev)
+    [[ "$a" =~ ^[0-9]+$ ]] && [[ "$b" =~ ^[0-9]+$ ]] && [ "$a" -ge "$1" ] && [ "$b" -ge "$1" ]
+}
+# Ours in the device VM's QEMU, from its admin QMP: "devices chardevs backends fds".
+qemu_ours() {
+    "${pair[@]}" qmp dev --timeout 10 '{"execute":"qom-list","arguments":{"path":"/machine/peripheral"}}' \
+        '{"execute":"query-chardev"}' '{"execute":"qom-list","arguments":{"path":"/objects"}}' \
+        '{"execute":"query-fdsets"}' 2>/dev/null | jq -rs '[
+          ([.[0].return[] | select(.name | test("^vpci-(ctl|win)"))] | length),
+          ([.[1].return[] | select(.label | test("^vpci-chr"))] | length),
+          ([.[2].return[] | select(.name | test("^vpci-mem"))] | length),
+          ([.[3].return[].fds[] | select((.opaque // "") | test("^vhost-pci "))] | length)] | join(" ")' 2>/dev/null
+}
+one_clean_device() {   # one device, windows mapped, and exactly its functions in QEMU
+    local w
+    device_back || return 1
+    w=$(srv '.devices[0].windows | length')
+    [ "$(qemu_ours)" = "$((w + 1)) 1 $w $w" ] &&
+    [ "$(wc -w <<<"$(dev_functions)")" = $((w + 1)) ]
+}
+if need_pair "$c10b"; then
+    t0=$(now_ms)
+    before=$(qemu_ours)
+    if ! out=$("${pair[@]}" streams start --streams 1 --to both 2>&1); then
+        not_ok "$c10b" "$out"
+    elif ! wait_for "$T" streams_moving 8; then
+        not_ok "$c10b" "the streams did not get going (512 KiB each way)" "$(state)"
+        "${pair[@]}" streams stop --timeout 10 >/dev/null 2>&1
+    else
+        r0=$(sender_rounds 0 drv) r1=$(sender_rounds 1 dev)
+        "${pair[@]}" kill-server >/dev/null 2>&1
+        left=$(qemu_ours) fns_left=$(dev_functions)
+        if ! out=$("${pair[@]}" start-server --timeout "$T" 2>&1); then
+            not_ok "$c10b" "$out"
+            "${pair[@]}" streams stop --timeout 10 >/dev/null 2>&1
+        elif ! wait_for "$T" one_clean_device; then
+            not_ok "$c10b" "no single clean device after the restart: QEMU has (devices chardevs backends fds) '$(qemu_ours)', was '$left' after the kill" \
+                "device VM functions: $(dev_functions)" "$(state)" "server.log: $(grep -E 'WARN|CRIT|leftover|earlier server|ADD_FAIL' "$run/server.log" | tail -n 6)"
+            "${pair[@]}" streams stop --timeout 10 >/dev/null 2>&1
+        elif ! dev_running; then
+            not_ok "$c10b" "the device VM's QEMU is not running: $("${pair[@]}" qmp dev --timeout 5 '{"execute":"query-status"}' 2>&1)" "dev.qemu.log: $(tail -n 3 "$run/dev.qemu.log")"
+            blocked="the device VM's QEMU died (case 10b)"
+        elif ! out=$("${pair[@]}" streams stop --timeout "$T" 2>&1); then
+            not_ok "$c10b" "$out" "$(state)"
+        else
+            ok "$c10b: killed at $r0/$r1 rounds of 64 KiB; QEMU had (devices chardevs backends fds) '$before' before, '$left' after the kill (functions $fns_left); new server: $(grep -h 'leftovers of an earlier server' "$run/server.log" | sed 's/^.*server: //'); now '$(qemu_ours)', functions $(dev_functions); $(tr '\n' ';' <<<"$out") ($(secs "$t0") s)"
+        fi
     fi
 fi
 
