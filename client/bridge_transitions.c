@@ -464,16 +464,13 @@ static enum br_state h_renegotiate(struct br *br, const struct br_event *ev)
                                      .features = ev->features });
     if (!current)
         return br->state;
-    char reason[512];
+    /* At most 255 bytes: the vhost-user core's error line keeps no more. */
+    char reason[256];
     snprintf(reason, sizeof(reason), "feature renegotiation: the device VM accepts only 0x%"
-             PRIx64 "; the frontend renegotiates when it connects again (DPDK virtio-user: "
-             "server=1 with --vhost-server-path, or a restart; QEMU refuses a backend that "
-             "offers less than its guest acked, \"vhost lacks feature mask\": %s)",
-             br->srv_accepted, br->cfg.features_from_device ?
-             "--features-from-device did not get the device VM's answer before QEMU's "
-             "GET_FEATURES (see the log above); restart QEMU" :
-             "run vhost-pci-client with --features-from-device, which asks the device VM's "
-             "driver before answering QEMU's first GET_FEATURES, and restart QEMU");
+             PRIx64 "; DPDK renegotiates when it connects again; QEMU cannot (\"vhost lacks "
+             "feature mask\"): %s", br->srv_accepted, br->cfg.features_from_device ?
+             "--features-from-device got no answer in time (see above); restart QEMU" :
+             "run vhost-pci-client with --features-from-device, restart QEMU");
     br_drop_frontend(br, reason);
     return BR_RENEGOTIATING;
 }

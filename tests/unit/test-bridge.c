@@ -815,6 +815,7 @@ static void test_renegotiation(void)
     g_assert_nonnull(strstr(h->drop_reason, "feature renegotiation"));
     /* QEMU cannot renegotiate after its start: the log names the fix. */
     g_assert_nonnull(strstr(h->drop_reason, "run vhost-pci-client with --features-from-device"));
+    g_assert_cmpuint(strlen(h->drop_reason), <, sizeof(((vp_error *)0)->msg)); /* logged whole */
     g_assert_true(log_has(h, "a QEMU frontend cannot: run vhost-pci-client with "
                           "--features-from-device"));
     g_assert_cmpint(vu_fe_wait_closed(h->fe), ==, 0);
