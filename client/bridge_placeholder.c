@@ -9,7 +9,8 @@
  * device for our client_uuid can only answer with the protocol's set (DESIGN 4,
  * feature timing). So, on connecting to the server, the bridge runs the spec's
  * handshake for a placeholder: MEMORY_INFO(ADD) of a small sealed memfd of its own
- * (BR_PH_SIZE at BR_PH_GPA, far from any frontend address) creates the device,
+ * (BR_PH_SIZE at BR_PH_GPA + a slot per device_id, far from any frontend address)
+ * creates the device,
  * FEATURE_BITS(offer) then goes to the device VM's driver, whose FEATURE_BITS_ACK is
  * final; when it accepts less, the bridge "re-negotiates with its driver" by offering
  * the frontend only the accepted bits and confirms them with FEATURE_BITS_ACK
@@ -56,8 +57,8 @@ void br_ph_close(struct br *br)
 /** The placeholder as a region (its fd lent). */
 static struct vp_region ph_region(const struct br *br)
 {
-    return (struct vp_region){ .gpa = BR_PH_GPA, .size = BR_PH_SIZE, .mmap_offset = 0,
-                               .fd = br->ph.fd };
+    return (struct vp_region){ .gpa = BR_PH_GPA + (br_dev_id(br) & 0xfffff) * BR_PH_SIZE,
+                               .size = BR_PH_SIZE, .mmap_offset = 0, .fd = br->ph.fd };
 }
 
 bool br_ph_start(struct br *br)
@@ -78,7 +79,8 @@ bool br_ph_start(struct br *br)
     br->regions[0] = ph_region(br);
     br_log(br, BR_LOG_MESSAGE, "--features-from-device: MEMORY_INFO(ADD) of a placeholder "
            "region (gpa 0x%" PRIx64 " size 0x%" PRIx64 ") so that the device VM's driver "
-           "answers FEATURE_BITS before the frontend negotiates", BR_PH_GPA, BR_PH_SIZE);
+           "answers FEATURE_BITS before the frontend negotiates", br->regions[0].gpa,
+           br->regions[0].size);
     br_emit(br, &(struct br_action){ .type = BR_ACT_SEND_MEMORY, .token = ph->token,
                                      .op = VP_OP_ADD, .nregions = 1, .regions = br->regions });
     return true;

@@ -98,7 +98,9 @@ struct br_placeholder {
 
 /** Guest-physical address and size (bytes) of the placeholder region: above what a
  *  QEMU guest (52-bit physical addresses) or DPDK (47-bit user virtual addresses as
- *  guest addresses) can use, so it never overlaps the frontend's regions. */
+ *  guest addresses) can use, so it never overlaps the frontend's regions. The region
+ *  of device_id N starts BR_PH_SIZE * (N mod 2^20) above BR_PH_GPA, so that the
+ *  daemons of several frontends of one driver VM (one device) do not collide. */
 #define BR_PH_GPA ((uint64_t)1 << 62)
 #define BR_PH_SIZE ((uint64_t)2 * 1024 * 1024)
 

@@ -217,10 +217,11 @@ static void server_receive(H *h, const struct br_action *a)
     }
     if (a->type == BR_ACT_SEND_MEMORY)
         a->op == VP_OP_ADD ? h->nmem_add++ : h->nmem_del++;
-    if (a->type == BR_ACT_SEND_MEMORY && a->regions[0].gpa == BR_PH_GPA) {
+    if (a->type == BR_ACT_SEND_MEMORY && a->regions[0].gpa >= BR_PH_GPA) {
         /* The placeholder: one region of its own, sealed (the server requires it), far
          * from the frontend's memory. */
         g_assert_cmpuint(a->nregions, ==, 1);
+        g_assert_cmphex(a->regions[0].gpa, ==, BR_PH_GPA + 1 * BR_PH_SIZE); /* device_id 1 */
         g_assert_cmphex(a->regions[0].size, ==, BR_PH_SIZE);
         if (a->op == VP_OP_ADD) {
             h->nph_add++;
