@@ -125,37 +125,26 @@ static JsonNode *query_array(struct sweep *s, const char *cmd, JsonObject *args,
     return v;
 }
 
-/* qom-list PATH: the names of its children. */
-static int scan_qom(struct sweep *s, const char *path, const char *kinds, vp_error *err)
+/* Our ids among the member @member of each element of @cmd's answer (qom-list PATH:
+ * "name"; query-chardev: "label"), of @kinds. */
+static int scan_list(struct sweep *s, const char *cmd, const char *path, const char *member,
+                     const char *kinds, vp_error *err)
 {
-    JsonObject *a = json_object_new();
+    JsonObject *a = NULL;
     JsonNode *v;
     JsonArray *arr;
     int ret;
 
-    json_object_set_string_member(a, "path", path);
-    v = query_array(s, "qom-list", a, &ret, err);
+    if (path) {
+        a = json_object_new();
+        json_object_set_string_member(a, "path", path);
+    }
+    v = query_array(s, cmd, a, &ret, err);
     if (!v)
         return ret;
     arr = json_node_get_array(v);
     for (guint i = 0; i < json_array_get_length(arr); i++)
-        found_id(s, str_member(array_object(arr, i), "name"), kinds);
-    json_node_unref(v);
-    return 0;
-}
-
-static int scan_chardevs(struct sweep *s, vp_error *err)
-{
-    JsonNode *v;
-    JsonArray *arr;
-    int ret;
-
-    v = query_array(s, "query-chardev", NULL, &ret, err);
-    if (!v)
-        return ret;
-    arr = json_node_get_array(v);
-    for (guint i = 0; i < json_array_get_length(arr); i++)
-        found_id(s, str_member(array_object(arr, i), "label"), "chr");
+        found_id(s, str_member(array_object(arr, i), member), kinds);
     json_node_unref(v);
     return 0;
 }
@@ -282,8 +271,9 @@ int qh_sweep_leftovers(qmp_client *qmp, unsigned timeout_ms, struct qh_sweep *ou
     s->qmp = qmp;
     s->timeout_ms = timeout_ms;
     s->found = g_array_new(FALSE, TRUE, sizeof(struct found));
-    if ((ret = scan_qom(s, "/machine/peripheral", "ctlwin", err)) < 0 ||
-        (ret = scan_chardevs(s, err)) < 0 || (ret = scan_qom(s, "/objects", "mem", err)) < 0 ||
+    if ((ret = scan_list(s, "qom-list", "/machine/peripheral", "name", "ctlwin", err)) < 0 ||
+        (ret = scan_list(s, "query-chardev", NULL, "label", "chr", err)) < 0 ||
+        (ret = scan_list(s, "qom-list", "/objects", "name", "mem", err)) < 0 ||
         (ret = scan_fdsets(s, err)) < 0)
         goto out;
     if (s->found->len == 0)

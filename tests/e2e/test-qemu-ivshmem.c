@@ -19,7 +19,8 @@
  *   /qemu-ivshmem/devhost  server/devhost_qemu.c (vp_devhost_qemu_ops) doing all of
  *                          that for the server, into a booted guest: plug, QMP errors
  *                          as failure reasons with the plug taken back, refused sizes,
- *                          peer vectors, doorbells, unplug, destroy.
+ *                          peer vectors, doorbells, unplug, destroy; a new host
+ *                          removes what a destroyed (killed) one left plugged.
  *
  * Environment: VP_GUEST_DIR (default $VP_B/guest, VP_B defaulting to build: the make
  * build dir, exported by tests/e2e/module.mk), VP_GUEST_BOOT_S (default 300),
@@ -713,6 +714,23 @@ static void on_done(void *opaque, int ret, const char *reason)
         g_assert_true((d).done);                                                \
     } while (0)
 
+/* The device host's functions at slots 8 and 9 are gone: QEMU no longer maps their
+ * memfds (bounded wait), the guest has no such PCI function. */
+static void assert_slots_8_9_gone(vm *v)
+{
+    gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    char *out = NULL;
+
+    while ((qemu_maps(v, "vp-e2e-win0") || qemu_maps(v, "vp-e2e-ctl0")) &&
+           g_get_monotonic_time() < deadline)
+        g_usleep(50 * 1000);
+    g_assert_cmpint(qemu_maps(v, "vp-e2e-win0"), ==, 0);
+    g_assert_cmpint(qemu_maps(v, "vp-e2e-ctl0"), ==, 0);
+    guest_exec(v, "ls /sys/bus/pci/devices/ | grep -c -e 00:08.0 -e 00:09.0", &out);
+    g_assert_cmpstr(out, ==, "0\n");
+    g_free(out);
+}
+
 static void test_devhost(void)
 {
     const struct vp_devhost_ops *o = &vp_devhost_qemu_ops;
@@ -724,6 +742,7 @@ static void test_devhost(void)
     char *out = NULL;
     int odd, win2, rc, newcall;
     int fds_before;
+    struct vp_devhost_control ctl8;
 
     if (!have_guest()) {
         g_autofree char *why = g_strdup_printf("no guest image in %s (tools/mkguest)", guest_dir());
@@ -837,30 +856,65 @@ static void test_devhost(void)
     o->unplug_window(h, 0x40, 0x48, on_done, &d);
     HOST_WAIT(d);
     g_assert_cmpint(d.ret, ==, 0);
-    {
-        gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-        while ((qemu_maps(&v, "vp-e2e-win0") || qemu_maps(&v, "vp-e2e-ctl0")) &&
-               g_get_monotonic_time() < deadline)
-            g_usleep(50 * 1000);
-        g_assert_cmpint(qemu_maps(&v, "vp-e2e-win0"), ==, 0);
-        g_assert_cmpint(qemu_maps(&v, "vp-e2e-ctl0"), ==, 0);
-    }
-    rc = guest_exec(&v, "ls /sys/bus/pci/devices/ | grep -c -e 00:08.0 -e 00:09.0", &out);
-    g_assert_cmpstr(out, ==, "0\n");
-    g_free(out);
+    assert_slots_8_9_gone(&v);
     /* Regression (make soak: the device VM's QEMU died on a client restart): the
      * unplugged control function left nothing behind that a reused fd number wakes. */
     fill_freed_fd_numbers(&v, 16);
 
+    /* A control function with 8 vectors at slot 8, for the rest of the test. */
+    ctl8 = (struct vp_devhost_control){
+        .devfn = 0x40, .ctrl_fd = p.ctl, .ctrl_size = 1u << 20,
+        .rx_kick_fd = p.kick[0], .tx_kick_fd = p.kick[1], .irq_fd = p.irq, .nvectors = 8,
+    };
+
+    /* Server restart (issue 12 item 6): a host destroyed with its functions plugged
+     * leaves them in QEMU, as a killed server does (destroy only closes its endpoints
+     * and QMP). A new host removes them while it is created (device_del + DEVICE_DELETED,
+     * chardev-remove, object-del, remove-fd), and the devfns can be used again (below,
+     * with ids that do not collide with the old ones). Without it: "PCI: slot 8
+     * function 0 not available for ivshmem-doorbell, in use by ...". */
+    {
+        struct vp_devhost_config cfg = { .qmp = v.qmp2_path, .timeout_ms = 20000 };
+        memset(&d, 0, sizeof(d));
+        o->plug_control(h, &ctl8, on_done, &d);
+        HOST_WAIT(d);
+        g_assert_cmpint(d.ret, ==, 0);
+        memset(&d, 0, sizeof(d));
+        o->plug_window(h, 0x40, 0x48, p.win, 0, 2u << 20, on_done, &d);
+        HOST_WAIT(d);
+        g_assert_cmpint(d.ret, ==, 0);
+        o->destroy(h);
+        rc = guest_exec(&v, GUEST_SYSFS_WAIT("0000:00:09.0")
+                        "ls /sys/bus/pci/devices/ | grep -c -e 00:08.0 -e 00:09.0", &out);
+        g_assert_cmpstr(out, ==, "2\n");
+        g_free(out);
+        g_assert_true(qemu_maps(&v, "vp-e2e-win0") && qemu_maps(&v, "vp-e2e-ctl0"));
+
+        h = o->create(&cfg, &err);
+        g_assert_nonnull(h);
+        assert_slots_8_9_gone(&v);
+        /* Nothing of ours left in QEMU: devices, chardevs, memory backends, fds. */
+        {
+            static const char *const q[][3] = {
+                { "qom-list", "{\"path\": \"/machine/peripheral\"}", "vpci-" },
+                { "query-chardev", NULL, "vpci-" },
+                { "qom-list", "{\"path\": \"/objects\"}", "vpci-" },
+                { "query-fdsets", NULL, "vhost-pci" },
+            };
+            for (size_t i = 0; i < G_N_ELEMENTS(q); i++) {
+                g_autofree char *text = NULL;
+                g_assert_cmpint(qmp(&v, q[i][0], q[i][1], -1, NULL, &text, &err), ==, 0);
+                g_assert_nonnull(text);
+                g_assert_null(strstr(text, q[i][2]));
+            }
+        }
+        QMP_OK(&v, "query-status", NULL);
+    }
+
     /* Plug again, then destroy with an unplug in flight: no completion is called. */
     {
-        struct vp_devhost_control ctl = {
-            .devfn = 0x40, .ctrl_fd = p.ctl, .ctrl_size = 1u << 20,
-            .rx_kick_fd = p.kick[0], .tx_kick_fd = p.kick[1], .irq_fd = p.irq,
-            .nvectors = 8,
-        };
         memset(&d, 0, sizeof(d));
-        o->plug_control(h, &ctl, on_done, &d);
+        o->plug_control(h, &ctl8, on_done, &d);
         HOST_WAIT(d);
         g_assert_cmpint(d.ret, ==, 0);
         memset(&d, 0, sizeof(d));
