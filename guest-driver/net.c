@@ -123,8 +123,12 @@ static int frontend_start(struct gd_net *net, struct gd_device *dev, struct gd_f
         net->cap = ncap;
     }
     struct gd_net_port *p = calloc(1, sizeof(*p));
-    if (p)
-        p->pairs = calloc(npairs, sizeof(*p->pairs));
+    if (p) {
+        /* Aligned (struct net_pair): the pairs' workers share no cache line. */
+        p->pairs = aligned_alloc(NET_CACHE_LINE, npairs * sizeof(*p->pairs));
+        if (p->pairs)
+            memset(p->pairs, 0, npairs * sizeof(*p->pairs));
+    }
     if (!p || !p->pairs) {
         free(p);
         return vp_fail(err, -ENOMEM, "out of memory");

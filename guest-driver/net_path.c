@@ -77,9 +77,21 @@ static uint16_t vq_resume_idx(const struct net_vq *vq)
     return (uint16_t)(vq->vr.last_avail_idx - (vq->nstash - vq->tx_next));
 }
 
-/* Publish pushed used entries and interrupt the driver VM when it asked for it. */
+/* Add the frames counted since the last call to the queue's counters. */
+static void vq_publish_counts(struct net_vq *vq)
+{
+    if (!vq->pend_packets)
+        return;
+    stat_add(&vq->q->packets, vq->pend_packets);
+    stat_add(&vq->q->bytes, vq->pend_bytes);
+    vq->pend_packets = vq->pend_bytes = 0;
+}
+
+/* Publish the counters and the pushed used entries; interrupt the driver VM when it
+ * asked for it. */
 static void vq_flush(struct net_vq *vq)
 {
+    vq_publish_counts(vq);
     if (!vq->dirty || !vq->active)
         return;
     vq->dirty = false;
@@ -373,8 +385,8 @@ static int pair_rx(struct net_pair *pair, const struct iovec *iov, unsigned niov
     rx_consume(vq, k);
 done:
     vq->dirty = true;
-    stat_add(&vq->q->packets, 1);
-    stat_add(&vq->q->bytes, len);
+    vq->pend_packets++;
+    vq->pend_bytes += len;
     vq_set_notify(vq, false);
     return 0;
 }
@@ -527,8 +539,8 @@ int net_pair_tx(struct net_pair *pair)
             r = ep->ops->tx(ep, p, iov, niov, (size_t)len);
             if (r == -EAGAIN)
                 break; /* the endpoint is full: offer the same frame again later */
-            stat_add(&vq->q->packets, 1);
-            stat_add(&vq->q->bytes, len);
+            vq->pend_packets++;
+            vq->pend_bytes += len;
         } else {
             stat_add(&pair->drops, 1); /* empty, too large or too scattered: used, not sent */
         }
@@ -544,20 +556,27 @@ int net_pair_tx(struct net_pair *pair)
     return work;
 }
 
+/* Keep the resume position in gd_queue current; stored only when it moved (the
+ * line is shared with a neighbouring queue another worker may poll). */
+static void vq_store_resume(struct net_vq *vq)
+{
+    if (!vq->active)
+        return;
+    uint16_t r = vq_resume_idx(vq);
+    if (__atomic_load_n(&vq->q->last_avail_idx, __ATOMIC_RELAXED) != r)
+        __atomic_store_n(&vq->q->last_avail_idx, r, __ATOMIC_RELAXED);
+}
+
 void net_pair_flush(struct net_pair *pair)
 {
     if (pair->shared_rx)
         pthread_mutex_lock(&pair->rx_lock);
     vq_flush(&pair->rx);
-    if (pair->rx.active)
-        __atomic_store_n(&pair->rx.q->last_avail_idx, vq_resume_idx(&pair->rx),
-                         __ATOMIC_RELAXED);
+    vq_store_resume(&pair->rx);
     if (pair->shared_rx)
         pthread_mutex_unlock(&pair->rx_lock);
     vq_flush(&pair->tx);
-    if (pair->tx.active)
-        __atomic_store_n(&pair->tx.q->last_avail_idx, vq_resume_idx(&pair->tx),
-                         __ATOMIC_RELAXED);
+    vq_store_resume(&pair->tx);
 }
 
 void net_pair_tx_notify(struct net_pair *pair, bool on) { vq_set_notify(&pair->tx, on); }

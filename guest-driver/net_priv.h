@@ -33,6 +33,9 @@
  * the earlier ones are handled). */
 #define TX_BATCH 32
 
+/* Bytes of a cache line (x86-64, arm64): what per-worker data is aligned to. */
+#define NET_CACHE_LINE 64
+
 struct net_worker;
 
 /* A chain taken from the ring and not used yet. */
@@ -65,12 +68,18 @@ struct net_vq {
      * (those before it are used); the receiveq fills them from 0. */
     struct chain *stash;          /* num entries */
     unsigned nstash, pool_used, tx_next;
+    /* Frames and bytes counted since the last vq_flush, which adds them to q's
+     * packets and bytes: one store to the shared gd_queue per batch, not two per
+     * frame (its cache line is shared with the neighbouring queue's, which another
+     * worker may be writing). */
+    uint64_t pend_packets, pend_bytes;
 };
 
 /* Queue pair @index of a port: virtqueues 2 * index (receiveq) and 2 * index + 1
- * (transmitq) of the frontend (virtio 1.0 5.1.2). */
+ * (transmitq) of the frontend (virtio 1.0 5.1.2). Cache-line aligned (the array is
+ * allocated so, net.c): pairs polled by different workers share no line. */
 struct net_pair {
-    struct gd_net_port *port;
+    _Alignas(NET_CACHE_LINE) struct gd_net_port *port;
     unsigned index;
     struct net_vq rx, tx;
     struct net_worker *w;         /* who polls it */
