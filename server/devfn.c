@@ -12,7 +12,9 @@ int srv_devfn_alloc(struct vp_server *srv)
     const struct vp_devhost_ops *o = srv->host_ops;
     uint32_t step = o->devfn_step ? o->devfn_step : 1;
     for (uint32_t d = o->devfn_first; d <= o->devfn_last && d < 256; d += step) {
-        if (!srv->devfn_busy[d]) {
+        /* A function the host still has there (a zombie) would make QEMU refuse the
+         * plug: skip it until the host has seen it go. */
+        if (!srv->devfn_busy[d] && !(o->devfn_held && o->devfn_held(srv->host, d))) {
             srv->devfn_busy[d] = 1;
             return (int)d;
         }

@@ -14,8 +14,9 @@
 struct vp_server;
 
 /** Allocate a devfn from the host's range [devfn_first, devfn_last] (step
- *  devfn_step). Returns it (0..255), or -ENOSPC when every one is in use or still
- *  being unplugged. */
+ *  devfn_step), skipping those the host reports as still held in the device VM
+ *  (vp_devhost_ops.devfn_held: zombies). Returns it (0..255), or -ENOSPC when every
+ *  one is in use, still being unplugged or held. */
 int srv_devfn_alloc(struct vp_server *srv);
 
 /** Return @devfn (ignored when >= 256). */

@@ -16,7 +16,9 @@
  * Naming: a function is named by its devfn (0..255, PCI device << 3 | function).
  * The server allocates devfns from the host's range [devfn_first, devfn_last] in
  * steps of devfn_step (qemu: 8, one slot per function; local: 1) and never hands out
- * a devfn whose unplug has not completed.
+ * a devfn whose unplug has not completed, nor one the host says is still held
+ * (devfn_held: qemu, a function an unplug or an earlier server left in the device VM
+ * that its guest has not ejected yet).
  *
  * Ownership: every fd passed in stays owned by the caller; a host that needs an fd
  * beyond the call dup()s it (F_DUPFD_CLOEXEC). Strings are copied.
@@ -36,6 +38,7 @@
 #ifndef VP_SERVER_DEVHOST_H
 #define VP_SERVER_DEVHOST_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "vp_common.h"
@@ -68,11 +71,20 @@ struct vp_devhost_control {
     uint8_t uuid[VP_UUID_LEN]; /* the driver VM's client_uuid (for names, logs) */
 };
 
-/** A device host implementation. All function pointers are required. */
+/** A device host implementation. All function pointers are required but devfn_held. */
 struct vp_devhost_ops {
     const char *name;        /* "local", "qemu": the value of --device-host */
     uint32_t devfn_first, devfn_last, devfn_step;  /* devfn range, see above */
     uint32_t max_vectors;    /* vectors set_peer_vectors can announce (0: VP_MAX_VECTORS) */
+
+    /** Whether @devfn (0..255) is still taken in the device VM by a function nobody
+     *  serves any more: qemu, a "zombie" (an unplug of this host that timed out, or a
+     *  leftover of an earlier, killed server that the sweep at create could not
+     *  remove) whose DEVICE_DELETED has not arrived; plugging there would fail ("PCI:
+     *  slot N function 0 not available"). The server's allocator skips such devfns
+     *  (server/devfn.c); they become usable once the host has seen them go. NULL (the
+     *  local host): never. */
+    bool (*devfn_held)(struct vp_devhost *h, uint32_t devfn);
 
     /** Create the host (connect/listen). Returns NULL with a reason in @err. */
     struct vp_devhost *(*create)(const struct vp_devhost_config *cfg, vp_error *err);

@@ -733,6 +733,20 @@ fail:
     return NULL;
 }
 
+/* A zombie (ours or an earlier server's) still occupies @devfn's slot until its
+ * DEVICE_DELETED (on_qmp_event) starts its teardown. */
+static bool qemu_devfn_held(struct vp_devhost *hh, uint32_t devfn)
+{
+    struct qemu_host *h = (struct qemu_host *)hh;
+
+    for (guint i = 0; i < h->fns->len; i++) {
+        const struct qh_fn *fn = g_ptr_array_index(h->fns, i);
+        if (fn->state == QH_ZOMBIE && fn->devfn == devfn)
+            return true;
+    }
+    return false;
+}
+
 static void qemu_destroy(struct vp_devhost *hh)
 {
     struct qemu_host *h = (struct qemu_host *)hh;
@@ -764,6 +778,7 @@ const struct vp_devhost_ops vp_devhost_qemu_ops = {
     .devfn_first = QH_SLOT_FIRST << 3,
     .devfn_last = QH_SLOT_LAST << 3,
     .devfn_step = 8,
+    .devfn_held = qemu_devfn_held,
     .create = qemu_create,
     .destroy = qemu_destroy,
     .plug_control = qemu_plug_control,

@@ -45,3 +45,6 @@ QMP_EXTRA_OBJS := $(B)/server/qmp_recv.o $(B)/server/qmp_sync.o
 $(B)/server/vhost-pci-server: $(QMP_EXTRA_OBJS)
 $(B)/tests/unit/test-qmp: $(QMP_EXTRA_OBJS)
 $(B)/tests/e2e/test-qemu-ivshmem: $(QMP_EXTRA_OBJS)
+
+# The devfn allocator with a fake device host (zombie devfns, devhost.h devfn_held).
+$(B)/tests/unit/test-devfn: $(B)/server/devfn.o
