@@ -82,8 +82,8 @@ struct vp_devhost_ops {
      *  leftover of an earlier, killed server that the sweep at create could not
      *  remove) whose DEVICE_DELETED has not arrived; plugging there would fail ("PCI:
      *  slot N function 0 not available"). The server's allocator skips such devfns
-     *  (server/devfn.c); they become usable once the host has seen them go. NULL (the
-     *  local host): never. */
+     *  (server/devfn.c); they become usable once the host has seen them go and has
+     *  removed their back ends. NULL (the local host): never. */
     bool (*devfn_held)(struct vp_devhost *h, uint32_t devfn);
 
     /** Create the host (connect/listen). Returns NULL with a reason in @err. */

@@ -79,6 +79,8 @@ struct qh_fn {
     char dev_id[40];            /* QEMU device id */
     char backend_id[40];        /* chardev (control) or memory-backend (window) id */
     bool device_added, backend_added;
+    bool orphan;                /* no server devfn owns it any more: a zombie, then the
+                                   teardown its late DEVICE_DELETED starts (devfn_held) */
     int64_t qemu_fd, fdset_id;  /* window: add-fd result, -1 when none */
     ivshmem_endpoint *ep;       /* control */
 };
@@ -553,6 +555,7 @@ static void unplug_deleted(qmp_client *c, const qmp_reply *r, void *opaque)
     if (r->ret == -ETIMEDOUT) {
         /* Still in the guest: keep the back end until DEVICE_DELETED arrives. */
         fn->state = QH_ZOMBIE;
+        fn->orphan = true;
         op->fn = NULL;
         op_fail(op, -ETIMEDOUT, "the device VM did not release %s %s within %u ms "
                 "(device_del needs the guest to eject it)", op->what, fn->dev_id,
@@ -679,6 +682,7 @@ static void sweep_leftovers(struct qemu_host *h)
         fn->control = l->control;
         fn->devfn = fn->ctrl_devfn = l->devfn;
         fn->state = QH_ZOMBIE;
+        fn->orphan = true;
         g_strlcpy(fn->dev_id, l->dev_id, sizeof(fn->dev_id));
         g_strlcpy(fn->backend_id, l->backend_id, sizeof(fn->backend_id));
         fn->device_added = true;
@@ -733,15 +737,16 @@ fail:
     return NULL;
 }
 
-/* A zombie (ours or an earlier server's) still occupies @devfn's slot until its
- * DEVICE_DELETED (on_qmp_event) starts its teardown. */
+/* A zombie (ours or an earlier server's) still occupies @devfn: its slot until its
+ * DEVICE_DELETED (on_qmp_event), then its record (a plug there would be -EEXIST)
+ * until the teardown that event starts has removed its back end. */
 static bool qemu_devfn_held(struct vp_devhost *hh, uint32_t devfn)
 {
     struct qemu_host *h = (struct qemu_host *)hh;
 
     for (guint i = 0; i < h->fns->len; i++) {
         const struct qh_fn *fn = g_ptr_array_index(h->fns, i);
-        if (fn->state == QH_ZOMBIE && fn->devfn == devfn)
+        if (fn->orphan && fn->devfn == devfn)
             return true;
     }
     return false;

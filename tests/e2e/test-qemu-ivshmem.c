@@ -20,7 +20,9 @@
  *                          that for the server, into a booted guest: plug, QMP errors
  *                          as failure reasons with the plug taken back, refused sizes,
  *                          peer vectors, doorbells, unplug, destroy; a new host
- *                          removes what a destroyed (killed) one left plugged.
+ *                          removes what a destroyed (killed) one left plugged; one
+ *                          it cannot remove (VM stopped: no eject) is a held devfn
+ *                          until its DEVICE_DELETED.
  *
  * Environment: VP_GUEST_DIR (default $VP_B/guest, VP_B defaulting to build: the make
  * build dir, exported by tests/e2e/module.mk), VP_GUEST_BOOT_S (default 300),
@@ -714,6 +716,17 @@ static void on_done(void *opaque, int ret, const char *reason)
         g_assert_true((d).done);                                                \
     } while (0)
 
+/* Plug control function @c through host @h and wait for the completion (in @d);
+ * returns its ret. */
+static int plug_control_wait(const struct vp_devhost_ops *o, struct vp_devhost *h,
+                             const struct vp_devhost_control *c, done_rec *d)
+{
+    memset(d, 0, sizeof(*d));
+    o->plug_control(h, c, on_done, d);
+    HOST_WAIT(*d);
+    return d->ret;
+}
+
 /* The device host's functions at slots 8 and 9 are gone: QEMU no longer maps their
  * memfds (bounded wait), the guest has no such PCI function. */
 static void assert_slots_8_9_gone(vm *v)
@@ -909,6 +922,33 @@ static void test_devhost(void)
             }
         }
         QMP_OK(&v, "query-status", NULL);
+    }
+
+    /* Zombie slots: a leftover the guest does not eject within the bound (here: the
+     * VM is stopped) stays in QEMU, and the new host reports its devfn as held
+     * (devfn_held), which the server's allocator skips (server/devfn.c); a plug there
+     * is what QEMU refuses. When its DEVICE_DELETED arrives (the guest runs again and
+     * ejects it) the devfn is usable again. */
+    {
+        struct vp_devhost_config quick = { .qmp = v.qmp2_path, .timeout_ms = 1000 };
+        g_assert_cmpint(plug_control_wait(o, h, &ctl8, &d), ==, 0);
+        o->destroy(h);
+        QMP_OK(&v, "stop", NULL);
+        h = o->create(&quick, &err);
+        g_assert_nonnull(h);
+        g_assert_nonnull(o->devfn_held);
+        g_assert_true(o->devfn_held(h, 0x40));
+        g_assert_false(o->devfn_held(h, 0x48));
+        g_assert_cmpint(plug_control_wait(o, h, &ctl8, &d), ==, -EIO);
+        g_assert_nonnull(strstr(d.reason, "not available"));
+        QMP_OK(&v, "cont", NULL);
+        VP_SPIN_UNTIL(!o->devfn_held(h, 0x40), 120000);
+        g_assert_false(o->devfn_held(h, 0x40));
+        g_assert_cmpint(plug_control_wait(o, h, &ctl8, &d), ==, 0);
+        memset(&d, 0, sizeof(d));
+        o->unplug_control(h, 0x40, on_done, &d);
+        HOST_WAIT(d);
+        g_assert_cmpint(d.ret, ==, 0);
     }
 
     /* Plug again, then destroy with an unplug in flight: no completion is called. */
