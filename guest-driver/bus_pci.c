@@ -13,6 +13,10 @@
  *    to rescan the PCI bus, at most once a second) and reports what appeared or
  *    vanished. A function that vanished is already gone from the guest: its BAR
  *    mappings no longer reach the device, so users must just stop using them.
+ *    A function unplugged and plugged again at the same address between two scans
+ *    (a restarted server re-plugs a slot within a second of removing what the old
+ *    one left) is told apart by its sysfs directory's inode (the kernel makes a new
+ *    one per function): the old one is reported vanished, then the new one plugged.
  *  - There is no interrupt path to userspace (no VFIO no-IOMMU in Debian's kernel):
  *    irq_fd is -1 and the control plane polls the controlq.
  *
@@ -54,6 +58,7 @@ struct pci_ctl {
     uint64_t regs_size;
     uint8_t *ca;
     uint64_t ca_size;
+    uint64_t ino;                 /* its sysfs directory's inode (fn_ino) */
     bool seen;                    /* found in the current scan */
 };
 
@@ -61,6 +66,7 @@ struct pci_win {
     bool used;
     bool seen;
     struct gd_win_id id;
+    uint64_t ino;                 /* its sysfs directory's inode (fn_ino) */
 };
 
 struct gd_bus_pci {
@@ -69,6 +75,8 @@ struct gd_bus_pci {
     unsigned rescan_ms;
     int timer;
     bool scanning;
+    bool replaced;                /* this scan found a function plugged anew at a known
+                                     address: scan again once the old one is gone */
     uint64_t last_kernel_rescan;
     struct pci_ctl *ctl[256];
     struct pci_win win[PCI_MAX_WINDOWS];
@@ -117,6 +125,30 @@ static long read_hex_file(const struct gd_bus_pci *pb, const char *addr, const c
     char *end;
     long v = strtol(buf, &end, 16);
     return end == buf ? -1 : v;
+}
+
+/* The inode of <addr>'s sysfs directory (a new one for every function the kernel
+ * adds, also at an address used before), or 0 when it cannot be read. */
+static uint64_t fn_ino(const struct gd_bus_pci *pb, const char *addr)
+{
+    char p[PATH_MAX];
+    struct stat st;
+    if (path_of(pb, addr, NULL, p, sizeof(p)) < 0 || stat(p, &st) < 0)
+        return 0;
+    return (uint64_t)st.st_ino;
+}
+
+/* Whether the function at @addr is another one than the one recorded with inode
+ * @known (0: unknown, never "another"); then it is left unseen, so that this scan
+ * reports the old one vanished, and the next one plugs it. */
+static bool replaced(struct gd_bus_pci *pb, const char *addr, uint64_t known)
+{
+    uint64_t ino = fn_ino(pb, addr);
+    if (!known || !ino || ino == known)
+        return false;
+    gd_info("pci bus: %s was unplugged and plugged again since the last scan", addr);
+    pb->replaced = true;
+    return true;
 }
 
 /* Size of resource file @file, or 0 when it does not exist. */
@@ -237,7 +269,7 @@ static void plug_control(struct gd_bus_pci *pb, const char *addr, struct gd_win_
         char canon[32];
         addr_of(id, canon);
         if (strcmp(pb->ctl[slot]->addr, canon) == 0)
-            pb->ctl[slot]->seen = true;
+            pb->ctl[slot]->seen = !replaced(pb, addr, pb->ctl[slot]->ino);
         else
             gd_warn("pci bus: control function %s has the devfn of %s: ignored", addr,
                     pb->ctl[slot]->addr);
@@ -247,6 +279,7 @@ static void plug_control(struct gd_bus_pci *pb, const char *addr, struct gd_win_
     if (!c)
         return;
     addr_of(id, c->addr); /* canonical form of the name we parsed */
+    c->ino = fn_ino(pb, addr);
     enable_function(pb, addr);
     c->regs_size = resource_size(pb, addr, "resource0");
     if (c->regs_size < VP_IVSHMEM_DOORBELL_REG + 4) {
@@ -296,7 +329,7 @@ static void see_window(struct gd_bus_pci *pb, const char *addr, struct gd_win_id
 {
     struct pci_win *w = find_win(pb, id);
     if (w) {
-        w->seen = true;
+        w->seen = !replaced(pb, addr, w->ino);
         return;
     }
     for (unsigned i = 0; i < PCI_MAX_WINDOWS && !w; i++) {
@@ -307,18 +340,16 @@ static void see_window(struct gd_bus_pci *pb, const char *addr, struct gd_win_id
         gd_warn("pci bus: too many ivshmem functions, %s ignored", addr);
         return;
     }
-    *w = (struct pci_win){ .used = true, .seen = true, .id = id };
+    *w = (struct pci_win){ .used = true, .seen = true, .id = id, .ino = fn_ino(pb, addr) };
     enable_function(pb, addr);
     gd_debug("pci bus: ivshmem function %s (a window candidate) appeared", addr);
     if (pb->base.ev->window_plugged)
         pb->base.ev->window_plugged(pb->base.ev_opaque, GD_BUS_ANY_SLOT, id);
 }
 
-static void scan(struct gd_bus_pci *pb)
+static void scan_once(struct gd_bus_pci *pb)
 {
-    if (pb->scanning)
-        return;
-    pb->scanning = true;
+    pb->replaced = false;
     for (unsigned s = 0; s < 256; s++) {
         if (pb->ctl[s])
             pb->ctl[s]->seen = false;
@@ -372,6 +403,18 @@ static void scan(struct gd_bus_pci *pb)
             free_ctl(c);
         }
     }
+}
+
+static void scan(struct gd_bus_pci *pb)
+{
+    if (pb->scanning)
+        return;
+    pb->scanning = true;
+    scan_once(pb);
+    /* The old ones of functions plugged anew are gone now: plug the new ones (once:
+     * one replaced again meanwhile waits for the next scan). */
+    if (pb->replaced)
+        scan_once(pb);
     pb->scanning = false;
 }
 

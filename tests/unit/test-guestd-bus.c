@@ -675,10 +675,30 @@ static void test_pci_bus(void)
     ITERATE_UNTIL(loop, d->broken);
     g_assert_cmpstr(d->reason, ==, "control function removed");
     g_assert_cmpuint(fk_status(fk.ca), ==, 15);
+    /* Before the rescan, a new control function is plugged at the same address (a
+     * restarted server re-plugs the slot within a second of removing what the killed
+     * one left): a new sysfs directory. The rescan tells them apart: the old device
+     * goes, a new one is served. (The old directory is kept aside meanwhile, so the
+     * new one cannot get its inode.) Without it the broken device stayed and the new
+     * function was never served. */
+    char *ctl_old = g_strconcat(ctl, ".old", NULL);
+    g_assert_cmpint(rename(ctl, ctl_old), ==, 0);
+    g_free(mkfn(root, "0000:00:05.0"));
+    ivshmem_fn(ctl, true, VP_CA_SIZE);
+    uint8_t *ca2 = map_file(ctl, "resource2", VP_CA_SIZE);
+    fk_write_header(ca2, FK_BAR_SIZE);
+    gd_bus_sync(bus);
+    struct gd_device *d2 = gd_cp_device(cp, 5 << 3);
+    g_assert_nonnull(d2);
+    g_assert_false(d2->broken);
+    ITERATE_UNTIL(loop, fk_status(ca2) == 15);
+    rm_fn(ctl_old);
+    g_free(ctl_old);
     /* The rescan then unplugs it: the device goes. */
     rm_fn(ctl);
     gd_bus_sync(bus);
     g_assert_null(gd_cp_device(cp, 5 << 3));
+    munmap(ca2, VP_CA_SIZE);
 
     gd_cp_shutdown(cp);
     gd_bus_destroy(bus);
