@@ -290,15 +290,10 @@ static void on_qmp_event(qmp_client *c, const char *name, JsonObject *data, void
 {
     struct qemu_host *h = opaque;
     const char *dev;
-    JsonNode *n;
     (void)c;
 
-    if (strcmp(name, "DEVICE_DELETED") != 0 || !data)
+    if (strcmp(name, "DEVICE_DELETED") != 0 || !(dev = qmp_get_str(data, "device")))
         return;
-    n = json_object_get_member(data, "device");
-    if (!n || !JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_STRING)
-        return;
-    dev = json_node_get_string(n);
     for (guint i = 0; i < h->fns->len; i++) {
         struct qh_fn *fn = g_ptr_array_index(h->fns, i);
         if (fn->state == QH_ZOMBIE && strcmp(fn->dev_id, dev) == 0) {

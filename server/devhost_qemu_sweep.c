@@ -71,23 +71,6 @@ bool qh_parse_id(const char *id, char kind[4], unsigned *gen, uint32_t *devfn)
     return true;
 }
 
-static const char *str_member(JsonObject *o, const char *name)
-{
-    JsonNode *n = o ? json_object_get_member(o, name) : NULL;
-    if (!n || !JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_STRING)
-        return NULL;
-    return json_node_get_string(n);
-}
-
-static bool int_member(JsonObject *o, const char *name, int64_t *v)
-{
-    JsonNode *n = o ? json_object_get_member(o, name) : NULL;
-    if (!n || !JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64)
-        return false;
-    *v = json_node_get_int(n);
-    return true;
-}
-
 static JsonObject *array_object(JsonArray *a, guint i)
 {
     JsonNode *n = json_array_get_element(a, i);
@@ -144,7 +127,7 @@ static int scan_list(struct sweep *s, const char *cmd, const char *path, const c
         return ret;
     arr = json_node_get_array(v);
     for (guint i = 0; i < json_array_get_length(arr); i++)
-        found_id(s, str_member(array_object(arr, i), member), kinds);
+        found_id(s, qmp_get_str(array_object(arr, i), member), kinds);
     json_node_unref(v);
     return 0;
 }
@@ -167,15 +150,15 @@ static int scan_fdsets(struct sweep *s, vp_error *err)
         JsonArray *fds;
         int64_t set_id;
 
-        if (!int_member(set, "fdset-id", &set_id) || !fdsn || !JSON_NODE_HOLDS_ARRAY(fdsn))
+        if (!qmp_get_int(set, "fdset-id", &set_id) || !fdsn || !JSON_NODE_HOLDS_ARRAY(fdsn))
             continue;
         fds = json_node_get_array(fdsn);
         for (guint j = 0; j < json_array_get_length(fds); j++) {
             JsonObject *fo = array_object(fds, j);
-            const char *opaque = str_member(fo, "opaque");
+            const char *opaque = qmp_get_str(fo, "opaque");
             struct found f = { .fdset_id = set_id };
 
-            if (!opaque || !g_str_has_prefix(opaque, "vhost-pci ") || !int_member(fo, "fd", &f.fd) ||
+            if (!opaque || !g_str_has_prefix(opaque, "vhost-pci ") || !qmp_get_int(fo, "fd", &f.fd) ||
                 !qh_parse_id(opaque + 10, f.kind, &f.gen, &f.devfn) || strcmp(f.kind, "win") != 0)
                 continue;
             g_strlcpy(f.kind, "fd", sizeof(f.kind));

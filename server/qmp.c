@@ -51,6 +51,17 @@ const char *qmp_get_str(JsonObject *o, const char *name)
     return json_node_get_string(n);
 }
 
+/* The integer member @name of @o into *@v (qmp.h). */
+bool qmp_get_int(JsonObject *o, const char *name, int64_t *v)
+{
+    JsonNode *n = o ? json_object_get_member(o, name) : NULL;
+
+    if (!n || !JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64)
+        return false;
+    *v = json_node_get_int(n);
+    return true;
+}
+
 void qmp_enter(qmp_client *c)
 {
     c->depth++;

@@ -30,6 +30,7 @@
 
 #include <glib.h>
 #include <json-glib/json-glib.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "vp_common.h"
@@ -147,6 +148,14 @@ void qmp_client_device_del(qmp_client *c, const char *id, guint timeout_ms,
 
 /** Connect and negotiate capabilities; returns 0 or the failure (see above). */
 int qmp_client_connect_sync(qmp_client *c, const char *path, guint timeout_ms, vp_error *err);
+
+/** The string member @name of @o (borrowed from @o), or NULL when @o is NULL or the
+ *  member is absent or not a string. For QMP answers and events (peer input). */
+const char *qmp_get_str(JsonObject *o, const char *name);
+
+/** The integer member @name of @o into *@v: true, or false (and *@v untouched) when
+ *  @o is NULL or the member is absent or not an integer. */
+bool qmp_get_int(JsonObject *o, const char *name, int64_t *v);
 
 /** Run one command (with @fd >= 0 attached, duplicated) and wait. Returns 0 and, if
  *  @ret_out, a copy of the "return" member (json_node_unref it); else -errno with the

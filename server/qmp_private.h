@@ -86,7 +86,6 @@ struct qmp_client {
 
 /* qmp.c */
 void qmp_reply_init(qmp_reply *r, const char *command);
-const char *qmp_get_str(JsonObject *o, const char *name);
 void qmp_enter(qmp_client *c);
 void qmp_leave(qmp_client *c);
 GSource *qmp_timer_new(qmp_client *c, guint ms, GSourceFunc fn, gpointer data);
