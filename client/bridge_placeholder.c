@@ -61,6 +61,15 @@ static struct vp_region ph_region(const struct br *br)
                                .size = BR_PH_SIZE, .mmap_offset = 0, .fd = br->ph.fd };
 }
 
+/** Fire-and-forget MEMORY_INFO(DEL) of the placeholder region. */
+static void br_ph_send_del(struct br *br)
+{
+    br->regions[0] = ph_region(br);
+    br->regions[0].fd = -1;
+    br_emit(br, &(struct br_action){ .type = BR_ACT_SEND_MEMORY, .token = br_new_token(br),
+                                     .op = VP_OP_DEL, .nregions = 1, .regions = br->regions });
+}
+
 bool br_ph_start(struct br *br)
 {
     struct br_placeholder *ph = &br->ph;
@@ -93,10 +102,18 @@ bool br_ph_mem_ack(struct br *br, const struct br_event *ev)
         return false;
     ph->token = 0;
     if (ev->status != BR_OK) {
+        /* Without an answer the device VM's driver may still take the region late
+         * (server/jobs.h: a timed-out job finishes silently). A DEL queues behind the
+         * ADD on the tenant's job queue: it undoes it, or fails harmlessly. */
+        bool late = ev->status == BR_NO_ANSWER && br->link_up;
         ph->state = BR_PH_NONE;
         br_log(br, BR_LOG_WARNING, "--features-from-device: the placeholder region was not "
                "taken (%s): FEATURE_BITS is answered without the device VM's driver, and a "
-               "renegotiation may follow the frontend's start", br_why(ev));
+               "renegotiation may follow the frontend's start%s", br_why(ev),
+               late ? "; MEMORY_INFO(DEL) of the placeholder in case the device VM takes "
+               "it late" : "");
+        if (late)
+            br_ph_send_del(br);
         br_send_offer(br, false);
         return true;
     }
@@ -115,12 +132,9 @@ void br_ph_retire(struct br *br)
     if (ph->state != BR_PH_HELD || !br->link_up)
         return;
     ph->state = BR_PH_NONE;
-    br->regions[0] = ph_region(br);
-    br->regions[0].fd = -1;
     br_log(br, BR_LOG_INFO, "--features-from-device: the frontend's memory is on the device "
            "VM: MEMORY_INFO(DEL) of the placeholder region");
-    br_emit(br, &(struct br_action){ .type = BR_ACT_SEND_MEMORY, .token = br_new_token(br),
-                                     .op = VP_OP_DEL, .nregions = 1, .regions = br->regions });
+    br_ph_send_del(br);
 }
 
 void br_ph_forget(struct br *br)

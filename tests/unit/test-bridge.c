@@ -931,6 +931,30 @@ static void test_features_from_device_refused(void)
     h_teardown(h);
 }
 
+/* --features-from-device, the placeholder's MEMORY_INFO(ADD) gets no answer in time:
+ * the device VM's driver may still take it late (a timed-out job finishes silently on
+ * the server), so the client sends its DEL at once; it queues behind the ADD on the
+ * server. Without it the region stayed in the device VM until the connection ended. */
+static void test_features_from_device_no_answer(void)
+{
+    H hh, *h = &hh;
+    h_setup_opts(h, FRONTEND_QEMU72, false,
+                 &(HOpts){ .features_from_device = true, .ph_answer = BR_NO_ANSWER,
+                           .feat_accept = F_NO_MRG });
+    g_assert_cmpuint(h->nph_add, ==, 1);
+    g_assert_cmpuint(h->nph_del, ==, 1);
+    g_assert_cmpuint(h->nfeatures, ==, 1);
+    g_assert_cmpuint(h->nconfirm, ==, 0);
+    g_assert_true(log_has(h, "in case the device VM takes it late"));
+    h->expect_offer = F_NO_MRG;
+    fe_init(h);
+    play(h, qemu72_start, 0, true);
+    fire_settle(h);
+    check_registered(h);
+    g_assert_cmpuint(h->nph_del, ==, 1);
+    h_teardown(h);
+}
+
 /* --features-from-device, the server goes away before it answered the placeholder:
  * its late answer is not taken for the placeholder's, and the next connection
  * starts over with a new placeholder. */
@@ -1147,6 +1171,8 @@ int main(int argc, char **argv)
     g_test_add_func("/bridge/features-from-device/deferred", test_features_from_device_deferred);
     g_test_add_func("/bridge/features-from-device/all", test_features_from_device_all);
     g_test_add_func("/bridge/features-from-device/refused", test_features_from_device_refused);
+    g_test_add_func("/bridge/features-from-device/no-answer",
+                    test_features_from_device_no_answer);
     g_test_add_func("/bridge/features-from-device/server-lost",
                     test_features_from_device_server_lost);
     g_test_add_func("/bridge/server-restart-resumes", test_server_restart_resumes);
