@@ -272,7 +272,32 @@ static enum gd_handled handle_feature_bits(struct gd_device *dev, const struct v
 {
     (void)last_try;
     /* Never accept a bit that was not offered (spec 1.5.2), nor one the
-     * configuration refuses. */
+     * configuration refuses.
+     *
+     * VIRTIO_F_IN_ORDER (virtio 1.1 2.6.9; in VP_NET_FEATURES, so accepted unless
+     * --refuse-features names it): the device must use buffers in the order they were
+     * made available (an in-order driver such as DPDK's virtio-user takes used entry i
+     * as the chain made available at position i, without reading its id). Audit of
+     * every writer of used entries (net_path.c, the only one), which holds in every
+     * mode, so guestd accepts the bit whenever it is offered and behaves the same
+     * whether or not it was negotiated:
+     *  - transmitq: chains are taken in ring order and used in that order, sent or
+     *    dropped (empty, too large, too scattered); an endpoint's -EAGAIN holds the
+     *    chain and every later one (net_pair_tx).
+     *  - receiveq: chains are taken into a FIFO stash in ring order; a frame uses the
+     *    first k of them (k > 1 only with MRG_RXBUF), in order; a frame that does not
+     *    fit is dropped or waits, never skipping a chain (pair_rx, rx_write).
+     *  - errors: a bad chain breaks the queue and nothing from it on is ever used;
+     *    what was used before it is published when net_path.c found the fault (flags,
+     *    addresses, sizes: vq_fail flushes first), and stays unpublished when vp_vring
+     *    did (index, loop, next out of range): a prefix in order either way.
+     *  - endpoints (loopback, tap, unix, switch) never touch the rings: they go through
+     *    gd_net_port_rx; with --workers a receiveq written by several threads is
+     *    written under its rx_lock, a whole frame at a time (net_worker.c, net_assign).
+     *  - stop, memory DEL (parking), clone: chains taken and not used are given back
+     *    (the resume position is the first unused one), so the used index equals the
+     *    resume position and a restart continues in order (vq_resume_idx).
+     * tests/unit/test-guestd-net.c "/guestd-net/in-order/..." checks each path. */
     uint64_t accepted = m->u.features & VP_NET_FEATURES & ~dev->cp->cfg.refuse_features;
     dev->features = accepted;
     if (dev->cp->dp && dev->cp->dp->features)

@@ -81,13 +81,16 @@ int vp_device_type_valid(uint32_t type);
 #define VP_VIRTIO_F_RING_EVENT_IDX 29
 #define VP_VHOST_USER_F_PROTOCOL_FEATURES 30
 #define VP_VIRTIO_F_VERSION_1 32
+#define VP_VIRTIO_F_IN_ORDER 35
 
 /** The feature set of the vhost-pci-net guest driver this project ships: the one
  *  definition used by client, server and guestd (DESIGN section 4, "Feature timing").
- *  VERSION_1, MRG_RXBUF, EVENT_IDX, STATUS and MAC. */
+ *  VERSION_1, MRG_RXBUF, EVENT_IDX, STATUS, MAC and IN_ORDER (virtio 1.1 2.6.9: the
+ *  device uses buffers in the order they were made available; why guestd may promise
+ *  it is in guest-driver/device_msgs.c, handle_feature_bits). */
 #define VP_NET_FEATURES                                                        \
     ((1ULL << VP_VIRTIO_F_VERSION_1) | (1ULL << VP_VIRTIO_NET_F_MRG_RXBUF) |   \
      (1ULL << VP_VIRTIO_F_RING_EVENT_IDX) | (1ULL << VP_VIRTIO_NET_F_STATUS) | \
-     (1ULL << VP_VIRTIO_NET_F_MAC))
+     (1ULL << VP_VIRTIO_NET_F_MAC) | (1ULL << VP_VIRTIO_F_IN_ORDER))
 
 #endif
