@@ -12,7 +12,14 @@
  *  - A destination without receive buffers drops the frame (as a switch with a full
  *    output queue would, and as DPDK's io forwarding does): a driver VM that stops
  *    posting buffers slows nobody else down.
- *  - Entries age out after SW_AGE_NS unseen.
+ *  - Entries age out after SW_AGE_NS unseen (a coarse clock, read at the first frame
+ *    after each poll: an idle poll reads no clock).
+ *  - A sending port keeps the two table entries of its last unicast frame (source,
+ *    destination): the next frame with the same addresses skips both look-ups when
+ *    those entries still hold them (a MAC has one entry at most, entries never move:
+ *    an entry that still holds the address is the one a look-up would find), the
+ *    source's on this port, the destination's live and on another port. The source's
+ *    entry is refreshed as learning would.
  *
  * Security model: frames come from driver VMs that may be hostile and may rewrite
  * their buffers while they are copied. The 12 address bytes are copied out once
@@ -62,13 +69,16 @@ struct sw_entry {
 struct sw_port {
     struct gd_net_port *port;
     unsigned nmacs;
+    /* The entries of its last unicast frame (the file comment); NULL: none. */
+    struct sw_entry *c_se, *c_de; /* the source's and the destination's */
 };
 
 struct sw_ep {
     struct gd_endpoint base;
     pthread_mutex_t mu;           /* the table and the counters, with several workers */
     uint64_t key;                 /* hash key */
-    uint64_t now_ns;              /* coarse clock, updated once per poll */
+    uint64_t now_ns;              /* coarse clock, read once per poll with frames */
+    bool clock_stale;             /* a poll began since now_ns was read */
     struct sw_entry table[SW_BUCKETS][SW_WAYS];
     struct sw_port *ports;
     unsigned nports, capports;
@@ -111,18 +121,21 @@ static uint64_t now_of(const struct sw_ep *sw)
     return __atomic_load_n(&sw->now_ns, __ATOMIC_RELAXED);
 }
 
+/* Seen less than SW_AGE_NS ago. With several workers each stores the clock it read,
+ * so now_ns may briefly lag an entry's seen_ns: "seen in the future" is live, not an
+ * unsigned wrap that would age it at once. */
 static bool live(const struct sw_ep *sw, const struct sw_entry *e)
 {
-    return e->mac && now_of(sw) - e->seen_ns < SW_AGE_NS;
+    return e->mac && (int64_t)(now_of(sw) - e->seen_ns) < (int64_t)SW_AGE_NS;
 }
 
-/* The port a live entry names for @mac, or NULL. */
-static struct gd_net_port *lookup(struct sw_ep *sw, uint64_t mac)
+/* The live entry of @mac, or NULL. */
+static struct sw_entry *lookup(struct sw_ep *sw, uint64_t mac)
 {
     struct sw_entry *b = bucket(sw, mac);
     for (unsigned w = 0; w < SW_WAYS; w++) {
         if (b[w].mac == mac && live(sw, &b[w]))
-            return b[w].port;
+            return &b[w];
     }
     return NULL;
 }
@@ -136,8 +149,9 @@ static void drop_entry(struct sw_ep *sw, struct sw_entry *e)
     count(&sw->entries, (uint64_t)-1);
 }
 
-/* Remember that @mac (unicast, not zero) lives behind @port (see the file comment). */
-static void learn(struct sw_ep *sw, struct sw_port *sp, uint64_t mac)
+/* Remember that @mac (unicast, not zero) lives behind @port (see the file comment).
+ * Returns its entry, or NULL when it could not be learned. */
+static struct sw_entry *learn(struct sw_ep *sw, struct sw_port *sp, uint64_t mac)
 {
     struct sw_entry *b = bucket(sw, mac);
     struct sw_entry *victim = NULL;
@@ -149,12 +163,12 @@ static void learn(struct sw_ep *sw, struct sw_port *sp, uint64_t mac)
                 break;
             }
             e->seen_ns = now_of(sw);
-            return;
+            return e;
         }
     }
     if (sp->nmacs >= SW_PORT_MAX_MACS) {
         count(&sw->not_learned, 1);
-        return;
+        return NULL;
     }
     /* A free or aged way first, else the sender's own oldest entry. */
     for (unsigned w = 0; w < SW_WAYS; w++) {
@@ -168,7 +182,7 @@ static void learn(struct sw_ep *sw, struct sw_port *sp, uint64_t mac)
     }
     if (!victim) {
         count(&sw->not_learned, 1); /* flooded until a way frees up */
-        return;
+        return NULL;
     }
     if (victim->mac)
         drop_entry(sw, victim);
@@ -176,6 +190,35 @@ static void learn(struct sw_ep *sw, struct sw_port *sp, uint64_t mac)
     sp->nmacs++;
     count(&sw->entries, 1);
     count(&sw->learned, 1);
+    return victim;
+}
+
+/*
+ * Learn @src on @port and find where @dst goes: its port, or NULL to flood (group or
+ * unknown destination). The caller holds the lock when there are several workers.
+ * The port's kept decision answers when it still holds (file comment); a new
+ * unicast decision with both addresses in the table is kept.
+ */
+static struct gd_net_port *decide(struct sw_ep *sw, struct gd_net_port *port, uint64_t dst,
+                                  uint64_t src)
+{
+    if (__atomic_load_n(&sw->clock_stale, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&sw->clock_stale, false, __ATOMIC_RELAXED);
+        __atomic_store_n(&sw->now_ns, gd_now_ns(), __ATOMIC_RELAXED);
+    }
+    struct sw_port *sp = sw_port(sw, port);
+    if (sp && sp->c_se && sp->c_se->mac == src && sp->c_se->port == port &&
+        sp->c_de->mac == dst && sp->c_de->port != port && live(sw, sp->c_de)) {
+        sp->c_se->seen_ns = now_of(sw); /* what learn() would do */
+        return sp->c_de->port;
+    }
+    struct sw_entry *se = sp && src && !mac_is_group(src) ? learn(sw, sp, src) : NULL;
+    struct sw_entry *de = mac_is_group(dst) ? NULL : lookup(sw, dst);
+    if (se && de && de->port != port) {
+        sp->c_se = se;
+        sp->c_de = de;
+    }
+    return de ? de->port : NULL;
 }
 
 /* Deliver to one port; a full receive queue drops the frame. */
@@ -209,10 +252,7 @@ static int sw_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct 
     bool locked = gd_net_nworkers(ep->net) > 1;
     if (locked)
         pthread_mutex_lock(&sw->mu);
-    struct sw_port *sp = sw_port(sw, port);
-    if (sp && src && !mac_is_group(src))
-        learn(sw, sp, src);
-    struct gd_net_port *to = mac_is_group(dst) ? NULL : lookup(sw, dst);
+    struct gd_net_port *to = decide(sw, port, dst, src);
     if (to == port)
         count(&sw->filtered, 1); /* its own address: a switch does not send it back */
     else if (to)
@@ -237,7 +277,9 @@ static int sw_tx(struct gd_endpoint *ep, struct gd_net_port *port, const struct 
 
 static int sw_poll(struct gd_endpoint *ep)
 {
-    __atomic_store_n(&sw_of(ep)->now_ns, gd_now_ns(), __ATOMIC_RELAXED);
+    struct sw_ep *sw = sw_of(ep);
+    if (!__atomic_load_n(&sw->clock_stale, __ATOMIC_RELAXED))
+        __atomic_store_n(&sw->clock_stale, true, __ATOMIC_RELAXED);
     return 0;
 }
 

@@ -82,6 +82,23 @@ static void node_down(Node *n)
     vnet_vm_free(n->vm);
 }
 
+/* The switch with three pretend driver VMs, MACs 02:00:00:00:00:0a, 0b, 0c. */
+static void three_up(Sw *s, Node *a, Node *b, Node *c)
+{
+    sw_start(s);
+    node_up(s, a, 0x0a, NULL);
+    node_up(s, b, 0x0b, NULL);
+    node_up(s, c, 0x0c, NULL);
+}
+
+static void three_down(Sw *s, Node *a, Node *b, Node *c)
+{
+    node_down(a);
+    node_down(b);
+    node_down(c);
+    sw_stop(s);
+}
+
 static const guint8 BCAST[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 
 /* Frame @seq of stream @tag with addresses @dst <- @src. */
@@ -133,11 +150,8 @@ static JsonObject *switch_status(JsonNode *g)
 static void test_learn_flood(void)
 {
     Sw s;
-    sw_start(&s);
     Node a, b, c;
-    node_up(&s, &a, 0x0a, NULL);
-    node_up(&s, &b, 0x0b, NULL);
-    node_up(&s, &c, 0x0c, NULL);
+    three_up(&s, &a, &b, &c);
 
     /* A -> B, B unknown: flooded to B and C, never back to A. */
     send_frame(&a, b.mac, a.mac, 100, 1, 1);
@@ -172,10 +186,60 @@ static void test_learn_flood(void)
     g_assert_cmpint(itest_int(st, "filtered"), ==, 1);
     g_assert_cmpint(itest_int(st, "runts"), ==, 1);
     json_node_unref(g);
-    node_down(&a);
-    node_down(&b);
-    node_down(&c);
-    sw_stop(&s);
+    three_down(&s, &a, &b, &c);
+}
+
+enum { BURST = 40 };
+
+/* A burst of BURST frames @a -> @dst (tag @tag) then a broadcast (tag @tag + 1): the
+ * burst arrives at @at, then the broadcast; @not_at gets the broadcast first (none of
+ * the burst). */
+static void burst_to(Node *a, const guint8 *dst, Node *at, Node *not_at, guint8 tag,
+                     const char *what)
+{
+    for (guint64 i = 0; i < BURST; i++)
+        send_frame(a, dst, a->mac, 60 + i, i, tag);
+    send_frame(a, BCAST, a->mac, 64, 0, tag + 1);
+    for (guint64 i = 0; i < BURST; i++)
+        expect_frame(at, dst, a->mac, 60 + i, i, tag, what);
+    expect_frame(at, BCAST, a->mac, 64, 0, tag + 1, what);
+    expect_frame(not_at, BCAST, a->mac, 64, 0, tag + 1, what);
+}
+
+/*
+ * A MAC address that moves to another port while a sender keeps sending to it: the
+ * sender's kept decision (same source and destination) must not outlive the table
+ * entry it came from. Bursts of frames with the same addresses, so that most of
+ * them are switched by the kept decision.
+ */
+static void test_move(void)
+{
+    Sw s;
+    Node a, b, c;
+    three_up(&s, &a, &b, &c);
+    send_frame(&b, BCAST, b.mac, 60, 0, 1);
+    expect_frame(&a, BCAST, b.mac, 60, 0, 1, "hello from B at A");
+    expect_frame(&c, BCAST, b.mac, 60, 0, 1, "hello from B at C");
+    send_frame(&c, BCAST, c.mac, 60, 0, 2);
+    expect_frame(&a, BCAST, c.mac, 60, 0, 2, "hello from C at A");
+    expect_frame(&b, BCAST, c.mac, 60, 0, 2, "hello from C at B");
+
+    burst_to(&a, b.mac, &b, &c, 3, "A -> B before the move: at B only");
+    /* B's address now transmits from C's port: the switch moves it there. */
+    send_frame(&c, a.mac, b.mac, 70, 0, 5);
+    expect_frame(&a, a.mac, b.mac, 70, 0, 5, "C as B, to A (learned unicast)");
+    burst_to(&a, b.mac, &c, &b, 6, "A -> B's address after the move: at C only");
+    /* Moved back: B transmits again. */
+    send_frame(&b, a.mac, b.mac, 80, 0, 8);
+    expect_frame(&a, a.mac, b.mac, 80, 0, 8, "B back, to A");
+    burst_to(&a, b.mac, &b, &c, 9, "A -> B after moving back: at B only");
+
+    JsonNode *g = itest_guestd_status(&s.env);
+    JsonObject *st = switch_status(g);
+    g_assert_cmpint(itest_int(st, "unicast"), ==, 3 * BURST + 2);
+    g_assert_cmpint(itest_int(st, "macs"), ==, 3);
+    json_node_unref(g);
+    three_down(&s, &a, &b, &c);
 }
 
 /* Bulk traffic both ways at once, mixed sizes, every frame checked in order. */
@@ -431,6 +495,7 @@ int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/switch/learn-flood", test_learn_flood);
+    g_test_add_func("/switch/move", test_move);
     g_test_add_func("/switch/bulk", test_bulk);
     g_test_add_func("/switch/hostile", test_hostile);
     g_test_add_func("/switch/multi-queue", test_multi_queue);
