@@ -74,7 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!(ctl & 4))
             fg_drain_acks(&g, NULL);
     }
-    fg_service(&g);
+    fg_service_all(&g);
     fg_drain_acks(&g, NULL);
     fg_teardown(&g);
     fz_fds_end(&before);

@@ -180,6 +180,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct fz f = { data, size };
     struct fz_fdset before;
     fz_quiet_glib();
+    /* At most MAX_CMDS fds queued besides the pool: 256 is plenty (fuzz.h). */
+    static bool limited;
+    if (!limited)
+        fz_fds_limit(256);
+    limited = true;
     fz_fds_begin(&before);
     static struct ctx x;
     memset(&x, 0, sizeof(x));

@@ -279,6 +279,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         }
     }
+    fg_service_all(&r.g);
+    fg_drain_acks(&r.g, NULL);
     if (r.g.net)
         gd_net_poll(r.g.net);
     fg_teardown(&r.g);
