@@ -4,8 +4,13 @@
  *
  * Sources live in three arrays. Removal only marks an entry dead (so indexes stay
  * valid while callbacks run and a removed source is never called again); dead
- * entries are compacted at the end of each iteration. gd_loop_iterate() is not
- * re-entrant.
+ * entries are compacted at the end of an iteration in which something died.
+ * gd_loop_iterate() is not re-entrant.
+ *
+ * The clock is read only when a decision needs it (loop.h "Reading the clock"): on
+ * every iteration that may sleep, but while the loop spins only every clock_stride
+ * iterations, the stride adapting so that two reads come about GD_CLOCK_PERIOD_NS
+ * apart. A spinning data path otherwise spends a clock_gettime per empty poll.
  */
 #include "loop.h"
 
@@ -53,21 +58,49 @@ struct gd_loop {
     unsigned cappfd;
     int next_id;
     bool quit;
+    bool dirty;                   /* a source died: compact() has work */
     uint64_t spin_ns;
-    uint64_t last_work_ns;        /* when a poller last did work */
-    uint64_t sleep_ns;            /* current back-off step, 0 = none yet */
+    uint64_t last_work_ns;        /* when a poller last did work (as of the read after it) */
+    uint64_t sleep_ns;            /* current back-off step, 0 = none (spinning) */
     uint64_t fds_checked_ns;      /* when ppoll last ran */
     unsigned busy_skips;          /* iterations since then that skipped it */
+    /* The clock (loop.h "Reading the clock"). */
+    gd_clock_fn clock;            /* NULL: gd_now_ns */
+    void *clock_opaque;
+    uint64_t now_ns;              /* the value of its last read */
+    unsigned clock_stride;        /* spinning: one read every this many iterations */
+    unsigned clock_skips;         /* iterations since the last read that made none */
+    bool clock_stale;             /* read at the next iteration (a timer was added) */
+    bool work_unseen;             /* a poller did work since the last read */
+    struct gd_loop_stats stats;
 };
 
-/* While the loop spins (pollers found work, or did so less than spin_ns ago) and
- * nothing is due, fds are checked (one ppoll syscall) only every GD_FD_CHECK_NS or
- * GD_FD_CHECK_ITERS iterations: a busy or just-idle data path then spends no
- * syscall per batch or per empty poll, and fd events wait at most that long. */
-#define GD_FD_CHECK_NS 50000ULL
-#define GD_FD_CHECK_ITERS 32
-
 #define GD_SLEEP_START_NS 1000ULL
+
+/* Read the clock now (counted) and adapt the stride from what the iterations since
+ * the previous read took: more than a period, cut it to the iterations that fit in
+ * one (at least 1: after a sleep it is 1); less than half a period over a whole
+ * stride, double it (at most GD_CLOCK_STRIDE_MAX). A steady loop then reads about
+ * every GD_CLOCK_PERIOD_NS / 2 .. GD_CLOCK_PERIOD_NS. */
+static uint64_t read_clock(struct gd_loop *loop)
+{
+    uint64_t now = loop->clock ? loop->clock(loop->clock_opaque) : gd_now_ns();
+    uint64_t span = now - loop->now_ns;
+    unsigned iters = loop->clock_skips + 1;
+    if (span > GD_CLOCK_PERIOD_NS) {
+        uint64_t fit = (uint64_t)iters * GD_CLOCK_PERIOD_NS / span;
+        if (fit < loop->clock_stride)
+            loop->clock_stride = fit ? (unsigned)fit : 1;
+    } else if (span < GD_CLOCK_PERIOD_NS / 2 && iters >= loop->clock_stride &&
+               loop->clock_stride < GD_CLOCK_STRIDE_MAX) {
+        loop->clock_stride *= 2;
+    }
+    loop->now_ns = now;
+    loop->clock_skips = 0;
+    loop->clock_stale = false;
+    loop->stats.clock_reads++;
+    return now;
+}
 
 uint64_t gd_now_ns(void)
 {
@@ -97,6 +130,7 @@ struct gd_loop *gd_loop_new(void)
         return NULL;
     loop->next_id = 1;
     loop->spin_ns = 50000;
+    loop->clock_stride = 1;
     return loop;
 }
 
@@ -151,8 +185,10 @@ int gd_loop_mod_fd(struct gd_loop *loop, int id, short events)
 void gd_loop_del_fd(struct gd_loop *loop, int id)
 {
     struct gd_fd_watch *w = id > 0 ? find_fd(loop, id) : NULL;
-    if (w)
+    if (w) {
         w->dead = true;
+        loop->dirty = true;
+    }
 }
 
 int gd_loop_add_timer(struct gd_loop *loop, uint64_t delay_ns, gd_timer_cb cb, void *opaque)
@@ -161,16 +197,20 @@ int gd_loop_add_timer(struct gd_loop *loop, uint64_t delay_ns, gd_timer_cb cb, v
              sizeof(*loop->timers)) < 0)
         return -ENOMEM;
     struct gd_timer *t = &loop->timers[loop->ntimers++];
-    *t = (struct gd_timer){ .id = new_id(loop), .due_ns = gd_now_ns() + delay_ns,
+    uint64_t now = loop->clock ? loop->clock(loop->clock_opaque) : gd_now_ns();
+    *t = (struct gd_timer){ .id = new_id(loop), .due_ns = now + delay_ns,
                             .cb = cb, .opaque = opaque };
+    loop->clock_stale = true; /* its due time is checked at the next iteration */
     return t->id;
 }
 
 void gd_loop_del_timer(struct gd_loop *loop, int id)
 {
     for (unsigned i = 0; id > 0 && i < loop->ntimers; i++) {
-        if (loop->timers[i].id == id)
+        if (loop->timers[i].id == id) {
             loop->timers[i].dead = true;
+            loop->dirty = true;
+        }
     }
 }
 
@@ -184,7 +224,7 @@ int gd_loop_add_poller(struct gd_loop *loop, gd_poll_cb cb, void *opaque,
     *p = (struct gd_poller){ .id = new_id(loop), .max_sleep_ns = max_sleep_ns,
                              .cb = cb, .opaque = opaque };
     /* A new poller starts busy: it probably has work right away. */
-    loop->last_work_ns = gd_now_ns();
+    loop->work_unseen = true;
     loop->sleep_ns = 0;
     return p->id;
 }
@@ -192,18 +232,35 @@ int gd_loop_add_poller(struct gd_loop *loop, gd_poll_cb cb, void *opaque,
 void gd_loop_del_poller(struct gd_loop *loop, int id)
 {
     for (unsigned i = 0; id > 0 && i < loop->npollers; i++) {
-        if (loop->pollers[i].id == id)
+        if (loop->pollers[i].id == id) {
             loop->pollers[i].dead = true;
+            loop->dirty = true;
+        }
     }
 }
 
 void gd_loop_set_spin_ns(struct gd_loop *loop, uint64_t spin_ns) { loop->spin_ns = spin_ns; }
+
+void gd_loop_set_clock(struct gd_loop *loop, gd_clock_fn clock, void *opaque)
+{
+    loop->clock = clock;
+    loop->clock_opaque = opaque;
+    loop->clock_stale = true;
+}
+
+void gd_loop_get_stats(const struct gd_loop *loop, struct gd_loop_stats *stats)
+{
+    *stats = loop->stats;
+}
 
 void gd_loop_quit(struct gd_loop *loop) { loop->quit = true; }
 
 /* Drop dead entries (between iterations only). */
 static void compact(struct gd_loop *loop)
 {
+    if (!loop->dirty)
+        return;
+    loop->dirty = false;
     unsigned j = 0;
     for (unsigned i = 0; i < loop->nfds; i++) {
         if (!loop->fds[i].dead)
@@ -224,8 +281,9 @@ static void compact(struct gd_loop *loop)
     loop->npollers = j;
 }
 
-/* How long to sleep given the pollers' state; -1 = no bound from pollers. */
-static int64_t poller_sleep(struct gd_loop *loop, int work, uint64_t now)
+/* How long to sleep given the pollers' state (@now: the clock just read; work since
+ * the previous read counts as done now); -1 = no bound from pollers. */
+static int64_t poller_sleep(struct gd_loop *loop, uint64_t now)
 {
     uint64_t max_sleep = UINT64_MAX;
     bool any = false;
@@ -238,7 +296,8 @@ static int64_t poller_sleep(struct gd_loop *loop, int work, uint64_t now)
     }
     if (!any)
         return -1;
-    if (work > 0) {
+    if (loop->work_unseen) {
+        loop->work_unseen = false;
         loop->last_work_ns = now;
         loop->sleep_ns = 0;
         return 0;
@@ -257,12 +316,15 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
 {
     int ran = 0;
     int work = 0;
+    unsigned live = 0;
 
+    loop->stats.iterations++;
     /* 1. Pollers (the snapshot count: pollers added now run next iteration). */
     unsigned np = loop->npollers;
     for (unsigned i = 0; i < np; i++) {
         if (loop->pollers[i].dead)
             continue;
+        live++;
         if (loop->pollers[i].cb(loop->pollers[i].opaque) > 0) {
             work++;
             ran++;
@@ -275,10 +337,25 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
         compact(loop);
         return ran;
     }
+    if (work) {
+        loop->work_unseen = true;
+        loop->sleep_ns = 0; /* busy: spinning again */
+    }
 
-    /* 2. Timeout: pollers' back-off, earliest timer, caller's bound. */
-    uint64_t now = gd_now_ns();
-    int64_t wait = poller_sleep(loop, work, now);
+    /* 2. While spinning, between two reads of the clock: nothing can be known due,
+     * nothing waits; the fd check comes at the latest with GD_FD_CHECK_ITERS, which
+     * makes a read. */
+    if (live && loop->sleep_ns == 0 && !loop->clock_stale &&
+        loop->clock_skips + 1 < loop->clock_stride && loop->busy_skips < GD_FD_CHECK_ITERS) {
+        loop->clock_skips++;
+        loop->busy_skips++;
+        compact(loop);
+        return ran;
+    }
+
+    /* 3. Timeout: pollers' back-off, earliest timer, caller's bound. */
+    uint64_t now = read_clock(loop);
+    int64_t wait = poller_sleep(loop, now);
     for (unsigned i = 0; i < loop->ntimers; i++) {
         if (loop->timers[i].dead)
             continue;
@@ -289,8 +366,9 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
     if (max_wait_ns >= 0 && (wait < 0 || max_wait_ns < wait))
         wait = max_wait_ns;
 
-    /* 3. Wait for fds (or, spinning, skip the syscall for a while). */
-    if (wait == 0 && loop->npollers && loop->busy_skips < GD_FD_CHECK_ITERS &&
+    /* 4. Wait for fds (or, spinning, skip the syscall for a while: not past the
+     * iteration bound before the next read, which would otherwise be an extra one). */
+    if (wait == 0 && live && loop->busy_skips + loop->clock_stride <= GD_FD_CHECK_ITERS &&
         now - loop->fds_checked_ns < GD_FD_CHECK_NS) {
         bool timer_due = false;
         for (unsigned i = 0; i < loop->ntimers && !timer_due; i++)
@@ -327,11 +405,14 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
         ts.tv_nsec = (long)(wait % 1000000000LL);
         tsp = &ts;
     }
+    loop->stats.fd_checks++;
+    if (wait != 0)
+        loop->stats.sleeps++;
     int r = ppoll(n ? loop->pfd : NULL, n, tsp, NULL);
     if (r < 0 && errno != EINTR)
         return -errno;
 
-    /* 4. fd events. */
+    /* 5. fd events. */
     for (unsigned k = 0; r > 0 && k < n; k++) {
         if (!loop->pfd[k].revents)
             continue;
@@ -342,14 +423,17 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
         ran++;
     }
 
-    /* 5. Due timers (those added by callbacks wait for the next iteration). */
-    now = gd_now_ns();
+    /* 6. Due timers (those added by callbacks wait for the next iteration). The clock
+     * again only if time passed in ppoll or in fd callbacks. */
+    if (wait != 0 || r > 0)
+        now = read_clock(loop);
     unsigned nt = loop->ntimers;
     for (unsigned i = 0; i < nt; i++) {
         struct gd_timer *t = &loop->timers[i];
         if (t->dead || t->due_ns > now)
             continue;
         t->dead = true;
+        loop->dirty = true;
         gd_timer_cb cb = t->cb;
         void *opaque = t->opaque;
         cb(opaque); /* may add timers: t may move, do not touch it after */

@@ -11,8 +11,27 @@
  *    been idle for the spin window, the loop sleeps in growing steps (doubling from
  *    1 us) up to the smallest max_sleep_ns of the registered pollers, and wakes at
  *    once for fd events and timers. While the loop spins (busy, or within the spin
- *    window), fds are checked (one ppoll) only every 50 us or 32 iterations,
- *    whichever comes first, so a polling data path makes no syscall per poll.
+ *    window), fds are checked (one ppoll) only every GD_FD_CHECK_NS or
+ *    GD_FD_CHECK_ITERS iterations, whichever comes first, so a polling data path
+ *    makes no syscall per poll.
+ *
+ * Reading the clock: a spinning loop does not read CLOCK_MONOTONIC on every
+ * iteration either (a clock_gettime per empty poll was a sixth of a busy data path's
+ * time). It reads it every clock_stride iterations, the stride adapting so that reads
+ * come about GD_CLOCK_PERIOD_NS apart: doubled (up to GD_CLOCK_STRIDE_MAX) while a
+ * whole stride takes less than half the period, cut to the iterations that fit in
+ * one period when the last stride took longer. It reads it on every iteration that
+ * may sleep (backing off, no poller, a timer just added) and on every fd check.
+ * Everything that needs the time is decided at a read, so while the loop spins:
+ *  - a timer fires, the spin window ends and the GD_FD_CHECK_NS bound is noticed at
+ *    most one stride late: with iterations of steady length, at most
+ *    GD_CLOCK_PERIOD_NS (plus one iteration) late; when iterations suddenly grow
+ *    longer (traffic starts), at most GD_CLOCK_STRIDE_MAX iterations late, once;
+ *  - fds are still checked after at most GD_FD_CHECK_ITERS iterations that skipped
+ *    the check (an fd check always comes with a read);
+ *  - work found counts as found at the next read (the spin window may last one
+ *    stride longer).
+ * While the loop backs off or sleeps, nothing changes: it reads on each iteration.
  *
  * Sources may be added or removed from inside any callback (removal takes effect
  * immediately: a removed source is never called again). Ids are > 0 and never reused.
@@ -25,6 +44,26 @@
 #include <stdint.h>
 
 struct gd_loop;
+
+/** While the loop spins, fds are checked (one ppoll) at least this often (ns) ... */
+#define GD_FD_CHECK_NS 50000ULL
+/** ... and at least every this many iterations. */
+#define GD_FD_CHECK_ITERS 32
+/** While the loop spins, the clock is read about this often (ns) ... */
+#define GD_CLOCK_PERIOD_NS 5000ULL
+/** ... and at least every this many iterations. */
+#define GD_CLOCK_STRIDE_MAX 32
+
+/** A clock for gd_loop_set_clock(): monotonic nanoseconds. */
+typedef uint64_t (*gd_clock_fn)(void *opaque);
+
+/** Counters of a loop's work since gd_loop_new() (gd_loop_get_stats). */
+struct gd_loop_stats {
+    uint64_t iterations;          /* gd_loop_iterate() calls */
+    uint64_t clock_reads;         /* reads of the clock deciding an iteration */
+    uint64_t fd_checks;           /* ppoll calls */
+    uint64_t sleeps;              /* of those, with a timeout other than 0 */
+};
 
 /** fd watch callback: @revents are poll(2) revents (POLLIN, POLLOUT, POLLHUP, ...). */
 typedef void (*gd_fd_cb)(void *opaque, int fd, short revents);
@@ -60,6 +99,15 @@ void gd_loop_del_poller(struct gd_loop *loop, int id);
 
 /** How long the loop keeps spinning after the last poller work (default 50 us). */
 void gd_loop_set_spin_ns(struct gd_loop *loop, uint64_t spin_ns);
+
+/** Read @clock (called with @opaque) instead of gd_now_ns() for every decision of
+ *  @loop: timers' due times, the spin window, back-off, fd checks (tests drive the
+ *  loop with a clock of their own; ppoll still sleeps in real time). NULL restores
+ *  gd_now_ns(). Set it before adding timers. */
+void gd_loop_set_clock(struct gd_loop *loop, gd_clock_fn clock, void *opaque);
+
+/** Copy @loop's counters into *@stats. */
+void gd_loop_get_stats(const struct gd_loop *loop, struct gd_loop_stats *stats);
 
 /**
  * Run one iteration: pollers, then wait up to the computed sleep bounded by
