@@ -16,6 +16,10 @@
  *    rings: the device could have rewritten it.
  *  - Any violation marks the queue broken with a reason (vq->why); broken is sticky
  *    and every later call fails with -EIO or does nothing. Nothing here aborts.
+ *  - One exception to "read once": the device side reads avail ring entries a few
+ *    places ahead of the one it pops, only to prefetch their head descriptors. Such a
+ *    value is masked into the descriptor table and used for nothing but a prefetch
+ *    (a wrong one costs one cache line); the entry is read again, once, when popped.
  *
  * Memory ordering follows Linux drivers/virtio/virtio_ring.c (driver) and
  * drivers/vhost/vhost.c (device); every barrier says what it orders. Shared 16-bit
@@ -127,6 +131,20 @@ static int peer_pending(const void *idx_p, uint16_t last, uint32_t num, uint16_t
 
 /* ------------------------------ device side ------------------------------ */
 
+/* The device side prefetches the head descriptor of the avail entry this many
+ * places ahead of the one it pops (the driver's descriptors are cache misses: it
+ * wrote them on another core). */
+#define DEV_PREFETCH_AHEAD 4
+
+/* Prefetch the head descriptor of avail entry @idx, which the driver has published
+ * (see the security model: the entry is a hint here, masked, never validated). */
+static inline void dev_prefetch_head(const struct vp_vring_dev *vq, uint16_t idx)
+{
+    const struct vp_vring_mem *m = &vq->mem;
+    uint16_t h = sh_ld16(avail_ring(m, idx & (m->num - 1)));
+    __builtin_prefetch(desc_at(m, h & (m->num - 1)));
+}
+
 void vp_vring_dev_break(struct vp_vring_dev *vq, const char *fmt, ...)
 {
     va_list ap;
@@ -178,6 +196,12 @@ int vp_vring_dev_pop(struct vp_vring_dev *vq, struct vp_vring_seg *segs,
          * published before that store, so they need no fence of their own. */
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         vq->avail_shadow = aidx;
+        /* Start the misses on the next heads of the batch (this one is read now);
+         * each later pop prefetches the one DEV_PREFETCH_AHEAD places ahead. */
+        for (unsigned k = 1; k <= DEV_PREFETCH_AHEAD && k < (unsigned)pending; k++)
+            dev_prefetch_head(vq, (uint16_t)(vq->last_avail_idx + k));
+    } else if ((uint16_t)(vq->avail_shadow - vq->last_avail_idx) > DEV_PREFETCH_AHEAD) {
+        dev_prefetch_head(vq, (uint16_t)(vq->last_avail_idx + DEV_PREFETCH_AHEAD));
     }
 
     uint16_t h = sh_ld16(avail_ring(m, vq->last_avail_idx & (num - 1)));

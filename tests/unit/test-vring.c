@@ -653,6 +653,43 @@ static void test_dev_malformed(void)
     vp_assert_fds(fds);
 }
 
+/* The device pops a long batch (it prefetches the head descriptors of the entries
+ * ahead, reading their avail entries as hints): garbage ahead in the avail ring
+ * breaks nothing before it is reached, an entry rewritten after its hint was read is
+ * taken as it is when popped, and the bad one breaks the queue when popped. */
+static void test_dev_batch_hostile_ahead(void)
+{
+    struct ring r;
+    ring_alloc(&r, 16);
+    struct vp_vring_dev dev;
+    vp_put_le16(avail_idx_p(&r), 0);
+    g_assert_cmpint(vp_vring_dev_init(&dev, &r.m, false, 0), ==, 0);
+    for (unsigned i = 0; i < 16; i++) {
+        desc_set(&r, i, 0x1000 * (i + 1), 64, 0, 0);
+        vp_put_le16(avail_ring_p(&r, i), (uint16_t)i);
+    }
+    vp_put_le16(avail_ring_p(&r, 10), 999);     /* out of range */
+    vp_put_le16(avail_ring_p(&r, 12), 0xffff);  /* garbage further ahead */
+    vp_put_le16(avail_idx_p(&r), 16);
+    struct vp_vring_seg seg[2];
+    unsigned n = 0;
+    uint16_t head = 0;
+    for (unsigned i = 0; i < 10; i++) {
+        if (i == 2)
+            vp_put_le16(avail_ring_p(&r, 4), 15); /* its hint was read already */
+        g_assert_cmpint(vp_vring_dev_pop(&dev, seg, 2, &n, &head), ==, 1);
+        uint16_t want = i == 4 ? 15 : (uint16_t)i;
+        g_assert_cmpuint(head, ==, want);
+        g_assert_cmpuint(n, ==, 1);
+        g_assert_cmpuint(seg[0].addr, ==, 0x1000 * (want + 1));
+        g_assert_false(dev.broken);
+    }
+    g_assert_cmpint(vp_vring_dev_pop(&dev, seg, 2, &n, &head), ==, -EIO);
+    g_assert_true(dev.broken);
+    g_assert_nonnull(strstr(dev.why, "head 999 >= num 16"));
+    ring_free(&r);
+}
+
 /* A broken-by-the-caller device queue, and push of an out-of-range head. */
 static void test_dev_break_and_push(void)
 {
@@ -1067,7 +1104,6 @@ static void run_two_threads(bool event_idx)
 
 static void test_two_threads_event_idx(void) { run_two_threads(true); }
 static void test_two_threads_flags(void) { run_two_threads(false); }
-
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -1080,6 +1116,7 @@ int main(int argc, char **argv)
     g_test_add_func("/vring/notify_flags", test_notify_flags);
     g_test_add_func("/vring/dev_malformed", test_dev_malformed);
     g_test_add_func("/vring/dev_break_and_push", test_dev_break_and_push);
+    g_test_add_func("/vring/dev_batch_hostile_ahead", test_dev_batch_hostile_ahead);
     g_test_add_func("/vring/drv_malformed", test_drv_malformed);
     g_test_add_func("/vring/drv_shadows", test_drv_shadows);
     g_test_add_func("/vring/two_threads_event_idx", test_two_threads_event_idx);
