@@ -387,6 +387,10 @@ done:
     vq->dirty = true;
     vq->pend_packets++;
     vq->pend_bytes += len;
+    /* The driver VM may take these frames while the batch goes on (whole frames
+     * only; the interrupt is decided once, at vq_flush). */
+    if (vp_vring_dev_unpublished(&vq->vr) >= NET_RX_PUBLISH_EVERY)
+        vp_vring_dev_flush(&vq->vr);
     vq_set_notify(vq, false);
     return 0;
 }

@@ -32,6 +32,9 @@
 /* Transmit chains taken from the ring at once (their buffers are prefetched while
  * the earlier ones are handled). */
 #define TX_BATCH 32
+/* Used receive entries are published once this many are pending, at the end of a
+ * frame, not only at the end of a batch. */
+#define NET_RX_PUBLISH_EVERY 8
 
 /* Bytes of a cache line (x86-64, arm64): what per-worker data is aligned to. */
 #define NET_CACHE_LINE 64

@@ -166,6 +166,7 @@ int vp_vring_dev_init(struct vp_vring_dev *vq, const struct vp_vring_mem *mem,
     vq->avail_shadow = last_avail_idx;
     /* Resume from the shared used index, read once (vhost_vq_init_access). */
     vq->used_idx = sh_ld16(used_idx(&vq->mem));
+    vq->used_published = vq->used_idx;
     vq->signalled_used_valid = false;
     return 0;
 }
@@ -286,10 +287,12 @@ void vp_vring_dev_flush(struct vp_vring_dev *vq)
 {
     if (vq->broken)
         return;
-    /* Used ring entries before used->idx (pairs with the driver's acquire fence
-     * after reading used->idx; vhost_add_used_n's smp_wmb). */
+    /* Used ring entries (and the buffers they describe) before used->idx (pairs with
+     * the driver's acquire fence after reading used->idx; vhost_add_used_n's
+     * smp_wmb). */
     __atomic_thread_fence(__ATOMIC_RELEASE);
     sh_st16(used_idx(&vq->mem), vq->used_idx);
+    vq->used_published = vq->used_idx;
 }
 
 bool vp_vring_dev_need_notify(struct vp_vring_dev *vq)

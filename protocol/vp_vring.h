@@ -71,6 +71,7 @@ struct vp_vring_dev {
     uint16_t avail_shadow;     /* avail->idx as last read (validated): entries up to it
                                   are popped without reading avail->idx again */
     uint16_t used_idx;         /* private shadow of used->idx */
+    uint16_t used_published;   /* used->idx as last stored by a flush */
     uint16_t signalled_used;   /* used idx at the last notification */
     bool signalled_used_valid;
     char why[128];             /* why it broke */
@@ -101,8 +102,19 @@ int vp_vring_dev_pop(struct vp_vring_dev *vq, struct vp_vring_seg *segs,
  *  until vp_vring_dev_flush(). -EIO if broken or @head >= num. */
 int vp_vring_dev_push(struct vp_vring_dev *vq, uint16_t head, uint32_t len);
 
-/** Publish the used entries pushed so far (release barrier, then used->idx). */
+/** Publish the used entries pushed so far (release barrier, then used->idx). A
+ *  device may publish in the middle of a long batch (e.g. every few frames, never
+ *  inside one frame's chains), so that the driver takes the first entries while the
+ *  rest are being filled, and decide the interrupt once after the batch's last
+ *  flush: vp_vring_dev_need_notify() covers every entry published since the last
+ *  notification (virtio 1.0 2.4.7.2). */
 void vp_vring_dev_flush(struct vp_vring_dev *vq);
+
+/** Used entries pushed and not yet published by vp_vring_dev_flush(). */
+static inline unsigned vp_vring_dev_unpublished(const struct vp_vring_dev *vq)
+{
+    return (uint16_t)(vq->used_idx - vq->used_published);
+}
 
 /** After a flush: true when the driver wants an interrupt (used_event /
  *  VRING_AVAIL_F_NO_INTERRUPT, vp_vring_need_event). Updates the signalled mark. */

@@ -690,6 +690,51 @@ static void test_dev_batch_hostile_ahead(void)
     ring_free(&r);
 }
 
+/* A device publishing in the middle of a batch (every 8 entries, counted by
+ * vp_vring_dev_unpublished): the driver takes those entries at once; the
+ * notification decided after the batch's last flush covers the ones published
+ * early, and a second decision with nothing new asks for none. */
+static void test_dev_publish_early(void)
+{
+    struct pair p;
+    pair_init(&p, 32, true);
+    struct vp_vring_seg in = { 0x1000, 64, true };
+    int tok[20];
+    for (unsigned i = 0; i < 20; i++)
+        g_assert_cmpint(vp_vring_drv_add(&p.drv, &in, 0, 1, &tok[i]), ==, 0);
+    vp_vring_drv_kick_prepare(&p.drv);
+    vp_vring_drv_set_notify(&p.drv, true);     /* used_event = 0: interrupt me */
+    struct vp_vring_seg seg[2];
+    unsigned n = 0, got = 0;
+    uint16_t head = 0;
+    void *t = NULL;
+    uint32_t len = 0;
+    g_assert_cmpuint(vp_vring_dev_unpublished(&p.dev), ==, 0);
+    for (unsigned i = 0; i < 20; i++) {
+        g_assert_cmpint(vp_vring_dev_pop(&p.dev, seg, 2, &n, &head), ==, 1);
+        g_assert_cmpint(vp_vring_dev_push(&p.dev, head, 64), ==, 0);
+        g_assert_cmpuint(vp_vring_dev_unpublished(&p.dev), ==, i % 8 + 1);
+        if (vp_vring_dev_unpublished(&p.dev) >= 8)
+            vp_vring_dev_flush(&p.dev);
+        while (vp_vring_drv_get_used(&p.drv, &t, &len) == 1) {
+            g_assert_true(t == &tok[got]);
+            got++;
+        }
+        g_assert_cmpuint(got, ==, (i + 1) / 8 * 8);
+    }
+    g_assert_cmpuint(vp_vring_dev_unpublished(&p.dev), ==, 4);
+    vp_vring_dev_flush(&p.dev);
+    g_assert_cmpuint(vp_vring_dev_unpublished(&p.dev), ==, 0);
+    g_assert_true(vp_vring_dev_need_notify(&p.dev));
+    while (vp_vring_drv_get_used(&p.drv, &t, &len) == 1)
+        got++;
+    g_assert_cmpuint(got, ==, 20);
+    vp_vring_drv_set_notify(&p.drv, true);     /* re-armed at 20: nothing new */
+    vp_vring_dev_flush(&p.dev);
+    g_assert_false(vp_vring_dev_need_notify(&p.dev));
+    pair_fini(&p);
+}
+
 /* A broken-by-the-caller device queue, and push of an out-of-range head. */
 static void test_dev_break_and_push(void)
 {
@@ -843,6 +888,7 @@ struct tt {
     int failed;                        /* atomic */
     char fail_msg[256];
     unsigned kicks, calls, avail_wraps, used_wraps, dev_waits, drv_waits;
+    unsigned publish_every;            /* device: flush within a batch every n (0: no) */
 };
 
 static void tt_fail(struct tt *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -951,6 +997,8 @@ static gpointer tt_device(gpointer opaque)
                 }
                 if (t->dev.used_idx < before)
                     t->used_wraps++;
+                if (t->publish_every && vp_vring_dev_unpublished(&t->dev) >= t->publish_every)
+                    vp_vring_dev_flush(&t->dev);
             }
             vp_vring_dev_flush(&t->dev);
             if (vp_vring_dev_need_notify(&t->dev)) {
@@ -1056,13 +1104,14 @@ static gpointer tt_driver(gpointer opaque)
     return NULL;
 }
 
-static void run_two_threads(bool event_idx)
+static void run_two_threads(bool event_idx, unsigned publish_every)
 {
     int fds_before = vp_count_open_fds();
     struct tt *t = g_new0(struct tt, 1);
     ring_alloc(&t->r, TT_NUM);
     g_assert_cmpint(vp_vring_drv_init(&t->drv, &t->r.m, event_idx), ==, 0);
     g_assert_cmpint(vp_vring_dev_init(&t->dev, &t->r.m, event_idx, 0), ==, 0);
+    t->publish_every = publish_every;
     t->kick_fd = eventfd(0, EFD_CLOEXEC);
     t->call_fd = eventfd(0, EFD_CLOEXEC);
     g_assert_cmpint(t->kick_fd, >=, 0);
@@ -1102,8 +1151,12 @@ static void run_two_threads(bool event_idx)
     vp_assert_fds(fds_before);
 }
 
-static void test_two_threads_event_idx(void) { run_two_threads(true); }
-static void test_two_threads_flags(void) { run_two_threads(false); }
+static void test_two_threads_event_idx(void) { run_two_threads(true, 0); }
+static void test_two_threads_flags(void) { run_two_threads(false, 0); }
+/* Used entries also published in the middle of each batch, every 4 (replies are
+ * checked byte by byte: a reply published before its bytes would show). */
+static void test_two_threads_publish_every(void) { run_two_threads(true, 4); }
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -1117,9 +1170,11 @@ int main(int argc, char **argv)
     g_test_add_func("/vring/dev_malformed", test_dev_malformed);
     g_test_add_func("/vring/dev_break_and_push", test_dev_break_and_push);
     g_test_add_func("/vring/dev_batch_hostile_ahead", test_dev_batch_hostile_ahead);
+    g_test_add_func("/vring/dev_publish_early", test_dev_publish_early);
     g_test_add_func("/vring/drv_malformed", test_drv_malformed);
     g_test_add_func("/vring/drv_shadows", test_drv_shadows);
     g_test_add_func("/vring/two_threads_event_idx", test_two_threads_event_idx);
     g_test_add_func("/vring/two_threads_flags", test_two_threads_flags);
+    g_test_add_func("/vring/two_threads_publish_every", test_two_threads_publish_every);
     return g_test_run();
 }
