@@ -27,11 +27,6 @@
 #include <string.h>
 #include <sys/socket.h>
 
-/* Not yet with G_SLICE=always-malloc (fuzz.h): json-glib 1.6 leaks every value but
- * the last of a line holding several top-level values ({}{"a": 1}), which that
- * makes LSan report within the first few thousand inputs. To be lifted once
- * server/qmp_recv.c refuses such lines. */
-#define FZ_SLICE_ALLOCATOR 1
 #include "fuzz.h"
 #include "qmp.h"
 

@@ -298,10 +298,8 @@ __attribute__((no_sanitize("coverage"))) static inline void fz_fds_end(const str
  * again for its leak check and, after 1000 such checks, stops checking inputs for
  * leaks at all. G_SLICE=always-malloc makes every slice a malloc. GLib reads it
  * once, before main in a program linked with GObject, so the target executes
- * itself again with it set (unless G_SLICE is already set: a caller's choice). A
- * target defines FZ_SLICE_ALLOCATOR before including this file to keep the slices.
+ * itself again with it set (unless G_SLICE is already set: a caller's choice).
  */
-#ifndef FZ_SLICE_ALLOCATOR
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -313,7 +311,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     }
     return 0;
 }
-#endif
 
 /** Send @len bytes of @buf with @nfds fds on @sock (non-blocking; MSG_NOSIGNAL).
  *  Returns the bytes sent, or -errno (-EAGAIN when the socket buffer is full). */

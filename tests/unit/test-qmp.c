@@ -663,6 +663,7 @@ static void test_not_qmp(void)
     {
         g_autofree char *deep = g_malloc(100001);
         memset(deep, '[', 100000);
+        memcpy(deep, "{\"a\": ", 6);   /* an object, so only the depth is wrong */
         deep[100000] = 0;
         fake_send(&f, deep);
     }
@@ -685,6 +686,47 @@ static void test_not_qmp(void)
     qmp_client_free(c);
     fake_fini(&f);
     vp_assert_fds(fds_before);
+}
+
+/* A line after the greeting that the client must refuse: the connection closes with
+ * -EPROTO and a reason naming @why, and no fd stays open. */
+static void refused_after_greeting(const char *line, const char *why)
+{
+    int sv[2];
+    vp_error err;
+    fake f;
+    states st = { 0 };
+    int fds = vp_count_open_fds();
+
+    vp_test_socketpair(sv);
+    qmp_client *c = qmp_client_new(NULL);
+    qmp_client_set_state_handler(c, on_state, &st);
+    g_assert_cmpint(qmp_client_attach_fd(c, sv[0], WAIT_MS, &err), ==, 0);
+    fake_init(&f, sv[1]);
+    fake_send(&f, GREETING);
+    fake_send(&f, line);
+    VP_SPIN_UNTIL(st.closed, WAIT_MS);
+    g_assert_cmpint(st.closed, ==, 1);
+    g_assert_cmpint(st.last_ret, ==, -EPROTO);
+    g_assert_nonnull(strstr(st.err.msg, why));
+    qmp_client_free(c);
+    fake_fini(&f);
+    vp_assert_fds(fds);
+}
+
+/* Several JSON values on one line: json-glib 1.6 keeps the last as the root and leaks
+ * the others (found by fuzz-qmp with G_SLICE=always-malloc; a QEMU repeating such
+ * lines grew the server's memory without bound while the connection stayed up).
+ * The line is refused before json-glib sees it; so is a top-level value that is not
+ * an object. */
+static void test_one_value_per_line(void)
+{
+    refused_after_greeting("{\"return\": {}}{\"event\": \"RESET\"}",
+                           "more than one JSON value on a line");
+    refused_after_greeting("{} {\"event\": \"x\", \"data\": {\"s\": \"}{\"}}",
+                           "more than one JSON value on a line");
+    refused_after_greeting("1 {\"event\": \"RESET\"}", "JSON that is not an object");
+    refused_after_greeting("[{\"event\": \"RESET\"}]", "JSON that is not an object");
 }
 
 static void test_command_timeout(void)
@@ -861,6 +903,7 @@ int main(int argc, char **argv)
     g_test_add_func("/qmp/add-fd", test_add_fd);
     g_test_add_func("/qmp/eof", test_eof);
     g_test_add_func("/qmp/not-qmp", test_not_qmp);
+    g_test_add_func("/qmp/one-value-per-line", test_one_value_per_line);
     g_test_add_func("/qmp/command-timeout", test_command_timeout);
     g_test_add_func("/qmp/free", test_free);
     g_test_add_func("/qmp/connect-path", test_connect_path);
