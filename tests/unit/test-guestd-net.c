@@ -1001,8 +1001,9 @@ static void step(struct fx *f, struct order *o, unsigned workers)
 
 /* Loopback (transmit buffers copied into receive buffers on the same pair), with the
  * receiveq running dry (back-pressure on the transmitq), frames spanning buffers,
- * dropped transmit frames, a DEVICE_INFO(DEL) with held transmit chains and set-aside
- * receive buffers, and the restart at the positions it returned; @workers data path
+ * dropped transmit frames, the memory region leaving and coming back (queues parked and
+ * resumed), a DEVICE_INFO(DEL) with held transmit chains and set-aside receive
+ * buffers, and the restart at the positions it returned; @workers data path
  * threads (0: inline, polled here). */
 static void in_order_loopback(unsigned workers)
 {
@@ -1027,6 +1028,19 @@ static void in_order_loopback(unsigned workers)
             drv_post(&f, posted % 16, i == 1 ? 700 : 2048);
         for (int k = 0; k < 3; k++)
             step(&f, &o, workers);
+        if (round == 2) {
+            /* The region holding rings and buffers leaves (the queues park, held chains
+             * given back) and comes back (they resume where they parked). */
+            struct vp_cq_msg m, ack;
+            fk_mem_msg(&m, VP_OP_DEL, XGPA, WIN_SIZE, 0);
+            roundtrip(&f, &m, &ack);
+            g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_DEL_DONE);
+            check_in_order(&f, &o, 0);
+            check_in_order(&f, &o, 1);
+            fk_mem_msg(&m, VP_OP_ADD, XGPA, WIN_SIZE, 0);
+            roundtrip(&f, &m, &ack);
+            g_assert_cmpuint(ack.u.ack.result, ==, VP_ACK_ADD_DONE);
+        }
         if (round == 4) {
             /* Stop with chains held on both queues, restart where it stopped. */
             struct vp_cq_msg m, ack;
