@@ -800,15 +800,38 @@ static unsigned check_in_order(struct fx *f, struct order *o, unsigned qi)
     return n;
 }
 
-/* Give the used chains of both queues back to the driver side. */
-static void drv_reap(struct fx *f)
+/* A driver side for the queue whose rings are RING(@q). */
+static void drv_ring_init(struct fx *f, struct vp_vring_drv *drv, unsigned q)
+{
+    struct vp_vring_mem mem = { f->win + RING(q), f->win + RING(q) + 0x1000,
+                                f->win + RING(q) + 0x2000, QNUM };
+    g_assert_cmpint(vp_vring_drv_init(drv, &mem, true), ==, 0);
+}
+
+/* Used chains of @drv back to the driver side. */
+static void drv_reap_one(struct vp_vring_drv *drv)
 {
     void *tok;
     uint32_t len;
-    while (vp_vring_drv_get_used(&f->rx, &tok, &len) == 1)
+    while (vp_vring_drv_get_used(drv, &tok, &len) == 1)
         ;
-    while (vp_vring_drv_get_used(&f->tx, &tok, &len) == 1)
-        ;
+}
+
+/* The fixture with the endpoint named @spec ("loopback", "switch") and @workers data
+ * path threads. */
+static void fx_init_spec(struct fx *f, const char *spec, unsigned workers)
+{
+    vp_error err = { { 0 } };
+    struct gd_endpoint *ep = gd_endpoint_new(NULL, spec, &err);
+    g_assert_nonnull(ep);
+    fx_init_full(f, VP_NET_FEATURES, ep, workers);
+}
+
+/* Give the used chains of both queues back to the driver side. */
+static void drv_reap(struct fx *f)
+{
+    drv_reap_one(&f->rx);
+    drv_reap_one(&f->tx);
 }
 
 /* Poll once, check both queues, and give the used chains back to the driver side
@@ -1009,10 +1032,7 @@ static void in_order_loopback(unsigned workers)
 {
     struct fx f;
     struct order o = { { 0 } };
-    vp_error err = { { 0 } };
-    struct gd_endpoint *lo = gd_endpoint_new(NULL, "loopback", &err);
-    g_assert_nonnull(lo);
-    fx_init_full(&f, VP_NET_FEATURES, lo, workers);
+    fx_init_spec(&f, "loopback", workers);
     unsigned want_tx = 0, posted = 0;
     for (unsigned round = 0; round < 8; round++) {
         /* Six frames (one empty: used, not looped; one spanning two buffers), four
@@ -1091,16 +1111,10 @@ static void test_in_order_switch(void)
 {
     struct fx f;
     struct order o = { { 0 } };
-    vp_error err = { { 0 } };
-    struct gd_endpoint *sw = gd_endpoint_new(NULL, "switch", &err);
-    g_assert_nonnull(sw);
-    fx_init_ep(&f, VP_NET_FEATURES, sw);
+    fx_init_spec(&f, "switch", 0);
     struct vp_vring_drv brx, btx; /* port B's driver side */
-    for (unsigned i = 0; i < 2; i++) {
-        struct vp_vring_mem mem = { f.win + RING(2 + i), f.win + RING(2 + i) + 0x1000,
-                                    f.win + RING(2 + i) + 0x2000, QNUM };
-        g_assert_cmpint(vp_vring_drv_init(i ? &btx : &brx, &mem, true), ==, 0);
-    }
+    drv_ring_init(&f, &brx, 2);
+    drv_ring_init(&f, &btx, 3);
     add_frontend_at(&f, 2, 2, 2, 0, 0);
     g_assert_cmpuint(gd_net_nports(f.net), ==, 2);
     const uint64_t A = 0x020000000001ULL, B = 0x020000000002ULL, BC = 0xffffffffffffULL,
@@ -1132,12 +1146,8 @@ static void test_in_order_switch(void)
             poll_check(&f, &o);
             check_in_order(&f, &o, 2);
             check_in_order(&f, &o, 3);
-            void *tok;
-            uint32_t len;
-            while (vp_vring_drv_get_used(&brx, &tok, &len) == 1)
-                ;
-            while (vp_vring_drv_get_used(&btx, &tok, &len) == 1)
-                ;
+            drv_reap_one(&brx);
+            drv_reap_one(&btx);
         }
     }
     /* Every transmit chain used (the switch never holds one back); B's buffers all
@@ -1153,23 +1163,6 @@ static void test_in_order_switch(void)
     fx_fini(&f);
 }
 
-/* A driver side for the queue whose rings are RING(@q). */
-static void drv_ring_init(struct fx *f, struct vp_vring_drv *drv, unsigned q)
-{
-    struct vp_vring_mem mem = { f->win + RING(q), f->win + RING(q) + 0x1000,
-                                f->win + RING(q) + 0x2000, QNUM };
-    g_assert_cmpint(vp_vring_drv_init(drv, &mem, true), ==, 0);
-}
-
-/* Used chains of @drv back to the driver side. */
-static void drv_reap_one(struct vp_vring_drv *drv)
-{
-    void *tok;
-    uint32_t len;
-    while (vp_vring_drv_get_used(drv, &tok, &len) == 1)
-        ;
-}
-
 /* Two data path workers and the switch: port A with two queue pairs (pair q on worker
  * q), port B with one, on worker 0 and written by worker 1 too (A's pair 1 floods
  * into it: shared_rx, under its rx_lock). Both of A's transmitqs flood broadcast
@@ -1181,10 +1174,7 @@ static void test_in_order_switch_workers(void)
 {
     struct fx f;
     struct order o = { { 0 } };
-    vp_error err = { { 0 } };
-    struct gd_endpoint *sw = gd_endpoint_new(NULL, "switch", &err);
-    g_assert_nonnull(sw);
-    fx_init_full(&f, VP_NET_FEATURES, sw, 2);
+    fx_init_spec(&f, "switch", 2);
     struct vp_cq_msg m, ack;
     fk_dev_msg(&m, VP_OP_DEL, VP_DEV_NET, 1, 0, 0);
     roundtrip(&f, &m, &ack);
