@@ -912,50 +912,45 @@ static void test_features_from_device_all(void)
     h_teardown(h);
 }
 
-/* --features-from-device, the server refuses the placeholder: the offer goes without
- * it (answered by the server, not the driver: nothing to confirm), with a warning. */
-static void test_features_from_device_refused(void)
+/* --features-from-device, the placeholder is not taken (@answer): the offer goes
+ * without it (answered by the server, not the driver: nothing to confirm), with the
+ * warning @warning, after @ndel MEMORY_INFO(DEL) of the placeholder; the frontend's
+ * registration then goes as without the option. */
+static void check_placeholder_not_taken(enum br_status answer, const char *warning,
+                                        unsigned ndel)
 {
     H hh, *h = &hh;
     h_setup_opts(h, FRONTEND_QEMU72, false,
-                 &(HOpts){ .features_from_device = true, .ph_answer = BR_REJECTED,
+                 &(HOpts){ .features_from_device = true, .ph_answer = answer,
                            .feat_accept = F_NO_MRG });
     g_assert_cmpuint(h->nph_add, ==, 1);
+    g_assert_cmpuint(h->nph_del, ==, ndel);
     g_assert_cmpuint(h->nfeatures, ==, 1);
     g_assert_cmpuint(h->nconfirm, ==, 0);
-    g_assert_true(log_has(h, "warning: --features-from-device: the placeholder region was "
-                          "not taken"));
+    g_assert_true(log_has(h, warning));
     h->expect_offer = F_NO_MRG;
     fe_init(h);
     play(h, qemu72_start, 0, true);
     fire_settle(h);
     check_registered(h);
-    g_assert_cmpuint(h->nph_del, ==, 0);
+    g_assert_cmpuint(h->nph_del, ==, ndel);
     h_teardown(h);
 }
 
-/* --features-from-device, the placeholder's MEMORY_INFO(ADD) gets no answer in time:
- * the device VM's driver may still take it late (a timed-out job finishes silently on
- * the server), so the client sends its DEL at once; it queues behind the ADD on the
- * server. Without it the region stayed in the device VM until the connection ended. */
+/* The server refuses the placeholder: a warning, no DEL. */
+static void test_features_from_device_refused(void)
+{
+    check_placeholder_not_taken(BR_REJECTED, "warning: --features-from-device: the "
+                                "placeholder region was not taken", 0);
+}
+
+/* The placeholder's MEMORY_INFO(ADD) gets no answer in time: the device VM's driver
+ * may still take it late (a timed-out job finishes silently on the server), so the
+ * client sends its DEL at once; it queues behind the ADD on the server. Without it
+ * the region stayed in the device VM until the connection ended. */
 static void test_features_from_device_no_answer(void)
 {
-    H hh, *h = &hh;
-    h_setup_opts(h, FRONTEND_QEMU72, false,
-                 &(HOpts){ .features_from_device = true, .ph_answer = BR_NO_ANSWER,
-                           .feat_accept = F_NO_MRG });
-    g_assert_cmpuint(h->nph_add, ==, 1);
-    g_assert_cmpuint(h->nph_del, ==, 1);
-    g_assert_cmpuint(h->nfeatures, ==, 1);
-    g_assert_cmpuint(h->nconfirm, ==, 0);
-    g_assert_true(log_has(h, "in case the device VM takes it late"));
-    h->expect_offer = F_NO_MRG;
-    fe_init(h);
-    play(h, qemu72_start, 0, true);
-    fire_settle(h);
-    check_registered(h);
-    g_assert_cmpuint(h->nph_del, ==, 1);
-    h_teardown(h);
+    check_placeholder_not_taken(BR_NO_ANSWER, "in case the device VM takes it late", 1);
 }
 
 /* --features-from-device, the server goes away before it answered the placeholder:
