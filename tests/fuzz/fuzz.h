@@ -222,7 +222,7 @@ static inline int fz_make_fd(struct fz *f)
  * prints a new function) takes the lowest free numbers, which that scan covers. Had
  * it opened more than FZ_FD_SLACK, the end of the next input would report them
  * (a false report, never a missed one). */
-#define FZ_FD_SCAN 512
+#define FZ_FD_SCAN 2048
 #define FZ_FD_SLACK 32
 
 struct fz_fdset {
