@@ -74,7 +74,7 @@ static void vq_fail(struct net_vq *vq, const char *fmt, ...)
  * back (they are the most recently taken ones). */
 static uint16_t vq_resume_idx(const struct net_vq *vq)
 {
-    return (uint16_t)(vq->vr.last_avail_idx - (vq->nstash - vq->tx_next));
+    return (uint16_t)(vq->vr.last_avail_idx - (vq->nstash - vq->next));
 }
 
 /* Add the frames counted since the last call to the queue's counters. */
@@ -166,10 +166,32 @@ static size_t iov_pull(const struct iovec *src, unsigned nsrc, unsigned *i, size
 
 /* ------------------------------- receiveq ------------------------------- */
 
-/* Take one more receive chain into the stash. Returns 1, 0 (ring empty) or -EIO. */
+/* Move the pending receive chains (stash[next ..]) and their segments to the front. */
+static void rx_compact(struct net_vq *vq)
+{
+    if (vq->next == 0)
+        return;
+    if (vq->next == vq->nstash) {
+        vq->nstash = vq->pool_used = vq->next = 0;
+        return;
+    }
+    unsigned shift = vq->stash[vq->next].seg0;
+    memmove(vq->segs, vq->segs + shift, (vq->pool_used - shift) * sizeof(vq->segs[0]));
+    memmove(vq->stash, vq->stash + vq->next, (vq->nstash - vq->next) * sizeof(vq->stash[0]));
+    vq->nstash -= vq->next;
+    vq->pool_used -= shift;
+    vq->next = 0;
+    for (unsigned i = 0; i < vq->nstash; i++)
+        vq->stash[i].seg0 -= shift;
+}
+
+/* Take one more receive chain into the stash (after its pending ones), and prefetch
+ * the first lines of its first buffer for writing (the address is the validated
+ * translation, not a value read from the ring). Returns 1, 0 (ring empty) or -EIO. */
 static int rx_take(struct net_vq *vq)
 {
     const struct gd_net_port *p = vq->pair->port;
+    rx_compact(vq);
     unsigned room = vq->q->num - vq->pool_used;
     unsigned nsegs = 0;
     uint16_t head = 0;
@@ -191,11 +213,17 @@ static int rx_take(struct net_vq *vq)
         uint64_t addr = s[k].addr, len = s[k].len;
         while (len) {
             uint64_t got = 0;
-            if (!vq_xlate(vq, addr, len, &got)) {
+            uint8_t *host = vq_xlate(vq, addr, len, &got);
+            if (!host) {
                 vq_fail(vq, "chain from head %u: buffer 0x%llx+%u reaches 0x%llx, outside the "
                             "driver VM's memory", head, (unsigned long long)s[k].addr,
                         s[k].len, (unsigned long long)addr);
                 return -EIO;
+            }
+            if (k == 0 && addr == s[0].addr) {
+                __builtin_prefetch(host, 1);
+                if (got > 64)
+                    __builtin_prefetch(host + 64, 1);
             }
             addr += got;
             len -= got;
@@ -213,24 +241,31 @@ static int rx_take(struct net_vq *vq)
     return 1;
 }
 
-/* Forget the first @k stashed chains (they were used). */
+/* The next @k pending chains were used. */
 static void rx_consume(struct net_vq *vq, unsigned k)
 {
-    if (k == vq->nstash) {
-        vq->nstash = 0;
-        vq->pool_used = 0;
-        return;
-    }
-    unsigned shift = vq->stash[k].seg0;
-    memmove(vq->segs, vq->segs + shift, (vq->pool_used - shift) * sizeof(vq->segs[0]));
-    memmove(vq->stash, vq->stash + k, (vq->nstash - k) * sizeof(vq->stash[0]));
-    vq->nstash -= k;
-    vq->pool_used -= shift;
-    for (unsigned i = 0; i < vq->nstash; i++)
-        vq->stash[i].seg0 -= shift;
+    vq->next += k;
+    if (vq->next == vq->nstash)
+        vq->nstash = vq->pool_used = vq->next = 0;
 }
 
-/* Write @src (header + frame, @total bytes) into stashed chains 0..k-1 and push them. */
+/* With no chain pending, take up to RX_AHEAD (as many as the ring has). Returns how
+ * many are pending (0: ring empty), or -EIO (broken: a bad chain, even one taken
+ * ahead, breaks the queue now rather than when its turn comes). */
+static int rx_refill(struct net_vq *vq)
+{
+    while (vq->nstash - vq->next < RX_AHEAD) {
+        int r = rx_take(vq);
+        if (r < 0)
+            return r;
+        if (r == 0)
+            break;
+    }
+    return (int)(vq->nstash - vq->next);
+}
+
+/* Write @src (header + frame, @total bytes) into stashed chains 0..k-1 (the pending
+ * ones: the stash is compacted) and push them. */
 static int rx_write(struct net_vq *vq, const struct iovec *src, unsigned nsrc, uint64_t total,
                     unsigned k)
 {
@@ -268,18 +303,21 @@ static int rx_write(struct net_vq *vq, const struct iovec *src, unsigned nsrc, u
 }
 
 /*
- * The common case of a receive, with nothing set aside: take the next chain, and
- * when its first buffer holds header and frame inside one region, write them there
- * and use the chain. Returns 1 when delivered; 0 when the general path must do it
- * (the chain taken stays in the stash); -EAGAIN (ring empty) or -EIO (broken).
+ * The common case of a receive: the next pending chain (with none pending, up to
+ * RX_AHEAD are taken first), when its first buffer holds header and frame inside
+ * one region: write them there and use the chain. Returns 1 when delivered; 0 when
+ * the general path must do it (the chain stays pending); -EAGAIN (ring empty) or
+ * -EIO (broken).
  */
 static int rx_fast(struct net_vq *vq, const struct iovec *iov, unsigned niov, size_t len,
                    uint64_t need)
 {
-    int r = rx_take(vq);
-    if (r <= 0)
-        return r == 0 ? -EAGAIN : -EIO;
-    const struct chain *ch = &vq->stash[0];
+    if (vq->next == vq->nstash) {
+        int r = rx_refill(vq);
+        if (r <= 0)
+            return r == 0 ? -EAGAIN : -EIO;
+    }
+    const struct chain *ch = &vq->stash[vq->next];
     const struct vp_vring_seg *seg = &vq->segs[ch->seg0];
     uint64_t got = 0;
     uint8_t *dst = seg->len >= need ? vq_xlate(vq, seg->addr, need, &got) : NULL;
@@ -304,7 +342,7 @@ static int rx_fast(struct net_vq *vq, const struct iovec *iov, unsigned niov, si
         vq_fail(vq, NULL);
         return -EIO;
     }
-    vq->nstash = vq->pool_used = 0;
+    rx_consume(vq, 1);
     return 1;
 }
 
@@ -323,22 +361,21 @@ static int pair_rx(struct net_pair *pair, const struct iovec *iov, unsigned niov
     }
     uint64_t need = (uint64_t)p->hdr_len + len;
 
-    if (vq->nstash == 0) {
-        int r = rx_fast(vq, iov, niov, len, need);
-        if (r == 1)
-            goto done;
-        if (r == -EAGAIN) {
-            /* Wait for buffers; ask the driver VM to kick when it adds some. */
-            vq_set_notify(vq, true);
-            return -EAGAIN;
-        }
-        if (r < 0) {
-            stat_add(&pair->drops, 1);
-            return -EIO;
-        }
+    int fast = rx_fast(vq, iov, niov, len, need);
+    if (fast == 1)
+        goto done;
+    if (fast == -EAGAIN) {
+        /* Wait for buffers; ask the driver VM to kick when it adds some. */
+        vq_set_notify(vq, true);
+        return -EAGAIN;
+    }
+    if (fast < 0) {
+        stat_add(&pair->drops, 1);
+        return -EIO;
     }
 
-    /* Chains covering the frame: the stash first, then more from the ring. */
+    /* Chains covering the frame: the pending ones first, then more from the ring. */
+    rx_compact(vq);
     unsigned k = 0;
     uint64_t room = 0;
     for (;;) {
@@ -468,7 +505,7 @@ static int tx_gather(struct net_vq *vq, const struct chain *c, struct iovec *iov
  * driver VM broke is failed here. */
 static unsigned tx_take(struct net_vq *vq, unsigned max)
 {
-    vq->nstash = vq->pool_used = vq->tx_next = 0;
+    vq->nstash = vq->pool_used = vq->next = 0;
     while (vq->nstash < max) {
         unsigned nsegs = 0;
         uint16_t head = 0;
@@ -525,12 +562,12 @@ int net_pair_tx(struct net_pair *pair)
     int work = 0;
     net_set_current_tx_pair(pair);
     while (work < GD_NET_BUDGET) {
-        if (vq->tx_next == vq->nstash) {
+        if (vq->next == vq->nstash) {
             unsigned max = GD_NET_BUDGET - work < TX_BATCH ? GD_NET_BUDGET - work : TX_BATCH;
             if (!tx_take(vq, max))
                 break;
         }
-        const struct chain *c = &vq->stash[vq->tx_next];
+        const struct chain *c = &vq->stash[vq->next];
         if (tx_check(vq, c) < 0)
             break;
         struct iovec iov[GD_NET_MAX_IOV];
@@ -548,7 +585,7 @@ int net_pair_tx(struct net_pair *pair)
         } else {
             stat_add(&pair->drops, 1); /* empty, too large or too scattered: used, not sent */
         }
-        vq->tx_next++;
+        vq->next++;
         if (vp_vring_dev_push(&vq->vr, c->head, 0) < 0) {
             vq_fail(vq, NULL);
             break;
@@ -610,7 +647,7 @@ int net_vq_attach(struct net_vq *vq, vp_error *err)
     vq->parked = false;
     vq->notify_on = true; /* forces the first vq_set_notify(false) to write */
     vq->dirty = false;
-    vq->nstash = vq->pool_used = vq->tx_next = 0;
+    vq->nstash = vq->pool_used = vq->next = 0;
     vq_set_notify(vq, false);
     return 0;
 }
@@ -622,5 +659,5 @@ void net_vq_detach(struct net_vq *vq)
     vq_flush(vq);
     __atomic_store_n(&vq->q->last_avail_idx, vq_resume_idx(vq), __ATOMIC_RELAXED);
     vq->active = false;
-    vq->nstash = vq->pool_used = vq->tx_next = 0;
+    vq->nstash = vq->pool_used = vq->next = 0;
 }

@@ -35,6 +35,10 @@
 /* Used receive entries are published once this many are pending, at the end of a
  * frame, not only at the end of a batch. */
 #define NET_RX_PUBLISH_EVERY 8
+/* Receive chains taken at once when none is pending: the first lines of their buffers
+ * are prefetched for writing while the earlier ones are filled (the driver VM's core
+ * touched them last, so the first store into each is otherwise a miss). */
+#define RX_AHEAD 8
 
 /* Bytes of a cache line (x86-64, arm64): what per-worker data is aligned to. */
 #define NET_CACHE_LINE 64
@@ -66,11 +70,11 @@ struct net_vq {
     bool dirty;                   /* used entries pushed, not yet published */
     bool signal_failed;           /* a doorbell failed (logged once) */
     struct vp_vring_seg *segs;    /* num entries: segments of the taken chains */
-    /* Chains taken, in ring order, not used yet: stash[0 .. nstash), their segments
-     * segs[0 .. pool_used). The transmitq hands them to the endpoint from tx_next on
-     * (those before it are used); the receiveq fills them from 0. */
+    /* Chains taken, in ring order: stash[0 .. nstash), their segments segs[0 ..
+     * pool_used). Those before next are used, stash[next .. nstash) are pending: the
+     * transmitq hands them to the endpoint, the receiveq fills them (both in order). */
     struct chain *stash;          /* num entries */
-    unsigned nstash, pool_used, tx_next;
+    unsigned nstash, pool_used, next;
     /* Frames and bytes counted since the last vq_flush, which adds them to q's
      * packets and bytes: one store to the shared gd_queue per batch, not two per
      * frame (its cache line is shared with the neighbouring queue's, which another
