@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.." || exit 1
 B=${VP_B:-${B:-build}}
 # shellcheck source=../tap.sh
 . tests/tap.sh
-tap_plan 8
+tap_plan 9
 command -v dpdk-testpmd >/dev/null || skip_rest "dpdk-testpmd not installed (tools/install-deps)"
 command -v jq >/dev/null || skip_rest "jq not installed (tools/install-deps)"
 
@@ -68,4 +68,20 @@ if [ "$lat" = "dpdk-vhost,vhost-pci" ] && [ -z "$left" ]; then
 else
     not_ok "latency on both paths, nothing left running" "latency paths: $lat" "left: $left" \
         "$(tail -n 5 "$out/bench.err")"
+fi
+
+# --guestd-b adds a "vhost-pci-b" latency row in the same run (issue 11: a data path
+# change judged against its before path), with its ratio in the table.
+rb=$out/results-b.json
+tools/bench "$B" --smoke --only latency --guestd-b "$B/guest-driver/vhost-pci-guestd" \
+    --out "$rb" >"$out/bench-b.out" 2>"$out/bench-b.err"
+rc=$?
+latb=$(jq -r '[.latency[] | select(.median_us.median > 0) | .path] | sort | join(",")' "$rb" 2>/dev/null)
+if [ "$rc" = 0 ] && [ "$latb" = "dpdk-vhost,vhost-pci,vhost-pci-b" ] &&
+   grep -q '^| vhost-pci-b | .* | [0-9.]*x | [0-9.]*x |$' "$out/bench-b.out" &&
+   grep -q 'vhost-pci-b (--guestd-b/--client-args-b) / vhost-pci, same run: median [0-9.]*x' "$out/bench-b.out"; then
+    ok "--guestd-b: latency row vhost-pci-b measured in the same run, ratios printed"
+else
+    not_ok "--guestd-b: latency row vhost-pci-b with its ratio" "rc=$rc paths: $latb" \
+        "$(tail -n 8 "$out/bench-b.out")" "$(tail -n 5 "$out/bench-b.err")"
 fi
