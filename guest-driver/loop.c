@@ -26,6 +26,7 @@ struct gd_fd_watch {
     int fd;
     short events;
     bool dead;
+    bool lazy;                    /* gd_loop_set_fd_lazy: not in neager */
     gd_fd_cb cb;
     void *opaque;
 };
@@ -63,7 +64,10 @@ struct gd_loop {
     uint64_t last_work_ns;        /* when a poller last did work (as of the read after it) */
     uint64_t sleep_ns;            /* current back-off step, 0 = none (spinning) */
     uint64_t fds_checked_ns;      /* when ppoll last ran */
-    unsigned busy_skips;          /* iterations since then that skipped it */
+    unsigned busy_skips;          /* iterations since then that skipped it (saturates
+                                     at GD_FD_CHECK_ITERS) */
+    unsigned neager;              /* live fd watches that are not lazy: while none, a
+                                     spinning loop checks fds by time only */
     /* The clock (loop.h "Reading the clock"). */
     gd_clock_fn clock;            /* NULL: gd_now_ns */
     void *clock_opaque;
@@ -161,6 +165,7 @@ int gd_loop_add_fd(struct gd_loop *loop, int fd, short events, gd_fd_cb cb, void
     struct gd_fd_watch *w = &loop->fds[loop->nfds++];
     *w = (struct gd_fd_watch){ .id = new_id(loop), .fd = fd, .events = events,
                                .cb = cb, .opaque = opaque };
+    loop->neager++;
     return w->id;
 }
 
@@ -182,12 +187,25 @@ int gd_loop_mod_fd(struct gd_loop *loop, int id, short events)
     return 0;
 }
 
+int gd_loop_set_fd_lazy(struct gd_loop *loop, int id, bool lazy)
+{
+    struct gd_fd_watch *w = find_fd(loop, id);
+    if (!w)
+        return -ENOENT;
+    if (w->lazy != lazy)
+        loop->neager += lazy ? -1u : 1u;
+    w->lazy = lazy;
+    return 0;
+}
+
 void gd_loop_del_fd(struct gd_loop *loop, int id)
 {
     struct gd_fd_watch *w = id > 0 ? find_fd(loop, id) : NULL;
     if (w) {
         w->dead = true;
         loop->dirty = true;
+        if (!w->lazy)
+            loop->neager--;
     }
 }
 
@@ -343,12 +361,14 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
     }
 
     /* 2. While spinning, between two reads of the clock: nothing can be known due,
-     * nothing waits; the fd check comes at the latest with GD_FD_CHECK_ITERS, which
-     * makes a read. */
+     * nothing waits; the fd check comes at the latest with GD_FD_CHECK_ITERS (when a
+     * watch is not lazy), which makes a read. */
+    bool iter_bound = loop->neager > 0;
     if (live && loop->sleep_ns == 0 && !loop->clock_stale &&
-        loop->clock_skips + 1 < loop->clock_stride && loop->busy_skips < GD_FD_CHECK_ITERS) {
+        loop->clock_skips + 1 < loop->clock_stride &&
+        (!iter_bound || loop->busy_skips < GD_FD_CHECK_ITERS)) {
         loop->clock_skips++;
-        loop->busy_skips++;
+        loop->busy_skips += loop->busy_skips < GD_FD_CHECK_ITERS;
         compact(loop);
         return ran;
     }
@@ -367,14 +387,16 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
         wait = max_wait_ns;
 
     /* 4. Wait for fds (or, spinning, skip the syscall for a while: not past the
-     * iteration bound before the next read, which would otherwise be an extra one). */
-    if (wait == 0 && live && loop->busy_skips + loop->clock_stride <= GD_FD_CHECK_ITERS &&
+     * iteration bound before the next read, which would otherwise be an extra one;
+     * with only lazy watches, or none, until GD_FD_CHECK_NS has passed). */
+    if (wait == 0 && live &&
+        (!iter_bound || loop->busy_skips + loop->clock_stride <= GD_FD_CHECK_ITERS) &&
         now - loop->fds_checked_ns < GD_FD_CHECK_NS) {
         bool timer_due = false;
         for (unsigned i = 0; i < loop->ntimers && !timer_due; i++)
             timer_due = !loop->timers[i].dead && loop->timers[i].due_ns <= now;
         if (!timer_due) {
-            loop->busy_skips++;
+            loop->busy_skips += loop->busy_skips < GD_FD_CHECK_ITERS;
             compact(loop);
             return ran;
         }

@@ -160,6 +160,10 @@ static int worker_start(struct gd_net *net)
     if (!w->loop || w->wake_fd < 0)
         goto fail;
     w->wake_watch = gd_loop_add_fd(w->loop, w->wake_fd, POLLIN, on_wake, w);
+    /* It only ends a sleep: a spinning worker sees pause_req at its next poll, so
+     * the wake fd costs it no ppoll every few iterations (loop.h; issue 11). */
+    if (w->wake_watch > 0)
+        gd_loop_set_fd_lazy(w->loop, w->wake_watch, true);
     w->poller = gd_loop_add_poller(w->loop, worker_poller, w, GD_NET_MAX_SLEEP_NS);
     if (w->wake_watch < 0 || w->poller < 0)
         goto fail;
