@@ -249,9 +249,9 @@ static void rx_consume(struct net_vq *vq, unsigned k)
         vq->nstash = vq->pool_used = vq->next = 0;
 }
 
-/* With no chain pending, take up to RX_AHEAD (as many as the ring has). Returns how
- * many are pending (0: ring empty), or -EIO (broken: a bad chain, even one taken
- * ahead, breaks the queue now rather than when its turn comes). */
+/* Top the pending chains up to RX_AHEAD (as many as the ring has). Returns how many
+ * are pending (0: ring empty), or -EIO (broken: a bad chain, even one taken ahead,
+ * breaks the queue now rather than when its turn comes). */
 static int rx_refill(struct net_vq *vq)
 {
     while (vq->nstash - vq->next < RX_AHEAD) {
@@ -303,16 +303,18 @@ static int rx_write(struct net_vq *vq, const struct iovec *src, unsigned nsrc, u
 }
 
 /*
- * The common case of a receive: the next pending chain (with none pending, up to
- * RX_AHEAD are taken first), when its first buffer holds header and frame inside
- * one region: write them there and use the chain. Returns 1 when delivered; 0 when
- * the general path must do it (the chain stays pending); -EAGAIN (ring empty) or
- * -EIO (broken).
+ * The common case of a receive: the next pending chain, when its first buffer holds
+ * header and frame inside one region: write them there and use the chain. With at
+ * most one chain pending, the pending ones are topped up to RX_AHEAD first (so that
+ * the buffers of the next frames are always being prefetched, not only from the
+ * second frame of a refill on; moving the one pending chain to the front is cheap).
+ * Returns 1 when delivered; 0 when the general path must do it (the chain stays
+ * pending); -EAGAIN (ring empty) or -EIO (broken).
  */
 static int rx_fast(struct net_vq *vq, const struct iovec *iov, unsigned niov, size_t len,
                    uint64_t need)
 {
-    if (vq->next == vq->nstash) {
+    if (vq->nstash - vq->next <= 1) {
         int r = rx_refill(vq);
         if (r <= 0)
             return r == 0 ? -EAGAIN : -EIO;

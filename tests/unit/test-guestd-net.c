@@ -525,11 +525,12 @@ static void test_rx_publish_whole_frames(void)
     fx_fini(&f);
 }
 
-/* Receive chains are taken RX_AHEAD at a time (issue 11: their buffers are prefetched
- * for writing). A chain taken ahead is a validated snapshot: a driver VM rewriting its
- * descriptor afterwards (here to an address outside its memory) changes nothing, the
- * frame goes where the chain pointed when it was taken. Chains are used in ring order,
- * and those taken and not used are given back in the resume position. */
+/* Receive chains are taken RX_AHEAD at a time, topped up when one is left (issue 11:
+ * their buffers are prefetched for writing). A chain taken ahead is a validated
+ * snapshot: a driver VM rewriting its descriptor afterwards (here to an address
+ * outside its memory) changes nothing, the frame goes where the chain pointed when it
+ * was taken. Chains are used in ring order, and those taken and not used are given
+ * back in the resume position. */
 static void test_rx_take_ahead(void)
 {
     struct fx f;
@@ -572,7 +573,31 @@ static void test_rx_take_ahead(void)
     g_assert_cmpuint(queue(&f, 0)->last_avail_idx, ==, 5);
     g_assert_cmpint(vp_vring_drv_get_used(&f.rx, &tok, &len), ==, 1);
     g_assert_cmpuint(GPOINTER_TO_UINT(tok), ==, 5);
-    g_assert_cmpuint(queue(&f, 0)->packets, ==, 5);
+    /* With one chain pending the next frame tops up first: chains 6 and 7 pending,
+     * three more posted (slots 7..9); frame 6 leaves one pending, frame 7 takes the
+     * three before it uses chain 7, so rewriting slot 8's descriptor afterwards
+     * changes nothing either. */
+    for (unsigned i = 7; i < 10; i++)
+        drv_post(&f, i, 2048);
+    vp_vring_drv_kick_prepare(&f.rx);
+    for (unsigned i = 5; i < 10; i++) {
+        if (i == 7) {
+            head = vp_get_le16(ring + 0x1000 + 4 + 2 * 8);
+            g_assert_cmpuint(head, <, QNUM);
+            vp_put_le64(ring + 16 * head, 0xdead00000000ULL);
+        }
+        memset(fr, 0xb0 + i, sizeof(fr));
+        g_assert_cmpint(gd_net_port_rx(port(&f), &iov, 1, sizeof(fr)), ==, 0);
+    }
+    g_assert_false(queue(&f, 0)->broken);
+    gd_net_poll(f.net);
+    for (unsigned i = 5; i < 10; i++) {
+        g_assert_cmpint(vp_vring_drv_get_used(&f.rx, &tok, &len), ==, 1);
+        g_assert_cmpuint(GPOINTER_TO_UINT(tok), ==, i + 1);
+        memset(fr, 0xb0 + i, sizeof(fr));
+        g_assert_cmpmem(rxbuf(&f, i) + 12, sizeof(fr), fr, sizeof(fr));
+    }
+    g_assert_cmpuint(queue(&f, 0)->packets, ==, 10);
     fx_fini(&f);
 }
 
