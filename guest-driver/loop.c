@@ -387,11 +387,11 @@ int gd_loop_iterate(struct gd_loop *loop, int64_t max_wait_ns)
         wait = max_wait_ns;
 
     /* 4. Wait for fds (or, spinning, skip the syscall for a while: not past the
-     * iteration bound before the next read, which would otherwise be an extra one;
-     * with only lazy watches, or none, until GD_FD_CHECK_NS has passed). */
+     * iteration bound before the next read, which would otherwise be an extra one,
+     * nor past GD_FD_CHECK_NS; with only lazy watches, or none, not at all). */
     if (wait == 0 && live &&
-        (!iter_bound || loop->busy_skips + loop->clock_stride <= GD_FD_CHECK_ITERS) &&
-        now - loop->fds_checked_ns < GD_FD_CHECK_NS) {
+        (!iter_bound || (loop->busy_skips + loop->clock_stride <= GD_FD_CHECK_ITERS &&
+                         now - loop->fds_checked_ns < GD_FD_CHECK_NS))) {
         bool timer_due = false;
         for (unsigned i = 0; i < loop->ntimers && !timer_due; i++)
             timer_due = !loop->timers[i].dead && loop->timers[i].due_ns <= now;

@@ -12,9 +12,8 @@
  *    1 us) up to the smallest max_sleep_ns of the registered pollers, and wakes at
  *    once for fd events and timers. While the loop spins (busy, or within the spin
  *    window), fds are checked (one ppoll) only every GD_FD_CHECK_NS or
- *    GD_FD_CHECK_ITERS iterations, whichever comes first (every GD_FD_CHECK_NS only
- *    when every watch is lazy, gd_loop_set_fd_lazy), so a polling data path makes no
- *    syscall per poll.
+ *    GD_FD_CHECK_ITERS iterations, whichever comes first (never while every watch is
+ *    lazy, gd_loop_set_fd_lazy), so a polling data path makes no syscall per poll.
  *
  * Reading the clock: a spinning loop does not read CLOCK_MONOTONIC on every
  * iteration either (a clock_gettime per empty poll was a sixth of a busy data path's
@@ -29,7 +28,8 @@
  *    GD_CLOCK_PERIOD_NS (plus one iteration) late; when iterations suddenly grow
  *    longer (traffic starts), at most GD_CLOCK_STRIDE_MAX iterations late, once;
  *  - fds are still checked after at most GD_FD_CHECK_ITERS iterations that skipped
- *    the check (an fd check always comes with a read), unless every watch is lazy;
+ *    the check (an fd check always comes with a read), unless every watch is lazy
+ *    (then not until the loop sleeps);
  *  - work found counts as found at the next read (the spin window may last one
  *    stride longer).
  * While the loop backs off or sleeps, nothing changes: it reads on each iteration.
@@ -84,15 +84,14 @@ int gd_loop_add_fd(struct gd_loop *loop, int fd, short events, gd_fd_cb cb, void
 int gd_loop_mod_fd(struct gd_loop *loop, int id, short events);
 /** Remove watch @id (no-op for 0 or an unknown id). */
 void gd_loop_del_fd(struct gd_loop *loop, int id);
-/** Make watch @id lazy (or not again): while the loop spins, a lazy watch is checked
- *  only every GD_FD_CHECK_NS (by time, at a clock read), not every
- *  GD_FD_CHECK_ITERS iterations; a sleeping loop waits on it like on any other. For
- *  an fd that only wakes a sleeping loop, whose news a poller also finds by itself
- *  (a data path worker's wake eventfd). While every watch is lazy (or there is none),
- *  a spinning loop makes no ppoll between two GD_FD_CHECK_NS, whatever the number of
- *  iterations: a busy ping-pong of short iterations otherwise spent a syscall every
- *  GD_FD_CHECK_ITERS of them (issue 11). Returns 0, or -ENOENT if there is no such
- *  watch. */
+/** Make watch @id lazy (or not again): a lazy watch is not checked while the loop
+ *  spins, only when it sleeps (or along with the other watches, when they are
+ *  checked). For an fd that only wakes a sleeping loop, whose news a poller also
+ *  finds by itself (a data path worker's wake eventfd). While every watch is lazy
+ *  (or there is none), a spinning loop makes no ppoll at all: a busy ping-pong of
+ *  short iterations otherwise spent a syscall every GD_FD_CHECK_ITERS of them, and a
+ *  frame that arrived meanwhile waited for it (issue 11). Returns 0, or -ENOENT if
+ *  there is no such watch. */
 int gd_loop_set_fd_lazy(struct gd_loop *loop, int id, bool lazy);
 
 /** One-shot timer firing after @delay_ns. Returns an id > 0 or -ENOMEM. */
