@@ -220,40 +220,58 @@ static void on_fd(void *opaque, int fd, short revents)
     seen->at = seen->f->t;
 }
 
+/* A fake loop (new_fake_loop) watching one end of a socketpair with on_fd. */
+struct fd_fx {
+    struct fake f;
+    struct gd_loop *loop;
+    int sv[2], id, fds_before;
+    struct fd_seen seen;
+};
+
+static void fd_fx_init(struct fd_fx *x, uint64_t step_ns, uint64_t max_sleep_ns)
+{
+    x->fds_before = vp_count_open_fds();
+    x->loop = new_fake_loop(&x->f, step_ns, -1, max_sleep_ns);
+    vp_test_socketpair(x->sv);
+    x->seen = (struct fd_seen){ .f = &x->f };
+    x->id = gd_loop_add_fd(x->loop, x->sv[0], POLLIN, on_fd, &x->seen);
+    g_assert_cmpint(x->id, >, 0);
+}
+
+static void fd_fx_fini(struct fd_fx *x)
+{
+    gd_loop_free(x->loop);
+    vp_close_fd(&x->sv[0]);
+    vp_close_fd(&x->sv[1]);
+    vp_assert_fds(x->fds_before);
+}
+
 /* Pollers always busy: input on a watched fd is dispatched within
  * GD_FD_CHECK_ITERS + 1 iterations of 100 ns, and, with iterations of 10 us, within
  * GD_FD_CHECK_NS plus a clock period and one iteration. */
 static void test_fds_while_busy(void)
 {
-    int fds_before = vp_count_open_fds();
-    struct fake f;
-    struct gd_loop *loop = new_fake_loop(&f, 100, -1, 1000000);
-    int sv[2];
-    vp_test_socketpair(sv);
-    struct fd_seen seen = { .f = &f };
-    g_assert_cmpint(gd_loop_add_fd(loop, sv[0], POLLIN, on_fd, &seen), >, 0);
+    struct fd_fx x;
+    fd_fx_init(&x, 100, 1000000);
     for (unsigned round = 0; round < 2; round++) {
         for (unsigned i = 0; i < 1000; i++)
-            gd_loop_iterate(loop, -1);
+            gd_loop_iterate(x.loop, -1);
         for (unsigned k = 0; k < 5; k++) {
-            g_assert_cmpint(write(sv[1], "x", 1), ==, 1);
-            uint64_t t0 = f.t;
-            unsigned want = seen.dispatches + 1;
-            for (unsigned n = 0; seen.dispatches < want; n++) {
+            g_assert_cmpint(write(x.sv[1], "x", 1), ==, 1);
+            uint64_t t0 = x.f.t;
+            unsigned want = x.seen.dispatches + 1;
+            for (unsigned n = 0; x.seen.dispatches < want; n++) {
                 g_assert_cmpuint(n, <=, GD_FD_CHECK_ITERS + 1);
-                gd_loop_iterate(loop, -1);
+                gd_loop_iterate(x.loop, -1);
             }
-            g_assert_cmpuint(seen.at - t0, <=, GD_FD_CHECK_NS + GD_CLOCK_PERIOD_NS + f.step_ns);
+            g_assert_cmpuint(x.seen.at - t0, <=, GD_FD_CHECK_NS + GD_CLOCK_PERIOD_NS + x.f.step_ns);
             for (unsigned i = 0; i < 7 * k; i++) /* another phase against the checks */
-                gd_loop_iterate(loop, -1);
+                gd_loop_iterate(x.loop, -1);
         }
-        f.step_ns = 10000;
+        x.f.step_ns = 10000;
     }
-    g_assert_cmpuint(stats(loop).sleeps, ==, 0);
-    gd_loop_free(loop);
-    vp_close_fd(&sv[0]);
-    vp_close_fd(&sv[1]);
-    vp_assert_fds(fds_before);
+    g_assert_cmpuint(stats(x.loop).sleeps, ==, 0);
+    fd_fx_fini(&x);
 }
 
 /* A lazy watch (gd_loop_set_fd_lazy: a worker's wake eventfd) and iterations of
@@ -264,52 +282,43 @@ static void test_fds_while_busy(void)
  * the iteration bound is back. */
 static void test_lazy_fd_while_busy(void)
 {
-    int fds_before = vp_count_open_fds();
-    struct fake f;
-    struct gd_loop *loop = new_fake_loop(&f, 10, -1, 20000);
-    int sv[2];
-    vp_test_socketpair(sv);
-    struct fd_seen seen = { .f = &f };
-    int id = gd_loop_add_fd(loop, sv[0], POLLIN, on_fd, &seen);
-    g_assert_cmpint(id, >, 0);
-    g_assert_cmpint(gd_loop_set_fd_lazy(loop, id, true), ==, 0);
-    g_assert_cmpint(gd_loop_set_fd_lazy(loop, id + 100, true), ==, -ENOENT);
+    struct fd_fx x;
+    fd_fx_init(&x, 10, 20000);
+    g_assert_cmpint(gd_loop_set_fd_lazy(x.loop, x.id, true), ==, 0);
+    g_assert_cmpint(gd_loop_set_fd_lazy(x.loop, x.id + 100, true), ==, -ENOENT);
     for (unsigned i = 0; i < 1000; i++) /* the stride settles */
-        gd_loop_iterate(loop, -1);
-    struct gd_loop_stats st0 = stats(loop);
+        gd_loop_iterate(x.loop, -1);
+    struct gd_loop_stats st0 = stats(x.loop);
     const unsigned iters = 20000;
     for (unsigned i = 0; i < iters; i++)
-        gd_loop_iterate(loop, -1);
-    struct gd_loop_stats st = stats(loop);
+        gd_loop_iterate(x.loop, -1);
+    struct gd_loop_stats st = stats(x.loop);
     g_assert_cmpuint(st.fd_checks - st0.fd_checks, ==, 0);
-    g_assert_cmpint(write(sv[1], "x", 1), ==, 1);
+    g_assert_cmpint(write(x.sv[1], "x", 1), ==, 1);
     for (unsigned i = 0; i < iters; i++)
-        gd_loop_iterate(loop, -1);
-    g_assert_cmpuint(seen.dispatches, ==, 0);
+        gd_loop_iterate(x.loop, -1);
+    g_assert_cmpuint(x.seen.dispatches, ==, 0);
     /* Eager again: checked every GD_FD_CHECK_ITERS iterations. */
-    g_assert_cmpint(gd_loop_set_fd_lazy(loop, id, false), ==, 0);
-    st0 = stats(loop);
+    g_assert_cmpint(gd_loop_set_fd_lazy(x.loop, x.id, false), ==, 0);
+    st0 = stats(x.loop);
     for (unsigned i = 0; i < 3300; i++)
-        gd_loop_iterate(loop, -1);
-    g_assert_cmpuint(stats(loop).fd_checks - st0.fd_checks, >=, 3300 / (GD_FD_CHECK_ITERS + 1));
-    g_assert_cmpuint(seen.dispatches, ==, 1);
+        gd_loop_iterate(x.loop, -1);
+    g_assert_cmpuint(stats(x.loop).fd_checks - st0.fd_checks, >=, 3300 / (GD_FD_CHECK_ITERS + 1));
+    g_assert_cmpuint(x.seen.dispatches, ==, 1);
     /* Lazy, busy: nothing; idle: dispatched at the first iteration that sleeps. */
-    g_assert_cmpint(gd_loop_set_fd_lazy(loop, id, true), ==, 0);
-    g_assert_cmpint(write(sv[1], "x", 1), ==, 1);
+    g_assert_cmpint(gd_loop_set_fd_lazy(x.loop, x.id, true), ==, 0);
+    g_assert_cmpint(write(x.sv[1], "x", 1), ==, 1);
     for (unsigned i = 0; i < 1000; i++)
-        gd_loop_iterate(loop, -1);
-    g_assert_cmpuint(seen.dispatches, ==, 1);
-    f.busy = 0;
-    f.step_ns = 1000;
-    while (!stats(loop).sleeps) {
-        g_assert_cmpuint(seen.dispatches, ==, 1);
-        gd_loop_iterate(loop, -1);
+        gd_loop_iterate(x.loop, -1);
+    g_assert_cmpuint(x.seen.dispatches, ==, 1);
+    x.f.busy = 0;
+    x.f.step_ns = 1000;
+    while (!stats(x.loop).sleeps) {
+        g_assert_cmpuint(x.seen.dispatches, ==, 1);
+        gd_loop_iterate(x.loop, -1);
     }
-    g_assert_cmpuint(seen.dispatches, ==, 2);
-    gd_loop_free(loop);
-    vp_close_fd(&sv[0]);
-    vp_close_fd(&sv[1]);
-    vp_assert_fds(fds_before);
+    g_assert_cmpuint(x.seen.dispatches, ==, 2);
+    fd_fx_fini(&x);
 }
 
 /* Work stops: the loop spins on for the spin window (no sleep), begins to sleep at
