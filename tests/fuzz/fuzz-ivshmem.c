@@ -35,6 +35,10 @@
 #include "fuzz.h"
 #include "ivshmem_endpoint.h"
 
+/* Most fds the endpoint may hold for its peers' vectors (set_peer): FZ_FD_SCAN less
+ * room for the fd pool, a set_peer's own (up to 257) and the sockets. */
+#define MAX_HELD (FZ_FD_SCAN - 512)
+
 struct qemu {
     int sock;                     /* -1: not connected */
     uint8_t buf[8];               /* partial message */
@@ -176,6 +180,17 @@ static void set_peer(struct ctx *c, uint8_t cmd)
     unsigned n = fz_u8(f) % 9;
     if (cmd & 0x80)
         n = 250 + fz_u8(f) % 8;   /* around IVSHMEM_EP_MAX_VECTORS */
+    /* The endpoint holds an fd per vector (and, while it replaces a peer's list, the
+     * old and the new ones): keep the total under MAX_HELD whatever the input's
+     * length, so that with what the harness holds it stays below the RLIMIT_NOFILE
+     * of FZ_FD_SCAN (LLVMFuzzerTestOneInput). Each vector costs the input a byte, so
+     * run-fuzz's inputs (at most 1024 bytes) never reach it; make check's (up to
+     * 8192) can. */
+    unsigned held = 0;
+    for (unsigned p = 0; p < IVSHMEM_EP_MAX_PEERS; p++)
+        held += ivshmem_endpoint_peer_vectors(c->ep, p);
+    if (held + n > MAX_HELD)
+        n = held < MAX_HELD ? MAX_HELD - held : 0;
     int *fds = calloc(n ? n : 1, sizeof(int));
     int *mine = calloc(n ? n : 1, sizeof(int));
     FZ_CHECK(fds && mine);
@@ -229,10 +244,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FZ_CHECK(mkdtemp(dir) != NULL);
         }
         atexit(remove_dir);
-        /* Every fd the endpoint keeps costs the input at least one byte (a vector's
-         * kind), and run-fuzz caps ivshmem inputs at 1024 bytes: an input holds well
-         * under 2048 fds, so with this limit the leak check sees every fd it can
-         * make (above FZ_FD_SCAN nothing would be looked at). */
+        /* set_peer keeps the endpoint's fds under MAX_HELD, so an input holds
+         * fewer than FZ_FD_SCAN fds and with this limit the leak check sees every fd
+         * it can make (above FZ_FD_SCAN nothing would be looked at). */
         fz_fds_limit(FZ_FD_SCAN);
     }
     fz_fds_begin(&before);
