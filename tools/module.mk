@@ -54,3 +54,11 @@ $(B)/tools/bench-memcpy: $(B)/tools/bench-memcpy.o
 	$(Q)$(CC) $(LDFLAGS_HOST) -o $@ $^
 
 BINS += $(B)/tools/bench-memcpy
+
+# --- bench-corertt (issue 11): one cache line's round trip between the frontend's and
+# the path's cores, probed around every measurement (the vCPUs' placement on the host).
+$(B)/tools/bench-corertt: $(B)/tools/bench-corertt.o
+	$(if $(Q),@echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_HOST) -pthread -o $@ $^
+
+BINS += $(B)/tools/bench-corertt
